@@ -1,0 +1,5 @@
+//! deployd: a self-hosted deployments service, wire-compatible with Scalingo's deployments API.
+pub mod api;
+pub mod model;
+pub mod pipeline;
+pub mod status;
