@@ -211,10 +211,20 @@ mod tests {
 
     #[test]
     fn terminal_set_is_exactly_the_six_ends() {
-        let terminal: Vec<Status> = Status::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<Status> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(
             terminal,
-            vec![Success, Aborted, BuildError, CrashedError, TimeoutError, HookError]
+            vec![
+                Success,
+                Aborted,
+                BuildError,
+                CrashedError,
+                TimeoutError,
+                HookError
+            ]
         );
     }
 
@@ -225,7 +235,10 @@ mod tests {
             assert_eq!(Status::from_code(status.code()), Some(status));
             let json = serde_json::to_string(&status).expect("serialize");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
-            assert_eq!(serde_json::from_str::<Status>(&json).expect("parse"), status);
+            assert_eq!(
+                serde_json::from_str::<Status>(&json).expect("parse"),
+                status
+            );
         }
         assert!("done".parse::<Status>().is_err());
         assert_eq!(Status::from_code(10), None);

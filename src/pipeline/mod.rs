@@ -16,7 +16,10 @@ use crate::status::Status;
 /// through the state machine and the store before it returns.
 pub trait DeploymentSink: Send + Sync + 'static {
     /// Appends lines; returns the last durable line number.
-    fn append_logs(&self, lines: Vec<NewLine>) -> impl Future<Output = Result<LineNo, SinkError>> + Send;
+    fn append_logs(
+        &self,
+        lines: Vec<NewLine>,
+    ) -> impl Future<Output = Result<LineNo, SinkError>> + Send;
     /// Moves the deployment to `to`; refused transitions are errors and change nothing.
     fn transition(&self, to: Status) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Records the size in bytes of the image produced by the push stage.

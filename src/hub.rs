@@ -1,0 +1,140 @@
+//! The hub: live fan-out of committed events, one broadcast channel per app.
+//!
+//! The writer publishes here only after a commit, so a subscriber never sees an event that is
+//! not stored, and events arrive in store order. Publishing never blocks: a `tokio::broadcast`
+//! channel keeps the last [`APP_CHANNEL_CAPACITY`] events and a subscriber that falls further
+//! behind gets `Lagged`, after which it catches up from the store by line number (see
+//! `api::stream`). Channels are created on the first subscription and dropped by the first
+//! publish that finds no subscriber left.
+//!
+//! The hub also keeps a `watch` of the status of every unfinished deployment, so that the session
+//! driving a queued deployment learns when it may start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use tokio::sync::{broadcast, watch};
+
+use crate::model::{AppId, DeploymentId, LineNo};
+use crate::status::Status;
+
+/// Events kept per app for subscribers that are behind. With segments capped at
+/// `store::MAX_SEGMENT_BYTES` (1 MiB), an app's channel holds at most 256 MiB of log text in
+/// the worst case, and usually far less (a batch is what arrived during one group commit).
+pub const APP_CHANNEL_CAPACITY: usize = 256;
+
+/// What happened, as stored.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// A deployment was created.
+    New,
+    /// The deployment moved to `status`; `seq` is its last line number at that moment.
+    Status { status: Status, seq: LineNo },
+    /// A committed segment: lines `first..first + count` (the segment's encoded bytes).
+    Logs { first: LineNo, segment: Bytes },
+}
+
+/// One committed event of one deployment.
+#[derive(Debug)]
+pub struct Event {
+    pub app_id: AppId,
+    pub deployment_id: DeploymentId,
+    pub kind: EventKind,
+    /// The event's WebSocket frames, serialised once for all subscribers on first use.
+    ws_frames: OnceLock<Box<[Utf8Bytes]>>,
+}
+
+impl Event {
+    pub fn new(app_id: AppId, deployment_id: DeploymentId, kind: EventKind) -> Self {
+        Self {
+            app_id,
+            deployment_id,
+            kind,
+            ws_frames: OnceLock::new(),
+        }
+    }
+
+    /// The frames for this event, rendered by `render` the first time any subscriber asks.
+    pub fn ws_frames(&self, render: impl FnOnce(&Event) -> Box<[Utf8Bytes]>) -> &[Utf8Bytes] {
+        self.ws_frames.get_or_init(|| render(self))
+    }
+}
+
+/// Per-app broadcast channels and per-deployment status watches.
+#[derive(Default)]
+pub struct Hub {
+    // std Mutex: held only for map lookups, never across an await.
+    apps: Mutex<HashMap<AppId, broadcast::Sender<Arc<Event>>>>,
+    statuses: Mutex<HashMap<DeploymentId, watch::Sender<Status>>>,
+}
+
+impl Hub {
+    /// Subscribes to an app's live events (creating its channel if needed).
+    pub fn subscribe(&self, app: AppId) -> broadcast::Receiver<Arc<Event>> {
+        let mut apps = self.apps.lock().expect("invariant: hub lock not poisoned");
+        apps.entry(app)
+            .or_insert_with(|| broadcast::channel(APP_CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Whether anybody listens to `app` (lets the writer skip building events nobody reads).
+    pub fn has_subscribers(&self, app: AppId) -> bool {
+        let apps = self.apps.lock().expect("invariant: hub lock not poisoned");
+        apps.get(&app).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Publishes committed events of one app, in order. Never blocks.
+    pub fn publish(&self, app: AppId, events: impl IntoIterator<Item = Event>) {
+        let mut apps = self.apps.lock().expect("invariant: hub lock not poisoned");
+        let Some(tx) = apps.get(&app) else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            apps.remove(&app);
+            return;
+        }
+        for event in events {
+            // Err only when the last receiver went away meanwhile: nothing to deliver.
+            let _ = tx.send(Arc::new(event));
+        }
+    }
+
+    /// Number of apps with a live channel (for tests and metrics).
+    pub fn channel_count(&self) -> usize {
+        self.apps
+            .lock()
+            .expect("invariant: hub lock not poisoned")
+            .len()
+    }
+
+    /// A watch on an unfinished deployment's status; `None` once it finished (or never existed).
+    pub fn watch_status(&self, id: DeploymentId) -> Option<watch::Receiver<Status>> {
+        let statuses = self
+            .statuses
+            .lock()
+            .expect("invariant: hub lock not poisoned");
+        statuses.get(&id).map(watch::Sender::subscribe)
+    }
+
+    /// Records a committed status (the writer calls it for every unfinished deployment it
+    /// creates or recovers, and for every change). A terminal status drops the watch: receivers
+    /// keep the last value and see the channel closed.
+    pub fn set_status(&self, id: DeploymentId, status: Status) {
+        let mut statuses = self
+            .statuses
+            .lock()
+            .expect("invariant: hub lock not poisoned");
+        if status.is_terminal() {
+            if let Some(tx) = statuses.remove(&id) {
+                tx.send_replace(status);
+            }
+        } else {
+            statuses
+                .entry(id)
+                .or_insert_with(|| watch::channel(status).0)
+                .send_replace(status);
+        }
+    }
+}

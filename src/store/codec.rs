@@ -1,0 +1,662 @@
+//! Every byte deployd puts on disk: key layout and value encodings.
+//!
+//! All records live in one ordered keyspace (one sled tree). A key starts with a one-byte tag;
+//! integers in keys are fixed-width big-endian so that byte order is numeric order; ids are the
+//! 16 bytes of their UUID (UUIDv7, so deployment ids sort by creation time).
+//!
+//! | tag | key after the tag | value |
+//! |---|---|---|
+//! | `0x01` users | user id (16) | [`StoredUser`] |
+//! | `0x02` usernames | username (UTF-8) | user id (16) |
+//! | `0x03` emails | lowercased email (UTF-8) | user id (16) |
+//! | `0x04` tokens | SHA-256 of the token secret (32) | [`StoredToken`] |
+//! | `0x05` token ids | token id (16) | SHA-256 of the secret (32) |
+//! | `0x06` apps | app id (16) | [`StoredApp`] |
+//! | `0x07` app names | app name (UTF-8) | app id (16) |
+//! | `0x08` collaborators | app id (16) ++ user id (16) | [`StoredCollaborator`] |
+//! | `0x09` deployments | deployment id (16) | [`StoredDeployment`] |
+//! | `0x0A` app deployments | app id (16) ++ deployment id (16) | empty (index; iterate in reverse for newest first) |
+//! | `0x0B` log segments | deployment id (16) ++ first line number (u64) | segment (below) |
+//! | `0x0C` meta | name (UTF-8) | raw bytes (`jwt-secret`: 32 bytes) |
+//! | `0x0D` sources | source id (16) | [`StoredSource`] |
+//!
+//! Record values are `FORMAT_V1` (one byte) followed by the bincode 1.3 (fixint, little-endian,
+//! the crate's default `bincode::serialize`) encoding of the stored struct. Timestamps are Unix
+//! nanoseconds (`i64`). Stored structs are separate from the domain types so that a domain change
+//! never silently changes the file format.
+//!
+//! A log segment is hand-laid-out so that reading output is a copy of its text, with no parsing:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | `SEGMENT_V1` |
+//! | 1 | 8 | time the segment was stored, Unix nanoseconds, i64 big-endian |
+//! | 9 | 4 | number of lines `n`, u32 big-endian |
+//! | 13 | n | one stream code per line (0 stdout, 1 stderr, 2 deployd) |
+//! | 13+n | rest | the lines' text, each followed by `\n` (lines never contain `\n`) |
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::model::{
+    App, AppId, Deployment, DeploymentId, Driver, LastDeployment, LineNo, LogStream, Pusher, Token,
+    TokenId, User, UserId,
+};
+use crate::status::Status;
+
+pub const TAG_USER: u8 = 0x01;
+pub const TAG_USERNAME: u8 = 0x02;
+pub const TAG_EMAIL: u8 = 0x03;
+pub const TAG_TOKEN: u8 = 0x04;
+pub const TAG_TOKEN_ID: u8 = 0x05;
+pub const TAG_APP: u8 = 0x06;
+pub const TAG_APP_NAME: u8 = 0x07;
+pub const TAG_COLLABORATOR: u8 = 0x08;
+pub const TAG_DEPLOYMENT: u8 = 0x09;
+pub const TAG_APP_DEPLOYMENT: u8 = 0x0A;
+pub const TAG_SEGMENT: u8 = 0x0B;
+pub const TAG_META: u8 = 0x0C;
+pub const TAG_SOURCE: u8 = 0x0D;
+
+/// Format byte of every record value.
+pub const FORMAT_V1: u8 = 1;
+/// Format byte of a log segment.
+pub const SEGMENT_V1: u8 = 1;
+const SEGMENT_HEADER: usize = 13;
+
+/// A value that cannot be decoded: corrupt, or written by an unknown format.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("unknown format byte {0}")]
+    UnknownFormat(u8),
+    #[error("empty value")]
+    Empty,
+    #[error("bincode: {0}")]
+    Bincode(#[from] bincode::Error),
+    #[error("corrupt value: {0}")]
+    Corrupt(&'static str),
+}
+
+// ---- keys ----------------------------------------------------------------------------------
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut key = Vec::with_capacity(len);
+    key.push(tag);
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+pub fn user_key(id: UserId) -> Vec<u8> {
+    key(TAG_USER, &[id.as_bytes()])
+}
+pub fn username_key(username: &str) -> Vec<u8> {
+    key(TAG_USERNAME, &[username.as_bytes()])
+}
+pub fn email_key(email: &str) -> Vec<u8> {
+    key(TAG_EMAIL, &[email.to_lowercase().as_bytes()])
+}
+pub fn token_key(hash: &[u8; 32]) -> Vec<u8> {
+    key(TAG_TOKEN, &[hash])
+}
+pub fn token_id_key(id: TokenId) -> Vec<u8> {
+    key(TAG_TOKEN_ID, &[id.as_bytes()])
+}
+pub fn app_key(id: AppId) -> Vec<u8> {
+    key(TAG_APP, &[id.as_bytes()])
+}
+pub fn app_name_key(name: &str) -> Vec<u8> {
+    key(TAG_APP_NAME, &[name.as_bytes()])
+}
+pub fn collaborator_key(app: AppId, user: UserId) -> Vec<u8> {
+    key(TAG_COLLABORATOR, &[app.as_bytes(), user.as_bytes()])
+}
+pub fn collaborators_prefix(app: AppId) -> Vec<u8> {
+    key(TAG_COLLABORATOR, &[app.as_bytes()])
+}
+pub fn deployment_key(id: DeploymentId) -> Vec<u8> {
+    key(TAG_DEPLOYMENT, &[id.as_bytes()])
+}
+pub fn app_deployment_key(app: AppId, deployment: DeploymentId) -> Vec<u8> {
+    key(TAG_APP_DEPLOYMENT, &[app.as_bytes(), deployment.as_bytes()])
+}
+pub fn app_deployments_prefix(app: AppId) -> Vec<u8> {
+    key(TAG_APP_DEPLOYMENT, &[app.as_bytes()])
+}
+pub fn segment_key(deployment: DeploymentId, first_line: LineNo) -> Vec<u8> {
+    key(
+        TAG_SEGMENT,
+        &[deployment.as_bytes(), &first_line.0.to_be_bytes()],
+    )
+}
+pub fn segments_prefix(deployment: DeploymentId) -> Vec<u8> {
+    key(TAG_SEGMENT, &[deployment.as_bytes()])
+}
+pub fn meta_key(name: &str) -> Vec<u8> {
+    key(TAG_META, &[name.as_bytes()])
+}
+pub fn source_key(id: uuid::Uuid) -> Vec<u8> {
+    key(TAG_SOURCE, &[id.as_bytes()])
+}
+
+/// The id in the last 16 bytes of a key (index keys end with the id they point to).
+pub fn trailing_id(key: &[u8]) -> Result<[u8; 16], CodecError> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|start| key[start..].try_into().ok())
+        .ok_or(CodecError::Corrupt("key too short for an id"))
+}
+
+/// The first line number of a segment key.
+pub fn segment_first_line(key: &[u8]) -> Result<LineNo, CodecError> {
+    let bytes: [u8; 8] = key
+        .get(17..25)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(CodecError::Corrupt("segment key"))?;
+    Ok(LineNo(u64::from_be_bytes(bytes)))
+}
+
+/// Decodes a 16-byte id value.
+pub fn id_value(value: &[u8]) -> Result<[u8; 16], CodecError> {
+    value
+        .try_into()
+        .map_err(|_| CodecError::Corrupt("id value is not 16 bytes"))
+}
+
+// ---- records -------------------------------------------------------------------------------
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    bincode::serialize_into(&mut out, value).expect("invariant: bincode to a Vec cannot fail");
+    out
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
+    match bytes.first() {
+        None => Err(CodecError::Empty),
+        Some(&FORMAT_V1) => Ok(bincode::deserialize(&bytes[1..])?),
+        Some(&other) => Err(CodecError::UnknownFormat(other)),
+    }
+}
+
+fn nanos(at: OffsetDateTime) -> i64 {
+    // i64 nanoseconds cover 1677..2262: wider than any time deployd records.
+    at.unix_timestamp_nanos() as i64
+}
+
+fn from_nanos(ns: i64) -> Result<OffsetDateTime, CodecError> {
+    OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .map_err(|_| CodecError::Corrupt("timestamp"))
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredUser {
+    pub id: [u8; 16],
+    pub username: String,
+    pub email: String,
+    pub fullname: String,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+pub fn encode_user(user: &User) -> Vec<u8> {
+    encode(&StoredUser {
+        id: *user.id.as_bytes(),
+        username: user.username.clone(),
+        email: user.email.clone(),
+        fullname: user.fullname.clone(),
+        is_admin: user.is_admin,
+        created_at: nanos(user.created_at),
+    })
+}
+
+pub fn decode_user(bytes: &[u8]) -> Result<User, CodecError> {
+    let s: StoredUser = decode(bytes)?;
+    Ok(User {
+        id: UserId::from_bytes(s.id),
+        username: s.username,
+        email: s.email,
+        fullname: s.fullname,
+        is_admin: s.is_admin,
+        created_at: from_nanos(s.created_at)?,
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredToken {
+    pub id: [u8; 16],
+    pub user_id: [u8; 16],
+    pub name: String,
+    pub created_at: i64,
+}
+
+pub fn encode_token(token: &Token) -> Vec<u8> {
+    encode(&StoredToken {
+        id: *token.id.as_bytes(),
+        user_id: *token.user_id.as_bytes(),
+        name: token.name.clone(),
+        created_at: nanos(token.created_at),
+    })
+}
+
+pub fn decode_token(bytes: &[u8]) -> Result<Token, CodecError> {
+    let s: StoredToken = decode(bytes)?;
+    Ok(Token {
+        id: TokenId::from_bytes(s.id),
+        user_id: UserId::from_bytes(s.user_id),
+        name: s.name,
+        created_at: from_nanos(s.created_at)?,
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredApp {
+    pub id: [u8; 16],
+    pub name: String,
+    pub owner: [u8; 16],
+    pub git_source: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// (deployment id, at, username)
+    pub last_deployment: Option<([u8; 16], i64, String)>,
+}
+
+pub fn encode_app(app: &App) -> Vec<u8> {
+    encode(&StoredApp {
+        id: *app.id.as_bytes(),
+        name: app.name.clone(),
+        owner: *app.owner.as_bytes(),
+        git_source: app.git_source.clone(),
+        created_at: nanos(app.created_at),
+        updated_at: nanos(app.updated_at),
+        last_deployment: app
+            .last_deployment
+            .as_ref()
+            .map(|last| (*last.id.as_bytes(), nanos(last.at), last.by.clone())),
+    })
+}
+
+pub fn decode_app(bytes: &[u8]) -> Result<App, CodecError> {
+    let s: StoredApp = decode(bytes)?;
+    Ok(App {
+        id: AppId::from_bytes(s.id),
+        name: s.name,
+        owner: UserId::from_bytes(s.owner),
+        git_source: s.git_source,
+        created_at: from_nanos(s.created_at)?,
+        updated_at: from_nanos(s.updated_at)?,
+        last_deployment: match s.last_deployment {
+            Some((id, at, by)) => Some(LastDeployment {
+                id: DeploymentId::from_bytes(id),
+                at: from_nanos(at)?,
+                by,
+            }),
+            None => None,
+        },
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredCollaborator {
+    pub id: [u8; 16],
+    pub created_at: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredPusher {
+    pub id: [u8; 16],
+    pub username: String,
+    pub email: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub enum StoredDriver {
+    External,
+    Executor {
+        source_url: String,
+        postdeploy_hook: Option<String>,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredDeployment {
+    pub id: [u8; 16],
+    pub app_id: [u8; 16],
+    pub created_at: i64,
+    /// [`Status::code`].
+    pub status: u8,
+    pub finished_at: Option<i64>,
+    pub git_ref: String,
+    pub previous_git_ref: Option<String>,
+    pub pusher: StoredPusher,
+    pub image_size: u64,
+    pub driver: StoredDriver,
+}
+
+/// Encodes a deployment record. `last_line` is not stored: it is the end of the last segment.
+pub fn encode_deployment(d: &Deployment) -> Vec<u8> {
+    encode(&StoredDeployment {
+        id: *d.id.as_bytes(),
+        app_id: *d.app_id.as_bytes(),
+        created_at: nanos(d.created_at),
+        status: d.status.code(),
+        finished_at: d.finished_at.map(nanos),
+        git_ref: d.git_ref.clone(),
+        previous_git_ref: d.previous_git_ref.clone(),
+        pusher: StoredPusher {
+            id: *d.pusher.id.as_bytes(),
+            username: d.pusher.username.clone(),
+            email: d.pusher.email.clone(),
+        },
+        image_size: d.image_size,
+        driver: match &d.driver {
+            Driver::External => StoredDriver::External,
+            Driver::Executor {
+                source_url,
+                postdeploy_hook,
+            } => StoredDriver::Executor {
+                source_url: source_url.clone(),
+                postdeploy_hook: postdeploy_hook.clone(),
+            },
+        },
+    })
+}
+
+/// Decodes a deployment record; `last_line` comes back as 0 (the store fills it in).
+pub fn decode_deployment(bytes: &[u8]) -> Result<Deployment, CodecError> {
+    let s: StoredDeployment = decode(bytes)?;
+    Ok(Deployment {
+        id: DeploymentId::from_bytes(s.id),
+        app_id: AppId::from_bytes(s.app_id),
+        created_at: from_nanos(s.created_at)?,
+        status: Status::from_code(s.status).ok_or(CodecError::Corrupt("status code"))?,
+        finished_at: s.finished_at.map(from_nanos).transpose()?,
+        git_ref: s.git_ref,
+        previous_git_ref: s.previous_git_ref,
+        pusher: Pusher {
+            id: UserId::from_bytes(s.pusher.id),
+            username: s.pusher.username,
+            email: s.pusher.email,
+        },
+        image_size: s.image_size,
+        driver: match s.driver {
+            StoredDriver::External => Driver::External,
+            StoredDriver::Executor {
+                source_url,
+                postdeploy_hook,
+            } => Driver::Executor {
+                source_url,
+                postdeploy_hook,
+            },
+        },
+        last_line: LineNo(0),
+    })
+}
+
+pub fn encode_collaborator(id: uuid::Uuid, created_at: OffsetDateTime) -> Vec<u8> {
+    encode(&StoredCollaborator {
+        id: *id.as_bytes(),
+        created_at: nanos(created_at),
+    })
+}
+
+pub fn decode_collaborator(bytes: &[u8]) -> Result<(uuid::Uuid, OffsetDateTime), CodecError> {
+    let s: StoredCollaborator = decode(bytes)?;
+    Ok((uuid::Uuid::from_bytes(s.id), from_nanos(s.created_at)?))
+}
+
+/// An uploaded source archive (`POST /v1/sources`).
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+pub struct StoredSource {
+    pub id: [u8; 16],
+    pub user_id: [u8; 16],
+    pub expires_at: i64,
+    pub uploaded: bool,
+}
+
+pub fn encode_source(source: &StoredSource) -> Vec<u8> {
+    encode(source)
+}
+
+pub fn decode_source(bytes: &[u8]) -> Result<StoredSource, CodecError> {
+    decode(bytes)
+}
+
+// ---- log segments --------------------------------------------------------------------------
+
+/// Encodes one segment from lines that contain no `\n`. `text_len` is the sum of the lines'
+/// lengths (a capacity hint).
+pub fn encode_segment<'a>(
+    stored_at: OffsetDateTime,
+    lines: impl ExactSizeIterator<Item = (LogStream, &'a str)> + Clone,
+    text_len: usize,
+) -> Vec<u8> {
+    let n = lines.len();
+    let mut out = Vec::with_capacity(SEGMENT_HEADER + n + text_len + n);
+    out.push(SEGMENT_V1);
+    out.extend_from_slice(&nanos(stored_at).to_be_bytes());
+    out.extend_from_slice(&(n as u32).to_be_bytes());
+    out.extend(lines.clone().map(|(stream, _)| stream.code()));
+    for (_, text) in lines {
+        debug_assert!(!text.contains('\n'));
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A decoded view of a segment, borrowing its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentView<'a> {
+    pub stored_at_nanos: i64,
+    pub streams: &'a [u8],
+    /// Every line followed by `\n`: exactly what `/output` sends.
+    pub text: &'a [u8],
+}
+
+impl<'a> SegmentView<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, CodecError> {
+        match bytes.first() {
+            None => return Err(CodecError::Empty),
+            Some(&SEGMENT_V1) => {}
+            Some(&other) => return Err(CodecError::UnknownFormat(other)),
+        }
+        if bytes.len() < SEGMENT_HEADER {
+            return Err(CodecError::Corrupt("segment header"));
+        }
+        let stored_at_nanos = i64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let n = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
+        let streams = bytes
+            .get(SEGMENT_HEADER..SEGMENT_HEADER + n)
+            .ok_or(CodecError::Corrupt("segment streams"))?;
+        let text = &bytes[SEGMENT_HEADER + n..];
+        Ok(Self {
+            stored_at_nanos,
+            streams,
+            text,
+        })
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The text from the `skip`-th line (0-based) to the end of the segment.
+    pub fn text_from_line(&self, skip: usize) -> &'a [u8] {
+        if skip == 0 {
+            return self.text;
+        }
+        let mut seen = 0;
+        for (i, byte) in self.text.iter().enumerate() {
+            if *byte == b'\n' {
+                seen += 1;
+                if seen == skip {
+                    return &self.text[i + 1..];
+                }
+            }
+        }
+        &[]
+    }
+
+    /// Each line (without its `\n`) with its stream.
+    pub fn lines(&self) -> impl Iterator<Item = (LogStream, &'a str)> + 'a {
+        let streams = self.streams;
+        let text = self.text;
+        text.split(|b| *b == b'\n')
+            .zip(streams.iter())
+            .map(|(line, code)| {
+                (
+                    LogStream::from_code(*code).unwrap_or(LogStream::Stdout),
+                    // Lines are stored from `&str`, so this only fails on a corrupt segment.
+                    std::str::from_utf8(line).unwrap_or("\u{FFFD}"),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(ns: i64) -> OffsetDateTime {
+        from_nanos(ns).expect("valid")
+    }
+
+    #[test]
+    fn golden_segment_bytes() {
+        let lines = [(LogStream::Stdout, "hi"), (LogStream::System, "ok")];
+        let bytes = encode_segment(at(1), lines.iter().copied(), 4);
+        assert_eq!(
+            bytes,
+            vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 2, b'h', b'i', b'\n', b'o', b'k', b'\n']
+        );
+        let view = SegmentView::parse(&bytes).expect("parse");
+        assert_eq!(view.stored_at_nanos, 1);
+        assert_eq!(view.text, b"hi\nok\n");
+        assert_eq!(view.text_from_line(1), b"ok\n");
+        assert_eq!(view.text_from_line(2), b"");
+        let got: Vec<_> = view.lines().collect();
+        assert_eq!(got, lines.to_vec());
+    }
+
+    #[test]
+    fn golden_user_bytes() {
+        let user = User {
+            id: UserId::from_bytes([7; 16]),
+            username: "ab".into(),
+            email: "c".into(),
+            fullname: String::new(),
+            is_admin: true,
+            created_at: at(2),
+        };
+        let bytes = encode_user(&user);
+        let mut expected = vec![FORMAT_V1];
+        expected.extend([7u8; 16]);
+        expected.extend(2u64.to_le_bytes());
+        expected.extend(b"ab");
+        expected.extend(1u64.to_le_bytes());
+        expected.extend(b"c");
+        expected.extend(0u64.to_le_bytes());
+        expected.push(1);
+        expected.extend(2i64.to_le_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(decode_user(&bytes).expect("decode"), user);
+    }
+
+    #[test]
+    fn golden_segment_key() {
+        let id = DeploymentId::from_bytes([0xAB; 16]);
+        let key = segment_key(id, LineNo(258));
+        let mut expected = vec![TAG_SEGMENT];
+        expected.extend([0xAB; 16]);
+        expected.extend([0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(key, expected);
+        assert_eq!(segment_first_line(&key).expect("line"), LineNo(258));
+    }
+
+    #[test]
+    fn unknown_format_is_refused() {
+        assert!(matches!(
+            decode_user(&[9, 0]),
+            Err(CodecError::UnknownFormat(9))
+        ));
+        assert!(matches!(decode_user(&[]), Err(CodecError::Empty)));
+        assert!(SegmentView::parse(&[1, 0]).is_err());
+    }
+
+    fn sample_deployment(status: Status, hook: Option<String>) -> Deployment {
+        Deployment {
+            id: DeploymentId::from_bytes([1; 16]),
+            app_id: AppId::from_bytes([2; 16]),
+            created_at: at(1_700_000_000_000_000_000),
+            status,
+            finished_at: status.is_terminal().then(|| at(1_700_000_001_000_000_000)),
+            git_ref: "main".into(),
+            previous_git_ref: Some("abc".into()),
+            pusher: Pusher {
+                id: UserId::from_bytes([3; 16]),
+                username: "admin".into(),
+                email: "a@b".into(),
+            },
+            image_size: 42,
+            driver: match hook {
+                Some(h) => Driver::Executor {
+                    source_url: "http://x".into(),
+                    postdeploy_hook: Some(h),
+                },
+                None => Driver::External,
+            },
+            last_line: LineNo(0),
+        }
+    }
+
+    #[test]
+    fn deployment_round_trip() {
+        for status in Status::ALL {
+            for hook in [None, Some("echo hi".to_string())] {
+                let d = sample_deployment(status, hook);
+                assert_eq!(
+                    decode_deployment(&encode_deployment(&d)).expect("decode"),
+                    d
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn segments_round_trip(lines in proptest::collection::vec(("[^\n]{0,40}", 0u8..3), 0..50), ns in any::<i64>()) {
+            let input: Vec<(LogStream, &str)> = lines
+                .iter()
+                .map(|(t, c)| (LogStream::from_code(*c).expect("code"), t.as_str()))
+                .collect();
+            let bytes = encode_segment(at(ns), input.iter().copied(), 0);
+            let view = SegmentView::parse(&bytes).expect("parse");
+            prop_assert_eq!(view.stored_at_nanos, ns);
+            prop_assert_eq!(view.line_count(), input.len());
+            let got: Vec<_> = view.lines().collect();
+            prop_assert_eq!(got, input.clone());
+            for skip in 0..=input.len() {
+                let expected: String = input[skip..].iter().map(|(_, t)| format!("{t}\n")).collect();
+                prop_assert_eq!(view.text_from_line(skip), expected.as_bytes());
+            }
+        }
+
+        #[test]
+        fn apps_round_trip(name in "[a-z0-9-]{3,48}", src in proptest::option::of("[ -~]{0,60}"), last in any::<bool>()) {
+            let app = App {
+                id: AppId::from_bytes([5; 16]),
+                name,
+                owner: UserId::from_bytes([6; 16]),
+                git_source: src,
+                created_at: at(10),
+                updated_at: at(20),
+                last_deployment: last.then(|| LastDeployment { id: DeploymentId::from_bytes([9; 16]), at: at(30), by: "x".into() }),
+            };
+            prop_assert_eq!(decode_app(&encode_app(&app)).expect("decode"), app);
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The store: every byte on disk. Reads go straight to the engine from any thread (through
+//! `spawn_blocking` on async paths); every write goes through the single [`writer`] thread,
+//! which validates, commits in groups, makes each commit durable and only then publishes.
+//!
+//! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
+//! engine trait, sled and in-memory implementations), [`writer`] (the one writer).
+
+pub mod codec;
+pub mod engine;
+pub mod writer;
+
+use std::sync::Arc;
+
+use crate::model::{App, AppId, Deployment, DeploymentId, LineNo, Token, TokenId, User, UserId};
+use codec::CodecError;
+use engine::{prefix_end, Engine, EngineError};
+
+/// Largest log segment the writer builds. A bigger batch is split over several segments:
+/// bounded values keep sled out of its slow large-value path and bound hub memory.
+pub const MAX_SEGMENT_BYTES: usize = 1024 * 1024;
+
+/// A read failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("corrupt record: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// Read access to everything stored. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    engine: Arc<dyn Engine>,
+}
+
+impl Store {
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self { engine }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    fn get_with<T>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.engine.get(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn id_at(&self, key: &[u8]) -> Result<Option<[u8; 16]>, StoreError> {
+        self.get_with(key, codec::id_value)
+    }
+
+    pub fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.get_with(&codec::user_key(id), codec::decode_user)
+    }
+
+    pub fn user_by_username(&self, username: &str) -> Result<Option<User>, StoreError> {
+        match self.id_at(&codec::username_key(username))? {
+            Some(id) => self.user(UserId::from_bytes(id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        match self.id_at(&codec::email_key(email))? {
+            Some(id) => self.user(UserId::from_bytes(id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn user_count(&self) -> Result<usize, StoreError> {
+        let prefix = [codec::TAG_USER];
+        let mut count = 0;
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The token whose secret hashes to `hash`.
+    pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
+        self.get_with(&codec::token_key(hash), codec::decode_token)
+    }
+
+    /// Whether the token with this id still exists (JWTs die with the token they came from).
+    pub fn token_exists(&self, id: TokenId) -> Result<bool, StoreError> {
+        Ok(self.engine.get(&codec::token_id_key(id))?.is_some())
+    }
+
+    /// The hash of a token by id, to revoke it.
+    pub fn token_hash(&self, id: TokenId) -> Result<Option<[u8; 32]>, StoreError> {
+        self.get_with(&codec::token_id_key(id), |bytes| {
+            bytes
+                .try_into()
+                .map_err(|_| CodecError::Corrupt("token hash is not 32 bytes"))
+        })
+    }
+
+    pub fn app(&self, id: AppId) -> Result<Option<App>, StoreError> {
+        self.get_with(&codec::app_key(id), codec::decode_app)
+    }
+
+    pub fn app_by_name(&self, name: &str) -> Result<Option<App>, StoreError> {
+        match self.id_at(&codec::app_name_key(name))? {
+            Some(id) => self.app(AppId::from_bytes(id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every app, in id (creation) order.
+    pub fn all_apps(&self) -> Result<Vec<App>, StoreError> {
+        let prefix = [codec::TAG_APP];
+        self.engine
+            .range(&prefix, &prefix_end(&prefix), false)
+            .map(|entry| Ok(codec::decode_app(&entry?.1)?))
+            .collect()
+    }
+
+    pub fn is_collaborator(&self, app: AppId, user: UserId) -> Result<bool, StoreError> {
+        Ok(self
+            .engine
+            .get(&codec::collaborator_key(app, user))?
+            .is_some())
+    }
+
+    /// The collaborators of an app: (collaboration id, user, since).
+    pub fn collaborators(
+        &self,
+        app: AppId,
+    ) -> Result<Vec<(uuid::Uuid, User, time::OffsetDateTime)>, StoreError> {
+        let prefix = codec::collaborators_prefix(app);
+        let mut out = Vec::new();
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            let (key, value) = entry?;
+            let user_id = UserId::from_bytes(codec::trailing_id(&key)?);
+            let (id, since) = codec::decode_collaborator(&value)?;
+            if let Some(user) = self.user(user_id)? {
+                out.push((id, user, since));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A deployment with `last_line` filled in from its last segment.
+    pub fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
+        let Some(mut deployment) =
+            self.get_with(&codec::deployment_key(id), codec::decode_deployment)?
+        else {
+            return Ok(None);
+        };
+        deployment.last_line = self.last_line(id)?;
+        Ok(Some(deployment))
+    }
+
+    /// The last line number stored for a deployment (0 when none).
+    pub fn last_line(&self, id: DeploymentId) -> Result<LineNo, StoreError> {
+        let prefix = codec::segments_prefix(id);
+        match self
+            .engine
+            .range(&prefix, &prefix_end(&prefix), true)
+            .next()
+        {
+            Some(entry) => {
+                let (key, value) = entry?;
+                let first = codec::segment_first_line(&key)?;
+                let view = codec::SegmentView::parse(&value)?;
+                Ok(LineNo(first.0 + view.line_count() as u64 - 1))
+            }
+            None => Ok(LineNo(0)),
+        }
+    }
+
+    /// Number of deployments of an app.
+    pub fn deployment_count(&self, app: AppId) -> Result<u64, StoreError> {
+        let prefix = codec::app_deployments_prefix(app);
+        let mut count = 0;
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Ids of an app's deployments, newest first, skipping `offset`, at most `limit`.
+    pub fn deployment_ids(
+        &self,
+        app: AppId,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<DeploymentId>, StoreError> {
+        let prefix = codec::app_deployments_prefix(app);
+        let mut out = Vec::new();
+        for entry in self
+            .engine
+            .range(&prefix, &prefix_end(&prefix), true)
+            .skip(offset as usize)
+            .take(limit as usize)
+        {
+            let (key, _) = entry?;
+            out.push(DeploymentId::from_bytes(codec::trailing_id(&key)?));
+        }
+        Ok(out)
+    }
+
+    /// Every deployment record (recovery at startup).
+    pub fn all_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let prefix = [codec::TAG_DEPLOYMENT];
+        let mut out = Vec::new();
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            out.push(codec::decode_deployment(&entry?.1)?);
+        }
+        Ok(out)
+    }
+
+    /// The segments holding lines after `after`, in order: `(first line, segment bytes)`.
+    /// The first segment may start at or before `after`; callers skip what they already have.
+    pub fn segments_after(
+        &self,
+        id: DeploymentId,
+        after: LineNo,
+    ) -> impl Iterator<Item = Result<(LineNo, Vec<u8>), StoreError>> + '_ {
+        let prefix = codec::segments_prefix(id);
+        let end = prefix_end(&prefix);
+        // The segment holding line after+1 starts at or before it: find the last such key.
+        let probe = codec::segment_key(id, after.next());
+        let mut probe_end = probe.clone();
+        probe_end.push(0);
+        let start = match self.engine.range(&prefix, &probe_end, true).next() {
+            Some(Ok((key, _))) => key,
+            _ => prefix.clone(),
+        };
+        self.engine.range(&start, &end, false).map(|entry| {
+            let (key, value) = entry?;
+            Ok((codec::segment_first_line(&key)?, value))
+        })
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.engine.get(&codec::meta_key(name))?)
+    }
+
+    pub fn source(&self, id: uuid::Uuid) -> Result<Option<codec::StoredSource>, StoreError> {
+        self.get_with(&codec::source_key(id), codec::decode_source)
+    }
+}

@@ -1,0 +1,1080 @@
+//! The one writer: owns every write, every line number and every status change.
+//!
+//! Async callers send a [`Command`] over a bounded channel and await its reply. The writer thread
+//! takes a command, then everything that queued up behind it (a *group*), validates each against
+//! its in-memory state of unfinished deployments (the state machine, queueing, line numbers),
+//! writes the whole group as one atomic engine batch, makes it durable with one `sync`, and only
+//! then replies and publishes the group's events to the hub. So nothing is acknowledged or
+//! broadcast before it is on disk, and the wire order is the store order.
+//!
+//! Commands that create or delete named things (users, tokens, apps, collaborators, deployments)
+//! are committed on their own, so their uniqueness checks read committed state only; the hot
+//! commands (log batches, status changes, image sizes) are grouped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec;
+use super::engine::{prefix_end, BatchOp, Engine};
+use super::{Store, StoreError, MAX_SEGMENT_BYTES};
+use crate::hub::{Event, EventKind, Hub};
+use crate::model::{
+    App, AppId, Deployment, DeploymentId, Driver, LastDeployment, LineNo, NewLine, Pusher, Token,
+    TokenId, User, UserId,
+};
+use crate::status::{check_transition, Status, TransitionError};
+
+/// Commands waiting for the writer. Senders wait (asynchronously) when it is full: that is the
+/// backpressure that keeps pushers from outrunning the disk.
+pub const WRITER_QUEUE_CAPACITY: usize = 4096;
+
+/// At most this many commands in one group commit, so one commit's latency stays bounded.
+pub const MAX_GROUP_COMMANDS: usize = 4096;
+
+/// At most this many bytes of log text in one group commit.
+pub const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest stored log line in bytes; longer lines are cut on a char boundary.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Why a write was refused or failed. Refusals change nothing stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("the deployment is queued behind another deployment of the app; wait until it starts")]
+    Queued,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(err: StoreError) -> Self {
+        WriteError::Unavailable(err.to_string())
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
+
+/// How a transition is asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Move to this status (refused if the graph forbids it).
+    Status(Status),
+    /// The deployment's session ended: `aborted`, or `timeout-error` from `starting`.
+    SessionLost,
+}
+
+/// A write for the writer thread.
+pub enum Command {
+    CreateUser {
+        user: User,
+        token: Token,
+        token_hash: [u8; 32],
+        reply: Reply<()>,
+    },
+    CreateToken {
+        token: Token,
+        token_hash: [u8; 32],
+        reply: Reply<()>,
+    },
+    RevokeToken {
+        user: UserId,
+        token: TokenId,
+        reply: Reply<()>,
+    },
+    CreateApp {
+        app: App,
+        reply: Reply<()>,
+    },
+    DeleteApp {
+        app: AppId,
+        reply: Reply<()>,
+    },
+    AddCollaborator {
+        app: AppId,
+        user: UserId,
+        id: uuid::Uuid,
+        reply: Reply<()>,
+    },
+    RemoveCollaborator {
+        app: AppId,
+        user: UserId,
+        reply: Reply<()>,
+    },
+    CreateDeployment {
+        app: AppId,
+        git_ref: String,
+        pusher: Pusher,
+        driver: Driver,
+        reply: Reply<Deployment>,
+    },
+    AppendLogs {
+        deployment: DeploymentId,
+        lines: Vec<NewLine>,
+        reply: Reply<LineNo>,
+    },
+    Transition {
+        deployment: DeploymentId,
+        target: Target,
+        /// A line stored just before the status (e.g. why it was aborted).
+        note: Option<NewLine>,
+        reply: Reply<Deployment>,
+    },
+    SetImageSize {
+        deployment: DeploymentId,
+        bytes: u64,
+        reply: Reply<()>,
+    },
+    PutMeta {
+        name: String,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    PutSource {
+        source: codec::StoredSource,
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    /// Commands committed alone (they check uniqueness against committed state).
+    fn commits_alone(&self) -> bool {
+        !matches!(
+            self,
+            Command::AppendLogs { .. } | Command::Transition { .. } | Command::SetImageSize { .. }
+        )
+    }
+}
+
+/// The async handle to the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+/// What recovery did at startup, for the service to act on.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Deployments ended because their session was lost in the restart.
+    pub ended: Vec<(DeploymentId, Status)>,
+    /// Unfinished executor deployments (building or queued) that need an executor again.
+    pub to_execute: Vec<Deployment>,
+}
+
+impl Writer {
+    /// Recovers unfinished deployments, then starts the writer thread.
+    pub fn start(
+        store: Store,
+        hub: Arc<Hub>,
+    ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
+        let mut state = WriterState {
+            engine: store.engine().clone(),
+            store,
+            hub,
+            live: HashMap::new(),
+            running: HashMap::new(),
+            queues: HashMap::new(),
+            failed: None,
+        };
+        let recovery = state.recover()?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
+        let handle = std::thread::Builder::new()
+            .name("deployd-writer".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| StoreError::Engine(super::engine::EngineError(e.to_string())))?;
+        Ok((Writer { tx }, recovery, handle))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| WriteError::Unavailable("writer stopped".into()))?
+    }
+
+    pub async fn create_user(
+        &self,
+        user: User,
+        token: Token,
+        token_hash: [u8; 32],
+    ) -> Result<(), WriteError> {
+        self.call(|reply| Command::CreateUser {
+            user,
+            token,
+            token_hash,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_token(&self, token: Token, token_hash: [u8; 32]) -> Result<(), WriteError> {
+        self.call(|reply| Command::CreateToken {
+            token,
+            token_hash,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn revoke_token(&self, user: UserId, token: TokenId) -> Result<(), WriteError> {
+        self.call(|reply| Command::RevokeToken { user, token, reply })
+            .await
+    }
+
+    pub async fn create_app(&self, app: App) -> Result<(), WriteError> {
+        self.call(|reply| Command::CreateApp { app, reply }).await
+    }
+
+    pub async fn delete_app(&self, app: AppId) -> Result<(), WriteError> {
+        self.call(|reply| Command::DeleteApp { app, reply }).await
+    }
+
+    pub async fn add_collaborator(
+        &self,
+        app: AppId,
+        user: UserId,
+        id: uuid::Uuid,
+    ) -> Result<(), WriteError> {
+        self.call(|reply| Command::AddCollaborator {
+            app,
+            user,
+            id,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn remove_collaborator(&self, app: AppId, user: UserId) -> Result<(), WriteError> {
+        self.call(|reply| Command::RemoveCollaborator { app, user, reply })
+            .await
+    }
+
+    /// Creates a deployment: `building`, or `queued` when the app has one in progress.
+    pub async fn create_deployment(
+        &self,
+        app: AppId,
+        git_ref: String,
+        pusher: Pusher,
+        driver: Driver,
+    ) -> Result<Deployment, WriteError> {
+        self.call(|reply| Command::CreateDeployment {
+            app,
+            git_ref,
+            pusher,
+            driver,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends lines; returns the last line number, durable when this returns.
+    pub async fn append_logs(
+        &self,
+        deployment: DeploymentId,
+        lines: Vec<NewLine>,
+    ) -> Result<LineNo, WriteError> {
+        self.call(|reply| Command::AppendLogs {
+            deployment,
+            lines,
+            reply,
+        })
+        .await
+    }
+
+    /// Moves a deployment through the state machine; durable and broadcast when this returns.
+    pub async fn transition(
+        &self,
+        deployment: DeploymentId,
+        target: Target,
+        note: Option<NewLine>,
+    ) -> Result<Deployment, WriteError> {
+        self.call(|reply| Command::Transition {
+            deployment,
+            target,
+            note,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn set_image_size(
+        &self,
+        deployment: DeploymentId,
+        bytes: u64,
+    ) -> Result<(), WriteError> {
+        self.call(|reply| Command::SetImageSize {
+            deployment,
+            bytes,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn put_meta(&self, name: String, value: Vec<u8>) -> Result<(), WriteError> {
+        self.call(|reply| Command::PutMeta { name, value, reply })
+            .await
+    }
+
+    pub async fn put_source(&self, source: codec::StoredSource) -> Result<(), WriteError> {
+        self.call(|reply| Command::PutSource { source, reply })
+            .await
+    }
+}
+
+/// What a validated command does once its group is durable.
+struct Done {
+    app: Option<AppId>,
+    events: Vec<Event>,
+    statuses: Vec<(DeploymentId, Status)>,
+    reply: Box<dyn FnOnce(Option<WriteError>) + Send>,
+}
+
+fn done<T: Send + 'static>(
+    reply: Reply<T>,
+    value: T,
+) -> Box<dyn FnOnce(Option<WriteError>) + Send> {
+    Box::new(move |failure| {
+        // The caller may have gone away (a closed connection): nothing to tell.
+        let _ = reply.send(match failure {
+            None => Ok(value),
+            Some(err) => Err(err),
+        });
+    })
+}
+
+/// A group being built: engine ops plus what to do after the commit.
+#[derive(Default)]
+struct Group {
+    ops: Vec<BatchOp>,
+    done: Vec<Done>,
+    text_bytes: usize,
+}
+
+struct WriterState {
+    store: Store,
+    engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
+    /// Every unfinished deployment, with its current `last_line`.
+    live: HashMap<DeploymentId, Deployment>,
+    /// Per app, the one deployment past `queued`.
+    running: HashMap<AppId, DeploymentId>,
+    /// Per app, queued deployments, oldest first.
+    queues: HashMap<AppId, VecDeque<DeploymentId>>,
+    /// Set when a commit failed: memory may no longer match the disk, so refuse everything.
+    failed: Option<String>,
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl WriterState {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut carry: Option<Command> = None;
+        loop {
+            let first = match carry.take() {
+                Some(cmd) => cmd,
+                None => match rx.blocking_recv() {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+            };
+            let mut group = Group::default();
+            if first.commits_alone() {
+                self.apply(first, &mut group);
+            } else {
+                self.apply(first, &mut group);
+                while group.done.len() < MAX_GROUP_COMMANDS && group.text_bytes < MAX_GROUP_BYTES {
+                    match rx.try_recv() {
+                        Ok(cmd) if cmd.commits_alone() => {
+                            carry = Some(cmd);
+                            break;
+                        }
+                        Ok(cmd) => self.apply(cmd, &mut group),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    fn commit(&mut self, group: Group) {
+        let failure = if group.ops.is_empty() {
+            None
+        } else {
+            match self
+                .engine
+                .apply(group.ops)
+                .and_then(|()| self.engine.sync())
+            {
+                Ok(()) => None,
+                Err(err) => {
+                    tracing::error!(error = %err, "commit failed; refusing further writes");
+                    self.failed = Some(err.to_string());
+                    Some(WriteError::Unavailable(err.to_string()))
+                }
+            }
+        };
+        for done in group.done {
+            if failure.is_none() {
+                for (id, status) in &done.statuses {
+                    self.hub.set_status(*id, *status);
+                }
+                if let Some(app) = done.app {
+                    if !done.events.is_empty() {
+                        self.hub.publish(app, done.events);
+                    }
+                }
+            }
+            (done.reply)(failure.clone());
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, group: &mut Group) {
+        if let Some(reason) = &self.failed {
+            let err = WriteError::Unavailable(reason.clone());
+            reply_err(cmd, err);
+            return;
+        }
+        match cmd {
+            Command::CreateUser {
+                user,
+                token,
+                token_hash,
+                reply,
+            } => {
+                let result = self.create_user(&user, &token, &token_hash, group);
+                finish(group, result, reply, None);
+            }
+            Command::CreateToken {
+                token,
+                token_hash,
+                reply,
+            } => {
+                group.ops.push(put(
+                    codec::token_key(&token_hash),
+                    codec::encode_token(&token),
+                ));
+                group
+                    .ops
+                    .push(put(codec::token_id_key(token.id), token_hash.to_vec()));
+                finish(group, Ok(()), reply, None);
+            }
+            Command::RevokeToken { user, token, reply } => {
+                let result = self.revoke_token(user, token, group);
+                finish(group, result, reply, None);
+            }
+            Command::CreateApp { app, reply } => {
+                let result = self.create_app(&app, group);
+                finish(group, result, reply, None);
+            }
+            Command::DeleteApp { app, reply } => {
+                let result = self.delete_app(app, group);
+                finish(group, result, reply, None);
+            }
+            Command::AddCollaborator {
+                app,
+                user,
+                id,
+                reply,
+            } => {
+                let result = match self.store.is_collaborator(app, user) {
+                    Ok(true) => Err(WriteError::Conflict(
+                        "user is already a collaborator of the app".into(),
+                    )),
+                    Ok(false) => {
+                        group.ops.push(put(
+                            codec::collaborator_key(app, user),
+                            codec::encode_collaborator(id, now()),
+                        ));
+                        Ok(())
+                    }
+                    Err(err) => Err(err.into()),
+                };
+                finish(group, result, reply, None);
+            }
+            Command::RemoveCollaborator { app, user, reply } => {
+                group
+                    .ops
+                    .push(BatchOp::Delete(codec::collaborator_key(app, user)));
+                finish(group, Ok(()), reply, None);
+            }
+            Command::CreateDeployment {
+                app,
+                git_ref,
+                pusher,
+                driver,
+                reply,
+            } => {
+                let result = self.create_deployment(app, git_ref, pusher, driver, group);
+                match result {
+                    Ok((deployment, extra)) => {
+                        group.done.push(Done {
+                            app: Some(app),
+                            events: extra.events,
+                            statuses: extra.statuses,
+                            reply: done(reply, deployment),
+                        });
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            }
+            Command::AppendLogs {
+                deployment,
+                lines,
+                reply,
+            } => match self.append_logs(deployment, lines, group) {
+                Ok((app, last, events)) => group.done.push(Done {
+                    app: Some(app),
+                    events,
+                    statuses: Vec::new(),
+                    reply: done(reply, last),
+                }),
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
+            Command::Transition {
+                deployment,
+                target,
+                note,
+                reply,
+            } => match self.transition(deployment, target, note, group) {
+                Ok((record, extra)) => group.done.push(Done {
+                    app: Some(record.app_id),
+                    events: extra.events,
+                    statuses: extra.statuses,
+                    reply: done(reply, record),
+                }),
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
+            Command::SetImageSize {
+                deployment,
+                bytes,
+                reply,
+            } => {
+                let result = match self.live.get_mut(&deployment) {
+                    Some(record) => {
+                        record.image_size = bytes;
+                        group.ops.push(put(
+                            codec::deployment_key(deployment),
+                            codec::encode_deployment(record),
+                        ));
+                        Ok(())
+                    }
+                    None => Err(self.not_live(deployment)),
+                };
+                finish(group, result, reply, None);
+            }
+            Command::PutMeta { name, value, reply } => {
+                group.ops.push(put(codec::meta_key(&name), value));
+                finish(group, Ok(()), reply, None);
+            }
+            Command::PutSource { source, reply } => {
+                group.ops.push(put(
+                    codec::source_key(uuid::Uuid::from_bytes(source.id)),
+                    codec::encode_source(&source),
+                ));
+                finish(group, Ok(()), reply, None);
+            }
+        }
+    }
+
+    fn create_user(
+        &mut self,
+        user: &User,
+        token: &Token,
+        token_hash: &[u8; 32],
+        group: &mut Group,
+    ) -> Result<(), WriteError> {
+        if self.store.user_by_username(&user.username)?.is_some() {
+            return Err(WriteError::Conflict(format!(
+                "username {:?} is already taken",
+                user.username
+            )));
+        }
+        if self.store.user_by_email(&user.email)?.is_some() {
+            return Err(WriteError::Conflict(format!(
+                "email {:?} is already taken",
+                user.email
+            )));
+        }
+        group
+            .ops
+            .push(put(codec::user_key(user.id), codec::encode_user(user)));
+        group.ops.push(put(
+            codec::username_key(&user.username),
+            user.id.as_bytes().to_vec(),
+        ));
+        group.ops.push(put(
+            codec::email_key(&user.email),
+            user.id.as_bytes().to_vec(),
+        ));
+        group.ops.push(put(
+            codec::token_key(token_hash),
+            codec::encode_token(token),
+        ));
+        group
+            .ops
+            .push(put(codec::token_id_key(token.id), token_hash.to_vec()));
+        Ok(())
+    }
+
+    fn revoke_token(
+        &mut self,
+        user: UserId,
+        token: TokenId,
+        group: &mut Group,
+    ) -> Result<(), WriteError> {
+        let hash = self
+            .store
+            .token_hash(token)?
+            .ok_or(WriteError::NotFound("token"))?;
+        let record = self
+            .store
+            .token_by_hash(&hash)?
+            .ok_or(WriteError::NotFound("token"))?;
+        if record.user_id != user {
+            return Err(WriteError::NotFound("token"));
+        }
+        group.ops.push(BatchOp::Delete(codec::token_key(&hash)));
+        group.ops.push(BatchOp::Delete(codec::token_id_key(token)));
+        Ok(())
+    }
+
+    fn create_app(&mut self, app: &App, group: &mut Group) -> Result<(), WriteError> {
+        if self.store.app_by_name(&app.name)?.is_some() {
+            return Err(WriteError::Conflict(format!(
+                "an app named {:?} already exists",
+                app.name
+            )));
+        }
+        group
+            .ops
+            .push(put(codec::app_key(app.id), codec::encode_app(app)));
+        group.ops.push(put(
+            codec::app_name_key(&app.name),
+            app.id.as_bytes().to_vec(),
+        ));
+        Ok(())
+    }
+
+    fn delete_app(&mut self, app_id: AppId, group: &mut Group) -> Result<(), WriteError> {
+        let app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        group.ops.push(BatchOp::Delete(codec::app_key(app_id)));
+        group
+            .ops
+            .push(BatchOp::Delete(codec::app_name_key(&app.name)));
+        let engine = self.engine.clone();
+        let delete_prefix = |prefix: Vec<u8>, ops: &mut Vec<BatchOp>| -> Result<(), WriteError> {
+            for entry in engine.range(&prefix, &prefix_end(&prefix), false) {
+                let (key, _) = entry.map_err(StoreError::from)?;
+                ops.push(BatchOp::Delete(key));
+            }
+            Ok(())
+        };
+        delete_prefix(codec::collaborators_prefix(app_id), &mut group.ops)?;
+        let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
+        delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
+        let mut statuses = Vec::new();
+        for id in ids {
+            group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
+            delete_prefix(codec::segments_prefix(id), &mut group.ops)?;
+            if self.live.remove(&id).is_some() {
+                // Its session sees the watch end and stops; its next write finds no deployment.
+                statuses.push((id, Status::Aborted));
+            }
+        }
+        self.running.remove(&app_id);
+        self.queues.remove(&app_id);
+        group.done.push(Done {
+            app: None,
+            events: Vec::new(),
+            statuses,
+            reply: Box::new(|_| {}),
+        });
+        Ok(())
+    }
+
+    fn create_deployment(
+        &mut self,
+        app_id: AppId,
+        git_ref: String,
+        pusher: Pusher,
+        driver: Driver,
+        group: &mut Group,
+    ) -> Result<(Deployment, Effects), WriteError> {
+        let mut app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        let previous_git_ref = match &app.last_deployment {
+            Some(last) => self.store.deployment(last.id)?.map(|d| d.git_ref),
+            None => None,
+        };
+        let id = DeploymentId::generate();
+        let created_at = now();
+        let status = if self.running.contains_key(&app_id) {
+            self.queues.entry(app_id).or_default().push_back(id);
+            Status::Queued
+        } else {
+            self.running.insert(app_id, id);
+            Status::Building
+        };
+        let deployment = Deployment {
+            id,
+            app_id,
+            created_at,
+            status,
+            finished_at: None,
+            git_ref,
+            previous_git_ref,
+            pusher,
+            image_size: 0,
+            driver,
+            last_line: LineNo(0),
+        };
+        app.last_deployment = Some(LastDeployment {
+            id,
+            at: created_at,
+            by: deployment.pusher.username.clone(),
+        });
+        app.updated_at = created_at;
+        group.ops.push(put(
+            codec::deployment_key(id),
+            codec::encode_deployment(&deployment),
+        ));
+        group
+            .ops
+            .push(put(codec::app_deployment_key(app_id, id), Vec::new()));
+        group
+            .ops
+            .push(put(codec::app_key(app_id), codec::encode_app(&app)));
+        self.live.insert(id, deployment.clone());
+        let effects = Effects {
+            events: vec![
+                Event::new(app_id, id, EventKind::New),
+                Event::new(
+                    app_id,
+                    id,
+                    EventKind::Status {
+                        status,
+                        seq: LineNo(0),
+                    },
+                ),
+            ],
+            statuses: vec![(id, status)],
+        };
+        Ok((deployment, effects))
+    }
+
+    fn not_live(&self, deployment: DeploymentId) -> WriteError {
+        match self.store.deployment(deployment) {
+            Ok(Some(record)) => WriteError::Conflict(format!(
+                "deployment already finished with status {}",
+                record.status
+            )),
+            Ok(None) => WriteError::NotFound("deployment"),
+            Err(err) => err.into(),
+        }
+    }
+
+    fn append_logs(
+        &mut self,
+        deployment: DeploymentId,
+        lines: Vec<NewLine>,
+        group: &mut Group,
+    ) -> Result<(AppId, LineNo, Vec<Event>), WriteError> {
+        let Some(record) = self.live.get_mut(&deployment) else {
+            return Err(self.not_live(deployment));
+        };
+        if record.status == Status::Queued {
+            return Err(WriteError::Queued);
+        }
+        let app = record.app_id;
+        let events = append_segments(record, &lines, group);
+        Ok((app, record.last_line, events))
+    }
+
+    fn transition(
+        &mut self,
+        deployment: DeploymentId,
+        target: Target,
+        note: Option<NewLine>,
+        group: &mut Group,
+    ) -> Result<(Deployment, Effects), WriteError> {
+        let Some(record) = self.live.get(&deployment) else {
+            return Err(match self.store.deployment(deployment)? {
+                Some(stored) => match target {
+                    Target::Status(to) => TransitionError::AlreadyFinished {
+                        from: stored.status,
+                        to,
+                    }
+                    .into(),
+                    Target::SessionLost => WriteError::Conflict(format!(
+                        "deployment already finished with status {}",
+                        stored.status
+                    )),
+                },
+                None => WriteError::NotFound("deployment"),
+            });
+        };
+        let from = record.status;
+        let to = match target {
+            Target::Status(to) => to,
+            Target::SessionLost => from
+                .on_session_lost()
+                .expect("invariant: live deployments are unfinished"),
+        };
+        check_transition(from, to)?;
+        if from == Status::Queued && to == Status::Building {
+            // Only the writer promotes a queued deployment, when the app's running one ends.
+            return Err(WriteError::Queued);
+        }
+        let mut effects = Effects::default();
+        let record = self.live.get_mut(&deployment).expect("checked above");
+        if let Some(note) = note {
+            effects
+                .events
+                .extend(append_segments(record, &[note], group));
+        }
+        let record = self.set_status(deployment, to, group, &mut effects);
+        Ok((record, effects))
+    }
+
+    /// Writes a validated status change; on a terminal status, promotes the app's next queued
+    /// deployment.
+    fn set_status(
+        &mut self,
+        deployment: DeploymentId,
+        to: Status,
+        group: &mut Group,
+        effects: &mut Effects,
+    ) -> Deployment {
+        let record = self
+            .live
+            .get_mut(&deployment)
+            .expect("invariant: caller checked liveness");
+        let from = record.status;
+        record.status = to;
+        if to.is_terminal() {
+            record.finished_at = Some(now());
+        }
+        group.ops.push(put(
+            codec::deployment_key(deployment),
+            codec::encode_deployment(record),
+        ));
+        effects.events.push(Event::new(
+            record.app_id,
+            deployment,
+            EventKind::Status {
+                status: to,
+                seq: record.last_line,
+            },
+        ));
+        effects.statuses.push((deployment, to));
+        let snapshot = record.clone();
+        if to.is_terminal() {
+            let app = snapshot.app_id;
+            self.live.remove(&deployment);
+            if from == Status::Queued {
+                if let Some(queue) = self.queues.get_mut(&app) {
+                    queue.retain(|id| *id != deployment);
+                }
+            } else if self.running.get(&app) == Some(&deployment) {
+                self.running.remove(&app);
+                self.promote_next(app, group, effects);
+            }
+        }
+        snapshot
+    }
+
+    fn promote_next(&mut self, app: AppId, group: &mut Group, effects: &mut Effects) {
+        let Some(next) = self.queues.get_mut(&app).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        self.running.insert(app, next);
+        self.set_status(next, Status::Building, group, effects);
+    }
+
+    /// Ends what a crash left unfinished (DESIGN.md), then starts queued executor deployments.
+    fn recover(&mut self) -> Result<Recovery, StoreError> {
+        let mut recovery = Recovery::default();
+        let mut deployments = self.store.all_deployments()?;
+        deployments.retain(|d| !d.status.is_terminal());
+        deployments.sort_by_key(|d| d.id);
+        let mut group = Group::default();
+        let mut effects = Effects::default();
+        for mut deployment in deployments {
+            deployment.last_line = self.store.last_line(deployment.id)?;
+            let id = deployment.id;
+            let status = deployment.status;
+            let keep_queued =
+                status == Status::Queued && matches!(deployment.driver, Driver::Executor { .. });
+            self.live.insert(id, deployment);
+            if keep_queued {
+                self.queues
+                    .entry(self.live[&id].app_id)
+                    .or_default()
+                    .push_back(id);
+                continue;
+            }
+            let to = status.on_session_lost().expect("invariant: unfinished");
+            let why = if status == Status::Queued {
+                "its pusher's connection was lost when deployd restarted".to_string()
+            } else {
+                format!("deployd restarted while the deployment was {status}: its session was lost")
+            };
+            let note = NewLine::system(format!("!     Deployment {}: {why}", to));
+            let record = self.live.get_mut(&id).expect("just inserted");
+            append_segments(record, &[note], &mut group);
+            self.set_status(id, to, &mut group, &mut effects);
+            recovery.ended.push((id, to));
+        }
+        let apps: Vec<AppId> = self.queues.keys().copied().collect();
+        for app in apps {
+            if !self.running.contains_key(&app) {
+                self.promote_next(app, &mut group, &mut effects);
+            }
+        }
+        if !group.ops.is_empty() {
+            self.engine.apply(group.ops)?;
+            self.engine.sync()?;
+        }
+        for (id, status) in &effects.statuses {
+            self.hub.set_status(*id, *status);
+        }
+        for deployment in self.live.values() {
+            self.hub.set_status(deployment.id, deployment.status);
+            if matches!(deployment.driver, Driver::Executor { .. }) {
+                recovery.to_execute.push(deployment.clone());
+            }
+        }
+        recovery.to_execute.sort_by_key(|d| d.id);
+        Ok(recovery)
+    }
+}
+
+#[derive(Default)]
+struct Effects {
+    events: Vec<Event>,
+    statuses: Vec<(DeploymentId, Status)>,
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> BatchOp {
+    BatchOp::Put(key, Bytes::from(value))
+}
+
+fn finish(group: &mut Group, result: Result<(), WriteError>, reply: Reply<()>, app: Option<AppId>) {
+    match result {
+        Ok(()) => group.done.push(Done {
+            app,
+            events: Vec::new(),
+            statuses: Vec::new(),
+            reply: done(reply, ()),
+        }),
+        Err(err) => {
+            let _ = reply.send(Err(err));
+        }
+    }
+}
+
+fn reply_err(cmd: Command, err: WriteError) {
+    let _ = match cmd {
+        Command::CreateUser { reply, .. }
+        | Command::CreateToken { reply, .. }
+        | Command::RevokeToken { reply, .. }
+        | Command::CreateApp { reply, .. }
+        | Command::DeleteApp { reply, .. }
+        | Command::AddCollaborator { reply, .. }
+        | Command::RemoveCollaborator { reply, .. }
+        | Command::SetImageSize { reply, .. }
+        | Command::PutMeta { reply, .. }
+        | Command::PutSource { reply, .. } => reply.send(Err(err)).is_ok(),
+        Command::CreateDeployment { reply, .. } | Command::Transition { reply, .. } => {
+            reply.send(Err(err)).is_ok()
+        }
+        Command::AppendLogs { reply, .. } => reply.send(Err(err)).is_ok(),
+    };
+}
+
+/// Cuts `text` to at most `max` bytes on a char boundary.
+fn truncate_on_char_boundary(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Splits `lines` into stored lines (one per `\n`-separated piece, a trailing `\r` dropped, each
+/// at most [`MAX_LINE_BYTES`]), encodes them as segments of at most [`MAX_SEGMENT_BYTES`], adds
+/// them to the group and advances `record.last_line`. Returns the hub events.
+fn append_segments(record: &mut Deployment, lines: &[NewLine], group: &mut Group) -> Vec<Event> {
+    let pieces = lines.iter().flat_map(|line| {
+        line.text.split('\n').map(move |piece| {
+            let piece = piece.strip_suffix('\r').unwrap_or(piece);
+            (
+                line.stream,
+                truncate_on_char_boundary(piece, MAX_LINE_BYTES),
+            )
+        })
+    });
+    let stored_at = now();
+    let mut events = Vec::new();
+    let mut chunk: Vec<(crate::model::LogStream, &str)> = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut flush = |chunk: &mut Vec<(crate::model::LogStream, &str)>,
+                     chunk_bytes: &mut usize,
+                     group: &mut Group| {
+        if chunk.is_empty() {
+            return;
+        }
+        let first = record.last_line.next();
+        let segment = Bytes::from(codec::encode_segment(
+            stored_at,
+            chunk.iter().copied(),
+            *chunk_bytes,
+        ));
+        group.text_bytes += *chunk_bytes;
+        group.ops.push(BatchOp::Put(
+            codec::segment_key(record.id, first),
+            segment.clone(),
+        ));
+        record.last_line = LineNo(record.last_line.0 + chunk.len() as u64);
+        events.push(Event::new(
+            record.app_id,
+            record.id,
+            EventKind::Logs { first, segment },
+        ));
+        chunk.clear();
+        *chunk_bytes = 0;
+    };
+    for (stream, text) in pieces {
+        if chunk_bytes + text.len() + 2 > MAX_SEGMENT_BYTES {
+            flush(&mut chunk, &mut chunk_bytes, group);
+        }
+        chunk_bytes += text.len();
+        chunk.push((stream, text));
+    }
+    flush(&mut chunk, &mut chunk_bytes, group);
+    events
+}
