@@ -1,2 +1,177 @@
-//! HTTP routes, JSON errors, auth, the WebSocket stream and the push endpoint.
+//! Every byte on the wire: HTTP routes, JSON errors, authentication, the push endpoint and the
+//! live deployments stream.
+//!
+//! Layout: [`error`] picks status codes and bodies; [`views`] shapes JSON objects; [`access`]
+//! authenticates callers and resolves the apps they may see; [`users`], [`apps`],
+//! [`deployments`], [`sources`] are the REST resources; [`push`] is the external pushers'
+//! WebSocket; [`stream`] the subscribers' WebSocket and the followed output; [`protocol`] the
+//! push frames shared with the `deployd push` client.
+
+pub mod access;
+pub mod apps;
+pub mod deployments;
+pub mod error;
 pub mod protocol;
+pub mod push;
+pub mod sources;
+pub mod stream;
+pub mod users;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::store::writer::Writer;
+use crate::store::Store;
+pub use error::ApiError;
+
+/// Everything a request handler needs. Cloned per request (one `Arc`).
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+/// The shared parts of the running server.
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub writer: Writer,
+    pub hub: Arc<Hub>,
+    /// Signs JWTs and pre-authenticated source URLs. Per install, kept in the store.
+    pub secret: [u8; 32],
+    /// Cancelled when the server shuts down: sessions and streams end.
+    pub shutdown: CancellationToken,
+    /// Running executor sessions, so shutdown can wait for them to end their deployments.
+    pub executors: tokio_util::task::TaskTracker,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Runs a blocking store read off the async executor.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ApiError::Internal(format!("store read task: {e}")))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// The router of the whole API, separate from `serve` so tests and benches can mount it.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/tokens/exchange", post(users::exchange_token))
+        .route("/v1/tokens", post(users::create_token).get(users::list_tokens))
+        .route("/v1/tokens/{token_id}", delete(users::revoke_token))
+        .route("/v1/users/self", get(users::show_self))
+        .route("/v1/users", post(users::create_user))
+        .route("/v1/regions", get(users::regions))
+        .route("/v1/apps", get(apps::list).post(apps::create))
+        .route("/v1/apps/{app}", get(apps::show).delete(apps::destroy))
+        .route(
+            "/v1/apps/{app}/collaborators",
+            get(apps::list_collaborators).post(apps::add_collaborator),
+        )
+        .route(
+            "/v1/apps/{app}/collaborators/{collaborator}",
+            delete(apps::remove_collaborator),
+        )
+        .route(
+            "/v1/apps/{app}/deployments",
+            get(deployments::list).post(deployments::trigger),
+        )
+        .route("/v1/apps/{app}/deployments/{deployment}", get(deployments::show))
+        .route(
+            "/v1/apps/{app}/deployments/{deployment}/output",
+            get(stream::output),
+        )
+        .route("/v1/deployments/{deployment}/output", get(stream::output_by_id))
+        .route("/v1/apps/{app}/push", get(push::upgrade))
+        .route("/apps/{app}", get(stream::upgrade))
+        .route("/v1/sources", post(sources::create))
+        .route(
+            "/v1/sources/{source}/archive",
+            put(sources::upload).get(sources::download),
+        )
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this resource".into())
+        })
+        .with_state(state)
+}
+
+/// A JSON request body: size-limited, parsed with field paths so that a wrong type names the
+/// field in a 422, malformed JSON is a 400, and too big a body is a 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let content_type_ok = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.starts_with("application/json") || v.contains("+json"));
+        let limit = state.config.limits.max_json_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::PayloadTooLarge(format!("request body larger than {limit} bytes"))
+            })?;
+        if !content_type_ok {
+            return Err(ApiError::BadRequest(
+                "the request body must be JSON (Content-Type: application/json)".into(),
+            ));
+        }
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a JSON body; see [`JsonBody`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut de).and_then(|value| {
+        de.end()
+            .map_err(|e| serde_path_to_error::Error::new(serde_path_to_error::Path::default(), e))
+            .map(|()| value)
+    }) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let inner = err.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Err(ApiError::BadRequest(format!("malformed JSON: {inner}")))
+            } else {
+                let path = err.path().to_string();
+                let field = path.rsplit('.').next().unwrap_or(&path).to_string();
+                let field = if field.is_empty() || field == "." {
+                    "body".to_string()
+                } else {
+                    field
+                };
+                Err(ApiError::field(field, inner.to_string()))
+            }
+        }
+    }
+}

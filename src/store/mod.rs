@@ -105,6 +105,20 @@ impl Store {
         })
     }
 
+    /// Every token of a user (a scan: users have few tokens and this is not a hot path).
+    pub fn tokens_of(&self, user: UserId) -> Result<Vec<Token>, StoreError> {
+        let prefix = [codec::TAG_TOKEN];
+        let mut out = Vec::new();
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            let token = codec::decode_token(&entry?.1)?;
+            if token.user_id == user {
+                out.push(token);
+            }
+        }
+        out.sort_by_key(|t| t.id);
+        Ok(out)
+    }
+
     pub fn app(&self, id: AppId) -> Result<Option<App>, StoreError> {
         self.get_with(&codec::app_key(id), codec::decode_app)
     }

@@ -1,0 +1,248 @@
+//! Apps and their collaborators.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::access::{find_app, Caller, Role};
+use super::views::{rfc3339, AppView, CollaboratorView};
+use super::{ApiError, AppState, JsonBody};
+use crate::model::{App, AppId, User};
+use crate::store::{Store, StoreError};
+
+/// Longest `git_source` URL accepted.
+const MAX_GIT_SOURCE_BYTES: usize = 2048;
+
+/// App names: 3–48 lowercase letters, digits and hyphens (they appear in URLs and stream paths).
+pub fn valid_app_name(name: &str) -> bool {
+    (3..=48).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn app_view(store: &Store, app: &App, public_url: &str) -> Result<AppView, StoreError> {
+    let owner = store.user(app.owner)?.unwrap_or_else(|| User {
+        id: app.owner,
+        username: "deleted-user".into(),
+        email: String::new(),
+        fullname: String::new(),
+        is_admin: false,
+        created_at: app.created_at,
+    });
+    Ok(AppView::new(app, &owner, public_url, app.last_deployment.is_some()))
+}
+
+/// `GET /v1/apps`: the apps the caller owns or collaborates on.
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    let public_url = state.config.public_url.clone();
+    let views = state
+        .read(move |store| {
+            let mut views = Vec::new();
+            for app in store.all_apps()? {
+                if app.owner == caller.user.id || store.is_collaborator(app.id, caller.user.id)? {
+                    views.push(app_view(store, &app, &public_url)?);
+                }
+            }
+            Ok(views)
+        })
+        .await?;
+    Ok(Json(json!({ "apps": views })))
+}
+
+#[derive(Deserialize)]
+pub struct CreateAppBody {
+    app: Option<CreateAppFields>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CreateAppFields {
+    name: Option<String>,
+    git_source: Option<String>,
+}
+
+/// `POST /v1/apps`: `{"app":{"name","git_source"?}}` → 201.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateAppBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let fields = body.app.ok_or_else(|| ApiError::field("app", "is required"))?;
+    let name = fields.name.unwrap_or_default();
+    let mut errors = Vec::new();
+    if !valid_app_name(&name) {
+        errors.push((
+            "name".to_string(),
+            "must be 3-48 lowercase letters, digits and hyphens".to_string(),
+        ));
+    }
+    if let Some(source) = &fields.git_source {
+        if source.len() > MAX_GIT_SOURCE_BYTES
+            || !(source.starts_with("https://") || source.starts_with("http://"))
+        {
+            errors.push(("git_source".to_string(), "must be an http(s) URL".to_string()));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Unprocessable(errors));
+    }
+    let now = OffsetDateTime::now_utc();
+    let app = App {
+        id: AppId::generate(),
+        name,
+        owner: caller.user.id,
+        git_source: fields.git_source.map(|s| s.trim_end_matches('/').to_string()),
+        created_at: now,
+        updated_at: now,
+        last_deployment: None,
+    };
+    state.writer.create_app(app.clone()).await.map_err(|err| match err {
+        crate::store::writer::WriteError::Conflict(_) => ApiError::field("name", "is already taken"),
+        other => other.into(),
+    })?;
+    let view = AppView::new(&app, &caller.user, &state.config.public_url, false);
+    Ok((StatusCode::CREATED, Json(json!({ "app": view }))))
+}
+
+/// `GET /v1/apps/{app}` (name or id).
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let public_url = state.config.public_url.clone();
+    let view = state
+        .read(move |store| match find_app(store, &caller.user, &app)? {
+            Some((app, _)) => Ok(Some(app_view(store, &app, &public_url)?)),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    Ok(Json(json!({ "app": view })))
+}
+
+/// `DELETE /v1/apps/{app}` (owner only): removes the app, its deployments and their logs.
+/// Deployments in progress end with it (their sessions see the deployment disappear).
+pub async fn destroy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, role) = caller.app(&state, &app).await?;
+    if role != Role::Owner {
+        return Err(ApiError::Forbidden("only the owner may delete the app".into()));
+    }
+    state.writer.delete_app(app.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn collaborator_view(app: AppId, id: uuid::Uuid, user: &User, since: OffsetDateTime) -> CollaboratorView {
+    CollaboratorView {
+        id: id.to_string(),
+        app_id: app.to_string(),
+        user_id: user.id.to_string(),
+        username: user.username.clone(),
+        email: user.email.clone(),
+        status: "accepted",
+        created_at: rfc3339(since),
+    }
+}
+
+/// `GET /v1/apps/{app}/collaborators`.
+pub async fn list_collaborators(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, _) = caller.app(&state, &app).await?;
+    let app_id = app.id;
+    let collaborators = state.read(move |store| store.collaborators(app_id)).await?;
+    let views: Vec<_> = collaborators
+        .iter()
+        .map(|(id, user, since)| collaborator_view(app_id, *id, user, *since))
+        .collect();
+    Ok(Json(json!({ "collaborators": views })))
+}
+
+#[derive(Deserialize)]
+pub struct AddCollaboratorBody {
+    collaborator: Option<AddCollaboratorFields>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct AddCollaboratorFields {
+    email: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/collaborators`: `{"collaborator":{"email"}}` of an existing user (owner
+/// only) → 201.
+pub async fn add_collaborator(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<AddCollaboratorBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, role) = caller.app(&state, &app).await?;
+    if role != Role::Owner {
+        return Err(ApiError::Forbidden("only the owner may add collaborators".into()));
+    }
+    let email = body
+        .collaborator
+        .and_then(|c| c.email)
+        .ok_or_else(|| ApiError::field("email", "is required"))?;
+    let lookup = email.clone();
+    let user = state
+        .read(move |store| store.user_by_email(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::field("email", "no user has this email"))?;
+    if user.id == app.owner {
+        return Err(ApiError::field("email", "is the owner of the app"));
+    }
+    let id = uuid::Uuid::now_v7();
+    state.writer.add_collaborator(app.id, user.id, id).await?;
+    let view = collaborator_view(app.id, id, &user, OffsetDateTime::now_utc());
+    Ok((StatusCode::CREATED, Json(json!({ "collaborator": view }))))
+}
+
+/// `DELETE /v1/apps/{app}/collaborators/{id}` (owner only; a collaborator may remove itself).
+/// `{id}` is the collaboration id, or the user id.
+pub async fn remove_collaborator(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((app, collaborator)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, role) = caller.app(&state, &app).await?;
+    let app_id = app.id;
+    let collaborators = state.read(move |store| store.collaborators(app_id)).await?;
+    let (_, user, _) = collaborators
+        .iter()
+        .find(|(id, user, _)| id.to_string() == collaborator || user.id.to_string() == collaborator)
+        .ok_or(ApiError::NotFound("collaborator"))?;
+    if role != Role::Owner && user.id != caller.user.id {
+        return Err(ApiError::Forbidden("only the owner may remove collaborators".into()));
+    }
+    state.writer.remove_collaborator(app.id, user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names() {
+        assert!(valid_app_name("my-app-2"));
+        assert!(!valid_app_name("ab"));
+        assert!(!valid_app_name("My-App"));
+        assert!(valid_app_name("2app"));
+        assert!(!valid_app_name("app_x"));
+        assert!(valid_app_name(&"a".repeat(48)));
+        assert!(!valid_app_name(&"a".repeat(49)));
+    }
+}

@@ -1,0 +1,145 @@
+//! `ApiError`: the one place that picks HTTP status codes and error bodies.
+//!
+//! Bodies follow compat.md exactly, because a non-JSON 4xx makes Scalingo's Go client lose the
+//! status code: 400/401/403/409/413/429/5xx `{"error": "…"}`, 404
+//! `{"resource": "…", "error": "not found"}`, 422 `{"errors": {"field": ["…"]}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::status::TransitionError;
+use crate::store::writer::WriteError;
+use crate::store::StoreError;
+
+/// Every error the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// The named resource does not exist, or the caller may not see it (same answer).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Field-level validation errors: `(field, message)` pairs, at least one.
+    #[error("invalid fields: {0:?}")]
+    Unprocessable(Vec<(String, String)>),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 for one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Unprocessable(vec![(field.into(), message.into())])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            ApiError::NotFound(resource) => json!({"resource": resource, "error": "not found"}),
+            ApiError::Unprocessable(fields) => {
+                let mut errors = serde_json::Map::new();
+                for (field, message) in fields {
+                    let entry = errors
+                        .entry(field.clone())
+                        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                    if let serde_json::Value::Array(messages) = entry {
+                        messages.push(serde_json::Value::String(message.clone()));
+                    }
+                }
+                json!({ "errors": errors })
+            }
+            ApiError::Internal(_) => json!({"error": "internal server error"}),
+            other => json!({ "error": other.to_string() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::NotFound(resource) => ApiError::NotFound(resource),
+            WriteError::Conflict(message) => ApiError::Conflict(message),
+            WriteError::Transition(err) => err.into(),
+            WriteError::Queued => ApiError::Conflict(err.to_string()),
+            WriteError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(err: TransitionError) -> Self {
+        ApiError::Unprocessable(vec![("status".into(), err.to_string())])
+    }
+}
+
+/// Answers unknown routes with a JSON 404, like every other 4xx.
+pub async fn route_not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_follow_compat() {
+        assert_eq!(
+            ApiError::NotFound("app").body(),
+            json!({"resource": "app", "error": "not found"})
+        );
+        assert_eq!(
+            ApiError::Unprocessable(vec![
+                ("name".into(), "is too short".into()),
+                ("name".into(), "is invalid".into())
+            ])
+            .body(),
+            json!({"errors": {"name": ["is too short", "is invalid"]}})
+        );
+        assert_eq!(ApiError::Conflict("x".into()).body(), json!({"error": "x"}));
+        assert_eq!(ApiError::Internal("secret detail".into()).body(), json!({"error": "internal server error"}));
+    }
+}
