@@ -345,3 +345,200 @@ impl<R: Read> Read for LimitedReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::test_support::{archive, zero_bomb, Item};
+
+    /// A scratch area: `dest` is the extraction directory, everything else in `base` is
+    /// "outside" and must stay untouched.
+    struct Scratch {
+        base: tempfile::TempDir,
+    }
+
+    impl Scratch {
+        fn new() -> Self {
+            Self {
+                base: tempfile::tempdir().expect("tempdir"),
+            }
+        }
+
+        fn dest(&self) -> PathBuf {
+            self.base.path().join("work/extract")
+        }
+
+        fn extract(&self, bytes: &[u8], limits: ExtractLimits) -> Result<PathBuf, ExtractError> {
+            let archive_path = self.base.path().join("source.tar.gz");
+            fs::write(&archive_path, bytes).expect("write archive");
+            extract(&archive_path, &self.dest(), limits, &CancellationToken::new())
+        }
+
+        /// Every path under `base` except the archive and the extraction directory.
+        fn outside_entries(&self) -> Vec<PathBuf> {
+            let mut found = Vec::new();
+            let mut stack = vec![self.base.path().to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                for entry in fs::read_dir(&dir).expect("read_dir") {
+                    let path = entry.expect("entry").path();
+                    if path == self.dest() || path == self.base.path().join("source.tar.gz") {
+                        continue;
+                    }
+                    if path == self.base.path().join("work") {
+                        stack.push(path);
+                        continue;
+                    }
+                    found.push(path);
+                }
+            }
+            found
+        }
+    }
+
+    const LIMITS: ExtractLimits = ExtractLimits {
+        max_entries: 1000,
+        max_bytes: 10 * 1024 * 1024,
+    };
+
+    fn refused(items: &[Item<'_>]) -> (ExtractError, Scratch) {
+        let scratch = Scratch::new();
+        let error = scratch
+            .extract(&archive(items), LIMITS)
+            .expect_err("hostile archive must be refused");
+        assert!(scratch.outside_entries().is_empty(), "wrote outside: {:?}", scratch.outside_entries());
+        (error, scratch)
+    }
+
+    #[test]
+    fn parent_components_are_refused() {
+        let (error, scratch) = refused(&[Item::Dir("app/"), Item::File("app/../../evil", b"x")]);
+        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+        assert!(!scratch.base.path().join("work/evil").exists());
+        let (error, _) = refused(&[Item::File("../evil", b"x")]);
+        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+    }
+
+    #[test]
+    fn absolute_paths_are_refused() {
+        let scratch = Scratch::new();
+        let target = scratch.base.path().join("absolute-evil");
+        let target = target.to_str().expect("utf-8 temp path");
+        let bytes = archive(&[Item::Dir("app/"), Item::File(target, b"x")]);
+        let error = scratch.extract(&bytes, LIMITS).expect_err("refused");
+        assert!(matches!(error, ExtractError::AbsolutePath(_)), "{error:?}");
+        assert!(scratch.outside_entries().is_empty());
+    }
+
+    #[test]
+    fn escaping_symlinks_are_refused() {
+        let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/etc", "/etc")]);
+        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/sub/up", "../../..")]);
+        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        // Points at the extraction directory itself: outside the root folder.
+        let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/up", "..")]);
+        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn writing_through_a_symlink_is_refused() {
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::Symlink("app/here", "."),
+            Item::File("app/here/file", b"x"),
+        ]);
+        assert!(matches!(error, ExtractError::ThroughSymlink(_)), "{error:?}");
+    }
+
+    #[test]
+    fn hardlinks_and_special_files_are_refused() {
+        let (error, _) = refused(&[Item::Dir("app/"), Item::HardLink("app/passwd", "/etc/passwd")]);
+        assert!(matches!(error, ExtractError::HardLink(_)), "{error:?}");
+        for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
+            let (error, _) = refused(&[Item::Dir("app/"), Item::Special("app/dev", kind)]);
+            assert!(matches!(error, ExtractError::SpecialFile { .. }), "{kind:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let names: Vec<String> = (0..20).map(|i| format!("app/f{i}")).collect();
+        let mut items = vec![Item::Dir("app/")];
+        items.extend(names.iter().map(|name| Item::File(name, b"x")));
+        let scratch = Scratch::new();
+        let limits = ExtractLimits {
+            max_entries: 10,
+            ..LIMITS
+        };
+        let error = scratch.extract(&archive(&items), limits).expect_err("refused");
+        assert!(matches!(error, ExtractError::TooManyEntries(10)), "{error:?}");
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let limit = 256 * 1024;
+        let bomb = zero_bomb(8 * 1024 * 1024);
+        assert!(bomb.len() < 64 * 1024, "the bomb should compress well");
+        let scratch = Scratch::new();
+        let limits = ExtractLimits {
+            max_bytes: limit,
+            ..LIMITS
+        };
+        let error = scratch.extract(&bomb, limits).expect_err("refused");
+        assert!(matches!(error, ExtractError::TooLarge(_)), "{error:?}");
+        let written = fs::metadata(scratch.dest().join("app/zeros")).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= limit, "wrote {written} bytes");
+    }
+
+    #[test]
+    fn the_root_must_be_a_single_folder() {
+        for items in [
+            vec![Item::Dir("a/"), Item::File("a/x", b"x"), Item::Dir("b/")],
+            vec![Item::Dir("a/"), Item::File("README", b"x")],
+            vec![Item::File("a/x", b"x"), Item::File("b/y", b"y")],
+            vec![Item::Symlink("a", "b")],
+            vec![],
+        ] {
+            let scratch = Scratch::new();
+            let error = scratch.extract(&archive(&items), LIMITS).expect_err("refused");
+            assert!(matches!(error, ExtractError::NotSingleRootFolder), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn github_style_archive_is_extracted() {
+        let scratch = Scratch::new();
+        let bytes = archive(&[
+            Item::PaxGlobal,
+            Item::Dir("repo-abc123/"),
+            Item::Dir("repo-abc123/bin/"),
+            Item::Executable("repo-abc123/bin/build", b"#!/bin/sh\necho hi\n"),
+            Item::File("repo-abc123/README", b"hello"),
+            Item::Symlink("repo-abc123/docs", "README"),
+            Item::Symlink("repo-abc123/bin/readme", "../README"),
+            Item::File("./repo-abc123/implicit/dir/file", b"deep"),
+        ]);
+        let source = scratch.extract(&bytes, LIMITS).expect("extracted");
+        assert_eq!(source, scratch.dest().join("repo-abc123"));
+        assert_eq!(fs::read(source.join("README")).expect("readme"), b"hello");
+        assert_eq!(fs::read(source.join("docs")).expect("symlink"), b"hello");
+        assert_eq!(fs::read(source.join("bin/readme")).expect("symlink"), b"hello");
+        assert_eq!(fs::read(source.join("implicit/dir/file")).expect("deep"), b"deep");
+        let mode = fs::metadata(source.join("bin/build")).expect("build").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let mode = fs::metadata(source.join("README")).expect("readme").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert!(!scratch.dest().join("pax_global_header").exists());
+    }
+
+    #[test]
+    fn cancellation_stops_extraction() {
+        let scratch = Scratch::new();
+        let archive_path = scratch.base.path().join("source.tar.gz");
+        fs::write(&archive_path, archive(&[Item::Dir("app/"), Item::File("app/x", b"x")])).expect("write");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let error = extract(&archive_path, &scratch.dest(), LIMITS, &cancel).expect_err("cancelled");
+        assert!(matches!(error, ExtractError::Cancelled), "{error:?}");
+    }
+}

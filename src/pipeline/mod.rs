@@ -19,6 +19,8 @@ pub mod executor;
 pub mod extract;
 pub mod fetch;
 pub mod stages;
+#[cfg(test)]
+mod test_support;
 
 pub use executor::run;
 
