@@ -509,3 +509,456 @@ fn describe_duration(duration: Duration) -> String {
         format!("{} ms", duration.as_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::model::{DeploymentId, LogStream};
+    use crate::pipeline::test_support::{archive, Item, RecordingSink};
+    use crate::pipeline::SourceLocation;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        config: PipelineConfig,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = PipelineConfig::for_data_dir(dir.path(), "https://deployd.test");
+            config.start_timeout = Duration::from_secs(1);
+            config.deployment_timeout = Duration::from_secs(5);
+            config.fetch_timeout = Duration::from_secs(2);
+            Self { dir, config }
+        }
+
+        fn job(&self, source: SourceLocation) -> Job {
+            Job {
+                app_name: "my-app".to_owned(),
+                deployment_id: DeploymentId::generate(),
+                git_ref: "main".to_owned(),
+                source,
+                postdeploy_hook: None,
+            }
+        }
+
+        fn local_job(&self, bytes: &[u8]) -> Job {
+            let path = self.dir.path().join("upload.tar.gz");
+            std::fs::write(&path, bytes).expect("write upload");
+            self.job(SourceLocation::LocalFile(path))
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).display().to_string()
+        }
+
+        async fn run(&self, job: Job) -> (Status, RecordingSink) {
+            let sink = RecordingSink::new();
+            let status = self.run_with(job, &sink, CancellationToken::new()).await;
+            (status, sink)
+        }
+
+        async fn run_with(&self, job: Job, sink: &RecordingSink, cancel: CancellationToken) -> Status {
+            let work = self.config.work_dir.join(job.deployment_id.to_string());
+            let status = run(job, sink, &self.config, cancel).await;
+            assert!(!work.exists(), "work directory left behind");
+            status
+        }
+    }
+
+    /// An app archive with optional `bin/build` and `bin/start` scripts.
+    fn app(build: Option<&str>, start: Option<&str>) -> Vec<u8> {
+        let mut items = vec![Item::Dir("app/"), Item::Dir("app/bin/"), Item::File("app/README", b"hi")];
+        if let Some(build) = build {
+            items.push(Item::Executable("app/bin/build", build.as_bytes()));
+        }
+        if let Some(start) = start {
+            items.push(Item::Executable("app/bin/start", start.as_bytes()));
+        }
+        archive(&items)
+    }
+
+    /// Whether `pid` is a live (non-zombie) process.
+    fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => false,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        }
+    }
+
+    async fn assert_dead(pidfile: &str) {
+        let pids = std::fs::read_to_string(pidfile).expect("pidfile");
+        for pid in pids.split_whitespace() {
+            let pid: i32 = pid.parse().expect("pid");
+            let mut tries = 0;
+            while alive(pid) && tries < 50 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                tries += 1;
+            }
+            assert!(!alive(pid), "process {pid} is still running");
+        }
+    }
+
+    #[tokio::test]
+    async fn happy_path_runs_every_stage_and_streams_output_in_order() {
+        let fixture = Fixture::new();
+        let build = "#!/bin/sh\necho 'build 1'\necho 'oops' >&2\necho 'build 2'\nprintf 'no newline'\n";
+        let start = "#!/bin/sh\necho \"app=$DEPLOYD_APP ref=$DEPLOYD_GIT_REF url=$DEPLOYD_URL\"\n\
+                     test -n \"$PORT\" && echo port-set\ntest -f \"$DEPLOYD_SOURCE_DIR/README\" && echo source-ok\n\
+                     test -f \"$DEPLOYD_IMAGE_PATH\" && echo image-ok\n";
+        let job = fixture.local_job(&app(Some(build), Some(start)));
+        let id = job.deployment_id;
+        let (status, sink) = fixture.run(job).await;
+
+        assert_eq!(status, Status::Success);
+        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Starting, Status::Success]);
+        assert_eq!(
+            sink.texts(LogStream::Stdout),
+            vec![
+                "build 1",
+                "build 2",
+                "no newline",
+                "app=my-app ref=main url=https://deployd.test",
+                "port-set",
+                "source-ok",
+                "image-ok"
+            ]
+        );
+        assert_eq!(sink.texts(LogStream::Stderr), vec!["oops"]);
+        let system = sink.texts(LogStream::System);
+        assert_eq!(system.first().map(String::as_str), Some("-----> Fetching source code"));
+        assert!(sink.has_system_line("-----> Running bin/build"));
+        assert!(sink.has_system_line("-----> Running bin/start"));
+        assert_eq!(system.last().map(String::as_str), Some("-----> Deployment succeeded"));
+
+        let image = fixture.config.image_dir.join(format!("{id}.tar.gz"));
+        let size = std::fs::metadata(&image).expect("image").len();
+        assert_eq!(sink.inner.lock().expect("lock").image_size, Some(size));
+        assert!(sink.has_system_line(&format!("-----> Pushing image ({size} bytes)")));
+    }
+
+    #[tokio::test]
+    async fn missing_scripts_are_skipped() {
+        let fixture = Fixture::new();
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
+        assert_eq!(status, Status::Success);
+        assert!(sink.has_system_line("-----> No bin/build found, skipping build"));
+    }
+
+    #[tokio::test]
+    async fn output_is_streamed_while_the_stage_runs() {
+        let fixture = Fixture::new();
+        let build = "#!/bin/sh\necho first\nsleep 0.3\necho second\n";
+        let (status, sink) = fixture.run(fixture.local_job(&app(Some(build), None))).await;
+        assert_eq!(status, Status::Success);
+        let recorded = sink.inner.lock().expect("lock");
+        let arrival = |text: &str| {
+            recorded
+                .batches
+                .iter()
+                .find(|(_, batch)| batch.iter().any(|line| line.text == text))
+                .map(|(at, _)| *at)
+                .expect("line recorded")
+        };
+        assert!(arrival("second") - arrival("first") >= Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut() {
+        let mut fixture = Fixture::new();
+        fixture.config.max_line_bytes = 10;
+        fixture.config.build_cmd = Some("printf 'é%.0s' $(seq 20); echo; echo short".to_owned());
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
+        assert_eq!(status, Status::Success);
+        assert_eq!(sink.texts(LogStream::Stdout), vec!["ééééé", "short"]);
+    }
+
+    #[tokio::test]
+    async fn failing_build_ends_in_build_error() {
+        let fixture = Fixture::new();
+        let build = "#!/bin/sh\necho compiling\nexit 2\n";
+        let (status, sink) = fixture.run(fixture.local_job(&app(Some(build), None))).await;
+        assert_eq!(status, Status::BuildError);
+        assert_eq!(sink.transitions(), vec![Status::BuildError]);
+        assert!(sink.has_system_line("!     Build failed: exited with status 2"));
+    }
+
+    #[tokio::test]
+    async fn failing_push_ends_in_aborted() {
+        let mut fixture = Fixture::new();
+        fixture.config.push_cmd = Some("echo 'registry down' >&2; exit 3".to_owned());
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
+        assert_eq!(status, Status::Aborted);
+        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Aborted]);
+        assert_eq!(sink.texts(LogStream::Stderr), vec!["registry down"]);
+    }
+
+    #[tokio::test]
+    async fn crashing_start_ends_in_crashed_error() {
+        let fixture = Fixture::new();
+        let start = "#!/bin/sh\necho 'cannot bind'\nexit 1\n";
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, Some(start)))).await;
+        assert_eq!(status, Status::CrashedError);
+        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Starting, Status::CrashedError]);
+        assert!(sink.has_system_line("!     Start failed: exited with status 1"));
+    }
+
+    #[tokio::test]
+    async fn slow_start_is_killed_and_ends_in_timeout_error() {
+        let mut fixture = Fixture::new();
+        let pidfile = fixture.path("start.pids");
+        fixture.config.start_timeout = Duration::from_millis(300);
+        fixture.config.start_cmd = Some(format!("sleep 30 & echo $! > {pidfile}; echo $$ >> {pidfile}; wait"));
+        let started = Instant::now();
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
+        assert_eq!(status, Status::TimeoutError);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(sink.has_system_line("!     Start did not finish within 300 ms"));
+        assert_dead(&pidfile).await;
+    }
+
+    #[tokio::test]
+    async fn hook_runs_after_start_and_its_failure_is_a_hook_error() {
+        let fixture = Fixture::new();
+        let mut job = fixture.local_job(&app(None, None));
+        job.postdeploy_hook = Some("echo migrating && exit 4".to_owned());
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::HookError);
+        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Starting, Status::HookError]);
+        assert!(sink.has_system_line("-----> Running postdeploy hook"));
+        assert!(sink.has_system_line("!     Postdeploy hook failed: exited with status 4"));
+        assert_eq!(sink.texts(LogStream::Stdout), vec!["migrating"]);
+
+        let mut job = fixture.local_job(&app(None, None));
+        job.postdeploy_hook = Some("echo migrated".to_owned());
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::Success);
+        assert_eq!(sink.texts(LogStream::Stdout), vec!["migrated"]);
+    }
+
+    #[tokio::test]
+    async fn deployment_timeout_kills_the_build() {
+        let mut fixture = Fixture::new();
+        let pidfile = fixture.path("build.pids");
+        fixture.config.deployment_timeout = Duration::from_millis(300);
+        fixture.config.build_cmd = Some(format!("echo $$ > {pidfile}; sleep 30"));
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("!     Deployment timed out after 300 ms"));
+        assert_dead(&pidfile).await;
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_stage_and_returns_the_current_status() {
+        let mut fixture = Fixture::new();
+        let pidfile = fixture.path("build.pids");
+        fixture.config.build_cmd = Some(format!("echo $$ > {pidfile}; echo started; sleep 30"));
+        let sink = RecordingSink::new();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let status = fixture
+            .run_with(fixture.local_job(&app(None, None)), &sink, cancel)
+            .await;
+        assert_eq!(status, Status::Building);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(sink.transitions().is_empty());
+        assert_dead(&pidfile).await;
+    }
+
+    #[tokio::test]
+    async fn sink_refusal_stops_the_run() {
+        let mut fixture = Fixture::new();
+        let pidfile = fixture.path("build.pids");
+        fixture.config.build_cmd = Some(format!("echo $$ > {pidfile}; while :; do echo tick; sleep 0.01; done"));
+        let sink = RecordingSink::new();
+        sink.inner.lock().expect("lock").refuse_after_lines = Some(5);
+        let started = Instant::now();
+        let status = fixture
+            .run_with(fixture.local_job(&app(None, None)), &sink, CancellationToken::new())
+            .await;
+        assert_eq!(status, Status::Building);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_dead(&pidfile).await;
+    }
+
+    #[tokio::test]
+    async fn hostile_archive_ends_in_build_error() {
+        let fixture = Fixture::new();
+        let job = fixture.local_job(&archive(&[Item::Dir("app/"), Item::File("app/../../../pwned", b"x")]));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("!     Extracting source failed: entry"));
+        assert!(!fixture.dir.path().join("pwned").exists());
+    }
+
+    #[tokio::test]
+    async fn archive_without_single_root_folder_ends_in_build_error() {
+        let fixture = Fixture::new();
+        let job = fixture.local_job(&archive(&[Item::File("README", b"x"), Item::Dir("app/")]));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink
+            .texts(LogStream::System)
+            .contains(&"!     The archive must contain a single folder at its root".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn oversized_upload_is_refused() {
+        let mut fixture = Fixture::new();
+        fixture.config.max_archive_bytes = 100;
+        let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("!     Fetching source failed: archive larger than the limit of 100 bytes"));
+    }
+
+    /// A tiny HTTP/1.1 server answering each request with `respond(path)`; counts requests.
+    async fn http_server(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        let respond = Arc::new(respond);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let respond = Arc::clone(&respond);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request);
+                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    // The client may hang up early (size limit): write errors are expected.
+                    let _ = socket.write_all(&respond(&path)).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n").into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_by_default() {
+        let fixture = Fixture::new();
+        let (addr, requests) = http_server(|_| response("200 OK", "", b"")).await;
+        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/app.tar.gz")));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("non-public address 127.0.0.1"), "{:?}", sink.lines());
+        assert_eq!(requests.load(Ordering::SeqCst), 0);
+
+        let job = fixture.job(SourceLocation::Url("http://localhost:1/app.tar.gz".to_owned()));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("non-public address"), "{:?}", sink.lines());
+    }
+
+    #[tokio::test]
+    async fn only_http_schemes_are_accepted() {
+        let fixture = Fixture::new();
+        let job = fixture.job(SourceLocation::Url("file:///etc/passwd".to_owned()));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("unsupported URL scheme \"file\""));
+    }
+
+    #[tokio::test]
+    async fn archive_is_downloaded_through_a_redirect_when_private_sources_are_allowed() {
+        let mut fixture = Fixture::new();
+        fixture.config.allow_private_sources = true;
+        let body = app(None, Some("#!/bin/sh\necho started\n"));
+        let (addr, _) = http_server(move |path| match path {
+            "/latest" => response("302 Found", "Location: /app.tar.gz\r\nContent-Length: 0\r\n", b""),
+            "/app.tar.gz" => response("200 OK", &format!("Content-Length: {}\r\n", body.len()), &body),
+            _ => response("404 Not Found", "Content-Length: 0\r\n", b""),
+        })
+        .await;
+        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/latest")));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::Success, "{:?}", sink.lines());
+        assert_eq!(sink.texts(LogStream::Stdout), vec!["started"]);
+
+        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/missing")));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line(&format!("!     Fetching source failed: HTTP 404 Not Found from http://{addr}/missing")));
+    }
+
+    #[tokio::test]
+    async fn redirect_loop_stops_at_max_redirects() {
+        let mut fixture = Fixture::new();
+        fixture.config.allow_private_sources = true;
+        fixture.config.max_redirects = 3;
+        let (addr, requests) =
+            http_server(|_| response("302 Found", "Location: /loop\r\nContent-Length: 0\r\n", b"")).await;
+        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/loop")));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("more than 3 redirects"));
+        assert_eq!(requests.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn oversized_downloads_are_stopped() {
+        let mut fixture = Fixture::new();
+        fixture.config.allow_private_sources = true;
+        fixture.config.max_archive_bytes = 64 * 1024;
+        let big = vec![b'x'; 4 * 1024 * 1024];
+        let (addr, _) = http_server(move |path| match path {
+            // No Content-Length: the limit must be enforced while streaming.
+            "/streamed" => response("200 OK", "", &big),
+            _ => response("200 OK", "Content-Length: 999999999\r\n", b"tiny"),
+        })
+        .await;
+        for path in ["/streamed", "/declared"] {
+            let job = fixture.job(SourceLocation::Url(format!("http://{addr}{path}")));
+            let (status, sink) = fixture.run(job).await;
+            assert_eq!(status, Status::BuildError, "{path}");
+            assert!(sink.has_system_line("archive larger than the limit of 65536 bytes"), "{path}: {:?}", sink.lines());
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_download_hits_the_fetch_timeout() {
+        let mut fixture = Fixture::new();
+        fixture.config.allow_private_sources = true;
+        fixture.config.fetch_timeout = Duration::from_millis(300);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Accepts and never answers.
+        let _server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/slow")));
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::BuildError);
+        assert!(sink.has_system_line("download took longer than"));
+    }
+}

@@ -24,6 +24,8 @@ pub struct Recorded {
     /// One entry per `append_logs` call, with when it arrived.
     pub batches: Vec<(Instant, Vec<NewLine>)>,
     pub image_size: Option<u64>,
+    /// Refuse `append_logs` once this many lines were accepted (a deployment ended elsewhere).
+    pub refuse_after_lines: Option<usize>,
 }
 
 impl RecordingSink {
@@ -34,6 +36,7 @@ impl RecordingSink {
                 transitions: Vec::new(),
                 batches: Vec::new(),
                 image_size: None,
+                refuse_after_lines: None,
             }),
         }
     }
@@ -67,6 +70,10 @@ impl DeploymentSink for RecordingSink {
             return Err(SinkError("deployment is over".to_owned()));
         }
         assert!(!lines.is_empty(), "empty append_logs call");
+        let accepted: usize = recorded.batches.iter().map(|(_, b)| b.len()).sum();
+        if recorded.refuse_after_lines.is_some_and(|max| accepted >= max) {
+            return Err(SinkError("deployment was ended elsewhere".to_owned()));
+        }
         assert!(lines.len() <= super::stages::MAX_BATCH_LINES, "batch too large");
         recorded.batches.push((Instant::now(), lines));
         let count = recorded.batches.iter().map(|(_, b)| b.len() as u64).sum();
