@@ -4,9 +4,28 @@
 //!
 //! This module owns processes, files under the work directory and the image store; it never
 //! touches the store or the hub directly.
+//!
+//! Layout:
+//! - [`fetch`] downloads the source archive (or copies an uploaded one), enforcing the
+//!   private-address rule, redirect, size and time limits.
+//! - [`extract`] unpacks the gzip+tar archive into the deployment's directory and refuses
+//!   anything that could write outside it.
+//! - [`stages`] runs one stage command in its own process group, streaming its output to the
+//!   sink, and packs the default image.
+//! - [`executor`] drives one whole deployment through those steps and the status graph; its
+//!   [`run`] is the entry point.
+
+pub mod executor;
+pub mod extract;
+pub mod fetch;
+pub mod stages;
+#[cfg(test)]
+mod test_support;
+
+pub use executor::run;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::{DeploymentId, LineNo, NewLine};
@@ -86,4 +105,47 @@ pub struct PipelineConfig {
     pub image_dir: PathBuf,
     /// The server's own public URL (`DEPLOYD_URL` for stages).
     pub public_url: String,
+}
+
+impl PipelineConfig {
+    /// Scalingo gives the start stage 60 s.
+    pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Long enough for a heavy build, short enough that a stuck one is noticed.
+    pub const DEFAULT_DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+    /// A source archive that takes longer than this to download is unreasonable.
+    pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    /// Enough for the usual forge redirects (e.g. GitHub → codeload), few enough to stop loops.
+    pub const DEFAULT_MAX_REDIRECTS: usize = 5;
+    /// 256 MiB: larger than any reasonable source archive.
+    pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 256 * 1024 * 1024;
+    /// 1 GiB: bounds the disk a gzip bomb can fill.
+    pub const DEFAULT_MAX_EXTRACTED_BYTES: u64 = 1024 * 1024 * 1024;
+    /// 100 000 entries: bounds inode use and extraction time.
+    pub const DEFAULT_MAX_ARCHIVE_ENTRIES: u64 = 100_000;
+    /// 16 KiB: matches the API's log line limit.
+    pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024;
+
+    /// The defaults for a server whose data lives in `data_dir`: no stage command overrides,
+    /// the `DEFAULT_*` limits, private sources refused, `work_dir = data_dir/work` and
+    /// `image_dir = data_dir/images`.
+    pub fn for_data_dir(data_dir: &Path, public_url: &str) -> Self {
+        Self {
+            build_cmd: None,
+            push_cmd: None,
+            start_cmd: None,
+            hook_cmd: None,
+            start_timeout: Self::DEFAULT_START_TIMEOUT,
+            deployment_timeout: Self::DEFAULT_DEPLOYMENT_TIMEOUT,
+            fetch_timeout: Self::DEFAULT_FETCH_TIMEOUT,
+            max_redirects: Self::DEFAULT_MAX_REDIRECTS,
+            max_archive_bytes: Self::DEFAULT_MAX_ARCHIVE_BYTES,
+            max_extracted_bytes: Self::DEFAULT_MAX_EXTRACTED_BYTES,
+            max_archive_entries: Self::DEFAULT_MAX_ARCHIVE_ENTRIES,
+            max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
+            allow_private_sources: false,
+            work_dir: data_dir.join("work"),
+            image_dir: data_dir.join("images"),
+            public_url: public_url.to_owned(),
+        }
+    }
 }

@@ -1,0 +1,544 @@
+//! Safe extraction of a gzip+tar source archive into one directory.
+//!
+//! Owns the extraction rule (DESIGN.md, security): nothing is ever written outside the
+//! destination. Entries with absolute paths or `..` components, symlinks that are absolute or
+//! point out of the archive's root folder, hardlinks, device files and fifos are refused, and so
+//! is writing through any symlink (an entry whose parent is a symlink). The entry count and the
+//! total number of decompressed bytes (headers included, counted while reading, so a gzip bomb
+//! stops at the limit) are bounded. The archive must hold exactly one folder at its root
+//! (GitHub-style); that folder is the source directory.
+//!
+//! This is blocking code: call it from `spawn_blocking`. It polls the cancellation token between
+//! reads so a cancelled deployment stops extracting promptly. It knows nothing of sinks.
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use flate2::read::GzDecoder;
+use tar::EntryType;
+use tokio_util::sync::CancellationToken;
+
+/// Size of the copy buffer; also how often (in bytes) cancellation is polled.
+const COPY_BUFFER_BYTES: usize = 64 * 1024;
+/// Mode of extracted directories and non-executable files: the archive's own modes are not
+/// trusted (no setuid, no world-writable files).
+const DIR_MODE: u32 = 0o755;
+const FILE_MODE: u32 = 0o644;
+const EXECUTABLE_MODE: u32 = 0o755;
+
+/// Limits applied to one extraction (taken from [`super::PipelineConfig`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ExtractLimits {
+    /// Maximum number of entries, pax headers included.
+    pub max_entries: u64,
+    /// Maximum decompressed bytes read from the gzip stream (tar headers included).
+    pub max_bytes: u64,
+}
+
+/// Why an archive was refused or could not be extracted. The `Display` text goes to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("the archive must contain a single folder at its root")]
+    NotSingleRootFolder,
+    #[error("entry {0:?} has an absolute path")]
+    AbsolutePath(String),
+    #[error("entry {0:?} has a '..' component")]
+    ParentComponent(String),
+    #[error("entry {0:?} has an empty path")]
+    EmptyPath(String),
+    #[error("symlink {path:?} points outside the archive ({target:?})")]
+    LinkEscapes { path: String, target: String },
+    #[error("entry {0:?} is a hardlink, which is not supported")]
+    HardLink(String),
+    #[error("entry {path:?} is a {kind}, which is not allowed")]
+    SpecialFile { path: String, kind: &'static str },
+    #[error("entry {0:?} would be written through a symlink")]
+    ThroughSymlink(String),
+    #[error("more than {0} entries in the archive")]
+    TooManyEntries(u64),
+    #[error("more than {0} bytes once decompressed")]
+    TooLarge(u64),
+    #[error("extraction cancelled")]
+    Cancelled,
+    #[error("invalid archive: {0}")]
+    Corrupt(io::Error),
+    #[error("cannot write {path:?}: {source}")]
+    Write { path: String, source: io::Error },
+}
+
+/// Extracts the gzip+tar archive at `archive` into `dest` (created if missing) and returns the
+/// path of the single folder at the archive's root.
+///
+/// Errors: see [`ExtractError`]. On error, `dest` may hold a partial tree (never anything
+/// outside it); the caller removes it.
+pub fn extract(
+    archive: &Path,
+    dest: &Path,
+    limits: ExtractLimits,
+    cancel: &CancellationToken,
+) -> Result<PathBuf, ExtractError> {
+    let file = File::open(archive).map_err(ExtractError::Corrupt)?;
+    fs::create_dir_all(dest).map_err(write_error(dest))?;
+    let exceeded = Rc::new(Cell::new(false));
+    let reader = LimitedReader {
+        inner: GzDecoder::new(BufReader::new(file)),
+        remaining: limits.max_bytes,
+        exceeded: Rc::clone(&exceeded),
+    };
+    // Maps a read error to TooLarge when it came from our limit rather than from the data.
+    let read_error = |error: io::Error| {
+        if exceeded.get() {
+            ExtractError::TooLarge(limits.max_bytes)
+        } else {
+            ExtractError::Corrupt(error)
+        }
+    };
+
+    let mut tar = tar::Archive::new(reader);
+    let mut root: Option<OsString> = None;
+    let mut count = 0u64;
+    for entry in tar.entries().map_err(read_error)? {
+        if cancel.is_cancelled() {
+            return Err(ExtractError::Cancelled);
+        }
+        let mut entry = entry.map_err(read_error)?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(ExtractError::TooManyEntries(limits.max_entries));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        let raw_path = entry.path().map_err(read_error)?.into_owned();
+        let shown = raw_path.display().to_string();
+        let parts = relative_components(&raw_path)?;
+        let Some(first) = parts.first() else {
+            // "./" itself: nothing to create.
+            if kind.is_dir() {
+                continue;
+            }
+            return Err(ExtractError::EmptyPath(shown));
+        };
+        match &root {
+            None => root = Some(first.clone()),
+            Some(existing) if existing != first => return Err(ExtractError::NotSingleRootFolder),
+            Some(_) => {}
+        }
+        if parts.len() == 1 && !kind.is_dir() {
+            return Err(ExtractError::NotSingleRootFolder);
+        }
+        let target = prepare_parent(dest, &parts, &shown)?;
+
+        match kind {
+            EntryType::Directory => create_dir(&target)?,
+            EntryType::Regular | EntryType::Continuous => {
+                let executable = entry.header().mode().map_err(read_error)? & 0o111 != 0;
+                write_file(&mut entry, &target, executable, cancel, &read_error)?;
+            }
+            EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(read_error)?
+                    .ok_or_else(|| {
+                        ExtractError::Corrupt(io::Error::other("symlink without target"))
+                    })?
+                    .into_owned();
+                check_link_target(&parts, &link, &shown)?;
+                remove_existing(&target)?;
+                std::os::unix::fs::symlink(&link, &target).map_err(write_error(&target))?;
+            }
+            EntryType::Link => return Err(ExtractError::HardLink(shown)),
+            other => {
+                return Err(ExtractError::SpecialFile {
+                    path: shown,
+                    kind: kind_name(other),
+                })
+            }
+        }
+    }
+    let root = root.ok_or(ExtractError::NotSingleRootFolder)?;
+    let source = dest.join(root);
+    // The single root entry could have been a symlink; only a real folder is accepted.
+    match fs::symlink_metadata(&source) {
+        Ok(meta) if meta.is_dir() => Ok(source),
+        _ => Err(ExtractError::NotSingleRootFolder),
+    }
+}
+
+/// The entry path as plain names, refusing absolute paths and `..`; `.` components are dropped.
+fn relative_components(path: &Path) -> Result<Vec<OsString>, ExtractError> {
+    let shown = || path.display().to_string();
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => parts.push(name.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(ExtractError::ParentComponent(shown())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(ExtractError::AbsolutePath(shown()))
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// Creates the entry's missing parent directories, refusing to go through a symlink or a file,
+/// and returns the entry's full path under `dest`.
+fn prepare_parent(dest: &Path, parts: &[OsString], shown: &str) -> Result<PathBuf, ExtractError> {
+    let mut current = dest.to_path_buf();
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| ExtractError::EmptyPath(shown.to_owned()))?;
+    for part in parents {
+        current.push(part);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ExtractError::ThroughSymlink(shown.to_owned()))
+            }
+            Ok(_) => {
+                return Err(ExtractError::Write {
+                    path: shown.to_owned(),
+                    source: io::Error::other("a parent is not a directory"),
+                })
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => create_dir(&current)?,
+            Err(error) => return Err(write_error(&current)(error)),
+        }
+    }
+    current.push(last);
+    Ok(current)
+}
+
+fn create_dir(path: &Path) -> Result<(), ExtractError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => remove_existing(path)?,
+        Err(_) => {}
+    }
+    fs::create_dir(path).map_err(write_error(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)).map_err(write_error(path))
+}
+
+/// Removes a file or symlink left by an earlier entry of the same name (later entries win, as
+/// with tar itself). A directory is not removed: replacing one is refused by the caller's open.
+fn remove_existing(path: &Path) -> Result<(), ExtractError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_dir() => fs::remove_file(path).map_err(write_error(path)),
+        _ => Ok(()),
+    }
+}
+
+fn write_file(
+    entry: &mut impl Read,
+    target: &Path,
+    executable: bool,
+    cancel: &CancellationToken,
+    read_error: &dyn Fn(io::Error) -> ExtractError,
+) -> Result<(), ExtractError> {
+    remove_existing(target)?;
+    let mode = if executable {
+        EXECUTABLE_MODE
+    } else {
+        FILE_MODE
+    };
+    // create_new (O_EXCL) never follows a symlink planted at the target.
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(target)
+        .map_err(write_error(target))?;
+    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+    loop {
+        if cancel.is_cancelled() {
+            return Err(ExtractError::Cancelled);
+        }
+        let n = match entry.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(read_error(error)),
+        };
+        out.write_all(&buffer[..n]).map_err(write_error(target))?;
+    }
+    Ok(())
+}
+
+/// Refuses a symlink target that is absolute or that, resolved from the link's own directory,
+/// leaves the archive's root folder.
+fn check_link_target(parts: &[OsString], link: &Path, shown: &str) -> Result<(), ExtractError> {
+    let escapes = || ExtractError::LinkEscapes {
+        path: shown.to_owned(),
+        target: link.display().to_string(),
+    };
+    // Start in the link's directory; index 0 is the root folder, which must never be popped.
+    let mut resolved: Vec<&OsString> = parts[..parts.len().saturating_sub(1)].iter().collect();
+    for component in link.components() {
+        match component {
+            Component::Normal(_) => resolved.push(&parts[0]), // any name: only the depth matters
+            Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+                if resolved.is_empty() {
+                    return Err(escapes());
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return Err(escapes()),
+        }
+    }
+    if link.as_os_str().is_empty() {
+        return Err(escapes());
+    }
+    Ok(())
+}
+
+fn kind_name(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        EntryType::Fifo => "fifo",
+        EntryType::GNUSparse => "sparse file",
+        _ => "unsupported entry type",
+    }
+}
+
+fn write_error(path: &Path) -> impl Fn(io::Error) -> ExtractError + '_ {
+    move |source| ExtractError::Write {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Counts decompressed bytes and fails once more than the limit has been read, so a gzip bomb
+/// costs at most the limit in reads and disk.
+struct LimitedReader<R> {
+    inner: R,
+    remaining: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            // Only an error if there is actually more data: an archive of exactly the limit is fine.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.exceeded.set(true);
+                    Err(io::Error::other("decompressed size limit exceeded"))
+                }
+            };
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::test_support::{archive, zero_bomb, Item};
+
+    /// A scratch area: `dest` is the extraction directory, everything else in `base` is
+    /// "outside" and must stay untouched.
+    struct Scratch {
+        base: tempfile::TempDir,
+    }
+
+    impl Scratch {
+        fn new() -> Self {
+            Self {
+                base: tempfile::tempdir().expect("tempdir"),
+            }
+        }
+
+        fn dest(&self) -> PathBuf {
+            self.base.path().join("work/extract")
+        }
+
+        fn extract(&self, bytes: &[u8], limits: ExtractLimits) -> Result<PathBuf, ExtractError> {
+            let archive_path = self.base.path().join("source.tar.gz");
+            fs::write(&archive_path, bytes).expect("write archive");
+            extract(&archive_path, &self.dest(), limits, &CancellationToken::new())
+        }
+
+        /// Every path under `base` except the archive and the extraction directory.
+        fn outside_entries(&self) -> Vec<PathBuf> {
+            let mut found = Vec::new();
+            let mut stack = vec![self.base.path().to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                for entry in fs::read_dir(&dir).expect("read_dir") {
+                    let path = entry.expect("entry").path();
+                    if path == self.dest() || path == self.base.path().join("source.tar.gz") {
+                        continue;
+                    }
+                    if path == self.base.path().join("work") {
+                        stack.push(path);
+                        continue;
+                    }
+                    found.push(path);
+                }
+            }
+            found
+        }
+    }
+
+    const LIMITS: ExtractLimits = ExtractLimits {
+        max_entries: 1000,
+        max_bytes: 10 * 1024 * 1024,
+    };
+
+    fn refused(items: &[Item<'_>]) -> (ExtractError, Scratch) {
+        let scratch = Scratch::new();
+        let error = scratch
+            .extract(&archive(items), LIMITS)
+            .expect_err("hostile archive must be refused");
+        assert!(scratch.outside_entries().is_empty(), "wrote outside: {:?}", scratch.outside_entries());
+        (error, scratch)
+    }
+
+    #[test]
+    fn parent_components_are_refused() {
+        let (error, scratch) = refused(&[Item::Dir("app/"), Item::File("app/../../evil", b"x")]);
+        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+        assert!(!scratch.base.path().join("work/evil").exists());
+        let (error, _) = refused(&[Item::File("../evil", b"x")]);
+        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+    }
+
+    #[test]
+    fn absolute_paths_are_refused() {
+        let scratch = Scratch::new();
+        let target = scratch.base.path().join("absolute-evil");
+        let target = target.to_str().expect("utf-8 temp path");
+        let bytes = archive(&[Item::Dir("app/"), Item::File(target, b"x")]);
+        let error = scratch.extract(&bytes, LIMITS).expect_err("refused");
+        assert!(matches!(error, ExtractError::AbsolutePath(_)), "{error:?}");
+        assert!(scratch.outside_entries().is_empty());
+    }
+
+    #[test]
+    fn escaping_symlinks_are_refused() {
+        let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/etc", "/etc")]);
+        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/sub/up", "../../..")]);
+        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        // Points at the extraction directory itself: outside the root folder.
+        let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/up", "..")]);
+        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn writing_through_a_symlink_is_refused() {
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::Symlink("app/here", "."),
+            Item::File("app/here/file", b"x"),
+        ]);
+        assert!(matches!(error, ExtractError::ThroughSymlink(_)), "{error:?}");
+    }
+
+    #[test]
+    fn hardlinks_and_special_files_are_refused() {
+        let (error, _) = refused(&[Item::Dir("app/"), Item::HardLink("app/passwd", "/etc/passwd")]);
+        assert!(matches!(error, ExtractError::HardLink(_)), "{error:?}");
+        for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
+            let (error, _) = refused(&[Item::Dir("app/"), Item::Special("app/dev", kind)]);
+            assert!(matches!(error, ExtractError::SpecialFile { .. }), "{kind:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let names: Vec<String> = (0..20).map(|i| format!("app/f{i}")).collect();
+        let mut items = vec![Item::Dir("app/")];
+        items.extend(names.iter().map(|name| Item::File(name, b"x")));
+        let scratch = Scratch::new();
+        let limits = ExtractLimits {
+            max_entries: 10,
+            ..LIMITS
+        };
+        let error = scratch.extract(&archive(&items), limits).expect_err("refused");
+        assert!(matches!(error, ExtractError::TooManyEntries(10)), "{error:?}");
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let limit = 256 * 1024;
+        let bomb = zero_bomb(8 * 1024 * 1024);
+        assert!(bomb.len() < 64 * 1024, "the bomb should compress well");
+        let scratch = Scratch::new();
+        let limits = ExtractLimits {
+            max_bytes: limit,
+            ..LIMITS
+        };
+        let error = scratch.extract(&bomb, limits).expect_err("refused");
+        assert!(matches!(error, ExtractError::TooLarge(_)), "{error:?}");
+        let written = fs::metadata(scratch.dest().join("app/zeros")).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= limit, "wrote {written} bytes");
+    }
+
+    #[test]
+    fn the_root_must_be_a_single_folder() {
+        for items in [
+            vec![Item::Dir("a/"), Item::File("a/x", b"x"), Item::Dir("b/")],
+            vec![Item::Dir("a/"), Item::File("README", b"x")],
+            vec![Item::File("a/x", b"x"), Item::File("b/y", b"y")],
+            vec![Item::Symlink("a", "b")],
+            vec![],
+        ] {
+            let scratch = Scratch::new();
+            let error = scratch.extract(&archive(&items), LIMITS).expect_err("refused");
+            assert!(matches!(error, ExtractError::NotSingleRootFolder), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn github_style_archive_is_extracted() {
+        let scratch = Scratch::new();
+        let bytes = archive(&[
+            Item::PaxGlobal,
+            Item::Dir("repo-abc123/"),
+            Item::Dir("repo-abc123/bin/"),
+            Item::Executable("repo-abc123/bin/build", b"#!/bin/sh\necho hi\n"),
+            Item::File("repo-abc123/README", b"hello"),
+            Item::Symlink("repo-abc123/docs", "README"),
+            Item::Symlink("repo-abc123/bin/readme", "../README"),
+            Item::File("./repo-abc123/implicit/dir/file", b"deep"),
+        ]);
+        let source = scratch.extract(&bytes, LIMITS).expect("extracted");
+        assert_eq!(source, scratch.dest().join("repo-abc123"));
+        assert_eq!(fs::read(source.join("README")).expect("readme"), b"hello");
+        assert_eq!(fs::read(source.join("docs")).expect("symlink"), b"hello");
+        assert_eq!(fs::read(source.join("bin/readme")).expect("symlink"), b"hello");
+        assert_eq!(fs::read(source.join("implicit/dir/file")).expect("deep"), b"deep");
+        let mode = fs::metadata(source.join("bin/build")).expect("build").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let mode = fs::metadata(source.join("README")).expect("readme").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert!(!scratch.dest().join("pax_global_header").exists());
+    }
+
+    #[test]
+    fn cancellation_stops_extraction() {
+        let scratch = Scratch::new();
+        let archive_path = scratch.base.path().join("source.tar.gz");
+        fs::write(&archive_path, archive(&[Item::Dir("app/"), Item::File("app/x", b"x")])).expect("write");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let error = extract(&archive_path, &scratch.dest(), LIMITS, &cancel).expect_err("cancelled");
+        assert!(matches!(error, ExtractError::Cancelled), "{error:?}");
+    }
+}
