@@ -166,7 +166,7 @@ impl Config {
             max_json_body_bytes: file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
             max_upload_bytes: file.limits.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
         };
-        let mut pipeline = default_pipeline(&data_dir, &public_url);
+        let mut pipeline = PipelineConfig::for_data_dir(&data_dir, &public_url);
         let e = file.executor;
         pipeline.build_cmd = e.build_cmd.or(pipeline.build_cmd);
         pipeline.push_cmd = e.push_cmd.or(pipeline.push_cmd);
@@ -223,29 +223,6 @@ impl Config {
     /// The file the first admin token is written to.
     pub fn admin_token_file(&self) -> PathBuf {
         self.data_dir.join("admin-token")
-    }
-}
-
-/// The executor's defaults: Scalingo's 60 s start timeout, a 30 min deployment, and archive
-/// limits generous for real apps yet small enough that a hostile archive cannot fill the disk.
-fn default_pipeline(data_dir: &Path, public_url: &str) -> PipelineConfig {
-    PipelineConfig {
-        build_cmd: None,
-        push_cmd: None,
-        start_cmd: None,
-        hook_cmd: None,
-        start_timeout: Duration::from_secs(60),
-        deployment_timeout: Duration::from_secs(30 * 60),
-        fetch_timeout: Duration::from_secs(5 * 60),
-        max_redirects: 5,
-        max_archive_bytes: 256 * 1024 * 1024,
-        max_extracted_bytes: 1024 * 1024 * 1024,
-        max_archive_entries: 100_000,
-        max_line_bytes: 16 * 1024,
-        allow_private_sources: false,
-        work_dir: data_dir.join("work"),
-        image_dir: data_dir.join("images"),
-        public_url: public_url.to_string(),
     }
 }
 

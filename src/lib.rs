@@ -1,7 +1,10 @@
 //! deployd: a self-hosted deployments service, wire-compatible with Scalingo's deployments API.
 pub mod api;
+pub mod auth;
+pub mod config;
 pub mod hub;
 pub mod model;
 pub mod pipeline;
+pub mod sessions;
 pub mod status;
 pub mod store;

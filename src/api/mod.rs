@@ -152,11 +152,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         bytes
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(&mut de).and_then(|value| {
-        de.end()
-            .map_err(|e| serde_path_to_error::Error::new(serde_path_to_error::Path::default(), e))
-            .map(|()| value)
-    }) {
+    let parsed = serde_path_to_error::deserialize::<_, T>(&mut de);
+    if parsed.is_ok() {
+        if let Err(trailing) = de.end() {
+            return Err(ApiError::BadRequest(format!("malformed JSON: {trailing}")));
+        }
+    }
+    match parsed {
         Ok(value) => Ok(value),
         Err(err) => {
             let inner = err.inner();

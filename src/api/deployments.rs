@@ -1,0 +1,246 @@
+//! The deployments resource: list (paginated, newest first), show, and trigger (the built-in
+//! executor). Output and its live follow are in `api::stream`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::access::Caller;
+use super::views::DeploymentView;
+use super::{ApiError, AppState, JsonBody};
+use crate::model::{App, Deployment, DeploymentId, Driver, Pusher};
+use crate::sessions::spawn_executor;
+
+/// Page size when the client gives none (compat.md: 20).
+pub const DEFAULT_PER_PAGE: u64 = 20;
+/// Largest page size; bigger asks are a 422, so a client never silently gets fewer than asked.
+pub const MAX_PER_PAGE: u64 = 100;
+/// Longest `git_ref` accepted.
+const MAX_GIT_REF_BYTES: usize = 256;
+/// Longest `source_url` accepted.
+const MAX_SOURCE_URL_BYTES: usize = 4096;
+/// Longest `postdeploy_hook` accepted.
+const MAX_HOOK_BYTES: usize = 4096;
+
+/// Parsed `page` / `per_page`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u64,
+    pub per_page: u64,
+}
+
+/// Parses the pagination query: non-numbers are a 400, numbers out of range a 422.
+pub fn parse_page_request(query: Option<&str>) -> Result<PageRequest, ApiError> {
+    let mut request = PageRequest {
+        page: 1,
+        per_page: DEFAULT_PER_PAGE,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match key {
+            "page" => &mut request.page,
+            "per_page" => &mut request.per_page,
+            _ => continue,
+        };
+        *slot = value
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("{key} must be a positive integer, got {value:?}")))?;
+    }
+    if request.page < 1 {
+        return Err(ApiError::field("page", "must be at least 1"));
+    }
+    if !(1..=MAX_PER_PAGE).contains(&request.per_page) {
+        return Err(ApiError::field("per_page", format!("must be between 1 and {MAX_PER_PAGE}")));
+    }
+    Ok(request)
+}
+
+/// `meta.pagination`: `prev_page`/`next_page` are null when there is none.
+pub fn pagination(request: &PageRequest, total_count: u64) -> serde_json::Value {
+    let total_pages = total_count.div_ceil(request.per_page);
+    let page = request.page;
+    json!({
+        "current_page": page,
+        "prev_page": if page > 1 { Some(page - 1) } else { None },
+        "next_page": if page < total_pages { Some(page + 1) } else { None },
+        "total_pages": total_pages,
+        "total_count": total_count,
+    })
+}
+
+/// `GET /v1/apps/{app}/deployments?page=&per_page=`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = parse_page_request(query.as_deref())?;
+    let (app, _) = caller.app(&state, &app).await?;
+    let offset = (request.page - 1).saturating_mul(request.per_page);
+    let per_page = request.per_page;
+    let (total, deployments) = state
+        .read(move |store| {
+            let total = store.deployment_count(app.id)?;
+            let mut deployments = Vec::new();
+            for id in store.deployment_ids(app.id, offset, per_page)? {
+                if let Some(d) = store.deployment(id)? {
+                    deployments.push(d);
+                }
+            }
+            Ok((total, deployments))
+        })
+        .await?;
+    let views: Vec<_> = deployments
+        .iter()
+        .map(|d| DeploymentView::new(d, &state.config.public_url))
+        .collect();
+    Ok(Json(json!({
+        "deployments": views,
+        "meta": { "pagination": pagination(&request, total) },
+    })))
+}
+
+/// Loads a deployment of `app` by id, or 404.
+pub async fn find_deployment(state: &AppState, app: &App, id: &str) -> Result<Deployment, ApiError> {
+    let id: DeploymentId = id.parse().map_err(|_| ApiError::NotFound("deployment"))?;
+    let app_id = app.id;
+    state
+        .read(move |store| store.deployment(id))
+        .await?
+        .filter(|d| d.app_id == app_id)
+        .ok_or(ApiError::NotFound("deployment"))
+}
+
+/// `GET /v1/apps/{app}/deployments/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, _) = caller.app(&state, &app).await?;
+    let deployment = find_deployment(&state, &app, &id).await?;
+    Ok(Json(json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) })))
+}
+
+#[derive(Deserialize)]
+pub struct TriggerBody {
+    deployment: Option<TriggerFields>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct TriggerFields {
+    git_ref: Option<String>,
+    source_url: Option<String>,
+    postdeploy_hook: Option<String>,
+}
+
+/// A git ref made up for a deployment triggered without one.
+pub fn generated_git_ref() -> String {
+    format!("deployd-{}", time::OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// `POST /v1/apps/{app}/deployments` → 201 with the deployment (`building`, or `queued`), run by
+/// the built-in executor.
+pub async fn trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<TriggerBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, _) = caller.app(&state, &app).await?;
+    let fields = body.deployment.ok_or_else(|| ApiError::field("deployment", "is required"))?;
+    let mut errors = Vec::new();
+    let git_ref = match fields.git_ref {
+        Some(r) if r.trim().is_empty() => generated_git_ref(),
+        Some(r) => r,
+        None => generated_git_ref(),
+    };
+    if git_ref.len() > MAX_GIT_REF_BYTES || git_ref.chars().any(char::is_control) {
+        errors.push(("git_ref".to_string(), format!("must be at most {MAX_GIT_REF_BYTES} bytes without control characters")));
+    }
+    let source_url = match (fields.source_url.filter(|s| !s.is_empty()), &app.git_source) {
+        (Some(url), _) => Some(url),
+        (None, Some(git_source)) => Some(format!("{git_source}/archive/{git_ref}.tar.gz")),
+        (None, None) => None,
+    };
+    match &source_url {
+        None => errors.push((
+            "source_url".to_string(),
+            "is required when the app has no git_source".to_string(),
+        )),
+        Some(url) if url.len() > MAX_SOURCE_URL_BYTES || !(url.starts_with("http://") || url.starts_with("https://")) => {
+            errors.push(("source_url".to_string(), "must be an http(s) URL".to_string()));
+        }
+        Some(url) => {
+            if super::sources::is_own_url(&state, url) && super::sources::live_local_archive(&state, url).is_none() {
+                errors.push((
+                    "source_url".to_string(),
+                    "is an expired, invalid or not yet uploaded source URL".to_string(),
+                ));
+            }
+        }
+    }
+    if let Some(hook) = &fields.postdeploy_hook {
+        if hook.len() > MAX_HOOK_BYTES {
+            errors.push(("postdeploy_hook".to_string(), format!("is longer than {MAX_HOOK_BYTES} bytes")));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Unprocessable(errors));
+    }
+    let driver = Driver::Executor {
+        source_url: source_url.expect("invariant: checked above"),
+        postdeploy_hook: fields.postdeploy_hook.filter(|h| !h.trim().is_empty()),
+    };
+    let pusher = Pusher {
+        id: caller.user.id,
+        username: caller.user.username.clone(),
+        email: caller.user.email.clone(),
+    };
+    let deployment = state
+        .writer
+        .create_deployment(app.id, git_ref, pusher, driver)
+        .await?;
+    spawn_executor(&state, deployment.clone(), app.name.clone());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) })),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_requests() {
+        assert_eq!(parse_page_request(None).expect("ok"), PageRequest { page: 1, per_page: 20 });
+        assert_eq!(
+            parse_page_request(Some("page=3&per_page=100&x=y")).expect("ok"),
+            PageRequest { page: 3, per_page: 100 }
+        );
+        assert!(matches!(parse_page_request(Some("page=abc")), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_page_request(Some("page=-1")), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_page_request(Some("page=0")), Err(ApiError::Unprocessable(_))));
+        assert!(matches!(parse_page_request(Some("per_page=101")), Err(ApiError::Unprocessable(_))));
+    }
+
+    #[test]
+    fn pagination_edges() {
+        let req = |page| PageRequest { page, per_page: 2 };
+        assert_eq!(
+            pagination(&req(1), 0),
+            json!({"current_page":1,"prev_page":null,"next_page":null,"total_pages":0,"total_count":0})
+        );
+        assert_eq!(pagination(&req(1), 4)["next_page"], json!(2));
+        assert_eq!(pagination(&req(2), 4)["next_page"], json!(null));
+        assert_eq!(pagination(&req(2), 4)["prev_page"], json!(1));
+        assert_eq!(pagination(&req(5), 4)["next_page"], json!(null));
+        assert_eq!(pagination(&req(5), 4)["total_pages"], json!(2));
+    }
+}

@@ -1,0 +1,148 @@
+//! Pusher sessions (DESIGN.md: every deployment is driven by exactly one).
+//!
+//! [`Session`] is the handle both kinds of session write through: the external pushers' WebSocket
+//! (`api::push`) and the built-in executor spawned here. It only calls the writer's two
+//! operations, `append_logs` and `transition`, so both kinds obey the same state machine and
+//! reach subscribers the same way. When a session ends before a terminal status, [`Session::lost`]
+//! ends the deployment as `aborted` (or `timeout-error` from `starting`).
+
+use crate::api::AppState;
+use crate::model::{Deployment, DeploymentId, Driver, LineNo, NewLine};
+use crate::pipeline::{self, DeploymentSink, Job, SinkError, SourceLocation};
+use crate::status::Status;
+use crate::store::writer::{Target, WriteError, Writer};
+
+/// The writing side of one deployment's session.
+#[derive(Clone)]
+pub struct Session {
+    writer: Writer,
+    deployment: DeploymentId,
+}
+
+impl Session {
+    pub fn new(writer: Writer, deployment: DeploymentId) -> Self {
+        Self { writer, deployment }
+    }
+
+    pub fn deployment(&self) -> DeploymentId {
+        self.deployment
+    }
+
+    pub async fn append(&self, lines: Vec<NewLine>) -> Result<LineNo, WriteError> {
+        self.writer.append_logs(self.deployment, lines).await
+    }
+
+    pub async fn move_to(&self, to: Status) -> Result<Deployment, WriteError> {
+        self.writer
+            .transition(self.deployment, Target::Status(to), None)
+            .await
+    }
+
+    /// Ends the deployment because its session is gone, with a log line saying why. A deployment
+    /// that already ended is left alone.
+    pub async fn lost(&self, why: &str) {
+        let note = NewLine::system(format!("!     {why}"));
+        match self
+            .writer
+            .transition(self.deployment, Target::SessionLost, Some(note))
+            .await
+        {
+            Ok(record) => {
+                tracing::info!(deployment = %self.deployment, status = %record.status, why, "session lost");
+            }
+            Err(WriteError::Conflict(_) | WriteError::NotFound(_)) => {}
+            Err(err) => tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session"),
+        }
+    }
+}
+
+impl DeploymentSink for Session {
+    async fn append_logs(&self, lines: Vec<NewLine>) -> Result<LineNo, SinkError> {
+        self.append(lines).await.map_err(|e| SinkError(e.to_string()))
+    }
+
+    async fn transition(&self, to: Status) -> Result<(), SinkError> {
+        self.move_to(to)
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError(e.to_string()))
+    }
+
+    async fn set_image_size(&self, bytes: u64) -> Result<(), SinkError> {
+        self.writer
+            .set_image_size(self.deployment, bytes)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
+}
+
+/// Starts the built-in executor for a deployment: it waits while the deployment is queued, then
+/// runs the pipeline. On shutdown the pipeline is cancelled (its processes killed) and the
+/// deployment ends as a lost session.
+pub fn spawn_executor(state: &AppState, deployment: Deployment, app_name: String) {
+    let Driver::Executor {
+        source_url,
+        postdeploy_hook,
+    } = deployment.driver.clone()
+    else {
+        return;
+    };
+    let source = match crate::api::sources::local_archive(state, &source_url) {
+        Some(path) => SourceLocation::LocalFile(path),
+        None => SourceLocation::Url(source_url),
+    };
+    let job = Job {
+        app_name,
+        deployment_id: deployment.id,
+        git_ref: deployment.git_ref.clone(),
+        source,
+        postdeploy_hook,
+    };
+    let state = state.clone();
+    let session = Session::new(state.writer.clone(), deployment.id);
+    state.executors.clone().spawn(async move {
+        let cancel = state.shutdown.child_token();
+        if !wait_until_started(&state, deployment.id, &cancel).await {
+            if cancel.is_cancelled() {
+                session.lost("deployd shut down while the deployment was queued").await;
+            }
+            return;
+        }
+        let status = pipeline::run(job, &session, &state.config.pipeline, cancel.clone()).await;
+        if !status.is_terminal() {
+            let why = if cancel.is_cancelled() {
+                "deployd shut down during the deployment"
+            } else {
+                "the executor stopped before the deployment finished"
+            };
+            session.lost(why).await;
+        }
+    });
+}
+
+/// Waits until the deployment leaves `queued`. False if it ended (or shutdown came) first.
+async fn wait_until_started(
+    state: &AppState,
+    id: DeploymentId,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let Some(mut watch) = state.hub.watch_status(id) else {
+        return false;
+    };
+    loop {
+        let status = *watch.borrow_and_update();
+        match status {
+            Status::Queued => {}
+            Status::Building => return true,
+            _ => return false,
+        }
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
+            () = cancel.cancelled() => return false,
+        }
+    }
+}
