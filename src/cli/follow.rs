@@ -1,0 +1,1 @@
+//! `deployd follow`: print a deployment's output as it is written.
