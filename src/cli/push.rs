@@ -883,3 +883,429 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use clap::Parser;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+    use super::*;
+
+    // ---- pure parts -------------------------------------------------------------------------
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn batcher_sends_full_batches_at_max_lines() {
+        let now = t0();
+        let mut batcher = Batcher::new();
+        for i in 0..MAX_BATCH_LINES - 1 {
+            assert_eq!(batcher.push(PushStream::Stdout, i.to_string(), now), None);
+        }
+        let batch = batcher.push(PushStream::Stdout, "last".into(), now).unwrap();
+        assert_eq!(batch.number, 1);
+        assert_eq!(batch.lines.len(), MAX_BATCH_LINES);
+        assert_eq!(batch.lines[0], "0");
+        assert!(batcher.is_empty());
+        assert_eq!(batcher.deadline(), None);
+    }
+
+    #[test]
+    fn batcher_is_due_after_interval_from_first_line() {
+        let now = t0();
+        let mut batcher = Batcher::new();
+        assert_eq!(batcher.push(PushStream::Stdout, "a".into(), now), None);
+        let later = now + BATCH_INTERVAL / 2;
+        assert_eq!(batcher.push(PushStream::Stdout, "b".into(), later), None);
+        assert_eq!(batcher.deadline(), Some(now + BATCH_INTERVAL));
+        assert_eq!(batcher.take_due(later), None);
+        let batch = batcher.take_due(now + BATCH_INTERVAL).unwrap();
+        assert_eq!(batch.lines, ["a", "b"]);
+        assert_eq!(batcher.take_due(now + BATCH_INTERVAL * 10), None);
+    }
+
+    #[test]
+    fn batcher_cuts_on_stream_change() {
+        let now = t0();
+        let mut batcher = Batcher::new();
+        batcher.push(PushStream::Stdout, "out".into(), now);
+        let cut = batcher.push(PushStream::Stderr, "err".into(), now).unwrap();
+        assert_eq!((cut.number, cut.stream), (1, PushStream::Stdout));
+        assert_eq!(cut.lines, ["out"]);
+        let rest = batcher.take().unwrap();
+        assert_eq!((rest.number, rest.stream), (2, PushStream::Stderr));
+        assert_eq!(rest.lines, ["err"]);
+    }
+
+    #[test]
+    fn batcher_cuts_before_exceeding_bytes() {
+        let now = t0();
+        let mut batcher = Batcher::new();
+        let line = "x".repeat(MAX_LINE_BYTES);
+        let per_batch = MAX_BATCH_BYTES / MAX_LINE_BYTES;
+        for _ in 0..per_batch {
+            assert_eq!(batcher.push(PushStream::Stdout, line.clone(), now), None);
+        }
+        let cut = batcher.push(PushStream::Stdout, line.clone(), now).unwrap();
+        assert_eq!(cut.lines.len(), per_batch);
+        let frame = serde_json::to_string(&cut.into_frame()).unwrap();
+        assert!(frame.len() < MAX_PUSH_FRAME_BYTES);
+    }
+
+    #[test]
+    fn ack_window_bounds_and_settles_earlier_batches() {
+        let mut window = AckWindow::default();
+        for n in 1..=MAX_UNACKED_BATCHES as u64 {
+            assert!(!window.is_full());
+            window.sent(n);
+        }
+        assert!(window.is_full());
+        assert!(window.acked(3));
+        assert!(!window.is_full());
+        assert!(!window.acked(2), "already settled by the ack of 3");
+        assert!(window.acked(MAX_UNACKED_BATCHES as u64));
+        assert!(window.is_empty());
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_bounded_and_lossy() {
+        let mut input = b"one\r\ntwo\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+        input.extend(b"\n\xffbad\nlast-without-newline");
+        let mut reader = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        while read_bounded_line(&mut reader, &mut buf).await.unwrap() {
+            lines.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        assert_eq!(lines[0], "one");
+        assert_eq!(lines[1], "two");
+        assert_eq!(lines[2].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[3], "x".repeat(10));
+        assert_eq!(lines[4], "\u{fffd}bad");
+        assert_eq!(lines[5], "last-without-newline");
+        assert_eq!(lines.len(), 6);
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        push: PushArgs,
+    }
+
+    #[test]
+    fn args_take_trailing_command_with_its_flags() {
+        let cli = Cli::try_parse_from([
+            "push", "--url", "http://h", "--token", "t", "--app", "a", "--git-ref", "abc", "--",
+            "make", "-j2", "--keep-going",
+        ])
+        .unwrap();
+        assert_eq!(cli.push.command, ["make", "-j2", "--keep-going"]);
+        assert_eq!(cli.push.git_ref.as_deref(), Some("abc"));
+        assert!(Cli::try_parse_from(["push", "--url", "u", "--token", "t", "--app", "a"]).is_err());
+    }
+
+    // ---- against a fake server --------------------------------------------------------------
+
+    #[derive(Clone, Copy, Default)]
+    struct ServerBehaviour {
+        /// Answer `start` with a queued deployment, then move it to building.
+        queued: bool,
+        /// Drop the connection right after the `deployment` frame.
+        drop_after_start: bool,
+        /// Refuse the upgrade with this HTTP status.
+        refuse_upgrade: Option<u16>,
+    }
+
+    #[derive(Default)]
+    struct Recorded {
+        authorization: Option<String>,
+        frames: Vec<ClientFrame>,
+    }
+
+    impl Recorded {
+        fn statuses(&self) -> Vec<Status> {
+            self.frames
+                .iter()
+                .filter_map(|f| match f {
+                    ClientFrame::Status { status } => Some(*status),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn lines(&self, of: PushStream) -> Vec<String> {
+            self.frames
+                .iter()
+                .filter_map(|f| match f {
+                    ClientFrame::Logs { stream, lines, .. } if *stream == of => Some(lines.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        }
+    }
+
+    /// A minimal push endpoint following the protocol: acks every batch, confirms every status,
+    /// refuses logs while queued, closes after a terminal status.
+    async fn fake_server(
+        behaviour: ServerBehaviour,
+    ) -> (String, tokio::task::JoinHandle<Recorded>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = tokio::spawn(async move {
+            let recorded = Arc::new(Mutex::new(Recorded::default()));
+            let (tcp, _) = listener.accept().await.unwrap();
+            let header_slot = recorded.clone();
+            let callback = move |request: &Request, response: Response| {
+                header_slot.lock().unwrap().authorization = request
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(request.uri().path(), "/v1/apps/my%20app/push");
+                match behaviour.refuse_upgrade {
+                    Some(code) => {
+                        let mut refusal =
+                            ErrorResponse::new(Some(r#"{"error":"invalid token"}"#.into()));
+                        *refusal.status_mut() =
+                            tungstenite::http::StatusCode::from_u16(code).unwrap();
+                        Err(refusal)
+                    }
+                    None => Ok(response),
+                }
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                return Arc::try_unwrap(recorded).ok().unwrap().into_inner().unwrap();
+            };
+            let mut status = Status::Queued;
+            let mut last_line = 0u64;
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Text(text) = message else { continue };
+                let frame: ClientFrame = serde_json::from_str(text.as_str()).unwrap();
+                recorded.lock().unwrap().frames.push(frame.clone());
+                let answer = match frame {
+                    ClientFrame::Start { .. } => {
+                        status = if behaviour.queued { Status::Queued } else { Status::Building };
+                        let deployment = serde_json::json!({"id": "d-1", "status": status});
+                        send(&mut ws, &ServerFrame::Deployment { deployment }).await;
+                        if behaviour.drop_after_start {
+                            break;
+                        }
+                        if behaviour.queued {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            status = Status::Building;
+                        }
+                        ServerFrame::Status { status }
+                    }
+                    ClientFrame::Logs { batch, lines, .. } if status != Status::Queued => {
+                        last_line += lines.len() as u64;
+                        ServerFrame::Ack { batch, last_line }
+                    }
+                    ClientFrame::Logs { batch, .. } => ServerFrame::Error {
+                        code: "queued".into(),
+                        error: "deployment is queued".into(),
+                        batch: Some(batch),
+                    },
+                    ClientFrame::Status { status: to } => {
+                        check_transition(status, to).unwrap();
+                        status = to;
+                        ServerFrame::Status { status }
+                    }
+                    ClientFrame::ImageSize { .. } => continue,
+                };
+                send(&mut ws, &answer).await;
+                if status.is_terminal() {
+                    let _ = ws.close(None).await;
+                    break;
+                }
+            }
+            drop(ws);
+            Arc::try_unwrap(recorded).ok().unwrap().into_inner().unwrap()
+        });
+        (url, handle)
+    }
+
+    async fn send<W: Sink<Message> + Unpin>(ws: &mut W, frame: &ServerFrame) {
+        let _ = ws
+            .send(Message::text(serde_json::to_string(frame).unwrap()))
+            .await;
+    }
+
+    fn args(url: &str, command: &[&str]) -> PushArgs {
+        PushArgs {
+            url: url.to_owned(),
+            token: "secret".into(),
+            app: "my app".into(),
+            git_ref: Some("abc123".into()),
+            push_cmd: None,
+            start_cmd: None,
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    async fn push_against(
+        behaviour: ServerBehaviour,
+        args_for: impl FnOnce(&str) -> PushArgs,
+    ) -> (i32, Recorded) {
+        let (url, server) = fake_server(behaviour).await;
+        let code = push(&args_for(&url), CancellationToken::new(), Echo::Off).await;
+        (code, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn successful_deployment_runs_every_stage() {
+        let (code, recorded) = push_against(ServerBehaviour::default(), |url| PushArgs {
+            push_cmd: Some("echo pushed".into()),
+            start_cmd: Some("echo started >&2".into()),
+            ..args(url, &["sh", "-c", "echo out1; echo err1 >&2; echo out2"])
+        })
+        .await;
+        assert_eq!(code, EXIT_SUCCESS);
+        assert_eq!(recorded.authorization.as_deref(), Some("Basic OnNlY3JldA=="));
+        assert_eq!(
+            recorded.frames[0],
+            ClientFrame::Start {
+                git_ref: Some("abc123".into())
+            }
+        );
+        assert_eq!(
+            recorded.statuses(),
+            [Status::Pushing, Status::Starting, Status::Success]
+        );
+        assert_eq!(recorded.lines(PushStream::Stdout), ["out1", "out2", "pushed"]);
+        assert_eq!(recorded.lines(PushStream::Stderr), ["err1", "started"]);
+    }
+
+    #[tokio::test]
+    async fn failing_build_is_build_error() {
+        let (code, recorded) =
+            push_against(ServerBehaviour::default(), |url| args(url, &["sh", "-c", "echo x; exit 3"]))
+                .await;
+        assert_eq!(code, EXIT_DEPLOYMENT_FAILED);
+        assert_eq!(recorded.statuses(), [Status::BuildError]);
+        assert_eq!(recorded.lines(PushStream::Stdout), ["x"]);
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_build_error_with_reason() {
+        let (code, recorded) = push_against(ServerBehaviour::default(), |url| {
+            args(url, &["/nonexistent/deployd-test-program"])
+        })
+        .await;
+        assert_eq!(code, EXIT_DEPLOYMENT_FAILED);
+        assert_eq!(recorded.statuses(), [Status::BuildError]);
+        let stderr = recorded.lines(PushStream::Stderr);
+        assert!(stderr[0].contains("cannot run"), "{stderr:?}");
+    }
+
+    #[tokio::test]
+    async fn failing_push_command_is_aborted() {
+        let (code, recorded) = push_against(ServerBehaviour::default(), |url| PushArgs {
+            push_cmd: Some("exit 1".into()),
+            ..args(url, &["true"])
+        })
+        .await;
+        assert_eq!(code, EXIT_DEPLOYMENT_FAILED);
+        assert_eq!(recorded.statuses(), [Status::Pushing, Status::Aborted]);
+    }
+
+    #[tokio::test]
+    async fn failing_start_command_is_crashed_error() {
+        let (code, recorded) = push_against(ServerBehaviour::default(), |url| PushArgs {
+            start_cmd: Some("exit 1".into()),
+            ..args(url, &["true"])
+        })
+        .await;
+        assert_eq!(code, EXIT_DEPLOYMENT_FAILED);
+        assert_eq!(
+            recorded.statuses(),
+            [Status::Pushing, Status::Starting, Status::CrashedError]
+        );
+    }
+
+    #[tokio::test]
+    async fn queued_deployment_waits_for_building_before_logging() {
+        let behaviour = ServerBehaviour {
+            queued: true,
+            ..Default::default()
+        };
+        let (code, recorded) = push_against(behaviour, |url| args(url, &["echo", "hello"])).await;
+        // The fake server answers logs sent while queued with an error frame, which is fatal.
+        assert_eq!(code, EXIT_SUCCESS);
+        assert_eq!(recorded.lines(PushStream::Stdout), ["hello"]);
+    }
+
+    #[tokio::test]
+    async fn many_lines_arrive_in_order_in_bounded_numbered_batches() {
+        let (code, recorded) =
+            push_against(ServerBehaviour::default(), |url| args(url, &["seq", "1", "5000"])).await;
+        assert_eq!(code, EXIT_SUCCESS);
+        let expected: Vec<String> = (1..=5000).map(|n| n.to_string()).collect();
+        assert_eq!(recorded.lines(PushStream::Stdout), expected);
+        let numbers: Vec<u64> = recorded
+            .frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Logs { batch, lines, .. } => {
+                    assert!(lines.len() <= MAX_BATCH_LINES);
+                    Some(*batch)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn refused_upgrade_exits_2() {
+        let behaviour = ServerBehaviour {
+            refuse_upgrade: Some(401),
+            ..Default::default()
+        };
+        let (code, recorded) = push_against(behaviour, |url| args(url, &["true"])).await;
+        assert_eq!(code, EXIT_USAGE_OR_AUTH);
+        assert!(recorded.frames.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connection_refused_exits_2() {
+        // Bind then drop to get a port nobody listens on.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let code = push(&args(&url, &["true"]), CancellationToken::new(), Echo::Off).await;
+        assert_eq!(code, EXIT_USAGE_OR_AUTH);
+    }
+
+    #[tokio::test]
+    async fn lost_connection_exits_3() {
+        let behaviour = ServerBehaviour {
+            drop_after_start: true,
+            ..Default::default()
+        };
+        let (code, _) = push_against(behaviour, |url| args(url, &["sleep", "30"])).await;
+        assert_eq!(code, EXIT_CONNECTION_LOST);
+    }
+
+    #[tokio::test]
+    async fn interrupt_kills_the_command_and_aborts() {
+        let (url, server) = fake_server(ServerBehaviour::default()).await;
+        let interrupt = CancellationToken::new();
+        let trigger = interrupt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            trigger.cancel();
+        });
+        let started = std::time::Instant::now();
+        let code = push(&args(&url, &["sleep", "30"]), interrupt, Echo::Off).await;
+        assert_eq!(code, EXIT_INTERRUPTED);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let recorded = server.await.unwrap();
+        assert_eq!(recorded.statuses(), [Status::Aborted]);
+    }
+}
