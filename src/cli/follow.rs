@@ -207,7 +207,8 @@ impl Follower<'_> {
         let mut stdout = tokio::io::stdout();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| FollowError::Broken(format!("output stream broke: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| FollowError::Broken(format!("output stream broke: {e}")))?;
             // If stdout is gone (e.g. `| head`), there is nobody left to print for.
             if stdout.write_all(&chunk).await.is_err() || stdout.flush().await.is_err() {
                 break;
@@ -264,7 +265,9 @@ fn exit_code_for(status: &str, broken: Option<FollowError>) -> i32 {
     if !finished {
         match broken {
             Some(why) => eprintln!("deployd follow: {why}; the deployment is still {status}"),
-            None => eprintln!("deployd follow: output ended while the deployment is still {status}"),
+            None => {
+                eprintln!("deployd follow: output ended while the deployment is still {status}")
+            }
         }
         return EXIT_CONNECTION_LOST;
     }

@@ -53,7 +53,11 @@ pub fn encode_path_segment(segment: &str) -> String {
 /// Joins the server base URL (`http://host:8080`, with or without a trailing `/` or a path
 /// prefix) and an absolute API path (`/v1/…`).
 pub fn http_url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 /// The WebSocket URL for an API path: `http` becomes `ws`, `https` becomes `wss`; a base that

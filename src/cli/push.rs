@@ -506,12 +506,16 @@ where
             .and_then(|s| s.as_str())
             .and_then(|s| s.parse::<Status>().ok())
             .ok_or_else(|| {
-                SessionEnd::Protocol(format!("deployment frame without a known status: {deployment}"))
+                SessionEnd::Protocol(format!(
+                    "deployment frame without a known status: {deployment}"
+                ))
             })?;
         self.status = status;
         eprintln!("-----> Deployment {id} created (status {status})");
         if status == Status::Queued {
-            eprintln!("-----> Another deployment of this app is in progress; waiting for it to end");
+            eprintln!(
+                "-----> Another deployment of this app is in progress; waiting for it to end"
+            );
             while self.status == Status::Queued {
                 self.recv().await?;
             }
@@ -652,10 +656,7 @@ where
         }
         let mut line = line;
         truncate_to_char_boundary(&mut line, MAX_LINE_BYTES);
-        if let Some(batch) = self
-            .batcher
-            .push(PushStream::Stderr, line, Instant::now())
-        {
+        if let Some(batch) = self.batcher.push(PushStream::Stderr, line, Instant::now()) {
             self.send_batch_when_window_open(batch).await?;
         }
         Ok(())
@@ -763,11 +764,20 @@ where
     /// Books one WebSocket message. `Ok(None)` for control frames.
     fn on_message(&mut self, message: Option<WsResult>) -> Result<Option<ServerFrame>, SessionEnd> {
         let text = match message {
-            None => return Err(SessionEnd::ConnectionLost("the server closed the connection".into())),
+            None => {
+                return Err(SessionEnd::ConnectionLost(
+                    "the server closed the connection".into(),
+                ))
+            }
             Some(Err(e)) => return Err(SessionEnd::ConnectionLost(e.to_string())),
             Some(Ok(Message::Close(frame))) => {
                 let why = frame
-                    .map(|f| format!("the server closed the connection ({}: {})", f.code, f.reason))
+                    .map(|f| {
+                        format!(
+                            "the server closed the connection ({}: {})",
+                            f.code, f.reason
+                        )
+                    })
                     .unwrap_or_else(|| "the server closed the connection".into());
                 return Err(SessionEnd::ConnectionLost(why));
             }
@@ -907,7 +917,9 @@ mod tests {
         for i in 0..MAX_BATCH_LINES - 1 {
             assert_eq!(batcher.push(PushStream::Stdout, i.to_string(), now), None);
         }
-        let batch = batcher.push(PushStream::Stdout, "last".into(), now).unwrap();
+        let batch = batcher
+            .push(PushStream::Stdout, "last".into(), now)
+            .unwrap();
         assert_eq!(batch.number, 1);
         assert_eq!(batch.lines.len(), MAX_BATCH_LINES);
         assert_eq!(batch.lines[0], "0");
@@ -1001,8 +1013,19 @@ mod tests {
     #[test]
     fn args_take_trailing_command_with_its_flags() {
         let cli = Cli::try_parse_from([
-            "push", "--url", "http://h", "--token", "t", "--app", "a", "--git-ref", "abc", "--",
-            "make", "-j2", "--keep-going",
+            "push",
+            "--url",
+            "http://h",
+            "--token",
+            "t",
+            "--app",
+            "a",
+            "--git-ref",
+            "abc",
+            "--",
+            "make",
+            "-j2",
+            "--keep-going",
         ])
         .unwrap();
         assert_eq!(cli.push.command, ["make", "-j2", "--keep-going"]);
@@ -1053,6 +1076,8 @@ mod tests {
 
     /// A minimal push endpoint following the protocol: acks every batch, confirms every status,
     /// refuses logs while queued, closes after a terminal status.
+    // The handshake callback's error type is tungstenite's, not ours to shrink.
+    #[allow(clippy::result_large_err)]
     async fn fake_server(
         behaviour: ServerBehaviour,
     ) -> (String, tokio::task::JoinHandle<Recorded>) {
@@ -1080,17 +1105,27 @@ mod tests {
                 }
             };
             let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
-                return Arc::try_unwrap(recorded).ok().unwrap().into_inner().unwrap();
+                return Arc::try_unwrap(recorded)
+                    .ok()
+                    .unwrap()
+                    .into_inner()
+                    .unwrap();
             };
             let mut status = Status::Queued;
             let mut last_line = 0u64;
             while let Some(Ok(message)) = ws.next().await {
-                let Message::Text(text) = message else { continue };
+                let Message::Text(text) = message else {
+                    continue;
+                };
                 let frame: ClientFrame = serde_json::from_str(text.as_str()).unwrap();
                 recorded.lock().unwrap().frames.push(frame.clone());
                 let answer = match frame {
                     ClientFrame::Start { .. } => {
-                        status = if behaviour.queued { Status::Queued } else { Status::Building };
+                        status = if behaviour.queued {
+                            Status::Queued
+                        } else {
+                            Status::Building
+                        };
                         let deployment = serde_json::json!({"id": "d-1", "status": status});
                         send(&mut ws, &ServerFrame::Deployment { deployment }).await;
                         if behaviour.drop_after_start {
@@ -1125,7 +1160,11 @@ mod tests {
                 }
             }
             drop(ws);
-            Arc::try_unwrap(recorded).ok().unwrap().into_inner().unwrap()
+            Arc::try_unwrap(recorded)
+                .ok()
+                .unwrap()
+                .into_inner()
+                .unwrap()
         });
         (url, handle)
     }
@@ -1166,7 +1205,10 @@ mod tests {
         })
         .await;
         assert_eq!(code, EXIT_SUCCESS);
-        assert_eq!(recorded.authorization.as_deref(), Some("Basic OnNlY3JldA=="));
+        assert_eq!(
+            recorded.authorization.as_deref(),
+            Some("Basic OnNlY3JldA==")
+        );
         assert_eq!(
             recorded.frames[0],
             ClientFrame::Start {
@@ -1177,15 +1219,19 @@ mod tests {
             recorded.statuses(),
             [Status::Pushing, Status::Starting, Status::Success]
         );
-        assert_eq!(recorded.lines(PushStream::Stdout), ["out1", "out2", "pushed"]);
+        assert_eq!(
+            recorded.lines(PushStream::Stdout),
+            ["out1", "out2", "pushed"]
+        );
         assert_eq!(recorded.lines(PushStream::Stderr), ["err1", "started"]);
     }
 
     #[tokio::test]
     async fn failing_build_is_build_error() {
-        let (code, recorded) =
-            push_against(ServerBehaviour::default(), |url| args(url, &["sh", "-c", "echo x; exit 3"]))
-                .await;
+        let (code, recorded) = push_against(ServerBehaviour::default(), |url| {
+            args(url, &["sh", "-c", "echo x; exit 3"])
+        })
+        .await;
         assert_eq!(code, EXIT_DEPLOYMENT_FAILED);
         assert_eq!(recorded.statuses(), [Status::BuildError]);
         assert_eq!(recorded.lines(PushStream::Stdout), ["x"]);
@@ -1242,8 +1288,10 @@ mod tests {
 
     #[tokio::test]
     async fn many_lines_arrive_in_order_in_bounded_numbered_batches() {
-        let (code, recorded) =
-            push_against(ServerBehaviour::default(), |url| args(url, &["seq", "1", "5000"])).await;
+        let (code, recorded) = push_against(ServerBehaviour::default(), |url| {
+            args(url, &["seq", "1", "5000"])
+        })
+        .await;
         assert_eq!(code, EXIT_SUCCESS);
         let expected: Vec<String> = (1..=5000).map(|n| n.to_string()).collect();
         assert_eq!(recorded.lines(PushStream::Stdout), expected);
