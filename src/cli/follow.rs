@@ -281,7 +281,98 @@ fn exit_code_for(status: &str, broken: Option<FollowError>) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use axum::extract::{Path, Query};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    use axum::{Json, Router};
+
     use super::*;
+
+    /// A fake server: newest deployment `d-2`, whose output is two chunks, then `status`.
+    async fn fake_server(status: &'static str) -> String {
+        fn authorized(headers: &HeaderMap) -> bool {
+            headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Basic OnRvaw==")
+        }
+        fn unauthorized() -> (StatusCode, Json<serde_json::Value>) {
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "invalid token"})),
+            )
+        }
+        let app = Router::new()
+            .route(
+                "/v1/apps/{app}/deployments",
+                get(move |headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    if !authorized(&headers) {
+                        return Err(unauthorized());
+                    }
+                    assert_eq!(q.get("per_page").map(String::as_str), Some("1"));
+                    Ok(Json(serde_json::json!({"deployments": [{"id": "d-2", "status": status}]})))
+                }),
+            )
+            .route(
+                "/v1/apps/{app}/deployments/{id}",
+                get(move |Path((app, id)): Path<(String, String)>| async move {
+                    assert_eq!((app.as_str(), id.as_str()), ("web", "d-2"));
+                    Json(serde_json::json!({"deployment": {"id": id, "status": status}}))
+                }),
+            )
+            .route(
+                "/v1/apps/{app}/deployments/{id}/output",
+                get(|headers: HeaderMap| async move {
+                    if !authorized(&headers) {
+                        return Err(unauthorized());
+                    }
+                    Ok("line 1\nline 2\n")
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn args(url: String, token: &str) -> FollowArgs {
+        FollowArgs {
+            url,
+            token: token.into(),
+            app: "web".into(),
+            deployment: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn follows_newest_deployment_to_success() {
+        let url = fake_server("success").await;
+        assert_eq!(run_follow(args(url, "tok")).await.unwrap(), EXIT_SUCCESS);
+    }
+
+    #[tokio::test]
+    async fn failed_deployment_exits_1() {
+        let url = fake_server("build-error").await;
+        assert_eq!(
+            run_follow(args(url, "tok")).await.unwrap(),
+            EXIT_DEPLOYMENT_FAILED
+        );
+    }
+
+    #[tokio::test]
+    async fn output_ending_while_running_exits_3() {
+        let url = fake_server("building").await;
+        assert_eq!(
+            run_follow(args(url, "tok")).await.unwrap(),
+            EXIT_CONNECTION_LOST
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_token_exits_2() {
+        let url = fake_server("success").await;
+        assert_eq!(
+            run_follow(args(url, "wrong")).await.unwrap(),
+            EXIT_USAGE_OR_AUTH
+        );
+    }
 
     #[test]
     fn success_exits_zero_other_terminal_one() {
