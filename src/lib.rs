@@ -1,6 +1,7 @@
 //! deployd: a self-hosted deployments service, wire-compatible with Scalingo's deployments API.
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod model;
