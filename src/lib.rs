@@ -6,6 +6,7 @@ pub mod config;
 pub mod hub;
 pub mod model;
 pub mod pipeline;
+pub mod server;
 pub mod sessions;
 pub mod status;
 pub mod store;

@@ -1,0 +1,204 @@
+//! Builds and runs the server from a [`Config`]: opens the store, recovers what a crash left
+//! unfinished, makes sure there is a first admin and an install secret, binds, serves, and shuts
+//! down gracefully (sessions end their deployments, the writer drains, the store is flushed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Shared};
+use crate::auth;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::sessions::spawn_executor;
+use crate::store::engine::SledEngine;
+use crate::store::writer::{WriteError, Writer};
+use crate::store::{Store, StoreError};
+
+/// The meta record holding the install's secret (JWT and source URL signatures).
+const SECRET_META: &str = "install-secret";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store write: {0}")]
+    Write(#[from] WriteError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("writing the admin token file: {0}")]
+    AdminToken(std::io::Error),
+    #[error("background task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, ends sessions and streams, drains the writer; returns when all is on disk.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless shut down).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A handle that triggers shutdown (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the server; returns once it listens.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store_dir = config.store_dir();
+    let engine = tokio::task::spawn_blocking(move || SledEngine::open(&store_dir))
+        .await?
+        .map_err(StoreError::from)?;
+    let store = Store::new(Arc::new(engine));
+    let hub = Arc::new(Hub::default());
+    let recovery_store = store.clone();
+    let recovery_hub = hub.clone();
+    let (writer, recovery, writer_thread) =
+        tokio::task::spawn_blocking(move || Writer::start(recovery_store, recovery_hub)).await??;
+    for (id, status) in &recovery.ended {
+        tracing::warn!(deployment = %id, %status, "ended a deployment left unfinished by the last run");
+    }
+
+    let secret = install_secret(&store, &writer).await?;
+    bootstrap_admin(&config, &store, &writer).await?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let shutdown = CancellationToken::new();
+    let state = AppState(Arc::new(Shared {
+        config,
+        store,
+        writer,
+        hub,
+        secret,
+        shutdown: shutdown.clone(),
+        executors: tokio_util::task::TaskTracker::new(),
+    }));
+    for deployment in recovery.to_execute {
+        let app_id = deployment.app_id;
+        let app = state.read(move |store| store.app(app_id)).await;
+        if let Ok(Some(app)) = app {
+            spawn_executor(&state, deployment, app.name);
+        }
+    }
+
+    let router = api::router(state.clone());
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "server stopped");
+        }
+        // Executors end their deployments (processes killed, status written) before we go.
+        state.executors.close();
+        state.executors.wait().await;
+        drop(state);
+        // The writer thread ends when the last handle is gone; every commit is already synced.
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+async fn install_secret(store: &Store, writer: &Writer) -> Result<[u8; 32], ServerError> {
+    let existing = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.meta(SECRET_META)).await??
+    };
+    if let Some(bytes) = existing {
+        if let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(secret);
+        }
+        tracing::warn!("stored install secret has the wrong length; making a new one");
+    }
+    let secret = auth::generate_jwt_secret();
+    writer.put_meta(SECRET_META.into(), secret.to_vec()).await?;
+    Ok(secret)
+}
+
+/// On first start (no user at all), creates `admin` with `DEPLOYD_ADMIN_TOKEN` or a generated
+/// token written to `DIR/admin-token` (mode 0600). Logs the path, never the token.
+async fn bootstrap_admin(config: &Config, store: &Store, writer: &Writer) -> Result<(), ServerError> {
+    let count = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.user_count()).await??
+    };
+    if count > 0 {
+        return Ok(());
+    }
+    let (user, mut token, generated) = api::users::new_user(
+        "admin".into(),
+        "admin@localhost".into(),
+        "Administrator".into(),
+        true,
+    );
+    token.name = "admin token".into();
+    let secret = config.admin_token.clone().unwrap_or(generated);
+    writer
+        .create_user(user, token, auth::hash_api_token(&secret))
+        .await?;
+    if config.admin_token.is_some() {
+        tracing::info!("created user admin with the token from DEPLOYD_ADMIN_TOKEN");
+    } else {
+        let path = config.admin_token_file();
+        write_private_file(&path, secret.as_bytes()).map_err(ServerError::AdminToken)?;
+        tracing::info!(path = %path.display(), "created user admin; its API token is in this file");
+    }
+    Ok(())
+}
+
+fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
