@@ -371,7 +371,12 @@ mod tests {
         fn extract(&self, bytes: &[u8], limits: ExtractLimits) -> Result<PathBuf, ExtractError> {
             let archive_path = self.base.path().join("source.tar.gz");
             fs::write(&archive_path, bytes).expect("write archive");
-            extract(&archive_path, &self.dest(), limits, &CancellationToken::new())
+            extract(
+                &archive_path,
+                &self.dest(),
+                limits,
+                &CancellationToken::new(),
+            )
         }
 
         /// Every path under `base` except the archive and the extraction directory.
@@ -405,17 +410,27 @@ mod tests {
         let error = scratch
             .extract(&archive(items), LIMITS)
             .expect_err("hostile archive must be refused");
-        assert!(scratch.outside_entries().is_empty(), "wrote outside: {:?}", scratch.outside_entries());
+        assert!(
+            scratch.outside_entries().is_empty(),
+            "wrote outside: {:?}",
+            scratch.outside_entries()
+        );
         (error, scratch)
     }
 
     #[test]
     fn parent_components_are_refused() {
         let (error, scratch) = refused(&[Item::Dir("app/"), Item::File("app/../../evil", b"x")]);
-        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::ParentComponent(_)),
+            "{error:?}"
+        );
         assert!(!scratch.base.path().join("work/evil").exists());
         let (error, _) = refused(&[Item::File("../evil", b"x")]);
-        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::ParentComponent(_)),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -432,12 +447,21 @@ mod tests {
     #[test]
     fn escaping_symlinks_are_refused() {
         let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/etc", "/etc")]);
-        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
         let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/sub/up", "../../..")]);
-        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
         // Points at the extraction directory itself: outside the root folder.
         let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/up", "..")]);
-        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -447,16 +471,25 @@ mod tests {
             Item::Symlink("app/here", "."),
             Item::File("app/here/file", b"x"),
         ]);
-        assert!(matches!(error, ExtractError::ThroughSymlink(_)), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::ThroughSymlink(_)),
+            "{error:?}"
+        );
     }
 
     #[test]
     fn hardlinks_and_special_files_are_refused() {
-        let (error, _) = refused(&[Item::Dir("app/"), Item::HardLink("app/passwd", "/etc/passwd")]);
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::HardLink("app/passwd", "/etc/passwd"),
+        ]);
         assert!(matches!(error, ExtractError::HardLink(_)), "{error:?}");
         for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
             let (error, _) = refused(&[Item::Dir("app/"), Item::Special("app/dev", kind)]);
-            assert!(matches!(error, ExtractError::SpecialFile { .. }), "{kind:?}: {error:?}");
+            assert!(
+                matches!(error, ExtractError::SpecialFile { .. }),
+                "{kind:?}: {error:?}"
+            );
         }
     }
 
@@ -470,8 +503,13 @@ mod tests {
             max_entries: 10,
             ..LIMITS
         };
-        let error = scratch.extract(&archive(&items), limits).expect_err("refused");
-        assert!(matches!(error, ExtractError::TooManyEntries(10)), "{error:?}");
+        let error = scratch
+            .extract(&archive(&items), limits)
+            .expect_err("refused");
+        assert!(
+            matches!(error, ExtractError::TooManyEntries(10)),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -486,7 +524,9 @@ mod tests {
         };
         let error = scratch.extract(&bomb, limits).expect_err("refused");
         assert!(matches!(error, ExtractError::TooLarge(_)), "{error:?}");
-        let written = fs::metadata(scratch.dest().join("app/zeros")).map(|m| m.len()).unwrap_or(0);
+        let written = fs::metadata(scratch.dest().join("app/zeros"))
+            .map(|m| m.len())
+            .unwrap_or(0);
         assert!(written <= limit, "wrote {written} bytes");
     }
 
@@ -500,8 +540,13 @@ mod tests {
             vec![],
         ] {
             let scratch = Scratch::new();
-            let error = scratch.extract(&archive(&items), LIMITS).expect_err("refused");
-            assert!(matches!(error, ExtractError::NotSingleRootFolder), "{error:?}");
+            let error = scratch
+                .extract(&archive(&items), LIMITS)
+                .expect_err("refused");
+            assert!(
+                matches!(error, ExtractError::NotSingleRootFolder),
+                "{error:?}"
+            );
         }
     }
 
@@ -522,11 +567,23 @@ mod tests {
         assert_eq!(source, scratch.dest().join("repo-abc123"));
         assert_eq!(fs::read(source.join("README")).expect("readme"), b"hello");
         assert_eq!(fs::read(source.join("docs")).expect("symlink"), b"hello");
-        assert_eq!(fs::read(source.join("bin/readme")).expect("symlink"), b"hello");
-        assert_eq!(fs::read(source.join("implicit/dir/file")).expect("deep"), b"deep");
-        let mode = fs::metadata(source.join("bin/build")).expect("build").permissions().mode();
+        assert_eq!(
+            fs::read(source.join("bin/readme")).expect("symlink"),
+            b"hello"
+        );
+        assert_eq!(
+            fs::read(source.join("implicit/dir/file")).expect("deep"),
+            b"deep"
+        );
+        let mode = fs::metadata(source.join("bin/build"))
+            .expect("build")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
-        let mode = fs::metadata(source.join("README")).expect("readme").permissions().mode();
+        let mode = fs::metadata(source.join("README"))
+            .expect("readme")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o644);
         assert!(!scratch.dest().join("pax_global_header").exists());
     }
@@ -535,10 +592,15 @@ mod tests {
     fn cancellation_stops_extraction() {
         let scratch = Scratch::new();
         let archive_path = scratch.base.path().join("source.tar.gz");
-        fs::write(&archive_path, archive(&[Item::Dir("app/"), Item::File("app/x", b"x")])).expect("write");
+        fs::write(
+            &archive_path,
+            archive(&[Item::Dir("app/"), Item::File("app/x", b"x")]),
+        )
+        .expect("write");
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let error = extract(&archive_path, &scratch.dest(), LIMITS, &cancel).expect_err("cancelled");
+        let error =
+            extract(&archive_path, &scratch.dest(), LIMITS, &cancel).expect_err("cancelled");
         assert!(matches!(error, ExtractError::Cancelled), "{error:?}");
     }
 }
