@@ -272,6 +272,11 @@ impl<S: DeploymentSink> Run<'_, S> {
     async fn push(&mut self, source_dir: &Path, env: &[(String, String)]) -> Result<bool, Halt> {
         let image = self.image_path();
         if let Some(command) = &self.config.push_cmd {
+            // So a custom push can write where DEPLOYD_IMAGE_PATH points; if this fails, the
+            // command will say so itself.
+            if let Some(dir) = image.parent() {
+                tokio::fs::create_dir_all(dir).await.ok();
+            }
             self.system("-----> Running push command").await?;
             match self.stage(command, source_dir, env.to_vec(), None).await? {
                 StageResult::Succeeded => {}
