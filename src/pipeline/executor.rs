@@ -272,6 +272,11 @@ impl<S: DeploymentSink> Run<'_, S> {
     async fn push(&mut self, source_dir: &Path, env: &[(String, String)]) -> Result<bool, Halt> {
         let image = self.image_path();
         if let Some(command) = &self.config.push_cmd {
+            // So a custom push can write where DEPLOYD_IMAGE_PATH points; if this fails, the
+            // command will say so itself.
+            if let Some(dir) = image.parent() {
+                tokio::fs::create_dir_all(dir).await.ok();
+            }
             self.system("-----> Running push command").await?;
             match self.stage(command, source_dir, env.to_vec(), None).await? {
                 StageResult::Succeeded => {}
@@ -564,7 +569,12 @@ mod tests {
             (status, sink)
         }
 
-        async fn run_with(&self, job: Job, sink: &RecordingSink, cancel: CancellationToken) -> Status {
+        async fn run_with(
+            &self,
+            job: Job,
+            sink: &RecordingSink,
+            cancel: CancellationToken,
+        ) -> Status {
             let work = self.config.work_dir.join(job.deployment_id.to_string());
             let status = run(job, sink, &self.config, cancel).await;
             assert!(!work.exists(), "work directory left behind");
@@ -574,7 +584,11 @@ mod tests {
 
     /// An app archive with optional `bin/build` and `bin/start` scripts.
     fn app(build: Option<&str>, start: Option<&str>) -> Vec<u8> {
-        let mut items = vec![Item::Dir("app/"), Item::Dir("app/bin/"), Item::File("app/README", b"hi")];
+        let mut items = vec![
+            Item::Dir("app/"),
+            Item::Dir("app/bin/"),
+            Item::File("app/README", b"hi"),
+        ];
         if let Some(build) = build {
             items.push(Item::Executable("app/bin/build", build.as_bytes()));
         }
@@ -610,7 +624,8 @@ mod tests {
     #[tokio::test]
     async fn happy_path_runs_every_stage_and_streams_output_in_order() {
         let fixture = Fixture::new();
-        let build = "#!/bin/sh\necho 'build 1'\necho 'oops' >&2\necho 'build 2'\nprintf 'no newline'\n";
+        let build =
+            "#!/bin/sh\necho 'build 1'\necho 'oops' >&2\necho 'build 2'\nprintf 'no newline'\n";
         let start = "#!/bin/sh\necho \"app=$DEPLOYD_APP ref=$DEPLOYD_GIT_REF url=$DEPLOYD_URL\"\n\
                      test -n \"$PORT\" && echo port-set\ntest -f \"$DEPLOYD_SOURCE_DIR/README\" && echo source-ok\n\
                      test -f \"$DEPLOYD_IMAGE_PATH\" && echo image-ok\n";
@@ -619,7 +634,10 @@ mod tests {
         let (status, sink) = fixture.run(job).await;
 
         assert_eq!(status, Status::Success);
-        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Starting, Status::Success]);
+        assert_eq!(
+            sink.transitions(),
+            vec![Status::Pushing, Status::Starting, Status::Success]
+        );
         assert_eq!(
             sink.texts(LogStream::Stdout),
             vec![
@@ -634,10 +652,16 @@ mod tests {
         );
         assert_eq!(sink.texts(LogStream::Stderr), vec!["oops"]);
         let system = sink.texts(LogStream::System);
-        assert_eq!(system.first().map(String::as_str), Some("-----> Fetching source code"));
+        assert_eq!(
+            system.first().map(String::as_str),
+            Some("-----> Fetching source code")
+        );
         assert!(sink.has_system_line("-----> Running bin/build"));
         assert!(sink.has_system_line("-----> Running bin/start"));
-        assert_eq!(system.last().map(String::as_str), Some("-----> Deployment succeeded"));
+        assert_eq!(
+            system.last().map(String::as_str),
+            Some("-----> Deployment succeeded")
+        );
 
         let image = fixture.config.image_dir.join(format!("{id}.tar.gz"));
         let size = std::fs::metadata(&image).expect("image").len();
@@ -657,7 +681,9 @@ mod tests {
     async fn output_is_streamed_while_the_stage_runs() {
         let fixture = Fixture::new();
         let build = "#!/bin/sh\necho first\nsleep 0.3\necho second\n";
-        let (status, sink) = fixture.run(fixture.local_job(&app(Some(build), None))).await;
+        let (status, sink) = fixture
+            .run(fixture.local_job(&app(Some(build), None)))
+            .await;
         assert_eq!(status, Status::Success);
         let recorded = sink.inner.lock().expect("lock");
         let arrival = |text: &str| {
@@ -685,7 +711,9 @@ mod tests {
     async fn failing_build_ends_in_build_error() {
         let fixture = Fixture::new();
         let build = "#!/bin/sh\necho compiling\nexit 2\n";
-        let (status, sink) = fixture.run(fixture.local_job(&app(Some(build), None))).await;
+        let (status, sink) = fixture
+            .run(fixture.local_job(&app(Some(build), None)))
+            .await;
         assert_eq!(status, Status::BuildError);
         assert_eq!(sink.transitions(), vec![Status::BuildError]);
         assert!(sink.has_system_line("!     Build failed: exited with status 2"));
@@ -705,9 +733,14 @@ mod tests {
     async fn crashing_start_ends_in_crashed_error() {
         let fixture = Fixture::new();
         let start = "#!/bin/sh\necho 'cannot bind'\nexit 1\n";
-        let (status, sink) = fixture.run(fixture.local_job(&app(None, Some(start)))).await;
+        let (status, sink) = fixture
+            .run(fixture.local_job(&app(None, Some(start))))
+            .await;
         assert_eq!(status, Status::CrashedError);
-        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Starting, Status::CrashedError]);
+        assert_eq!(
+            sink.transitions(),
+            vec![Status::Pushing, Status::Starting, Status::CrashedError]
+        );
         assert!(sink.has_system_line("!     Start failed: exited with status 1"));
     }
 
@@ -716,7 +749,9 @@ mod tests {
         let mut fixture = Fixture::new();
         let pidfile = fixture.path("start.pids");
         fixture.config.start_timeout = Duration::from_millis(300);
-        fixture.config.start_cmd = Some(format!("sleep 30 & echo $! > {pidfile}; echo $$ >> {pidfile}; wait"));
+        fixture.config.start_cmd = Some(format!(
+            "sleep 30 & echo $! > {pidfile}; echo $$ >> {pidfile}; wait"
+        ));
         let started = Instant::now();
         let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
         assert_eq!(status, Status::TimeoutError);
@@ -732,7 +767,10 @@ mod tests {
         job.postdeploy_hook = Some("echo migrating && exit 4".to_owned());
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::HookError);
-        assert_eq!(sink.transitions(), vec![Status::Pushing, Status::Starting, Status::HookError]);
+        assert_eq!(
+            sink.transitions(),
+            vec![Status::Pushing, Status::Starting, Status::HookError]
+        );
         assert!(sink.has_system_line("-----> Running postdeploy hook"));
         assert!(sink.has_system_line("!     Postdeploy hook failed: exited with status 4"));
         assert_eq!(sink.texts(LogStream::Stdout), vec!["migrating"]);
@@ -782,12 +820,18 @@ mod tests {
     async fn sink_refusal_stops_the_run() {
         let mut fixture = Fixture::new();
         let pidfile = fixture.path("build.pids");
-        fixture.config.build_cmd = Some(format!("echo $$ > {pidfile}; while :; do echo tick; sleep 0.01; done"));
+        fixture.config.build_cmd = Some(format!(
+            "echo $$ > {pidfile}; while :; do echo tick; sleep 0.01; done"
+        ));
         let sink = RecordingSink::new();
         sink.inner.lock().expect("lock").refuse_after_lines = Some(5);
         let started = Instant::now();
         let status = fixture
-            .run_with(fixture.local_job(&app(None, None)), &sink, CancellationToken::new())
+            .run_with(
+                fixture.local_job(&app(None, None)),
+                &sink,
+                CancellationToken::new(),
+            )
             .await;
         assert_eq!(status, Status::Building);
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -797,7 +841,10 @@ mod tests {
     #[tokio::test]
     async fn hostile_archive_ends_in_build_error() {
         let fixture = Fixture::new();
-        let job = fixture.local_job(&archive(&[Item::Dir("app/"), Item::File("app/../../../pwned", b"x")]));
+        let job = fixture.local_job(&archive(&[
+            Item::Dir("app/"),
+            Item::File("app/../../../pwned", b"x"),
+        ]));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
         assert!(sink.has_system_line("!     Extracting source failed: entry"));
@@ -821,12 +868,18 @@ mod tests {
         fixture.config.max_archive_bytes = 100;
         let (status, sink) = fixture.run(fixture.local_job(&app(None, None))).await;
         assert_eq!(status, Status::BuildError);
-        assert!(sink.has_system_line("!     Fetching source failed: archive larger than the limit of 100 bytes"));
+        assert!(sink.has_system_line(
+            "!     Fetching source failed: archive larger than the limit of 100 bytes"
+        ));
     }
 
     /// A tiny HTTP/1.1 server answering each request with `respond(path)`; counts requests.
-    async fn http_server(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn http_server(
+        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&requests);
@@ -856,7 +909,8 @@ mod tests {
     }
 
     fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n").into_bytes();
+        let mut out =
+            format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n").into_bytes();
         out.extend_from_slice(body);
         out
     }
@@ -868,13 +922,23 @@ mod tests {
         let job = fixture.job(SourceLocation::Url(format!("http://{addr}/app.tar.gz")));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
-        assert!(sink.has_system_line("non-public address 127.0.0.1"), "{:?}", sink.lines());
+        assert!(
+            sink.has_system_line("non-public address 127.0.0.1"),
+            "{:?}",
+            sink.lines()
+        );
         assert_eq!(requests.load(Ordering::SeqCst), 0);
 
-        let job = fixture.job(SourceLocation::Url("http://localhost:1/app.tar.gz".to_owned()));
+        let job = fixture.job(SourceLocation::Url(
+            "http://localhost:1/app.tar.gz".to_owned(),
+        ));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
-        assert!(sink.has_system_line("non-public address"), "{:?}", sink.lines());
+        assert!(
+            sink.has_system_line("non-public address"),
+            "{:?}",
+            sink.lines()
+        );
     }
 
     #[tokio::test]
@@ -892,8 +956,16 @@ mod tests {
         fixture.config.allow_private_sources = true;
         let body = app(None, Some("#!/bin/sh\necho started\n"));
         let (addr, _) = http_server(move |path| match path {
-            "/latest" => response("302 Found", "Location: /app.tar.gz\r\nContent-Length: 0\r\n", b""),
-            "/app.tar.gz" => response("200 OK", &format!("Content-Length: {}\r\n", body.len()), &body),
+            "/latest" => response(
+                "302 Found",
+                "Location: /app.tar.gz\r\nContent-Length: 0\r\n",
+                b"",
+            ),
+            "/app.tar.gz" => response(
+                "200 OK",
+                &format!("Content-Length: {}\r\n", body.len()),
+                &body,
+            ),
             _ => response("404 Not Found", "Content-Length: 0\r\n", b""),
         })
         .await;
@@ -905,7 +977,9 @@ mod tests {
         let job = fixture.job(SourceLocation::Url(format!("http://{addr}/missing")));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
-        assert!(sink.has_system_line(&format!("!     Fetching source failed: HTTP 404 Not Found from http://{addr}/missing")));
+        assert!(sink.has_system_line(&format!(
+            "!     Fetching source failed: HTTP 404 Not Found from http://{addr}/missing"
+        )));
     }
 
     #[tokio::test]
@@ -914,7 +988,8 @@ mod tests {
         fixture.config.allow_private_sources = true;
         fixture.config.max_redirects = 3;
         let (addr, requests) =
-            http_server(|_| response("302 Found", "Location: /loop\r\nContent-Length: 0\r\n", b"")).await;
+            http_server(|_| response("302 Found", "Location: /loop\r\nContent-Length: 0\r\n", b""))
+                .await;
         let job = fixture.job(SourceLocation::Url(format!("http://{addr}/loop")));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
@@ -938,7 +1013,11 @@ mod tests {
             let job = fixture.job(SourceLocation::Url(format!("http://{addr}{path}")));
             let (status, sink) = fixture.run(job).await;
             assert_eq!(status, Status::BuildError, "{path}");
-            assert!(sink.has_system_line("archive larger than the limit of 65536 bytes"), "{path}: {:?}", sink.lines());
+            assert!(
+                sink.has_system_line("archive larger than the limit of 65536 bytes"),
+                "{path}: {:?}",
+                sink.lines()
+            );
         }
     }
 
@@ -947,7 +1026,9 @@ mod tests {
         let mut fixture = Fixture::new();
         fixture.config.allow_private_sources = true;
         fixture.config.fetch_timeout = Duration::from_millis(300);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         // Accepts and never answers.
         let _server = tokio::spawn(async move {

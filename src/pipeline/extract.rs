@@ -8,6 +8,10 @@
 //! stops at the limit) are bounded. The archive must hold exactly one folder at its root
 //! (GitHub-style); that folder is the source directory.
 //!
+//! Long names (pax `path`/`linkpath` records, GNU long name/link entries) are handled here rather
+//! than by the `tar` crate, whose own handling reads such entries whole into memory whatever
+//! their declared size; here they are capped at [`MAX_NAME_RECORD_BYTES`].
+//!
 //! This is blocking code: call it from `spawn_blocking`. It polls the cancellation token between
 //! reads so a cancelled deployment stops extracting promptly. It knows nothing of sinks.
 
@@ -15,6 +19,7 @@ use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -25,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Size of the copy buffer; also how often (in bytes) cancellation is polled.
 const COPY_BUFFER_BYTES: usize = 64 * 1024;
+/// Largest pax extended header or GNU long name/link entry accepted. Paths are at most a few KiB
+/// (PATH_MAX is 4096); the cap stops a crafted header from making us buffer a gigabyte.
+pub const MAX_NAME_RECORD_BYTES: u64 = 64 * 1024;
 /// Mode of extracted directories and non-executable files: the archive's own modes are not
 /// trusted (no setuid, no world-writable files).
 const DIR_MODE: u32 = 0o755;
@@ -61,6 +69,8 @@ pub enum ExtractError {
     ThroughSymlink(String),
     #[error("more than {0} entries in the archive")]
     TooManyEntries(u64),
+    #[error("a long-name or pax header is larger than {MAX_NAME_RECORD_BYTES} bytes")]
+    NameRecordTooLarge,
     #[error("more than {0} bytes once decompressed")]
     TooLarge(u64),
     #[error("extraction cancelled")]
@@ -102,7 +112,10 @@ pub fn extract(
     let mut tar = tar::Archive::new(reader);
     let mut root: Option<OsString> = None;
     let mut count = 0u64;
-    for entry in tar.entries().map_err(read_error)? {
+    // Names announced by pax / GNU long-name entries for the next real entry.
+    let mut long_path: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    for entry in tar.entries().map_err(read_error)?.raw(true) {
         if cancel.is_cancelled() {
             return Err(ExtractError::Cancelled);
         }
@@ -112,10 +125,35 @@ pub fn extract(
             return Err(ExtractError::TooManyEntries(limits.max_entries));
         }
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            continue;
+        match kind {
+            EntryType::XGlobalHeader => continue,
+            EntryType::XHeader => {
+                let record = read_name_record(&mut entry, &read_error)?;
+                for extension in tar::PaxExtensions::new(&record) {
+                    let extension = extension.map_err(read_error)?;
+                    match extension.key_bytes() {
+                        b"path" => long_path = Some(extension.value_bytes().to_vec()),
+                        b"linkpath" => long_link = Some(extension.value_bytes().to_vec()),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            EntryType::GNULongName => {
+                long_path = Some(trim_nuls(read_name_record(&mut entry, &read_error)?));
+                continue;
+            }
+            EntryType::GNULongLink => {
+                long_link = Some(trim_nuls(read_name_record(&mut entry, &read_error)?));
+                continue;
+            }
+            _ => {}
         }
-        let raw_path = entry.path().map_err(read_error)?.into_owned();
+        let raw_path = match long_path.take() {
+            Some(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+            None => entry.path().map_err(read_error)?.into_owned(),
+        };
+        let announced_link = long_link.take();
         let shown = raw_path.display().to_string();
         let parts = relative_components(&raw_path)?;
         let Some(first) = parts.first() else {
@@ -142,13 +180,16 @@ pub fn extract(
                 write_file(&mut entry, &target, executable, cancel, &read_error)?;
             }
             EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(read_error)?
-                    .ok_or_else(|| {
-                        ExtractError::Corrupt(io::Error::other("symlink without target"))
-                    })?
-                    .into_owned();
+                let link = match announced_link {
+                    Some(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+                    None => entry
+                        .link_name()
+                        .map_err(read_error)?
+                        .ok_or_else(|| {
+                            ExtractError::Corrupt(io::Error::other("symlink without target"))
+                        })?
+                        .into_owned(),
+                };
                 check_link_target(&parts, &link, &shown)?;
                 remove_existing(&target)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(write_error(&target))?;
@@ -169,6 +210,29 @@ pub fn extract(
         Ok(meta) if meta.is_dir() => Ok(source),
         _ => Err(ExtractError::NotSingleRootFolder),
     }
+}
+
+/// Reads a pax extended header or GNU long name/link entry, refusing oversized ones before
+/// reading them.
+fn read_name_record(
+    entry: &mut tar::Entry<'_, impl Read>,
+    read_error: &dyn Fn(io::Error) -> ExtractError,
+) -> Result<Vec<u8>, ExtractError> {
+    let size = entry.header().entry_size().map_err(read_error)?;
+    if size > MAX_NAME_RECORD_BYTES {
+        return Err(ExtractError::NameRecordTooLarge);
+    }
+    let mut record = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    entry.read_to_end(&mut record).map_err(read_error)?;
+    Ok(record)
+}
+
+/// GNU long names are NUL-terminated.
+fn trim_nuls(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    bytes
 }
 
 /// The entry path as plain names, refusing absolute paths and `..`; `.` components are dropped.
@@ -371,7 +435,12 @@ mod tests {
         fn extract(&self, bytes: &[u8], limits: ExtractLimits) -> Result<PathBuf, ExtractError> {
             let archive_path = self.base.path().join("source.tar.gz");
             fs::write(&archive_path, bytes).expect("write archive");
-            extract(&archive_path, &self.dest(), limits, &CancellationToken::new())
+            extract(
+                &archive_path,
+                &self.dest(),
+                limits,
+                &CancellationToken::new(),
+            )
         }
 
         /// Every path under `base` except the archive and the extraction directory.
@@ -405,17 +474,27 @@ mod tests {
         let error = scratch
             .extract(&archive(items), LIMITS)
             .expect_err("hostile archive must be refused");
-        assert!(scratch.outside_entries().is_empty(), "wrote outside: {:?}", scratch.outside_entries());
+        assert!(
+            scratch.outside_entries().is_empty(),
+            "wrote outside: {:?}",
+            scratch.outside_entries()
+        );
         (error, scratch)
     }
 
     #[test]
     fn parent_components_are_refused() {
         let (error, scratch) = refused(&[Item::Dir("app/"), Item::File("app/../../evil", b"x")]);
-        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::ParentComponent(_)),
+            "{error:?}"
+        );
         assert!(!scratch.base.path().join("work/evil").exists());
         let (error, _) = refused(&[Item::File("../evil", b"x")]);
-        assert!(matches!(error, ExtractError::ParentComponent(_)), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::ParentComponent(_)),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -432,12 +511,21 @@ mod tests {
     #[test]
     fn escaping_symlinks_are_refused() {
         let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/etc", "/etc")]);
-        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
         let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/sub/up", "../../..")]);
-        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
         // Points at the extraction directory itself: outside the root folder.
         let (error, _) = refused(&[Item::Dir("app/"), Item::Symlink("app/up", "..")]);
-        assert!(matches!(error, ExtractError::LinkEscapes { .. }), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -447,16 +535,25 @@ mod tests {
             Item::Symlink("app/here", "."),
             Item::File("app/here/file", b"x"),
         ]);
-        assert!(matches!(error, ExtractError::ThroughSymlink(_)), "{error:?}");
+        assert!(
+            matches!(error, ExtractError::ThroughSymlink(_)),
+            "{error:?}"
+        );
     }
 
     #[test]
     fn hardlinks_and_special_files_are_refused() {
-        let (error, _) = refused(&[Item::Dir("app/"), Item::HardLink("app/passwd", "/etc/passwd")]);
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::HardLink("app/passwd", "/etc/passwd"),
+        ]);
         assert!(matches!(error, ExtractError::HardLink(_)), "{error:?}");
         for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
             let (error, _) = refused(&[Item::Dir("app/"), Item::Special("app/dev", kind)]);
-            assert!(matches!(error, ExtractError::SpecialFile { .. }), "{kind:?}: {error:?}");
+            assert!(
+                matches!(error, ExtractError::SpecialFile { .. }),
+                "{kind:?}: {error:?}"
+            );
         }
     }
 
@@ -470,8 +567,13 @@ mod tests {
             max_entries: 10,
             ..LIMITS
         };
-        let error = scratch.extract(&archive(&items), limits).expect_err("refused");
-        assert!(matches!(error, ExtractError::TooManyEntries(10)), "{error:?}");
+        let error = scratch
+            .extract(&archive(&items), limits)
+            .expect_err("refused");
+        assert!(
+            matches!(error, ExtractError::TooManyEntries(10)),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -486,7 +588,9 @@ mod tests {
         };
         let error = scratch.extract(&bomb, limits).expect_err("refused");
         assert!(matches!(error, ExtractError::TooLarge(_)), "{error:?}");
-        let written = fs::metadata(scratch.dest().join("app/zeros")).map(|m| m.len()).unwrap_or(0);
+        let written = fs::metadata(scratch.dest().join("app/zeros"))
+            .map(|m| m.len())
+            .unwrap_or(0);
         assert!(written <= limit, "wrote {written} bytes");
     }
 
@@ -500,8 +604,13 @@ mod tests {
             vec![],
         ] {
             let scratch = Scratch::new();
-            let error = scratch.extract(&archive(&items), LIMITS).expect_err("refused");
-            assert!(matches!(error, ExtractError::NotSingleRootFolder), "{error:?}");
+            let error = scratch
+                .extract(&archive(&items), LIMITS)
+                .expect_err("refused");
+            assert!(
+                matches!(error, ExtractError::NotSingleRootFolder),
+                "{error:?}"
+            );
         }
     }
 
@@ -522,23 +631,160 @@ mod tests {
         assert_eq!(source, scratch.dest().join("repo-abc123"));
         assert_eq!(fs::read(source.join("README")).expect("readme"), b"hello");
         assert_eq!(fs::read(source.join("docs")).expect("symlink"), b"hello");
-        assert_eq!(fs::read(source.join("bin/readme")).expect("symlink"), b"hello");
-        assert_eq!(fs::read(source.join("implicit/dir/file")).expect("deep"), b"deep");
-        let mode = fs::metadata(source.join("bin/build")).expect("build").permissions().mode();
+        assert_eq!(
+            fs::read(source.join("bin/readme")).expect("symlink"),
+            b"hello"
+        );
+        assert_eq!(
+            fs::read(source.join("implicit/dir/file")).expect("deep"),
+            b"deep"
+        );
+        let mode = fs::metadata(source.join("bin/build"))
+            .expect("build")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
-        let mode = fs::metadata(source.join("README")).expect("readme").permissions().mode();
+        let mode = fs::metadata(source.join("README"))
+            .expect("readme")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o644);
         assert!(!scratch.dest().join("pax_global_header").exists());
+    }
+
+    #[test]
+    fn long_names_from_pax_and_gnu_headers_are_honoured_and_checked() {
+        let long_dir = format!("app/{}", "d".repeat(150));
+        let long_file = format!("{long_dir}/{}", "f".repeat(120));
+        // A pax record is "<len> key=value\n", where <len> counts its own digits too.
+        let pax_record = |key: &str, value: &str| {
+            let body = format!(" {key}={value}\n");
+            let len = (1..=6)
+                .map(|digits| digits + body.len())
+                .find(|total| total.to_string().len() + body.len() == *total)
+                .expect("record length");
+            format!("{len}{body}").into_bytes()
+        };
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gzip);
+        // GNU long name written by the tar crate itself for a >100-byte path.
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        builder
+            .append_data(&mut header, &long_dir, &b""[..])
+            .expect("long dir");
+        // pax `path` record, as `git archive` writes.
+        let record = pax_record("path", &long_file);
+        let pax = crate::pipeline::test_support::raw_header(
+            "pax",
+            EntryType::XHeader,
+            record.len() as u64,
+            0o644,
+            None,
+        );
+        builder.append(&pax, &record[..]).expect("pax");
+        let file =
+            crate::pipeline::test_support::raw_header("short", EntryType::Regular, 4, 0o644, None);
+        builder.append(&file, &b"long"[..]).expect("file");
+        // A pax `path` with `..` is checked like any path.
+        let record = pax_record("path", "app/../../evil");
+        let pax = crate::pipeline::test_support::raw_header(
+            "pax",
+            EntryType::XHeader,
+            record.len() as u64,
+            0o644,
+            None,
+        );
+        builder.append(&pax, &record[..]).expect("pax");
+        let file = crate::pipeline::test_support::raw_header(
+            "app/fine",
+            EntryType::Regular,
+            1,
+            0o644,
+            None,
+        );
+        builder.append(&file, &b"x"[..]).expect("file");
+        let bytes = builder.into_inner().expect("tar").finish().expect("gzip");
+
+        let scratch = Scratch::new();
+        let error = scratch
+            .extract(&bytes, LIMITS)
+            .expect_err("the '..' pax path is refused");
+        assert!(
+            matches!(error, ExtractError::ParentComponent(_)),
+            "{error:?}"
+        );
+        assert_eq!(
+            fs::read(scratch.dest().join(&long_file)).expect("long file"),
+            b"long"
+        );
+        assert!(!scratch.dest().join("short").exists());
+        assert!(scratch.outside_entries().is_empty());
+    }
+
+    #[test]
+    fn long_symlink_targets_are_checked() {
+        let escaping = format!("{}../../etc", "a/../".repeat(30));
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gzip);
+        let dir =
+            crate::pipeline::test_support::raw_header("app/", EntryType::Directory, 0, 0o755, None);
+        builder.append(&dir, &b""[..]).expect("dir");
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Symlink);
+        header.set_size(0);
+        // Writes a GNU long link entry for the >100-byte target.
+        builder
+            .append_link(&mut header, "app/link", &escaping)
+            .expect("link");
+        let bytes = builder.into_inner().expect("tar").finish().expect("gzip");
+        let scratch = Scratch::new();
+        let error = scratch.extract(&bytes, LIMITS).expect_err("refused");
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_long_name_is_refused_before_being_read() {
+        let size = 16 * 1024 * 1024;
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gzip);
+        let header = crate::pipeline::test_support::raw_header(
+            "././@LongLink",
+            EntryType::GNULongName,
+            size,
+            0o644,
+            None,
+        );
+        builder
+            .append(&header, std::io::Read::take(std::io::repeat(b'a'), size))
+            .expect("append");
+        let bytes = builder.into_inner().expect("tar").finish().expect("gzip");
+        let scratch = Scratch::new();
+        let error = scratch.extract(&bytes, LIMITS).expect_err("refused");
+        assert!(
+            matches!(error, ExtractError::NameRecordTooLarge),
+            "{error:?}"
+        );
     }
 
     #[test]
     fn cancellation_stops_extraction() {
         let scratch = Scratch::new();
         let archive_path = scratch.base.path().join("source.tar.gz");
-        fs::write(&archive_path, archive(&[Item::Dir("app/"), Item::File("app/x", b"x")])).expect("write");
+        fs::write(
+            &archive_path,
+            archive(&[Item::Dir("app/"), Item::File("app/x", b"x")]),
+        )
+        .expect("write");
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let error = extract(&archive_path, &scratch.dest(), LIMITS, &cancel).expect_err("cancelled");
+        let error =
+            extract(&archive_path, &scratch.dest(), LIMITS, &cancel).expect_err("cancelled");
         assert!(matches!(error, ExtractError::Cancelled), "{error:?}");
     }
 }

@@ -161,27 +161,29 @@ pub async fn run_stage<S: DeploymentSink>(
 
     let mut batch = Vec::with_capacity(MAX_BATCH_LINES);
     let mut readers_done = false;
-    let outcome = loop {
+    let ended: Result<StageOutcome, StageError> = loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break StageOutcome::Cancelled,
-            _ = tokio::time::sleep_until(deadline.at) => break StageOutcome::TimedOut(deadline.kind),
-            status = child.wait() => break StageOutcome::Exited(status.map_err(StageError::Wait)?),
+            _ = cancel.cancelled() => break Ok(StageOutcome::Cancelled),
+            _ = tokio::time::sleep_until(deadline.at) => break Ok(StageOutcome::TimedOut(deadline.kind)),
+            status = child.wait() => break status.map(StageOutcome::Exited).map_err(StageError::Wait),
             received = next_batch(&mut lines, &mut batch), if !readers_done => {
                 if received == 0 {
                     readers_done = true;
-                } else {
-                    sink.append_logs(std::mem::take(&mut batch)).await?;
+                } else if let Err(error) = sink.append_logs(std::mem::take(&mut batch)).await {
+                    break Err(StageError::Sink(error));
                 }
             }
         }
     };
-    // Leftovers (background jobs of an exited stage, or everything on timeout/cancel) die here.
+    // Leftovers (background jobs of an exited stage, or everything otherwise) die here, and the
+    // leader is reaped so no zombie outlives the stage.
     group.kill();
-    if !matches!(outcome, StageOutcome::Exited(_)) {
+    if !matches!(ended, Ok(StageOutcome::Exited(_))) {
         child.start_kill().ok();
         child.wait().await.map_err(StageError::Wait)?;
     }
+    let outcome = ended?;
     if !readers_done && !matches!(outcome, StageOutcome::Cancelled) {
         drain(&mut lines, &mut batch, sink).await?;
     }

@@ -43,7 +43,11 @@ impl RecordingSink {
 
     pub fn lines(&self) -> Vec<NewLine> {
         let recorded = self.inner.lock().expect("test sink lock");
-        recorded.batches.iter().flat_map(|(_, batch)| batch.clone()).collect()
+        recorded
+            .batches
+            .iter()
+            .flat_map(|(_, batch)| batch.clone())
+            .collect()
     }
 
     pub fn texts(&self, stream: LogStream) -> Vec<String> {
@@ -55,11 +59,17 @@ impl RecordingSink {
     }
 
     pub fn transitions(&self) -> Vec<Status> {
-        self.inner.lock().expect("test sink lock").transitions.clone()
+        self.inner
+            .lock()
+            .expect("test sink lock")
+            .transitions
+            .clone()
     }
 
     pub fn has_system_line(&self, needle: &str) -> bool {
-        self.texts(LogStream::System).iter().any(|text| text.contains(needle))
+        self.texts(LogStream::System)
+            .iter()
+            .any(|text| text.contains(needle))
     }
 }
 
@@ -71,10 +81,16 @@ impl DeploymentSink for RecordingSink {
         }
         assert!(!lines.is_empty(), "empty append_logs call");
         let accepted: usize = recorded.batches.iter().map(|(_, b)| b.len()).sum();
-        if recorded.refuse_after_lines.is_some_and(|max| accepted >= max) {
+        if recorded
+            .refuse_after_lines
+            .is_some_and(|max| accepted >= max)
+        {
             return Err(SinkError("deployment was ended elsewhere".to_owned()));
         }
-        assert!(lines.len() <= super::stages::MAX_BATCH_LINES, "batch too large");
+        assert!(
+            lines.len() <= super::stages::MAX_BATCH_LINES,
+            "batch too large"
+        );
         recorded.batches.push((Instant::now(), lines));
         let count = recorded.batches.iter().map(|(_, b)| b.len() as u64).sum();
         Ok(LineNo(count))
@@ -130,17 +146,33 @@ pub fn archive(items: &[Item<'_>]) -> Vec<u8> {
     for item in items {
         let (header, data): (Header, &[u8]) = match item {
             Item::Dir(path) => (raw_header(path, EntryType::Directory, 0, 0o755, None), b""),
-            Item::File(path, data) => (raw_header(path, EntryType::Regular, data.len() as u64, 0o644, None), data),
-            Item::Executable(path, data) => {
-                (raw_header(path, EntryType::Regular, data.len() as u64, 0o755, None), data)
-            }
-            Item::Symlink(path, target) => (raw_header(path, EntryType::Symlink, 0, 0o777, Some(target)), b""),
-            Item::HardLink(path, target) => (raw_header(path, EntryType::Link, 0, 0o644, Some(target)), b""),
+            Item::File(path, data) => (
+                raw_header(path, EntryType::Regular, data.len() as u64, 0o644, None),
+                data,
+            ),
+            Item::Executable(path, data) => (
+                raw_header(path, EntryType::Regular, data.len() as u64, 0o755, None),
+                data,
+            ),
+            Item::Symlink(path, target) => (
+                raw_header(path, EntryType::Symlink, 0, 0o777, Some(target)),
+                b"",
+            ),
+            Item::HardLink(path, target) => (
+                raw_header(path, EntryType::Link, 0, 0o644, Some(target)),
+                b"",
+            ),
             Item::Special(path, kind) => (raw_header(path, *kind, 0, 0o644, None), b""),
             Item::PaxGlobal => {
                 const RECORD: &[u8] = b"52 comment=0123456789012345678901234567890123456789\n";
                 (
-                    raw_header("pax_global_header", EntryType::XGlobalHeader, RECORD.len() as u64, 0o666, None),
+                    raw_header(
+                        "pax_global_header",
+                        EntryType::XGlobalHeader,
+                        RECORD.len() as u64,
+                        0o666,
+                        None,
+                    ),
                     RECORD,
                 )
             }
