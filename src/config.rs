@@ -27,6 +27,9 @@ pub struct Config {
     /// Base URL clients reach this server at (`links`, `deployments_stream`, source URLs,
     /// `/v1/regions`). Default: `http://<listen>`.
     pub public_url: String,
+    /// True when `public_url` was derived from `listen` (it is then re-derived from the bound
+    /// address, so that port 0 gives working links).
+    pub public_url_from_listen: bool,
     /// The first admin's API token (`DEPLOYD_ADMIN_TOKEN`); generated when absent.
     pub admin_token: Option<String>,
     pub stream: StreamConfig,
@@ -148,10 +151,9 @@ impl Config {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let public_url = overrides
-            .public_url
-            .or(file.public_url)
-            .unwrap_or_else(|| format!("http://{listen}"));
+        let explicit_url = overrides.public_url.or(file.public_url);
+        let public_url_from_listen = explicit_url.is_none();
+        let public_url = explicit_url.unwrap_or_else(|| format!("http://{listen}"));
         let public_url = public_url.trim_end_matches('/').to_string();
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(ConfigError::PublicUrl(public_url));
@@ -203,11 +205,20 @@ impl Config {
             listen,
             data_dir,
             public_url,
+            public_url_from_listen,
             admin_token: overrides.admin_token,
             stream,
             limits,
             pipeline,
         })
+    }
+
+    /// Re-derives a defaulted public URL from the address actually bound.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.public_url_from_listen {
+            self.public_url = format!("http://{addr}");
+            self.pipeline.public_url = self.public_url.clone();
+        }
     }
 
     /// The sled directory inside the data dir.
@@ -243,7 +254,8 @@ mod tests {
 
     #[test]
     fn defaults_run_out_of_the_box() {
-        let config = Config::from_parts(FileConfig::default(), Overrides::default()).expect("config");
+        let config =
+            Config::from_parts(FileConfig::default(), Overrides::default()).expect("config");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.public_url, "http://127.0.0.1:8080");
         assert_eq!(config.stream.ping_interval, Duration::from_secs(30));

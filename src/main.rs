@@ -11,7 +11,11 @@ use deployd::cli::push::{run_push, PushArgs};
 use deployd::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "deployd", version, about = "Self-hosted deployments service, wire-compatible with Scalingo's deployments API")]
+#[command(
+    name = "deployd",
+    version,
+    about = "Self-hosted deployments service, wire-compatible with Scalingo's deployments API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         public_url: args.public_url,
         config_file: args.config_file,
-        admin_token: std::env::var("DEPLOYD_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        admin_token: std::env::var("DEPLOYD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         allow_private_sources: args.allow_private_sources.then_some(true),
     })?;
     let server = deployd::server::start(config).await?;

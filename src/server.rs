@@ -70,7 +70,7 @@ impl RunningServer {
 }
 
 /// Starts the server; returns once it listens.
-pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -103,6 +103,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         source,
     })?;
 
+    config.bound_to(addr);
     let shutdown = CancellationToken::new();
     let state = AppState(Arc::new(Shared {
         config,
@@ -124,7 +125,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let router = api::router(state.clone());
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "server stopped");
         }
@@ -160,7 +162,11 @@ async fn install_secret(store: &Store, writer: &Writer) -> Result<[u8; 32], Serv
 
 /// On first start (no user at all), creates `admin` with `DEPLOYD_ADMIN_TOKEN` or a generated
 /// token written to `DIR/admin-token` (mode 0600). Logs the path, never the token.
-async fn bootstrap_admin(config: &Config, store: &Store, writer: &Writer) -> Result<(), ServerError> {
+async fn bootstrap_admin(
+    config: &Config,
+    store: &Store,
+    writer: &Writer,
+) -> Result<(), ServerError> {
     let count = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.user_count()).await??

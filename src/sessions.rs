@@ -51,14 +51,18 @@ impl Session {
                 tracing::info!(deployment = %self.deployment, status = %record.status, why, "session lost");
             }
             Err(WriteError::Conflict(_) | WriteError::NotFound(_)) => {}
-            Err(err) => tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session"),
+            Err(err) => {
+                tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session")
+            }
         }
     }
 }
 
 impl DeploymentSink for Session {
     async fn append_logs(&self, lines: Vec<NewLine>) -> Result<LineNo, SinkError> {
-        self.append(lines).await.map_err(|e| SinkError(e.to_string()))
+        self.append(lines)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
     }
 
     async fn transition(&self, to: Status) -> Result<(), SinkError> {
@@ -104,7 +108,9 @@ pub fn spawn_executor(state: &AppState, deployment: Deployment, app_name: String
         let cancel = state.shutdown.child_token();
         if !wait_until_started(&state, deployment.id, &cancel).await {
             if cancel.is_cancelled() {
-                session.lost("deployd shut down while the deployment was queued").await;
+                session
+                    .lost("deployd shut down while the deployment was queued")
+                    .await;
             }
             return;
         }

@@ -30,7 +30,11 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts
             .headers
             .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("authentication required: send Authorization: Bearer <token>".into()))?
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "authentication required: send Authorization: Bearer <token>".into(),
+                )
+            })?
             .to_str()
             .map_err(|_| ApiError::Unauthorized("invalid Authorization header".into()))?
             .to_owned();
@@ -62,11 +66,15 @@ async fn authenticate_credential(
     let unauthorized = || ApiError::Unauthorized("invalid credentials".into());
     match credential {
         Credential::Jwt(jwt) => {
-            let claims = auth::verify_jwt(&state.secret, &jwt, OffsetDateTime::now_utc().unix_timestamp())
-                .map_err(|err| match err {
-                    auth::AuthError::Expired => ApiError::Unauthorized("token expired".into()),
-                    _ => unauthorized(),
-                })?;
+            let claims = auth::verify_jwt(
+                &state.secret,
+                &jwt,
+                OffsetDateTime::now_utc().unix_timestamp(),
+            )
+            .map_err(|err| match err {
+                auth::AuthError::Expired => ApiError::Unauthorized("token expired".into()),
+                _ => unauthorized(),
+            })?;
             let user_id: UserId = claims.sub.parse().map_err(|_| unauthorized())?;
             let token_id: TokenId = claims.tid.parse().map_err(|_| unauthorized())?;
             let user = state
@@ -102,7 +110,11 @@ pub enum Role {
 }
 
 /// Finds an app by name or id, if `user` may see it.
-pub fn find_app(store: &Store, user: &User, name_or_id: &str) -> Result<Option<(App, Role)>, StoreError> {
+pub fn find_app(
+    store: &Store,
+    user: &User,
+    name_or_id: &str,
+) -> Result<Option<(App, Role)>, StoreError> {
     let app = match store.app_by_name(name_or_id)? {
         Some(app) => Some(app),
         None => match name_or_id.parse::<uuid::Uuid>() {

@@ -34,11 +34,19 @@ fn app_view(store: &Store, app: &App, public_url: &str) -> Result<AppView, Store
         is_admin: false,
         created_at: app.created_at,
     });
-    Ok(AppView::new(app, &owner, public_url, app.last_deployment.is_some()))
+    Ok(AppView::new(
+        app,
+        &owner,
+        public_url,
+        app.last_deployment.is_some(),
+    ))
 }
 
 /// `GET /v1/apps`: the apps the caller owns or collaborates on.
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
     let public_url = state.config.public_url.clone();
     let views = state
         .read(move |store| {
@@ -72,7 +80,9 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateAppBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let fields = body.app.ok_or_else(|| ApiError::field("app", "is required"))?;
+    let fields = body
+        .app
+        .ok_or_else(|| ApiError::field("app", "is required"))?;
     let name = fields.name.unwrap_or_default();
     let mut errors = Vec::new();
     if !valid_app_name(&name) {
@@ -85,7 +95,10 @@ pub async fn create(
         if source.len() > MAX_GIT_SOURCE_BYTES
             || !(source.starts_with("https://") || source.starts_with("http://"))
         {
-            errors.push(("git_source".to_string(), "must be an http(s) URL".to_string()));
+            errors.push((
+                "git_source".to_string(),
+                "must be an http(s) URL".to_string(),
+            ));
         }
     }
     if !errors.is_empty() {
@@ -96,15 +109,23 @@ pub async fn create(
         id: AppId::generate(),
         name,
         owner: caller.user.id,
-        git_source: fields.git_source.map(|s| s.trim_end_matches('/').to_string()),
+        git_source: fields
+            .git_source
+            .map(|s| s.trim_end_matches('/').to_string()),
         created_at: now,
         updated_at: now,
         last_deployment: None,
     };
-    state.writer.create_app(app.clone()).await.map_err(|err| match err {
-        crate::store::writer::WriteError::Conflict(_) => ApiError::field("name", "is already taken"),
-        other => other.into(),
-    })?;
+    state
+        .writer
+        .create_app(app.clone())
+        .await
+        .map_err(|err| match err {
+            crate::store::writer::WriteError::Conflict(_) => {
+                ApiError::field("name", "is already taken")
+            }
+            other => other.into(),
+        })?;
     let view = AppView::new(&app, &caller.user, &state.config.public_url, false);
     Ok((StatusCode::CREATED, Json(json!({ "app": view }))))
 }
@@ -135,13 +156,20 @@ pub async fn destroy(
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, role) = caller.app(&state, &app).await?;
     if role != Role::Owner {
-        return Err(ApiError::Forbidden("only the owner may delete the app".into()));
+        return Err(ApiError::Forbidden(
+            "only the owner may delete the app".into(),
+        ));
     }
     state.writer.delete_app(app.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn collaborator_view(app: AppId, id: uuid::Uuid, user: &User, since: OffsetDateTime) -> CollaboratorView {
+fn collaborator_view(
+    app: AppId,
+    id: uuid::Uuid,
+    user: &User,
+    since: OffsetDateTime,
+) -> CollaboratorView {
     CollaboratorView {
         id: id.to_string(),
         app_id: app.to_string(),
@@ -190,7 +218,9 @@ pub async fn add_collaborator(
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, role) = caller.app(&state, &app).await?;
     if role != Role::Owner {
-        return Err(ApiError::Forbidden("only the owner may add collaborators".into()));
+        return Err(ApiError::Forbidden(
+            "only the owner may add collaborators".into(),
+        ));
     }
     let email = body
         .collaborator
@@ -225,7 +255,9 @@ pub async fn remove_collaborator(
         .find(|(id, user, _)| id.to_string() == collaborator || user.id.to_string() == collaborator)
         .ok_or(ApiError::NotFound("collaborator"))?;
     if role != Role::Owner && user.id != caller.user.id {
-        return Err(ApiError::Forbidden("only the owner may remove collaborators".into()));
+        return Err(ApiError::Forbidden(
+            "only the owner may remove collaborators".into(),
+        ));
     }
     state.writer.remove_collaborator(app.id, user.id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -45,15 +45,18 @@ pub fn parse_page_request(query: Option<&str>) -> Result<PageRequest, ApiError> 
             "per_page" => &mut request.per_page,
             _ => continue,
         };
-        *slot = value
-            .parse::<u64>()
-            .map_err(|_| ApiError::BadRequest(format!("{key} must be a positive integer, got {value:?}")))?;
+        *slot = value.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!("{key} must be a positive integer, got {value:?}"))
+        })?;
     }
     if request.page < 1 {
         return Err(ApiError::field("page", "must be at least 1"));
     }
     if !(1..=MAX_PER_PAGE).contains(&request.per_page) {
-        return Err(ApiError::field("per_page", format!("must be between 1 and {MAX_PER_PAGE}")));
+        return Err(ApiError::field(
+            "per_page",
+            format!("must be between 1 and {MAX_PER_PAGE}"),
+        ));
     }
     Ok(request)
 }
@@ -105,7 +108,11 @@ pub async fn list(
 }
 
 /// Loads a deployment of `app` by id, or 404.
-pub async fn find_deployment(state: &AppState, app: &App, id: &str) -> Result<Deployment, ApiError> {
+pub async fn find_deployment(
+    state: &AppState,
+    app: &App,
+    id: &str,
+) -> Result<Deployment, ApiError> {
     let id: DeploymentId = id.parse().map_err(|_| ApiError::NotFound("deployment"))?;
     let app_id = app.id;
     state
@@ -123,7 +130,9 @@ pub async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, _) = caller.app(&state, &app).await?;
     let deployment = find_deployment(&state, &app, &id).await?;
-    Ok(Json(json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) })))
+    Ok(Json(
+        json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -141,7 +150,10 @@ pub struct TriggerFields {
 
 /// A git ref made up for a deployment triggered without one.
 pub fn generated_git_ref() -> String {
-    format!("deployd-{}", time::OffsetDateTime::now_utc().unix_timestamp())
+    format!(
+        "deployd-{}",
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    )
 }
 
 /// `POST /v1/apps/{app}/deployments` → 201 with the deployment (`building`, or `queued`), run by
@@ -153,7 +165,9 @@ pub async fn trigger(
     JsonBody(body): JsonBody<TriggerBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, _) = caller.app(&state, &app).await?;
-    let fields = body.deployment.ok_or_else(|| ApiError::field("deployment", "is required"))?;
+    let fields = body
+        .deployment
+        .ok_or_else(|| ApiError::field("deployment", "is required"))?;
     let mut errors = Vec::new();
     let git_ref = match fields.git_ref {
         Some(r) if r.trim().is_empty() => generated_git_ref(),
@@ -161,7 +175,10 @@ pub async fn trigger(
         None => generated_git_ref(),
     };
     if git_ref.len() > MAX_GIT_REF_BYTES || git_ref.chars().any(char::is_control) {
-        errors.push(("git_ref".to_string(), format!("must be at most {MAX_GIT_REF_BYTES} bytes without control characters")));
+        errors.push((
+            "git_ref".to_string(),
+            format!("must be at most {MAX_GIT_REF_BYTES} bytes without control characters"),
+        ));
     }
     let source_url = match (fields.source_url.filter(|s| !s.is_empty()), &app.git_source) {
         (Some(url), _) => Some(url),
@@ -173,11 +190,19 @@ pub async fn trigger(
             "source_url".to_string(),
             "is required when the app has no git_source".to_string(),
         )),
-        Some(url) if url.len() > MAX_SOURCE_URL_BYTES || !(url.starts_with("http://") || url.starts_with("https://")) => {
-            errors.push(("source_url".to_string(), "must be an http(s) URL".to_string()));
+        Some(url)
+            if url.len() > MAX_SOURCE_URL_BYTES
+                || !(url.starts_with("http://") || url.starts_with("https://")) =>
+        {
+            errors.push((
+                "source_url".to_string(),
+                "must be an http(s) URL".to_string(),
+            ));
         }
         Some(url) => {
-            if super::sources::is_own_url(&state, url) && super::sources::live_local_archive(&state, url).is_none() {
+            if super::sources::is_own_url(&state, url)
+                && super::sources::live_local_archive(&state, url).is_none()
+            {
                 errors.push((
                     "source_url".to_string(),
                     "is an expired, invalid or not yet uploaded source URL".to_string(),
@@ -187,7 +212,10 @@ pub async fn trigger(
     }
     if let Some(hook) = &fields.postdeploy_hook {
         if hook.len() > MAX_HOOK_BYTES {
-            errors.push(("postdeploy_hook".to_string(), format!("is longer than {MAX_HOOK_BYTES} bytes")));
+            errors.push((
+                "postdeploy_hook".to_string(),
+                format!("is longer than {MAX_HOOK_BYTES} bytes"),
+            ));
         }
     }
     if !errors.is_empty() {
@@ -219,15 +247,36 @@ mod tests {
 
     #[test]
     fn page_requests() {
-        assert_eq!(parse_page_request(None).expect("ok"), PageRequest { page: 1, per_page: 20 });
+        assert_eq!(
+            parse_page_request(None).expect("ok"),
+            PageRequest {
+                page: 1,
+                per_page: 20
+            }
+        );
         assert_eq!(
             parse_page_request(Some("page=3&per_page=100&x=y")).expect("ok"),
-            PageRequest { page: 3, per_page: 100 }
+            PageRequest {
+                page: 3,
+                per_page: 100
+            }
         );
-        assert!(matches!(parse_page_request(Some("page=abc")), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_page_request(Some("page=-1")), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_page_request(Some("page=0")), Err(ApiError::Unprocessable(_))));
-        assert!(matches!(parse_page_request(Some("per_page=101")), Err(ApiError::Unprocessable(_))));
+        assert!(matches!(
+            parse_page_request(Some("page=abc")),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_page_request(Some("page=-1")),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_page_request(Some("page=0")),
+            Err(ApiError::Unprocessable(_))
+        ));
+        assert!(matches!(
+            parse_page_request(Some("per_page=101")),
+            Err(ApiError::Unprocessable(_))
+        ));
     }
 
     #[test]

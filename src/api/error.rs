@@ -140,6 +140,9 @@ mod tests {
             json!({"errors": {"name": ["is too short", "is invalid"]}})
         );
         assert_eq!(ApiError::Conflict("x".into()).body(), json!({"error": "x"}));
-        assert_eq!(ApiError::Internal("secret detail".into()).body(), json!({"error": "internal server error"}));
+        assert_eq!(
+            ApiError::Internal("secret detail".into()).body(),
+            json!({"error": "internal server error"})
+        );
     }
 }

@@ -77,7 +77,10 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/tokens/exchange", post(users::exchange_token))
-        .route("/v1/tokens", post(users::create_token).get(users::list_tokens))
+        .route(
+            "/v1/tokens",
+            post(users::create_token).get(users::list_tokens),
+        )
         .route("/v1/tokens/{token_id}", delete(users::revoke_token))
         .route("/v1/users/self", get(users::show_self))
         .route("/v1/users", post(users::create_user))
@@ -96,12 +99,18 @@ pub fn router(state: AppState) -> Router {
             "/v1/apps/{app}/deployments",
             get(deployments::list).post(deployments::trigger),
         )
-        .route("/v1/apps/{app}/deployments/{deployment}", get(deployments::show))
+        .route(
+            "/v1/apps/{app}/deployments/{deployment}",
+            get(deployments::show),
+        )
         .route(
             "/v1/apps/{app}/deployments/{deployment}/output",
             get(stream::output),
         )
-        .route("/v1/deployments/{deployment}/output", get(stream::output_by_id))
+        .route(
+            "/v1/deployments/{deployment}/output",
+            get(stream::output_by_id),
+        )
         .route("/v1/apps/{app}/push", get(push::upgrade))
         .route("/apps/{app}", get(stream::upgrade))
         .route("/v1/sources", post(sources::create))

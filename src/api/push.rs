@@ -97,11 +97,15 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                 .filter(|r| !r.trim().is_empty())
                 .unwrap_or_else(super::deployments::generated_git_ref),
             Ok(_) => {
-                let _ = tx.send(error_frame("not_started", "send a start frame first", None)).await;
+                let _ = tx
+                    .send(error_frame("not_started", "send a start frame first", None))
+                    .await;
                 return;
             }
             Err(err) => {
-                let _ = tx.send(error_frame("bad_frame", err.to_string(), None)).await;
+                let _ = tx
+                    .send(error_frame("bad_frame", err.to_string(), None))
+                    .await;
                 return;
             }
         },
@@ -119,7 +123,9 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
     {
         Ok(d) => d,
         Err(err) => {
-            let _ = tx.send(error_frame(write_error_code(&err), err.to_string(), None)).await;
+            let _ = tx
+                .send(error_frame(write_error_code(&err), err.to_string(), None))
+                .await;
             return;
         }
     };

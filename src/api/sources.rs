@@ -28,7 +28,8 @@ use crate::store::codec::StoredSource;
 pub const SOURCE_URL_LIFETIME_SECS: i64 = 600;
 
 fn signature(secret: &[u8], method: &str, id: uuid::Uuid, expires: i64) -> String {
-    let mut mac = <Hmac<Sha256>>::new_from_slice(secret).expect("invariant: HMAC takes any key length");
+    let mut mac =
+        <Hmac<Sha256>>::new_from_slice(secret).expect("invariant: HMAC takes any key length");
     mac.update(format!("{method} {id} {expires}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -37,7 +38,8 @@ fn verify(secret: &[u8], method: &str, id: uuid::Uuid, expires: i64, given: &str
     let Ok(given) = hex::decode(given) else {
         return false;
     };
-    let mut mac = <Hmac<Sha256>>::new_from_slice(secret).expect("invariant: HMAC takes any key length");
+    let mut mac =
+        <Hmac<Sha256>>::new_from_slice(secret).expect("invariant: HMAC takes any key length");
     mac.update(format!("{method} {id} {expires}").as_bytes());
     mac.verify_slice(&given).is_ok()
 }
@@ -56,7 +58,10 @@ pub fn archive_path(state: &AppState, id: uuid::Uuid) -> PathBuf {
 }
 
 /// `POST /v1/sources` → 201 `{"source":{"upload_url","download_url"}}`.
-pub async fn create(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
     let id = uuid::Uuid::now_v7();
     let expires = OffsetDateTime::now_utc().unix_timestamp() + SOURCE_URL_LIFETIME_SECS;
     state
@@ -83,7 +88,12 @@ pub struct Signed {
     signature: String,
 }
 
-fn check(state: &AppState, method: &str, id: &str, signed: &Signed) -> Result<uuid::Uuid, ApiError> {
+fn check(
+    state: &AppState,
+    method: &str,
+    id: &str,
+    signed: &Signed,
+) -> Result<uuid::Uuid, ApiError> {
     let id: uuid::Uuid = id.parse().map_err(|_| ApiError::NotFound("source"))?;
     if !verify(&state.secret, method, id, signed.expires, &signed.signature) {
         return Err(ApiError::Forbidden("invalid signature".into()));
@@ -120,10 +130,13 @@ pub async fn upload(
     let mut written: u64 = 0;
     let outcome: Result<(), ApiError> = async {
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the upload: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("reading the upload: {e}")))?;
             written += chunk.len() as u64;
             if written > limit {
-                return Err(ApiError::PayloadTooLarge(format!("archive larger than {limit} bytes")));
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "archive larger than {limit} bytes"
+                )));
             }
             file.write_all(&chunk)
                 .await

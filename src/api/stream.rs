@@ -53,11 +53,7 @@ fn plain_output(state: AppState, deployment: Deployment) -> Result<Response, Api
         return Err(ApiError::NotFound("output"));
     }
     let body = Body::from_stream(stored_text(state, deployment.id, LineNo(0)));
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// The stored text of a deployment after line `after`, read in chunks off the executor.
@@ -73,10 +69,11 @@ pub fn stored_text(
                 return Ok(None);
             };
             let store = state.store.clone();
-            let (chunk, last) = tokio::task::spawn_blocking(move || read_text_chunk(&store, id, after))
-                .await
-                .map_err(std::io::Error::other)?
-                .map_err(std::io::Error::other)?;
+            let (chunk, last) =
+                tokio::task::spawn_blocking(move || read_text_chunk(&store, id, after))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?;
             if chunk.is_empty() {
                 return Ok(None);
             }
@@ -94,7 +91,10 @@ fn read_text_chunk(
 ) -> Result<(Vec<u8>, LineNo), crate::store::StoreError> {
     let mut out = Vec::new();
     let mut last = after;
-    for entry in store.segments_after(id, after).take(OUTPUT_SEGMENTS_PER_READ) {
+    for entry in store
+        .segments_after(id, after)
+        .take(OUTPUT_SEGMENTS_PER_READ)
+    {
         let (first, bytes) = entry?;
         let view = SegmentView::parse(&bytes)?;
         let count = view.line_count() as u64;

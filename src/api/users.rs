@@ -19,15 +19,22 @@ use crate::model::{Token, TokenId, User, UserId};
 const MAX_NAME_BYTES: usize = 128;
 
 /// `POST /v1/tokens/exchange`: Basic `:token` → `{"token": "<JWT>"}` valid one hour.
-pub async fn exchange_token(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+pub async fn exchange_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     let header = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::Unauthorized("send your API token as Basic auth password".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("send your API token as Basic auth password".into())
+        })?;
     let caller = authenticate(&state, header).await?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let claims = JwtClaims::new(caller.user.id.to_string(), caller.token_id.to_string(), now);
-    Ok(Json(json!({ "token": auth::issue_jwt(&state.secret, &claims) })))
+    Ok(Json(
+        json!({ "token": auth::issue_jwt(&state.secret, &claims) }),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -50,7 +57,10 @@ pub async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let name = body.token.name.unwrap_or_else(|| "api token".into());
     if name.len() > MAX_NAME_BYTES {
-        return Err(ApiError::field("name", format!("is longer than {MAX_NAME_BYTES} bytes")));
+        return Err(ApiError::field(
+            "name",
+            format!("is longer than {MAX_NAME_BYTES} bytes"),
+        ));
     }
     let secret = auth::generate_api_token();
     let token = Token {
@@ -63,7 +73,10 @@ pub async fn create_token(
         .writer
         .create_token(token.clone(), auth::hash_api_token(&secret))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token_json(&token, Some(&secret)) }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token_json(&token, Some(&secret)) })),
+    ))
 }
 
 fn token_json(token: &Token, secret: Option<&str>) -> serde_json::Value {
@@ -79,7 +92,10 @@ fn token_json(token: &Token, secret: Option<&str>) -> serde_json::Value {
 }
 
 /// `GET /v1/tokens`: the caller's tokens (never their secrets).
-pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
     let user = caller.user.id;
     let tokens = state.read(move |store| store.tokens_of(user)).await?;
     let tokens: Vec<_> = tokens.iter().map(|t| token_json(t, None)).collect();
@@ -118,9 +134,9 @@ pub struct CreateUserFields {
 /// A username: 2–64 lowercase letters, digits, `-`, `_` or `.`, starting with a letter or digit.
 fn valid_username(name: &str) -> bool {
     (2..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
         && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
@@ -144,19 +160,30 @@ pub async fn create_user(
     if !caller.user.is_admin {
         return Err(ApiError::Forbidden("only an admin may create users".into()));
     }
-    let fields = body.user.ok_or_else(|| ApiError::field("user", "is required"))?;
+    let fields = body
+        .user
+        .ok_or_else(|| ApiError::field("user", "is required"))?;
     let mut errors = Vec::new();
     let username = fields.username.unwrap_or_default();
     if !valid_username(&username) {
-        errors.push(("username".to_string(), "must be 2-64 lowercase letters, digits, '-', '_' or '.'".to_string()));
+        errors.push((
+            "username".to_string(),
+            "must be 2-64 lowercase letters, digits, '-', '_' or '.'".to_string(),
+        ));
     }
     let email = fields.email.unwrap_or_default();
     if !valid_email(&email) {
-        errors.push(("email".to_string(), "must be a valid email address".to_string()));
+        errors.push((
+            "email".to_string(),
+            "must be a valid email address".to_string(),
+        ));
     }
     let fullname = fields.fullname.unwrap_or_default();
     if fullname.len() > MAX_NAME_BYTES {
-        errors.push(("fullname".to_string(), format!("is longer than {MAX_NAME_BYTES} bytes")));
+        errors.push((
+            "fullname".to_string(),
+            format!("is longer than {MAX_NAME_BYTES} bytes"),
+        ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
@@ -168,7 +195,11 @@ pub async fn create_user(
         .await
         .map_err(|err| match err {
             crate::store::writer::WriteError::Conflict(message) => {
-                let field = if message.starts_with("email") { "email" } else { "username" };
+                let field = if message.starts_with("email") {
+                    "email"
+                } else {
+                    "username"
+                };
                 ApiError::field(field, message)
             }
             other => other.into(),
@@ -180,7 +211,12 @@ pub async fn create_user(
 }
 
 /// A new user with its first token; the secret is returned once and stored only as a hash.
-pub fn new_user(username: String, email: String, fullname: String, is_admin: bool) -> (User, Token, String) {
+pub fn new_user(
+    username: String,
+    email: String,
+    fullname: String,
+    is_admin: bool,
+) -> (User, Token, String) {
     let now = OffsetDateTime::now_utc();
     let user = User {
         id: UserId::generate(),

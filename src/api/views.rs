@@ -159,7 +159,10 @@ impl DeploymentView {
                 email: d.pusher.email.clone(),
             },
             links: DeploymentLinks {
-                output: format!("{public_url}/v1/apps/{}/deployments/{}/output", d.app_id, d.id),
+                output: format!(
+                    "{public_url}/v1/apps/{}/deployments/{}/output",
+                    d.app_id, d.id
+                ),
             },
             image: None,
             registry: None,
