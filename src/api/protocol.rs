@@ -51,6 +51,89 @@ pub enum ClientFrame {
     },
 }
 
+impl ClientFrame {
+    /// Parses a client frame in one pass.
+    ///
+    /// serde's internally tagged enums buffer the whole frame into an intermediate tree before
+    /// picking the variant; a `logs` frame is a megabyte of strings on the ingest hot path, so
+    /// this reads every field into one flat struct instead, then checks the variant's fields.
+    pub fn from_json(text: &str) -> Result<ClientFrame, serde_json::Error> {
+        use serde::de::Error;
+        let flat: FlatClientFrame = serde_json::from_str(text)?;
+        let allowed: &[&str] = match flat.kind.as_str() {
+            "start" => &["git_ref"],
+            "logs" => &["batch", "stream", "lines"],
+            "status" => &["status"],
+            "image_size" => &["bytes"],
+            other => {
+                return Err(serde_json::Error::unknown_variant(
+                    other,
+                    &["start", "logs", "status", "image_size"],
+                ))
+            }
+        };
+        let present = [
+            ("git_ref", flat.git_ref.is_some()),
+            ("batch", flat.batch.is_some()),
+            ("stream", flat.stream.is_some()),
+            ("lines", flat.lines.is_some()),
+            ("status", flat.status.is_some()),
+            ("bytes", flat.bytes.is_some()),
+        ];
+        if let Some((field, _)) = present
+            .iter()
+            .find(|(field, is_set)| *is_set && !allowed.contains(field))
+        {
+            return Err(serde_json::Error::custom(format!(
+                "unexpected field `{field}` in a `{}` frame",
+                flat.kind
+            )));
+        }
+        Ok(match flat.kind.as_str() {
+            "start" => ClientFrame::Start {
+                git_ref: flat.git_ref,
+            },
+            "logs" => ClientFrame::Logs {
+                batch: flat.batch.unwrap_or(0),
+                stream: flat.stream.unwrap_or_default(),
+                lines: flat
+                    .lines
+                    .ok_or_else(|| serde_json::Error::missing_field("lines"))?,
+            },
+            "status" => ClientFrame::Status {
+                status: flat
+                    .status
+                    .ok_or_else(|| serde_json::Error::missing_field("status"))?,
+            },
+            _ => ClientFrame::ImageSize {
+                bytes: flat
+                    .bytes
+                    .ok_or_else(|| serde_json::Error::missing_field("bytes"))?,
+            },
+        })
+    }
+}
+
+/// Every field any client frame has (see [`ClientFrame::from_json`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    git_ref: Option<String>,
+    #[serde(default)]
+    batch: Option<u64>,
+    #[serde(default)]
+    stream: Option<PushStream>,
+    #[serde(default)]
+    lines: Option<Vec<String>>,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    bytes: Option<u64>,
+}
+
 /// The output a pushed batch came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,4 +163,43 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_parser_agrees_with_serde() {
+        let frames = [
+            r#"{"type":"start","git_ref":"abc"}"#,
+            r#"{"type":"start"}"#,
+            r#"{"type":"start","git_ref":null}"#,
+            r#"{"type":"logs","batch":7,"lines":["a","b\nc"]}"#,
+            r#"{"type":"logs","stream":"stderr","lines":[]}"#,
+            r#"{"type":"status","status":"pushing"}"#,
+            r#"{"type":"image_size","bytes":12}"#,
+        ];
+        for text in frames {
+            let slow: ClientFrame = serde_json::from_str(text).expect(text);
+            assert_eq!(ClientFrame::from_json(text).expect(text), slow, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_refused() {
+        for text in [
+            r#"{"type":"nope"}"#,
+            r#"{"type":"logs"}"#,
+            r#"{"type":"logs","lines":"x"}"#,
+            r#"{"type":"status","status":"done"}"#,
+            r#"{"type":"status","status":"success","lines":[]}"#,
+            r#"{"type":"start","extra":1}"#,
+            r#"{"lines":[]}"#,
+            "not json",
+        ] {
+            assert!(ClientFrame::from_json(text).is_err(), "{text}");
+            assert!(serde_json::from_str::<ClientFrame>(text).is_err(), "{text}");
+        }
+    }
 }

@@ -92,7 +92,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
     // 1. The start frame.
     let git_ref = match tokio::time::timeout(START_TIMEOUT, rx.next()).await {
-        Ok(Some(Ok(Message::Text(body)))) => match serde_json::from_str::<ClientFrame>(&body) {
+        Ok(Some(Ok(Message::Text(body)))) => match ClientFrame::from_json(&body) {
             Ok(ClientFrame::Start { git_ref }) => git_ref
                 .filter(|r| !r.trim().is_empty())
                 .unwrap_or_else(super::deployments::generated_git_ref),
@@ -213,7 +213,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     }
                     _ => continue,
                 };
-                match serde_json::from_str::<ClientFrame>(&body) {
+                match ClientFrame::from_json(&body) {
                     Ok(ClientFrame::Logs { batch, stream, lines }) => {
                         let lines = lines
                             .into_iter()
