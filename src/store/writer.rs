@@ -1081,3 +1081,220 @@ fn append_segments(record: &mut Deployment, lines: &[NewLine], group: &mut Group
     flush(&mut chunk, &mut chunk_bytes, group);
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::engine::{MemoryEngine, SledEngine};
+
+    fn user() -> User {
+        User {
+            id: UserId::generate(),
+            username: "u".into(),
+            email: "u@example.com".into(),
+            fullname: String::new(),
+            is_admin: false,
+            created_at: now(),
+        }
+    }
+
+    fn pusher(user: &User) -> Pusher {
+        Pusher {
+            id: user.id,
+            username: user.username.clone(),
+            email: user.email.clone(),
+        }
+    }
+
+    async fn setup(engine: Arc<dyn Engine>) -> (Writer, Store, Arc<Hub>, User, AppId) {
+        let (writer, store, hub, user, app, _) = setup_joinable(engine).await;
+        (writer, store, hub, user, app)
+    }
+
+    async fn setup_joinable(
+        engine: Arc<dyn Engine>,
+    ) -> (Writer, Store, Arc<Hub>, User, AppId, JoinHandle<()>) {
+        let store = Store::new(engine);
+        let hub = Arc::new(Hub::default());
+        let (writer, _, thread) = Writer::start(store.clone(), hub.clone()).expect("start");
+        let user = user();
+        let token = Token {
+            id: TokenId::generate(),
+            user_id: user.id,
+            name: "t".into(),
+            created_at: now(),
+        };
+        writer
+            .create_user(user.clone(), token, [7; 32])
+            .await
+            .expect("user");
+        let app = App {
+            id: AppId::generate(),
+            name: "app".into(),
+            owner: user.id,
+            git_source: None,
+            created_at: now(),
+            updated_at: now(),
+            last_deployment: None,
+        };
+        writer.create_app(app.clone()).await.expect("app");
+        (writer, store, hub, user, app.id, thread)
+    }
+
+    #[tokio::test]
+    async fn line_numbers_continue_across_batches_and_split_on_newlines() {
+        let (writer, store, _, user, app) = setup(Arc::new(MemoryEngine::default())).await;
+        let d = writer
+            .create_deployment(app, "r".into(), pusher(&user), Driver::External)
+            .await
+            .expect("deployment");
+        assert_eq!(d.status, Status::Building);
+        let last = writer
+            .append_logs(d.id, vec![NewLine::stdout("a"), NewLine::stdout("b\nc\r")])
+            .await
+            .expect("append");
+        assert_eq!(last, LineNo(3));
+        let last = writer
+            .append_logs(d.id, vec![NewLine::stderr("d")])
+            .await
+            .expect("append");
+        assert_eq!(last, LineNo(4));
+        assert_eq!(store.last_line(d.id).expect("last"), LineNo(4));
+        let segments: Vec<_> = store
+            .segments_after(d.id, LineNo(2))
+            .map(|s| s.expect("segment").0)
+            .collect();
+        // The segment holding line 3 starts at 1; the next at 4.
+        assert_eq!(segments, vec![LineNo(1), LineNo(4)]);
+    }
+
+    #[tokio::test]
+    async fn a_second_deployment_queues_and_starts_when_the_first_ends() {
+        let (writer, _, hub, user, app) = setup(Arc::new(MemoryEngine::default())).await;
+        let first = writer
+            .create_deployment(app, "1".into(), pusher(&user), Driver::External)
+            .await
+            .expect("first");
+        let second = writer
+            .create_deployment(app, "2".into(), pusher(&user), Driver::External)
+            .await
+            .expect("second");
+        assert_eq!(second.status, Status::Queued);
+        assert!(matches!(
+            writer
+                .append_logs(second.id, vec![NewLine::stdout("x")])
+                .await,
+            Err(WriteError::Queued)
+        ));
+        assert!(matches!(
+            writer
+                .transition(second.id, Target::Status(Status::Building), None)
+                .await,
+            Err(WriteError::Queued)
+        ));
+        let watch = hub.watch_status(second.id).expect("watch");
+        let ended = writer
+            .transition(first.id, Target::Status(Status::BuildError), None)
+            .await
+            .expect("end");
+        assert!(ended.finished_at.is_some());
+        assert_eq!(*watch.borrow(), Status::Building);
+        // Refused moves change nothing.
+        assert!(matches!(
+            writer
+                .transition(first.id, Target::Status(Status::Success), None)
+                .await,
+            Err(WriteError::Transition(
+                TransitionError::AlreadyFinished { .. }
+            ))
+        ));
+        assert!(matches!(
+            writer
+                .transition(second.id, Target::Status(Status::Success), None)
+                .await,
+            Err(WriteError::Transition(TransitionError::Illegal { .. }))
+        ));
+        let lost = writer
+            .transition(
+                second.id,
+                Target::SessionLost,
+                Some(NewLine::system("gone")),
+            )
+            .await
+            .expect("lost");
+        assert_eq!(lost.status, Status::Aborted);
+        assert_eq!(lost.last_line, LineNo(1));
+    }
+
+    #[tokio::test]
+    async fn recovery_ends_what_a_crash_left_unfinished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (building, starting, queued_external) = {
+            let engine = Arc::new(SledEngine::open(dir.path()).expect("open"));
+            let (writer, store, hub, user, app, thread) = setup_joinable(engine).await;
+            let building = writer
+                .create_deployment(app, "1".into(), pusher(&user), Driver::External)
+                .await
+                .expect("1");
+            writer
+                .append_logs(building.id, vec![NewLine::stdout("kept")])
+                .await
+                .expect("append");
+            let queued = writer
+                .create_deployment(app, "2".into(), pusher(&user), Driver::External)
+                .await
+                .expect("2");
+            let app2 = App {
+                id: AppId::generate(),
+                name: "other".into(),
+                owner: user.id,
+                git_source: None,
+                created_at: now(),
+                updated_at: now(),
+                last_deployment: None,
+            };
+            writer.create_app(app2.clone()).await.expect("app2");
+            let starting = writer
+                .create_deployment(app2.id, "3".into(), pusher(&user), Driver::External)
+                .await
+                .expect("3");
+            for status in [Status::Pushing, Status::Starting] {
+                writer
+                    .transition(starting.id, Target::Status(status), None)
+                    .await
+                    .expect("move");
+            }
+            // No shutdown: the unfinished deployments stay as they are, as after a crash. (The
+            // thread must end to release sled's lock before the reopen.)
+            drop((writer, store, hub));
+            thread.join().expect("writer thread");
+            (building.id, starting.id, queued.id)
+        };
+        let store = Store::new(Arc::new(SledEngine::open(dir.path()).expect("reopen")));
+        let (_, recovery, _) =
+            Writer::start(store.clone(), Arc::new(Hub::default())).expect("start");
+        let status = |id| store.deployment(id).expect("read").expect("exists");
+        assert_eq!(status(building).status, Status::Aborted);
+        assert_eq!(status(starting).status, Status::TimeoutError);
+        assert_eq!(status(queued_external).status, Status::Aborted);
+        assert_eq!(recovery.ended.len(), 3);
+        assert_eq!(
+            status(building).last_line,
+            LineNo(2),
+            "kept line + the why line"
+        );
+        let text: Vec<u8> = store
+            .segments_after(building, LineNo(0))
+            .flat_map(|s| {
+                let (_, bytes) = s.expect("segment");
+                codec::SegmentView::parse(&bytes)
+                    .expect("parse")
+                    .text
+                    .to_vec()
+            })
+            .collect();
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(text.starts_with("kept\n"), "{text}");
+        assert!(text.contains("deployd restarted"), "{text}");
+    }
+}
