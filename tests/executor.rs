@@ -439,6 +439,40 @@ async fn an_app_with_git_source_deploys_its_archive_of_the_git_ref() {
     assert_eq!(done["status"], "success", "{text}");
     assert!(text.contains("built v1.2\n"), "{text}");
     assert_eq!(files.requests(), vec!["/org/repo/archive/v1.2.tar.gz"]);
+
+    // A clone URL works too, and no ref means the default branch (`HEAD`).
+    let clone_url = files.url("/org/other.git");
+    let (status, body) = admin
+        .post(
+            "/v1/apps",
+            json!({"app": {"name": "from-clone-url", "git_source": clone_url}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    files.serve(
+        "/org/other/archive/HEAD.tar.gz",
+        archives::app("echo 'built HEAD'", "true"),
+    );
+    let created = deploy(
+        &admin,
+        "from-clone-url",
+        json!({"deployment": {"git_ref": null}}),
+    )
+    .await;
+    assert_eq!(created["git_ref"], "HEAD");
+    let done = common::wait_finished(&admin, "from-clone-url", &id(&created), FINISH).await;
+    assert_eq!(done["status"], "success");
+
+    // A ref that would change the URL's meaning is refused, and nothing is fetched.
+    let (status, body) = admin
+        .post(
+            "/v1/apps/from-git/deployments",
+            json!({"deployment": {"git_ref": "../../elsewhere"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["errors"]["git_ref"].is_array(), "{body}");
+    assert_eq!(files.requests().len(), 2);
 }
 
 #[tokio::test]
