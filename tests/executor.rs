@@ -768,3 +768,38 @@ async fn the_deployment_timeout_kills_a_long_build_and_ends_in_build_error() {
     );
     assert_all_gone(&pidfile).await;
 }
+
+#[tokio::test]
+async fn a_graceful_restart_ends_queued_deployments_too_with_a_reason() {
+    let server = Server::start();
+    let files = ArchiveServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("build.pids");
+    let build = format!(
+        "echo $$ >> '{p}'; sleep 30 & echo $! >> '{p}'; echo 'long build started'; wait",
+        p = pidfile.display()
+    );
+    let admin = server.admin();
+    server.create_app(&admin, "waiting").await;
+    let url = files.serve("/waiting.tar.gz", archives::app(&build, "true"));
+    let first = id(&deploy(&admin, "waiting", source(&url)).await);
+    let second = deploy(&admin, "waiting", source(&url)).await;
+    assert_eq!(second["status"], "queued");
+    let second = id(&second);
+    common::eventually(FINISH, || async {
+        output(&admin, "waiting", &first)
+            .await
+            .contains("long build started")
+            .then_some(())
+    })
+    .await;
+    let server = server.restart();
+    let admin = server.admin();
+    assert_eq!(status_of(&admin, "waiting", &first).await, "aborted");
+    let status = status_of(&admin, "waiting", &second).await;
+    let text = output(&admin, "waiting", &second).await;
+    assert_eq!(status, "aborted", "{text}");
+    assert!(text.contains("!     deployd shut down"), "{text}");
+    assert!(!text.contains("long build started"), "{text}");
+    assert_all_gone(&pidfile).await;
+}
