@@ -129,14 +129,7 @@ async fn a_deployment_runs_build_push_start_to_success_with_its_output_and_image
     let files = ArchiveServer::start().await;
     let build = "echo \"building $DEPLOYD_APP at $DEPLOYD_GIT_REF\"\nsleep 0.2\necho 'warning: on stderr' >&2\nsleep 0.2\necho 'build done'";
     let start = "echo \"listening on $PORT\"";
-    let (done, text) = run_app(
-        &server,
-        &files,
-        "ok-app",
-        archives::app(build, start),
-        None,
-    )
-    .await;
+    let (done, text) = run_app(&server, &files, "ok-app", archives::app(build, start), None).await;
     assert_eq!(done["status"], "success", "{text}");
     let lines: Vec<&str> = text.lines().collect();
     let at = |needle: &str| {
@@ -349,10 +342,7 @@ async fn build_output_is_stored_as_it_is_written_not_at_the_end() {
     let files = ArchiveServer::start().await;
     let gates = tempfile::tempdir().expect("tempdir");
     let gate = gates.path().join("second");
-    let build = format!(
-        "echo 'first line'\n{}\necho 'second line'",
-        wait_for(&gate)
-    );
+    let build = format!("echo 'first line'\n{}\necho 'second line'", wait_for(&gate));
     let admin = server.admin();
     server.create_app(&admin, "live").await;
     let url = files.serve("/live.tar.gz", archives::app(&build, "true"));
@@ -517,9 +507,7 @@ async fn three_deployments_of_one_app_queue_and_run_one_at_a_time_in_order() {
                 max_active = max_active.max(active);
                 let unfinished = statuses
                     .iter()
-                    .filter(|s| {
-                        ["queued", "building", "pushing", "starting"].contains(&s.as_str())
-                    })
+                    .filter(|s| ["queued", "building", "pushing", "starting"].contains(&s.as_str()))
                     .count();
                 if unfinished == 0 {
                     return (max_active, statuses);
@@ -627,12 +615,18 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
     for (name, archive, expected) in cases {
         let (done, text) = run_app(&server, &files, name, archive, None).await;
         assert_eq!(done["status"], "build-error", "{name}: {text}");
-        assert!(text.contains(&expected), "{name}: {expected:?} not in:\n{text}");
+        assert!(
+            text.contains(&expected),
+            "{name}: {expected:?} not in:\n{text}"
+        );
         assert!(!text.contains("Running bin/build"), "{name}: {text}");
     }
     assert!(!outside.exists());
     assert_eq!(find_named(server.root(), "pwned"), Vec::<PathBuf>::new());
-    assert_eq!(find_named(Path::new("/tmp"), "pwned-abs-symlink"), Vec::<PathBuf>::new());
+    assert_eq!(
+        find_named(Path::new("/tmp"), "pwned-abs-symlink"),
+        Vec::<PathBuf>::new()
+    );
     // Nothing of the failed deployments is left in the work directory.
     let work = std::fs::read_dir(server.data.join("work"))
         .map(|d| d.count())
@@ -667,7 +661,11 @@ async fn private_destinations_are_refused_unless_allowed() {
             "{source_url}: {text}"
         );
     }
-    assert_eq!(files.requests(), Vec::<String>::new(), "nothing was fetched");
+    assert_eq!(
+        files.requests(),
+        Vec::<String>::new(),
+        "nothing was fetched"
+    );
 }
 
 #[tokio::test]

@@ -27,7 +27,8 @@ async fn put(url: &str, bytes: Vec<u8>) -> (u16, Value) {
         .expect("PUT");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON ({status}): {text}"));
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON ({status}): {text}"));
     (status, body)
 }
 
@@ -61,7 +62,10 @@ async fn an_uploaded_archive_is_deployed_from_its_download_url() {
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    let id = created["deployment"]["id"].as_str().expect("id").to_string();
+    let id = created["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let done = common::wait_finished(&admin, "uploaded", &id, Duration::from_secs(10)).await;
     let (_, _, text) = admin
         .get_text(&format!("/v1/apps/uploaded/deployments/{id}/output"))

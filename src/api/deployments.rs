@@ -171,7 +171,9 @@ fn is_archive_safe_ref(git_ref: &str) -> bool {
         && !git_ref.starts_with('/')
         && !git_ref.ends_with('/')
         && !git_ref.starts_with('-')
-        && !git_ref.chars().any(|c| c.is_control() || FORBIDDEN.contains(&c))
+        && !git_ref
+            .chars()
+            .any(|c| c.is_control() || FORBIDDEN.contains(&c))
 }
 
 /// The archive URL of `git_ref` for a GitHub-style repository URL:
@@ -319,7 +321,9 @@ mod tests {
         for good in ["main", "v1.2", "feature/x", "0123abcd", "HEAD"] {
             assert!(is_archive_safe_ref(good), "{good}");
         }
-        for bad in ["../x", "a..b", "a b", "a?b", "a#b", "/a", "a/", "a//b", "-a", "a%2e", ""] {
+        for bad in [
+            "../x", "a..b", "a b", "a?b", "a#b", "/a", "a/", "a//b", "-a", "a%2e", "",
+        ] {
             assert!(!is_archive_safe_ref(bad), "{bad}");
         }
     }

@@ -88,7 +88,10 @@ pub fn zero_bomb(size: u64) -> Vec<u8> {
     let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gzip);
     builder
-        .append(&raw_header("app/", EntryType::Directory, 0, 0o755, None), &b""[..])
+        .append(
+            &raw_header("app/", EntryType::Directory, 0, 0o755, None),
+            &b""[..],
+        )
         .expect("append dir");
     let header = raw_header("app/zeros", EntryType::Regular, size, 0o644, None);
     builder
@@ -156,7 +159,10 @@ impl ArchiveServer {
         }
         let text = String::from_utf8_lossy(&request);
         let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-        self.requests.lock().expect("requests lock").push(path.clone());
+        self.requests
+            .lock()
+            .expect("requests lock")
+            .push(path.clone());
         let body = self.files.lock().expect("files lock").get(&path).cloned();
         let (status, body) = match body {
             Some(body) => ("200 OK", body),
