@@ -156,6 +156,35 @@ pub fn generated_git_ref() -> String {
     )
 }
 
+/// The ref deployed from an app's `git_source` when the trigger gives none.
+const DEFAULT_BRANCH_REF: &str = "HEAD";
+
+/// Whether `git_ref` may be put in an archive URL as is: git's own ref-name rules
+/// (`git check-ref-format`: no `..`, `?`, spaces…) plus no `#` or `%`, so nothing in it can
+/// change the URL's meaning; a ref breaking them is refused rather than escaped.
+fn is_archive_safe_ref(git_ref: &str) -> bool {
+    const FORBIDDEN: &[char] = &[' ', '~', '^', ':', '?', '*', '[', '\\', '#', '%'];
+    !git_ref.is_empty()
+        && !git_ref.contains("..")
+        && !git_ref.contains("//")
+        && !git_ref.contains("@{")
+        && !git_ref.starts_with('/')
+        && !git_ref.ends_with('/')
+        && !git_ref.starts_with('-')
+        && !git_ref
+            .chars()
+            .any(|c| c.is_control() || FORBIDDEN.contains(&c))
+}
+
+/// The archive URL of `git_ref` for a GitHub-style repository URL:
+/// `<git_source>/archive/<git_ref>.tar.gz`, without the clone URL's trailing `/` or `.git`
+/// (`https://github.com/org/repo.git` has its archives under `https://github.com/org/repo`).
+pub fn git_source_archive(git_source: &str, git_ref: &str) -> String {
+    let base = git_source.trim_end_matches('/');
+    let base = base.strip_suffix(".git").unwrap_or(base);
+    format!("{base}/archive/{git_ref}.tar.gz")
+}
+
 /// `POST /v1/apps/{app}/deployments` → 201 with the deployment (`building`, or `queued`), run by
 /// the built-in executor.
 pub async fn trigger(
@@ -169,9 +198,12 @@ pub async fn trigger(
         .deployment
         .ok_or_else(|| ApiError::field("deployment", "is required"))?;
     let mut errors = Vec::new();
-    let git_ref = match fields.git_ref {
-        Some(r) if r.trim().is_empty() => generated_git_ref(),
+    let given_source = fields.source_url.filter(|s| !s.is_empty());
+    let from_git_source = given_source.is_none() && app.git_source.is_some();
+    let git_ref = match fields.git_ref.filter(|r| !r.trim().is_empty()) {
         Some(r) => r,
+        // The repository's default branch: what a forge's `archive/HEAD.tar.gz` serves.
+        None if from_git_source => DEFAULT_BRANCH_REF.to_string(),
         None => generated_git_ref(),
     };
     if git_ref.len() > MAX_GIT_REF_BYTES || git_ref.chars().any(char::is_control) {
@@ -179,10 +211,15 @@ pub async fn trigger(
             "git_ref".to_string(),
             format!("must be at most {MAX_GIT_REF_BYTES} bytes without control characters"),
         ));
+    } else if from_git_source && !is_archive_safe_ref(&git_ref) {
+        errors.push((
+            "git_ref".to_string(),
+            "is not a valid git ref name (it becomes part of the archive URL)".to_string(),
+        ));
     }
-    let source_url = match (fields.source_url.filter(|s| !s.is_empty()), &app.git_source) {
+    let source_url = match (given_source, &app.git_source) {
         (Some(url), _) => Some(url),
-        (None, Some(git_source)) => Some(format!("{git_source}/archive/{git_ref}.tar.gz")),
+        (None, Some(git_source)) => Some(git_source_archive(git_source, &git_ref)),
         (None, None) => None,
     };
     match &source_url {
@@ -277,6 +314,32 @@ mod tests {
             parse_page_request(Some("per_page=101")),
             Err(ApiError::Unprocessable(_))
         ));
+    }
+
+    #[test]
+    fn archive_safe_refs() {
+        for good in ["main", "v1.2", "feature/x", "0123abcd", "HEAD"] {
+            assert!(is_archive_safe_ref(good), "{good}");
+        }
+        for bad in [
+            "../x", "a..b", "a b", "a?b", "a#b", "/a", "a/", "a//b", "-a", "a%2e", "",
+        ] {
+            assert!(!is_archive_safe_ref(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn git_source_archive_urls() {
+        for source in [
+            "https://github.com/org/repo",
+            "https://github.com/org/repo/",
+            "https://github.com/org/repo.git",
+        ] {
+            assert_eq!(
+                git_source_archive(source, "v1"),
+                "https://github.com/org/repo/archive/v1.tar.gz"
+            );
+        }
     }
 
     #[test]

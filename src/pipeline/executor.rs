@@ -51,6 +51,7 @@ pub async fn run<S: DeploymentSink>(
         deadline: Instant::now() + config.deployment_timeout,
         work_dir: work_dir.clone(),
         status: Status::Building,
+        in_hook: false,
     };
     match run.execute().await {
         Ok(()) => {}
@@ -65,12 +66,14 @@ pub async fn run<S: DeploymentSink>(
                 "!     Deployment timed out after {}",
                 describe_duration(config.deployment_timeout)
             );
-            run.end_with(line, failure_status(run.status, true)).await;
+            let to = run.failure_status(true);
+            run.end_with(line, to).await;
         }
         Err(Halt::Internal(error)) => {
             tracing::error!(deployment = %job.deployment_id, %error, "internal pipeline error");
             let line = format!("!     Internal error: {error}");
-            run.end_with(line, failure_status(run.status, false)).await;
+            let to = run.failure_status(false);
+            run.end_with(line, to).await;
         }
     }
     if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await {
@@ -127,9 +130,21 @@ struct Run<'a, S> {
     work_dir: PathBuf,
     /// The deployment's status as far as this run knows (it changes only through `transition`).
     status: Status,
+    /// The postdeploy hook is running (the status is still `starting`).
+    in_hook: bool,
 }
 
 impl<S: DeploymentSink> Run<'_, S> {
+    /// The status a halted run ends in. The hook runs while the deployment is `starting`, but
+    /// any failure during it (the deployment deadline included) is the hook's, not the start's.
+    fn failure_status(&self, timeout: bool) -> Status {
+        if self.in_hook {
+            Status::HookError
+        } else {
+            failure_status(self.status, timeout)
+        }
+    }
+
     async fn execute(&mut self) -> Result<(), Halt> {
         let Some(source_dir) = self.prepare_source().await? else {
             return Ok(());
@@ -151,7 +166,10 @@ impl<S: DeploymentSink> Run<'_, S> {
             env.push(("DEPLOYD_POSTDEPLOY_HOOK".to_owned(), hook.clone()));
             self.system("-----> Running postdeploy hook").await?;
             let command = self.config.hook_cmd.as_deref().unwrap_or(DEFAULT_HOOK_CMD);
-            match self.stage(command, &source_dir, env, None).await? {
+            self.in_hook = true;
+            let result = self.stage(command, &source_dir, env, None).await?;
+            self.in_hook = false;
+            match result {
                 StageResult::Succeeded => {}
                 StageResult::Failed(reason) => {
                     return self
@@ -780,6 +798,19 @@ mod tests {
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::Success);
         assert_eq!(sink.texts(LogStream::Stdout), vec!["migrated"]);
+    }
+
+    /// Regression: the deployment deadline passing during the hook (status still `starting`)
+    /// ended the deployment as `timeout-error`, blaming the start.
+    #[tokio::test]
+    async fn deployment_timeout_during_the_hook_is_a_hook_error() {
+        let mut fixture = Fixture::new();
+        fixture.config.deployment_timeout = Duration::from_millis(500);
+        let mut job = fixture.local_job(&app(None, None));
+        job.postdeploy_hook = Some("sleep 30".to_owned());
+        let (status, sink) = fixture.run(job).await;
+        assert_eq!(status, Status::HookError);
+        assert!(sink.has_system_line("!     Deployment timed out after 500 ms"));
     }
 
     #[tokio::test]

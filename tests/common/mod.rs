@@ -21,6 +21,10 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Do not set DEPLOYD_ADMIN_TOKEN (the server generates one into DATA/admin-token).
     pub generated_admin_token: bool,
+    /// `[executor] allow_private_sources` (default `true`, so tests can fetch from 127.0.0.1).
+    /// `config_toml` is appended right after it, so its first lines (before any `[section]`)
+    /// are executor settings; it must not open an `[executor]` section of its own.
+    pub allow_private_sources: Option<bool>,
 }
 
 /// A running `deployd serve`.
@@ -51,7 +55,8 @@ impl Server {
         let data = root.path().join("data");
         let config_path = root.path().join("deployd.toml");
         let config = format!(
-            "[executor]\nallow_private_sources = true\n{}\n",
+            "[executor]\nallow_private_sources = {}\n{}\n",
+            options.allow_private_sources.unwrap_or(true),
             options.config_toml
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -470,3 +475,4 @@ pub mod push {
         }
     }
 }
+pub mod archives;
