@@ -394,6 +394,7 @@ impl<S: DeploymentSink> Run<'_, S> {
             dir: dir.to_path_buf(),
             env,
             max_line_bytes: self.config.max_line_bytes,
+            pgid_file: Some(self.work_dir.join(super::leftovers::PGID_FILE)),
         };
         let deadline = Deadline::earliest(self.deadline, stage_timeout);
         match stages::run_stage(&stage, self.sink, deadline, self.cancel).await {

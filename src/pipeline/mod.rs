@@ -18,6 +18,7 @@
 pub mod executor;
 pub mod extract;
 pub mod fetch;
+pub mod leftovers;
 pub mod stages;
 #[cfg(test)]
 mod test_support;

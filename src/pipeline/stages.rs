@@ -51,6 +51,9 @@ pub struct StageCommand {
     pub env: Vec<(String, String)>,
     /// Lines longer than this many bytes are cut.
     pub max_line_bytes: usize,
+    /// Where the running stage's process group is recorded for the crash sweep
+    /// (`pipeline::leftovers`); `None` records nothing.
+    pub pgid_file: Option<PathBuf>,
 }
 
 /// Which limit a deadline stands for, so the executor can pick the right status.
@@ -138,7 +141,11 @@ pub async fn run_stage<S: DeploymentSink>(
     let mut child = command.spawn().map_err(StageError::Spawn)?;
     let mut group = ProcessGroup {
         pgid: child.id().and_then(|id| i32::try_from(id).ok()),
+        record: stage.pgid_file.clone(),
     };
+    if let (Some(pgid), Some(file)) = (group.pgid, &group.record) {
+        super::leftovers::record(file, pgid);
+    }
 
     let (sender, mut lines) = mpsc::channel(LINE_CHANNEL_CAPACITY);
     if let Some(stdout) = child.stdout.take() {
@@ -323,6 +330,7 @@ pub fn cut_line(raw: &[u8], max: usize) -> String {
 /// executor's future may be dropped mid-stage).
 struct ProcessGroup {
     pgid: Option<i32>,
+    record: Option<PathBuf>,
 }
 
 impl ProcessGroup {
@@ -334,6 +342,9 @@ impl ProcessGroup {
             // which is not reused while the child is unreaped or any group member lives.
             unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
+            }
+            if let Some(file) = self.record.take() {
+                super::leftovers::forget(&file);
             }
         }
     }
