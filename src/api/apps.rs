@@ -224,7 +224,8 @@ pub async fn add_collaborator(
     }
     let email = body
         .collaborator
-        .and_then(|c| c.email)
+        .ok_or_else(|| ApiError::field("collaborator", "is required"))?
+        .email
         .ok_or_else(|| ApiError::field("email", "is required"))?;
     let lookup = email.clone();
     let user = state
