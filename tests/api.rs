@@ -644,3 +644,79 @@ async fn unknown_routes_are_a_json_404_and_wrong_methods_a_json_405() {
     }
     assert_eq!(admin.get("/v1/apps/methods").await.0, 200);
 }
+
+#[tokio::test]
+async fn an_app_name_cannot_shadow_another_apps_id() {
+    let server = Server::start();
+    let admin = server.admin();
+    let app = server.create_app(&admin, "victim").await;
+    let id = app["id"].as_str().expect("id").to_string();
+    let mallory = server.client(&server.create_user("mallory").await);
+    let (status, body) = mallory.post("/v1/apps", json!({"app": {"name": id}})).await;
+    assert_eq!(status, 422, "an id-shaped name is refused: {body}");
+    assert!(body["errors"]["name"].is_array(), "{body}");
+    let (status, body) = admin.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app"]["name"], "victim");
+}
+
+#[tokio::test]
+async fn emails_match_whatever_their_case() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_user("casey").await;
+    let (status, body) = admin
+        .post(
+            "/v1/users",
+            json!({"user": {"username": "casey2", "email": "Casey@Example.com"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "the same address in another case: {body}");
+    assert!(body["errors"]["email"].is_array(), "{body}");
+    server.create_app(&admin, "case-app").await;
+    let (status, body) = admin
+        .post(
+            "/v1/apps/case-app/collaborators",
+            json!({"collaborator": {"email": "CASEY@example.COM"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["collaborator"]["username"], "casey");
+}
+
+#[tokio::test]
+async fn deleting_an_app_ends_its_live_pusher_session() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "live-delete").await;
+    let mut pusher =
+        common::push::start(&server.url, "live-delete", &server.admin_token, "r").await;
+    pusher.logs(&["one"]).await;
+    let (status, body) = admin.delete("/v1/apps/live-delete").await;
+    assert!(status == 204 || status == 200, "{status} {body}");
+    // The pusher learns it is over: an error or terminal status frame, then the end.
+    loop {
+        match common::push::next_json(&mut pusher.socket).await {
+            None => break,
+            Some(frame) => assert!(
+                frame["type"] == "error" || frame["type"] == "status",
+                "{frame}"
+            ),
+        }
+    }
+    assert_eq!(admin.get("/v1/apps/live-delete").await.0, 404);
+    // The name is free again and the new app deploys at once (nothing left queued).
+    server.create_app(&admin, "live-delete").await;
+    let id = deploy(
+        &server,
+        "live-delete",
+        &server.admin_token,
+        &["two"],
+        "success",
+    )
+    .await;
+    let (_, _, text) = admin
+        .get_text(&format!("/v1/apps/live-delete/deployments/{id}/output"))
+        .await;
+    assert_eq!(text, "two\n");
+}
