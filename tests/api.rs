@@ -324,6 +324,7 @@ async fn strangers_get_the_same_404_as_for_a_missing_app_on_every_app_route() {
             Some(json!({"collaborator": {"email": "stranger@example.com"}})),
         ),
         (Method::DELETE, format!("/collaborators/{missing_id}"), None),
+        (Method::GET, "/push".into(), None),
     ];
     for (method, suffix, body) in routes {
         let (missing_status, missing_body) = raw(
@@ -719,4 +720,24 @@ async fn deleting_an_app_ends_its_live_pusher_session() {
         .get_text(&format!("/v1/apps/live-delete/deployments/{id}/output"))
         .await;
     assert_eq!(text, "two\n");
+}
+
+#[tokio::test]
+async fn a_push_request_without_an_upgrade_is_a_json_error() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "no-upgrade").await;
+    let (status, text) = raw(
+        &admin,
+        reqwest::Method::GET,
+        "/v1/apps/no-upgrade/push",
+        None,
+    )
+    .await;
+    assert!((400..500).contains(&status), "{status} {text}");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON {status}: {text:?}"));
+    assert!(body["error"].is_string(), "{body}");
+    let (_, list) = admin.get("/v1/apps/no-upgrade/deployments").await;
+    assert_eq!(list["meta"]["pagination"]["total_count"], 0);
 }

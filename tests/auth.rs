@@ -326,3 +326,57 @@ async fn a_generated_admin_token_is_written_0600_works_and_is_never_logged() {
         "the token leaked into the log: {log}"
     );
 }
+
+#[tokio::test]
+async fn an_unsigned_jwt_is_refused() {
+    let server = Server::start();
+    let (_, body) = exchange(&server, &server.admin_token).await;
+    let jwt = body["token"].as_str().expect("jwt");
+    let claims = jwt.split('.').nth(1).expect("claims");
+    for alg in ["none", "None", "HS512"] {
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(json!({"alg": alg, "typ": "JWT"}).to_string());
+        for signature in ["", jwt.split('.').nth(2).expect("sig")] {
+            let forged = format!("{header}.{claims}.{signature}");
+            let (status, body) = server
+                .anonymous()
+                .with_auth(&format!("Bearer {forged}"))
+                .get("/v1/users/self")
+                .await;
+            assert_unauthorized(status, &body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_tokens_are_stored_only_as_hashes() {
+    let mut server = Server::start();
+    let token = server.create_user("hashed").await;
+    let (_, body) = server
+        .client(&token)
+        .post("/v1/tokens", json!({"token": {"name": "more"}}))
+        .await;
+    let second = body["token"]["token"].as_str().expect("token").to_string();
+    server.stop();
+    let mut stack = vec![server.data.clone()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).expect("read");
+            for secret in [token.as_str(), second.as_str(), common::ADMIN_TOKEN] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds a token in clear",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0);
+}
