@@ -741,3 +741,25 @@ async fn a_push_request_without_an_upgrade_is_a_json_error() {
     let (_, list) = admin.get("/v1/apps/no-upgrade/deployments").await;
     assert_eq!(list["meta"]["pagination"]["total_count"], 0);
 }
+
+#[tokio::test]
+async fn a_path_segment_that_is_not_utf8_is_a_json_400() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "utf8").await;
+    use reqwest::Method;
+    for (method, path) in [
+        (Method::GET, "/v1/apps/%FF"),
+        (Method::GET, "/v1/apps/%FF/deployments"),
+        (Method::GET, "/v1/apps/utf8/deployments/%FF"),
+        (Method::GET, "/v1/apps/utf8/deployments/%FF/output"),
+        (Method::DELETE, "/v1/tokens/%FF"),
+        (Method::DELETE, "/v1/apps/utf8/collaborators/%FF"),
+    ] {
+        let (status, text) = raw(&admin, method.clone(), path, None).await;
+        assert_eq!(status, 400, "{method} {path}: {text}");
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: non-JSON {text:?}"));
+        assert!(body["error"].is_string(), "{body}");
+    }
+}
