@@ -729,12 +729,15 @@ impl WriterState {
         };
         let id = DeploymentId::generate();
         let created_at = now();
-        let status = if self.running.contains_key(&app_id) {
-            self.queues.entry(app_id).or_default().push_back(id);
-            Status::Queued
-        } else {
-            self.running.insert(app_id, id);
-            Status::Building
+        let status = match self.running.entry(app_id) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.queues.entry(app_id).or_default().push_back(id);
+                Status::Queued
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(id);
+                Status::Building
+            }
         };
         let deployment = Deployment {
             id,
