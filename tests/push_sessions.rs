@@ -45,3 +45,345 @@ async fn a_broken_pusher_connection_aborts_the_deployment() {
     assert!(text.starts_with("started\n"), "{text}");
     assert!(text.contains("connection"), "{text}");
 }
+
+// ---- Every terminal status, illegal moves, bad frames, queueing, lost sessions, the CLI ----
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn send_text(pusher: &mut push::Pusher, text: &str) -> Value {
+    pusher
+        .socket
+        .send(Message::Text(text.to_string().into()))
+        .await
+        .expect("send");
+    push::next_json(&mut pusher.socket)
+        .await
+        .expect("answer frame")
+}
+
+async fn deployment(server: &Server, app: &str, id: &str) -> Value {
+    let (status, body) = server
+        .admin()
+        .get(&format!("/v1/apps/{app}/deployments/{id}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["deployment"].clone()
+}
+
+#[tokio::test]
+async fn a_pusher_reaches_every_terminal_status() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "terminal").await;
+    let paths: [&[&str]; 7] = [
+        &["pushing", "starting", "success"],
+        &["build-error"],
+        &["pushing", "starting", "crashed-error"],
+        &["pushing", "starting", "timeout-error"],
+        &["pushing", "starting", "hook-error"],
+        &["aborted"],
+        &["pushing", "aborted"],
+    ];
+    for path in paths {
+        let mut pusher = push::start(&server.url, "terminal", &server.admin_token, "r").await;
+        pusher.logs(&["working"]).await;
+        for status in path {
+            let frame = pusher.status(status).await;
+            assert_eq!(
+                frame,
+                json!({"type": "status", "status": status}),
+                "{path:?}"
+            );
+        }
+        // The server ends the session after a terminal status.
+        assert!(
+            push::next_json(&mut pusher.socket).await.is_none(),
+            "{path:?}"
+        );
+        let end = *path.last().expect("end");
+        let d = deployment(&server, "terminal", &pusher.id()).await;
+        assert_eq!(d["status"], end, "{path:?}");
+        assert!(d["finished_at"].is_string(), "{d}");
+        assert!(d["duration"].is_u64(), "{d}");
+        let (_, _, text) = admin
+            .get_text(&format!(
+                "/v1/apps/terminal/deployments/{}/output",
+                pusher.id()
+            ))
+            .await;
+        assert!(text.starts_with("working\n"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_illegal_transition_gets_an_error_frame_and_changes_nothing() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "illegal").await;
+    let mut pusher = push::start(&server.url, "illegal", &server.admin_token, "r").await;
+    let id = pusher.id();
+    for bad in [
+        "success",
+        "queued",
+        "building",
+        "starting",
+        "crashed-error",
+        "hook-error",
+    ] {
+        let frame = pusher.status(bad).await;
+        assert_eq!(frame["type"], "error", "{bad}: {frame}");
+        assert_eq!(frame["code"], "illegal_transition", "{bad}: {frame}");
+        let d = deployment(&server, "illegal", &id).await;
+        assert_eq!(d["status"], "building", "{bad}");
+        assert!(d["finished_at"].is_null());
+    }
+    // The session goes on.
+    assert_eq!(pusher.logs(&["still here"]).await, 1);
+    assert_eq!(pusher.status("pushing").await["status"], "pushing");
+    let frame = pusher.status("build-error").await;
+    assert_eq!(frame["code"], "illegal_transition", "{frame}");
+    assert_eq!(
+        deployment(&server, "illegal", &id).await["status"],
+        "pushing"
+    );
+    // An unknown status is a bad frame, not a move.
+    let frame = pusher.status("exploded").await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(
+        deployment(&server, "illegal", &id).await["status"],
+        "pushing"
+    );
+    pusher.status("starting").await;
+    pusher.status("success").await;
+    assert_eq!(
+        deployment(&server, "illegal", &id).await["status"],
+        "success"
+    );
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_session_continues() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "frames").await;
+    let mut pusher = push::start(&server.url, "frames", &server.admin_token, "r").await;
+    for bad in [
+        "not json",
+        "{",
+        r#"{"type":"dance"}"#,
+        r#"{"no_type":1}"#,
+        r#"{"type":"logs","lines":"not a list"}"#,
+        r#"{"type":"logs","batch":1,"lines":[1,2]}"#,
+        r#"{"type":"logs","batch":1,"stream":"stdweird","lines":["x"]}"#,
+        r#"{"type":"status"}"#,
+        r#"{"type":"start","git_ref":"again"}"#,
+        "[]",
+    ] {
+        let frame = send_text(&mut pusher, bad).await;
+        assert_eq!(frame["type"], "error", "{bad}: {frame}");
+        assert!(
+            frame["code"].is_string() && frame["error"].is_string(),
+            "{frame}"
+        );
+    }
+    pusher
+        .socket
+        .send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .expect("send binary");
+    let frame = push::next_json(&mut pusher.socket).await.expect("answer");
+    assert_eq!(frame["type"], "error", "{frame}");
+    // Nothing was stored; the session goes on.
+    let id = pusher.id();
+    let (status, _) = admin
+        .get(&format!("/v1/apps/frames/deployments/{id}/output"))
+        .await;
+    assert_eq!(status, 404, "no output stored");
+    assert_eq!(pusher.logs(&["ok"]).await, 1);
+    pusher.finish("success").await;
+    let (_, _, text) = admin
+        .get_text(&format!("/v1/apps/frames/deployments/{id}/output"))
+        .await;
+    assert_eq!(text, "ok\n");
+}
+
+#[tokio::test]
+async fn a_frame_before_start_is_refused_and_nothing_is_created() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "nostart").await;
+    let mut socket = push::connect(&server.url, "nostart", &server.admin_token)
+        .await
+        .expect("upgrade");
+    socket
+        .send(Message::Text(
+            json!({"type": "logs", "lines": ["x"]}).to_string().into(),
+        ))
+        .await
+        .expect("send");
+    let frame = push::next_json(&mut socket).await.expect("error frame");
+    assert_eq!(frame["type"], "error", "{frame}");
+    let (_, body) = admin.get("/v1/apps/nostart/deployments").await;
+    assert_eq!(body["meta"]["pagination"]["total_count"], 0, "{body}");
+}
+
+#[tokio::test]
+async fn a_second_pusher_is_queued_until_the_first_ends() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "queue-app").await;
+    let mut first = push::start(&server.url, "queue-app", &server.admin_token, "one").await;
+    assert_eq!(first.deployment["status"], "building");
+    let mut second = push::start(&server.url, "queue-app", &server.admin_token, "two").await;
+    assert_eq!(second.deployment["status"], "queued");
+    let frame = send_text(
+        &mut second,
+        &json!({"type": "logs", "batch": 1, "lines": ["early"]}).to_string(),
+    )
+    .await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["code"], "queued", "{frame}");
+    let frame = second.status("pushing").await;
+    assert_eq!(frame["code"], "queued", "{frame}");
+    assert_eq!(
+        deployment(&server, "queue-app", &second.id()).await["status"],
+        "queued"
+    );
+
+    first.logs(&["first"]).await;
+    first.finish("success").await;
+    let frame = push::next_json(&mut second.socket)
+        .await
+        .expect("promotion");
+    assert_eq!(frame, json!({"type": "status", "status": "building"}));
+    assert_eq!(second.logs(&["second"]).await, 1);
+    second.finish("success").await;
+    let (_, _, text) = admin
+        .get_text(&format!(
+            "/v1/apps/queue-app/deployments/{}/output",
+            second.id()
+        ))
+        .await;
+    assert_eq!(text, "second\n", "the refused line was not stored");
+}
+
+#[tokio::test]
+async fn a_queued_pusher_that_disconnects_is_aborted_and_the_next_one_starts() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "q-abort").await;
+    let mut first = push::start(&server.url, "q-abort", &server.admin_token, "1").await;
+    let second = push::start(&server.url, "q-abort", &server.admin_token, "2").await;
+    let mut third = push::start(&server.url, "q-abort", &server.admin_token, "3").await;
+    assert_eq!(third.deployment["status"], "queued");
+    let second_id = second.id();
+    drop(second);
+    let done = common::wait_finished(&admin, "q-abort", &second_id, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "aborted");
+    first.finish("success").await;
+    let frame = push::next_json(&mut third.socket).await.expect("promotion");
+    assert_eq!(frame, json!({"type": "status", "status": "building"}));
+}
+
+#[tokio::test]
+async fn a_lost_connection_in_starting_is_a_timeout_error_and_in_pushing_aborted() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "lost").await;
+    for (reached, expected) in [
+        (&["pushing", "starting"][..], "timeout-error"),
+        (&["pushing"][..], "aborted"),
+    ] {
+        let mut pusher = push::start(&server.url, "lost", &server.admin_token, "r").await;
+        pusher.logs(&["acked"]).await;
+        for status in reached {
+            pusher.status(status).await;
+        }
+        let id = pusher.id();
+        drop(pusher);
+        let done = common::wait_finished(&admin, "lost", &id, Duration::from_secs(10)).await;
+        assert_eq!(done["status"], expected);
+        let (_, _, text) = admin
+            .get_text(&format!("/v1/apps/lost/deployments/{id}/output"))
+            .await;
+        assert!(text.starts_with("acked\n"), "{text}");
+        assert!(text.lines().count() >= 2, "a line says why: {text}");
+    }
+}
+
+/// Runs `deployd push` against the server; returns its exit code and the deployment it made.
+fn cli_push(server: &Server, app: &str, extra: &[&str], command: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .arg("push")
+        .args([
+            "--url",
+            &server.url,
+            "--token",
+            &server.admin_token,
+            "--app",
+            app,
+        ])
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .env_remove("DEPLOYD_URL")
+        .env_remove("DEPLOYD_TOKEN")
+        .output()
+        .expect("run deployd push");
+    let log = format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), log)
+}
+
+async fn newest(server: &Server, app: &str) -> Value {
+    let (_, body) = server
+        .admin()
+        .get(&format!("/v1/apps/{app}/deployments?per_page=1"))
+        .await;
+    body["deployments"][0].clone()
+}
+
+#[tokio::test]
+async fn the_push_cli_reports_success_build_error_and_crashed_error() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "cli-app").await;
+
+    let (code, log) = cli_push(
+        &server,
+        "cli-app",
+        &["--git-ref", "cafe01"],
+        &["sh", "-c", "echo hi; echo err >&2"],
+    );
+    assert_eq!(code, 0, "{log}");
+    let d = newest(&server, "cli-app").await;
+    assert_eq!(d["status"], "success", "{d}");
+    assert_eq!(d["git_ref"], "cafe01");
+    let (_, _, text) = admin
+        .get_text(&format!(
+            "/v1/apps/cli-app/deployments/{}/output",
+            d["id"].as_str().expect("id")
+        ))
+        .await;
+    assert!(text.contains("hi\n") && text.contains("err\n"), "{text}");
+
+    let (code, log) = cli_push(
+        &server,
+        "cli-app",
+        &[],
+        &["sh", "-c", "echo failing; exit 3"],
+    );
+    assert_ne!(code, 0, "{log}");
+    assert_eq!(newest(&server, "cli-app").await["status"], "build-error");
+
+    let (code, log) = cli_push(&server, "cli-app", &["--start-cmd", "false"], &["true"]);
+    assert_ne!(code, 0, "{log}");
+    assert_eq!(newest(&server, "cli-app").await["status"], "crashed-error");
+    let (_, body) = admin.get("/v1/apps/cli-app/deployments").await;
+    assert_eq!(body["meta"]["pagination"]["total_count"], 3);
+}

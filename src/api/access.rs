@@ -115,12 +115,15 @@ pub fn find_app(
     user: &User,
     name_or_id: &str,
 ) -> Result<Option<(App, Role)>, StoreError> {
-    let app = match store.app_by_name(name_or_id)? {
+    // An id first: names may not be UUID-shaped (`apps::valid_app_name`), but a store written
+    // before that rule must not let a name hide another app's id.
+    let by_id = match name_or_id.parse::<uuid::Uuid>() {
+        Ok(id) => store.app(AppId(id))?,
+        Err(_) => None,
+    };
+    let app = match by_id {
         Some(app) => Some(app),
-        None => match name_or_id.parse::<uuid::Uuid>() {
-            Ok(id) => store.app(AppId(id))?,
-            Err(_) => None,
-        },
+        None => store.app_by_name(name_or_id)?,
     };
     let Some(app) = app else {
         return Ok(None);

@@ -17,12 +17,15 @@ use crate::store::{Store, StoreError};
 /// Longest `git_source` URL accepted.
 const MAX_GIT_SOURCE_BYTES: usize = 2048;
 
-/// App names: 3–48 lowercase letters, digits and hyphens (they appear in URLs and stream paths).
+/// App names: 3–48 lowercase letters, digits and hyphens (they appear in URLs and stream paths),
+/// and not shaped like a UUID: `{app}` in a path is a name or an id, so a name spelling another
+/// app's id would hide that app from its owner.
 pub fn valid_app_name(name: &str) -> bool {
     (3..=48).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.parse::<uuid::Uuid>().is_err()
 }
 
 fn app_view(store: &Store, app: &App, public_url: &str) -> Result<AppView, StoreError> {
@@ -88,7 +91,7 @@ pub async fn create(
     if !valid_app_name(&name) {
         errors.push((
             "name".to_string(),
-            "must be 3-48 lowercase letters, digits and hyphens".to_string(),
+            "must be 3-48 lowercase letters, digits and hyphens, and not a UUID".to_string(),
         ));
     }
     if let Some(source) = &fields.git_source {
@@ -224,7 +227,8 @@ pub async fn add_collaborator(
     }
     let email = body
         .collaborator
-        .and_then(|c| c.email)
+        .ok_or_else(|| ApiError::field("collaborator", "is required"))?
+        .email
         .ok_or_else(|| ApiError::field("email", "is required"))?;
     let lookup = email.clone();
     let user = state
@@ -276,5 +280,7 @@ mod tests {
         assert!(!valid_app_name("app_x"));
         assert!(valid_app_name(&"a".repeat(48)));
         assert!(!valid_app_name(&"a".repeat(49)));
+        assert!(!valid_app_name("0190a7e2-0000-7000-8000-000000000000"));
+        assert!(!valid_app_name("0190a7e200007000800000000000abcd"));
     }
 }

@@ -83,6 +83,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error for a response some other layer made with `status` and a plain-text body
+    /// (axum's extractor rejections); the caller keeps `status` on the rewritten response.
+    pub fn from_rejection(status: StatusCode, text: String) -> Self {
+        let text = if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        };
+        match status {
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(text),
+            StatusCode::FORBIDDEN => ApiError::Forbidden(text),
+            StatusCode::NOT_FOUND => ApiError::NotFound("route"),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(text),
+            StatusCode::CONFLICT => ApiError::Conflict(text),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(text),
+            StatusCode::UNPROCESSABLE_ENTITY => ApiError::field("body", text),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(text),
+            s if s.is_server_error() => ApiError::Internal(text),
+            _ => ApiError::BadRequest(text),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(detail) = &self {

@@ -122,7 +122,35 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this resource".into())
         })
+        .layer(axum::middleware::map_response(json_error_bodies))
         .with_state(state)
+}
+
+/// Largest non-JSON error body rewritten by [`json_error_bodies`]; axum's extractor rejections
+/// are one short line.
+const MAX_REJECTION_BODY_BYTES: usize = 4096;
+
+/// Makes every 4xx/5xx body JSON (compat.md: a non-JSON 4xx makes the Go client lose the status
+/// code). Our handlers answer with [`ApiError`] already; this catches the plain-text rejections
+/// of axum's extractors (e.g. a path segment that is not UTF-8), keeping their status code.
+async fn json_error_bodies(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), MAX_REJECTION_BODY_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let mut rewritten = ApiError::from_rejection(status, text).into_response();
+    *rewritten.status_mut() = status;
+    rewritten
 }
 
 /// A JSON request body: size-limited, parsed with field paths so that a wrong type names the

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -36,13 +37,21 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 64;
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `GET /v1/apps/{app}/push`: authenticates (401/404 as JSON before the upgrade), then upgrades.
+/// A request that is not a WebSocket upgrade is a JSON 400 (axum's own rejection is plain text,
+/// which Scalingo's clients cannot read), after the app check so strangers still get the 404.
 pub async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
     Path(app): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let (app, _) = caller.app(&state, &app).await?;
+    let ws = ws.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "this endpoint is a WebSocket (the push protocol): {}",
+            rejection.body_text()
+        ))
+    })?;
     Ok(ws
         .max_message_size(MAX_PUSH_FRAME_BYTES)
         .max_frame_size(MAX_PUSH_FRAME_BYTES)

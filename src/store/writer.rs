@@ -844,11 +844,13 @@ impl WriterState {
                 .on_session_lost()
                 .expect("invariant: live deployments are unfinished"),
         };
-        check_transition(from, to)?;
-        if from == Status::Queued && to == Status::Building {
-            // Only the writer promotes a queued deployment, when the app's running one ends.
+        if from == Status::Queued && to != Status::Aborted {
+            // Only the writer promotes a queued deployment, when the app's running one ends;
+            // until then its session may only give up. Any other move is "wait", not "illegal"
+            // (the push protocol's `queued` code), so a pusher knows to wait for `building`.
             return Err(WriteError::Queued);
         }
+        check_transition(from, to)?;
         let mut effects = Effects::default();
         let record = self.live.get_mut(&deployment).expect("checked above");
         if let Some(note) = note {
