@@ -88,6 +88,9 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     for (id, status) in &recovery.ended {
         tracing::warn!(deployment = %id, %status, "ended a deployment left unfinished by the last run");
     }
+    // Stage processes a crash left behind are killed before anything new runs.
+    let work_dir = config.pipeline.work_dir.clone();
+    tokio::task::spawn_blocking(move || crate::pipeline::leftovers::sweep(&work_dir)).await?;
 
     let secret = install_secret(&store, &writer).await?;
     bootstrap_admin(&config, &store, &writer).await?;
@@ -123,6 +126,19 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     }
 
     let router = api::router(state.clone());
+    // `stop` is what callers cancel; `state.shutdown` (what sessions and streams watch) follows
+    // once the writer stopped promoting queued deployments, so that they survive the restart.
+    let stop = CancellationToken::new();
+    let sessions_stop = state.shutdown.clone();
+    let drain_writer = state.writer.clone();
+    let stop_requested = stop.clone();
+    tokio::spawn(async move {
+        stop_requested.cancelled().await;
+        if let Err(err) = drain_writer.stop_promoting().await {
+            tracing::warn!(error = %err, "stopping queue promotion at shutdown");
+        }
+        sessions_stop.cancel();
+    });
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         let serve =
@@ -139,7 +155,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     });
     Ok(RunningServer {
         addr,
-        shutdown,
+        shutdown: stop,
         task,
     })
 }

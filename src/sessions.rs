@@ -107,11 +107,8 @@ pub fn spawn_executor(state: &AppState, deployment: Deployment, app_name: String
     state.executors.clone().spawn(async move {
         let cancel = state.shutdown.child_token();
         if !wait_until_started(&state, deployment.id, &cancel).await {
-            if cancel.is_cancelled() {
-                session
-                    .lost("deployd shut down while the deployment was queued")
-                    .await;
-            }
+            // Ended while queued, or shutdown: a queued deployment stays queued and runs after
+            // the restart (recovery starts queued executor deployments in order).
             return;
         }
         let status = pipeline::run(job, &session, &state.config.pipeline, cancel.clone()).await;

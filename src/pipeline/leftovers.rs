@@ -112,11 +112,34 @@ mod tests {
         assert!(!work.exists());
         let status = child.wait().expect("wait");
         assert!(!status.success(), "the group was killed");
-        std::thread::sleep(Duration::from_millis(50));
-        // No member of the group is left.
-        // SAFETY: kill(2) with signal 0 only checks for existence.
-        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
-        assert!(!alive);
+        // No member of the group is left running (a killed, orphaned member may linger as a
+        // zombie until init reaps it: that is not running).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while live_members(pgid) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {pgid} still running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Processes of group `pgid` that are not zombies.
+    fn live_members(pgid: i32) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let Some(close) = stat.rfind(')') else {
+                    return false;
+                };
+                let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+                fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+            })
+            .count()
     }
 
     #[test]

@@ -144,6 +144,11 @@ pub enum Command {
         source: codec::StoredSource,
         reply: Reply<()>,
     },
+    /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
+    /// after the restart instead of starting a session that is about to be cut.
+    StopPromoting {
+        reply: Reply<()>,
+    },
 }
 
 impl Command {
@@ -185,6 +190,7 @@ impl Writer {
             running: HashMap::new(),
             queues: HashMap::new(),
             failed: None,
+            draining: false,
         };
         let recovery = state.recover()?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
@@ -328,6 +334,11 @@ impl Writer {
             .await
     }
 
+    /// See [`Command::StopPromoting`].
+    pub async fn stop_promoting(&self) -> Result<(), WriteError> {
+        self.call(|reply| Command::StopPromoting { reply }).await
+    }
+
     pub async fn put_source(&self, source: codec::StoredSource) -> Result<(), WriteError> {
         self.call(|reply| Command::PutSource { source, reply })
             .await
@@ -375,6 +386,8 @@ struct WriterState {
     queues: HashMap<AppId, VecDeque<DeploymentId>>,
     /// Set when a commit failed: memory may no longer match the disk, so refuse everything.
     failed: Option<String>,
+    /// Set at shutdown: queued deployments are no longer promoted.
+    draining: bool,
 }
 
 fn now() -> OffsetDateTime {
@@ -586,6 +599,10 @@ impl WriterState {
             }
             Command::PutMeta { name, value, reply } => {
                 group.ops.push(put(codec::meta_key(&name), value));
+                finish(group, Ok(()), reply, None);
+            }
+            Command::StopPromoting { reply } => {
+                self.draining = true;
                 finish(group, Ok(()), reply, None);
             }
             Command::PutSource { source, reply } => {
@@ -910,6 +927,9 @@ impl WriterState {
     }
 
     fn promote_next(&mut self, app: AppId, group: &mut Group, effects: &mut Effects) {
+        if self.draining {
+            return;
+        }
         let Some(next) = self.queues.get_mut(&app).and_then(VecDeque::pop_front) else {
             return;
         };
@@ -1010,7 +1030,8 @@ fn reply_err(cmd: Command, err: WriteError) {
         | Command::RemoveCollaborator { reply, .. }
         | Command::SetImageSize { reply, .. }
         | Command::PutMeta { reply, .. }
-        | Command::PutSource { reply, .. } => reply.send(Err(err)).is_ok(),
+        | Command::PutSource { reply, .. }
+        | Command::StopPromoting { reply } => reply.send(Err(err)).is_ok(),
         Command::CreateDeployment { reply, .. } | Command::Transition { reply, .. } => {
             reply.send(Err(err)).is_ok()
         }
