@@ -722,13 +722,9 @@ async fn a_crash_during_a_build_leaves_the_deployment_aborted_after_restart() {
     })
     .await;
     let server = server.crash_and_restart();
-    // A SIGKILLed server cannot kill its stage processes: they outlive it (out of scope here);
-    // this test cleans up the ones it caused.
-    for pid in pids(&pidfile) {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-    }
+    // The restarted server killed the build processes the crashed one left behind (recorded
+    // process group, checked against boot id and start time) and removed its work directory.
+    assert_all_gone(&pidfile).await;
     let admin = server.admin();
     assert_eq!(status_of(&admin, "crashed", &id).await, "aborted");
     let text = output(&admin, "crashed", &id).await;
@@ -736,6 +732,7 @@ async fn a_crash_during_a_build_leaves_the_deployment_aborted_after_restart() {
         text.contains("deployd restarted while the deployment was building"),
         "{text}"
     );
+    assert!(!server.data.join("work").join(&id).exists());
 }
 
 #[tokio::test]
