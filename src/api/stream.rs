@@ -518,7 +518,10 @@ fn read_log_frames(
             continue;
         }
         let skip = last.0.saturating_sub(first.0 - 1) as usize;
-        frames.extend(log_frames(id, first, &view, skip));
+        let mut segment = log_frames(id, first, &view, skip);
+        let end = end.min(until.0);
+        segment.truncate((end - last.0) as usize);
+        frames.extend(segment);
         last = LineNo(end);
     }
     Ok((frames, last))
@@ -834,7 +837,10 @@ where
         match received {
             Ok(event) => self.on_event(&event).await,
             // Fell behind the channel: what was skipped is in the store.
-            Err(RecvError::Lagged(_)) => self.catch_up_app(&Resume::new(), true).await,
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::debug!(app = %self.app, skipped, "subscriber lagged; catching up from the store");
+                self.catch_up_app(&Resume::new(), true).await
+            }
             // The hub never drops a channel with receivers; treat it as the end of the server.
             Err(RecvError::Closed) => Err(End::Shutdown),
         }
@@ -924,7 +930,8 @@ where
     }
 
     /// Sends what the store has of one deployment beyond what was sent: its lines (up to the
-    /// last line stored when its record was read), then its status if it moved.
+    /// last line stored when its record was read), each status change it missed at its line
+    /// number (from the hub's status history), and its current status.
     async fn catch_up(&mut self, id: DeploymentId, announce: bool) -> Result<(), End> {
         let record = self.state.read(move |store| store.deployment(id)).await?;
         let Some(record) = record.filter(|d| d.app_id == self.app) else {
@@ -937,9 +944,47 @@ where
             self.feed(new_frame(id)).await?;
         }
         self.track(id, sent);
-        while sent.line < record.last_line {
+        // Read after the record: the history holds at least the record's status, if any.
+        let mut statuses: Vec<(Status, LineNo)> = self
+            .state
+            .hub
+            .status_history(id)
+            .into_iter()
+            .filter(|(status, _)| sent.status.is_none_or(|s| s < status.code()))
+            .collect();
+        if statuses.is_empty() || (sent.status.is_none() && !announce) {
+            // A first replay sends the current status only (the spec's replay); so does a
+            // catch-up without history (the process restarted since).
+            statuses.retain(|(status, _)| *status == record.status);
+        }
+        if !statuses.iter().any(|(status, _)| *status == record.status)
+            && sent.status.is_none_or(|s| s < record.status.code())
+        {
+            statuses.push((record.status, record.last_line));
+        }
+        for (status, seq) in statuses {
+            sent = self.send_lines(id, sent, seq.max(sent.line)).await?;
+            if status.code() == record.status.code() {
+                // The current status goes after every line stored when it was read.
+                sent = self.send_lines(id, sent, record.last_line).await?;
+            }
+            self.feed(status_frame(id, status, sent.line)).await?;
+            self.mark_status(id, status);
+            sent = self.sent.get(&id).copied().unwrap_or(sent);
+        }
+        self.send_lines(id, sent, record.last_line).await?;
+        Ok(())
+    }
+
+    /// Sends the stored lines of `id` after `sent.line` up to `until` included.
+    async fn send_lines(
+        &mut self,
+        id: DeploymentId,
+        mut sent: Sent,
+        until: LineNo,
+    ) -> Result<Sent, End> {
+        while sent.line < until {
             let from = sent.line;
-            let until = record.last_line;
             let (frames, last) = self
                 .state
                 .read(move |store| read_log_frames(store, id, from, until))
@@ -951,12 +996,7 @@ where
             sent.line = last;
             self.track(id, sent);
         }
-        if sent.status.is_none_or(|s| s < record.status.code()) {
-            self.feed(status_frame(id, record.status, sent.line))
-                .await?;
-            self.mark_status(id, record.status);
-        }
-        Ok(())
+        Ok(sent)
     }
 
     fn mark_status(&mut self, id: DeploymentId, status: Status) {
