@@ -152,9 +152,10 @@ struct OutputRequest {
 impl OutputRequest {
     fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
         let sse = headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
         let mut follow = sse;
         let mut after = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
