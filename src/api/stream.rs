@@ -8,9 +8,12 @@
 //! (`Lagged`) or sees a gap catches up from the store the same way and rejoins live. So no line
 //! is lost or repeated, whatever the subscriber's speed, and the wire order is the store order.
 //!
-//! Memory per subscriber is bounded: the hub's channel is shared; a WebSocket subscriber holds at
-//! most one store read ([`CATCH_UP_SEGMENTS_PER_READ`] segments) plus the socket's write buffer;
-//! a followed output at most [`FOLLOW_CHUNKS_IN_FLIGHT`] chunks. See `docs/stream.md`.
+//! Memory per subscriber is bounded: the hub's channel and its rendered frames are shared (at
+//! most [`MAX_RENDERED_EVENT_BYTES`] of frames per event); a WebSocket subscriber holds at most
+//! one store read (≤ [`MAX_READ_BYTES`] of frames, from ≤ [`CATCH_UP_SEGMENTS_PER_READ`]
+//! segments) plus the socket's write buffer; a followed output at most
+//! [`FOLLOW_CHUNKS_IN_FLIGHT`] chunks of ≤ [`MAX_READ_BYTES`] (plus one line). See
+//! `docs/stream.md`.
 //!
 //! WebSocket protocol (spec + compat.md), server frames, one JSON object per text frame:
 //! `{"type":"log","id":D,"data":{"content":L},"seq":N,"at":T}`,
@@ -48,10 +51,23 @@ use crate::store::{Store, StoreError};
 /// Segments read per blocking store call while streaming output.
 const OUTPUT_SEGMENTS_PER_READ: usize = 64;
 
-/// Segments read per blocking store call when a subscriber replays or catches up. Segments are
-/// at most 1 MiB (`store::MAX_SEGMENT_BYTES`), so one read holds at most 16 MiB, and usually a
-/// few KiB; the next read waits until these frames are handed to the socket.
+/// Segments read per blocking store call when a subscriber replays or catches up (the read also
+/// stops at [`MAX_READ_BYTES`] of frames); the next read waits until these frames are handed to
+/// the socket.
 pub const CATCH_UP_SEGMENTS_PER_READ: usize = 16;
+
+/// A replay or catch-up read stops once it rendered this much (at least one line), and a
+/// followed output's chunk once it holds this much: per-subscriber memory stays bounded even
+/// for segments of a million tiny lines.
+pub const MAX_READ_BYTES: usize = 1024 * 1024;
+
+/// A hub event whose frames would take more than this (a huge segment of tiny lines) is not
+/// rendered for everyone: each subscriber reads it from the store in bounded pieces instead. So
+/// the hub's cached frames take at most this per event.
+pub const MAX_RENDERED_EVENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Bytes a log frame adds to its line (type, id, seq, time), to estimate rendered sizes.
+const LOG_FRAME_OVERHEAD: usize = 140;
 
 /// Largest frame a subscriber may send. Subscribers only send the auth frame, which is tiny;
 /// a bigger frame closes the socket with 1009.
@@ -384,6 +400,9 @@ fn read_text_chunk(
         let skip = last.0.saturating_sub(first.0 - 1) as usize;
         out.extend_from_slice(view.text_from_line(skip));
         last = LineNo(end);
+        if out.len() >= MAX_READ_BYTES {
+            break;
+        }
     }
     Ok((out, last))
 }
@@ -417,6 +436,9 @@ fn read_sse_chunk(
             }
             out.push(b'\n');
             last = LineNo(number);
+            if out.len() >= MAX_READ_BYTES {
+                return Ok((out, last));
+            }
         }
     }
     Ok((out, last))
@@ -432,19 +454,33 @@ fn log_frames(
     view: &SegmentView,
     skip: usize,
 ) -> Vec<Utf8Bytes> {
+    log_frames_limited(deployment, first, view, skip, usize::MAX)
+}
+
+/// [`log_frames`], stopping after the line that takes the rendered size past `max_bytes`.
+fn log_frames_limited(
+    deployment: DeploymentId,
+    first: LineNo,
+    view: &SegmentView,
+    skip: usize,
+    max_bytes: usize,
+) -> Vec<Utf8Bytes> {
     let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(view.stored_at_nanos))
         .map(rfc3339)
         .unwrap_or_default();
     let prefix = format!(r#"{{"type":"log","id":"{deployment}","data":{{"content":"#);
-    let mut buf: Vec<u8> =
-        Vec::with_capacity(view.text.len() + view.line_count() * (prefix.len() + 64));
-    let mut ends = Vec::with_capacity(view.line_count());
+    let estimate = view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD;
+    let mut buf: Vec<u8> = Vec::with_capacity(estimate.min(max_bytes.saturating_add(4096)));
+    let mut ends = Vec::new();
     for (i, (_, line)) in view.lines().enumerate().skip(skip) {
         buf.extend_from_slice(prefix.as_bytes());
         serde_json::to_writer(&mut buf, line).expect("invariant: writing JSON to a Vec succeeds");
         let seq = first.0 + i as u64;
         buf.extend_from_slice(format!(r#"}},"seq":{seq},"at":"{at}"}}"#).as_bytes());
         ends.push(buf.len());
+        if buf.len() >= max_bytes {
+            break;
+        }
     }
     let buf = Bytes::from(buf);
     let mut start = 0;
@@ -486,6 +522,13 @@ fn render_event(event: &Event) -> Box<[Utf8Bytes]> {
             Box::new([status_frame(event.deployment_id, *status, *seq)])
         }
         EventKind::Logs { first, segment } => match SegmentView::parse(segment) {
+            // Too big to cache for everyone: subscribers read it from the store (see on_event).
+            Ok(view)
+                if view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD
+                    > MAX_RENDERED_EVENT_BYTES =>
+            {
+                Box::new([])
+            }
             Ok(view) => log_frames(event.deployment_id, *first, &view, 0).into_boxed_slice(),
             Err(err) => {
                 tracing::error!(error = %err, deployment = %event.deployment_id, "unreadable segment in a hub event");
@@ -504,6 +547,7 @@ fn read_log_frames(
     until: LineNo,
 ) -> Result<(Vec<Utf8Bytes>, LineNo), StoreError> {
     let mut frames = Vec::new();
+    let mut rendered = 0;
     let mut last = after;
     for entry in store
         .segments_after(id, after)
@@ -519,11 +563,14 @@ fn read_log_frames(
             continue;
         }
         let skip = last.0.saturating_sub(first.0 - 1) as usize;
-        let mut segment = log_frames(id, first, &view, skip);
-        let end = end.min(until.0);
-        segment.truncate((end - last.0) as usize);
+        let mut segment = log_frames_limited(id, first, &view, skip, MAX_READ_BYTES - rendered);
+        segment.truncate((end.min(until.0) - last.0) as usize);
+        rendered += segment.iter().map(|f| f.len()).sum::<usize>();
+        last = LineNo(last.0 + segment.len() as u64);
         frames.extend(segment);
-        last = LineNo(end);
+        if rendered >= MAX_READ_BYTES || last >= until {
+            break;
+        }
     }
     Ok((frames, last))
 }
@@ -873,12 +920,14 @@ where
                 self.mark_status(id, *status);
                 Ok(())
             }
-            (EventKind::Logs { first, .. }, Some(sent)) => {
-                let end = LineNo(first.0 + frames.len() as u64).0.saturating_sub(1);
-                if frames.is_empty() || end <= sent.line.0 {
+            (EventKind::Logs { first, segment }, Some(sent)) => {
+                let count = SegmentView::parse(segment).map_or(0, |v| v.line_count()) as u64;
+                let end = (first.0 + count).saturating_sub(1);
+                if count == 0 || end <= sent.line.0 {
                     return Ok(());
                 }
-                if first.0 > sent.line.0 + 1 {
+                if first.0 > sent.line.0 + 1 || frames.len() as u64 != count {
+                    // A gap, or an event too big to render for everyone: read the store.
                     return self.catch_up(id, false).await;
                 }
                 let skip = (sent.line.0 + 1 - first.0) as usize;
