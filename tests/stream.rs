@@ -191,8 +191,12 @@ async fn live_events_arrive_in_store_order_across_statuses_and_logs() {
     let server = Server::start();
     let admin = server.admin();
     let app = server.create_app(&admin, "live").await;
+    // A finished deployment, whose replay proves the subscription is live (the server
+    // subscribes before it replays) before the deployment under test starts.
+    let mut earlier = push::start(&server.url, "live", &server.admin_token, "r0").await;
+    earlier.finish("success").await;
     let mut ws = subscribe(&app, &server.admin_token, json!({})).await;
-    // Nothing to replay: prove the subscription is live with a ping-free round trip first.
+    events_until_status(&mut ws, &earlier.id(), "success").await;
     let mut pusher = push::start(&server.url, "live", &server.admin_token, "r1").await;
     let id = pusher.id();
     pusher.logs(&["b1", "b2"]).await;
