@@ -8,9 +8,11 @@
 //! publish that finds no subscriber left.
 //!
 //! The hub also keeps a `watch` of the status of every unfinished deployment, so that the session
-//! driving a queued deployment learns when it may start.
+//! driving a queued deployment learns when it may start, and the recent status history of each
+//! deployment (the store keeps only the current status), so that a subscriber catching up after
+//! a lag still sends every status change, at its line number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -24,6 +26,11 @@ use crate::status::Status;
 /// `store::MAX_SEGMENT_BYTES` (1 MiB), an app's channel holds at most 256 MiB of log text in
 /// the worst case, and usually far less (a batch is what arrived during one group commit).
 pub const APP_CHANNEL_CAPACITY: usize = 256;
+
+/// Finished deployments whose status history is kept (oldest forgotten first). A subscriber
+/// needs the history only while catching up on a deployment that just changed, so this is
+/// generous; it costs at most a few hundred KiB.
+pub const MAX_FINISHED_HISTORIES: usize = 4096;
 
 /// What happened, as stored.
 #[derive(Debug, Clone)]
@@ -68,6 +75,14 @@ pub struct Hub {
     // std Mutex: held only for map lookups, never across an await.
     apps: Mutex<HashMap<AppId, broadcast::Sender<Arc<Event>>>>,
     statuses: Mutex<HashMap<DeploymentId, watch::Sender<Status>>>,
+    histories: Mutex<Histories>,
+}
+
+/// Status changes per deployment, `(status, last line number at that moment)`, in order.
+#[derive(Default)]
+struct Histories {
+    by_deployment: HashMap<DeploymentId, Vec<(Status, LineNo)>>,
+    finished: VecDeque<DeploymentId>,
 }
 
 impl Hub {
@@ -87,6 +102,8 @@ impl Hub {
 
     /// Publishes committed events of one app, in order. Never blocks.
     pub fn publish(&self, app: AppId, events: impl IntoIterator<Item = Event>) {
+        let events: Vec<Event> = events.into_iter().collect();
+        self.record_history(&events);
         let mut apps = self.apps.lock().expect("invariant: hub lock not poisoned");
         let Some(tx) = apps.get(&app) else {
             return;
@@ -99,6 +116,42 @@ impl Hub {
             // Err only when the last receiver went away meanwhile: nothing to deliver.
             let _ = tx.send(Arc::new(event));
         }
+    }
+
+    fn record_history(&self, events: &[Event]) {
+        let mut histories = self
+            .histories
+            .lock()
+            .expect("invariant: hub lock not poisoned");
+        for event in events {
+            if let EventKind::Status { status, seq } = event.kind {
+                histories
+                    .by_deployment
+                    .entry(event.deployment_id)
+                    .or_default()
+                    .push((status, seq));
+                if status.is_terminal() {
+                    histories.finished.push_back(event.deployment_id);
+                    while histories.finished.len() > MAX_FINISHED_HISTORIES {
+                        if let Some(old) = histories.finished.pop_front() {
+                            histories.by_deployment.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The status changes of a deployment published since this process started, in order, each
+    /// with the last line number stored before it. Empty when unknown (older, or forgotten).
+    pub fn status_history(&self, id: DeploymentId) -> Vec<(Status, LineNo)> {
+        self.histories
+            .lock()
+            .expect("invariant: hub lock not poisoned")
+            .by_deployment
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Number of apps with a live channel (for tests and metrics).

@@ -1,32 +1,138 @@
-//! Deployment output: the plain-text `/output`, and (issue 3) the live WebSocket stream and the
-//! followed output.
+//! Deployment output: the plain-text `/output` (optionally followed live, as text or as
+//! Server-Sent Events), and the subscribers' WebSocket at `/apps/{app}`.
+//!
+//! Both live paths follow the same rule (DESIGN.md, "Hub and the live stream"): subscribe to the
+//! app's hub channel FIRST, then read from the store what is already there, then take live
+//! events, dropping what was already sent (per deployment: log lines by line number, statuses by
+//! their rank, since statuses only move forward). A subscriber that falls behind the channel
+//! (`Lagged`) or sees a gap catches up from the store the same way and rejoins live. So no line
+//! is lost or repeated, whatever the subscriber's speed, and the wire order is the store order.
+//!
+//! Memory per subscriber is bounded: the hub's channel and its rendered frames are shared (at
+//! most [`MAX_RENDERED_EVENT_BYTES`] of frames per event); a WebSocket subscriber holds at most
+//! one store read (≤ [`MAX_READ_BYTES`] of frames, from ≤ [`CATCH_UP_SEGMENTS_PER_READ`]
+//! segments) plus the socket's write buffer; a followed output at most
+//! [`FOLLOW_CHUNKS_IN_FLIGHT`] chunks of ≤ [`MAX_READ_BYTES`] (plus one line). See
+//! `docs/stream.md`.
+//!
+//! WebSocket protocol (spec + compat.md), server frames, one JSON object per text frame:
+//! `{"type":"log","id":D,"data":{"content":L},"seq":N,"at":T}`,
+//! `{"type":"status","id":D,"data":{"status":S},"seq":N}`, `{"type":"new","data":{"deployment":D}}`,
+//! `{"type":"ping","data":{"ts":U}}`. `seq` and `at` are extras that spec clients ignore.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::header;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{stream, Sink, SinkExt, StreamExt};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
 
-use super::access::Caller;
+use super::access::{find_app, Caller};
 use super::deployments::find_deployment;
+use super::views::rfc3339;
 use super::{ApiError, AppState};
-use crate::model::{Deployment, DeploymentId, LineNo};
+use crate::hub::{Event, EventKind};
+use crate::model::{AppId, Deployment, DeploymentId, LineNo};
+use crate::status::Status;
 use crate::store::codec::SegmentView;
+use crate::store::{Store, StoreError};
 
 /// Segments read per blocking store call while streaming output.
 const OUTPUT_SEGMENTS_PER_READ: usize = 64;
 
+/// Segments read per blocking store call when a subscriber replays or catches up (the read also
+/// stops at [`MAX_READ_BYTES`] of frames); the next read waits until these frames are handed to
+/// the socket.
+pub const CATCH_UP_SEGMENTS_PER_READ: usize = 16;
+
+/// A replay or catch-up read stops once it rendered this much (at least one line), and a
+/// followed output's chunk once it holds this much: per-subscriber memory stays bounded even
+/// for segments of a million tiny lines.
+pub const MAX_READ_BYTES: usize = 1024 * 1024;
+
+/// A hub event whose frames would take more than this (a huge segment of tiny lines) is not
+/// rendered for everyone: each subscriber reads it from the store in bounded pieces instead. So
+/// the hub's cached frames take at most this per event.
+pub const MAX_RENDERED_EVENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Bytes a log frame adds to its line (type, id, seq, time), to estimate rendered sizes.
+const LOG_FRAME_OVERHEAD: usize = 140;
+
+/// Largest frame a subscriber may send. Subscribers only send the auth frame, which is tiny;
+/// a bigger frame closes the socket with 1009.
+pub const MAX_SUBSCRIBER_FRAME_BYTES: usize = 64 * 1024;
+
+/// Newest deployments of the app looked at for the replay after auth. There is at most one
+/// running deployment per app (plus the queued ones behind it), so this is plenty.
+const REPLAY_SCAN_LIMIT: u64 = 32;
+
+/// Resume entries accepted in one auth frame.
+const MAX_RESUME_ENTRIES: usize = 64;
+
+/// Live events written to the socket before one flush: batching writes is what makes fan-out to
+/// thousands of sockets cheap, and this bounds the latency a batch adds.
+const MAX_EVENTS_PER_FLUSH: usize = 64;
+
+/// Deployments a socket remembers (for deduplication) before it forgets finished ones, oldest
+/// first. Events of a finished deployment stop coming, so forgetting it is safe.
+const MAX_TRACKED_DEPLOYMENTS: usize = 256;
+
+/// A subscriber whose socket accepts no byte for this long is disconnected (a dead peer, or a
+/// client that stopped reading for good). Until then it only costs its bounded buffers.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Chunks a followed output may have produced ahead of the client reading them.
+const FOLLOW_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Close codes sent to subscribers (4000–4999 are the application's range).
+pub mod close {
+    /// The auth frame's token is invalid, expired or revoked.
+    pub const BAD_TOKEN: u16 = 4001;
+    /// The app does not exist or the token's user may not see it (one answer for both).
+    pub const APP_NOT_FOUND: u16 = 4004;
+    /// No auth frame within the auth timeout.
+    pub const AUTH_TIMEOUT: u16 = 4008;
+    /// The first frame was not an auth frame (not JSON, another type, no token).
+    pub const POLICY: u16 = super::close_code::POLICY;
+    /// A binary frame before auth.
+    pub const UNSUPPORTED: u16 = super::close_code::UNSUPPORTED;
+    /// A frame larger than `MAX_SUBSCRIBER_FRAME_BYTES`.
+    pub const TOO_BIG: u16 = super::close_code::SIZE;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = super::close_code::AWAY;
+    /// The store failed.
+    pub const INTERNAL: u16 = super::close_code::ERROR;
+}
+
+// ---- plain output and follow ---------------------------------------------------------------
+
 /// `GET /v1/apps/{app}/deployments/{id}/output`: `text/plain` whatever `Accept` says, streamed
-/// from the store segment by segment; 404 JSON when there is no output.
+/// from the store segment by segment; 404 JSON when there is no output. With `?follow=true`
+/// the body stays open until the deployment reaches a terminal status; with
+/// `Accept: text/event-stream` it is Server-Sent Events. `?after=N`, `Last-Event-ID: N` or
+/// `Range: lines=M-` start after line N (resp. at line M).
 pub async fn output(
     State(state): State<AppState>,
     caller: Caller,
     Path((app, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let request = OutputRequest::parse(query.as_deref(), &headers)?;
     let (app, _) = caller.app(&state, &app).await?;
     let deployment = find_deployment(&state, &app, &id).await?;
-    plain_output(state, deployment)
+    respond_output(state, deployment, request)
 }
 
 /// `GET /v1/deployments/{id}/output`: the same, for the `links.output` shape of the spec's
@@ -35,7 +141,10 @@ pub async fn output_by_id(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let request = OutputRequest::parse(query.as_deref(), &headers)?;
     let id: DeploymentId = id.parse().map_err(|_| ApiError::NotFound("deployment"))?;
     let deployment = state
         .read(move |store| store.deployment(id))
@@ -45,15 +154,201 @@ pub async fn output_by_id(
         .app(&state, &deployment.app_id.to_string())
         .await
         .map_err(|_| ApiError::NotFound("deployment"))?;
-    plain_output(state, deployment)
+    respond_output(state, deployment, request)
 }
 
-fn plain_output(state: AppState, deployment: Deployment) -> Result<Response, ApiError> {
-    if deployment.last_line == LineNo(0) {
-        return Err(ApiError::NotFound("output"));
+/// What an `/output` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OutputRequest {
+    follow: bool,
+    sse: bool,
+    after: LineNo,
+}
+
+impl OutputRequest {
+    fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let sse = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
+        let mut follow = sse;
+        let mut after = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "follow" => {
+                    follow = match value {
+                        "" | "true" | "1" => true,
+                        "false" | "0" => sse,
+                        _ => {
+                            return Err(ApiError::BadRequest(format!(
+                                "follow must be true or false, got {value:?}"
+                            )))
+                        }
+                    }
+                }
+                "after" => {
+                    after = Some(value.parse::<u64>().map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "after must be a line number (0 or more), got {value:?}"
+                        ))
+                    })?)
+                }
+                _ => {}
+            }
+        }
+        if after.is_none() {
+            if let Some(value) = headers.get("last-event-id") {
+                let text = value.to_str().unwrap_or("").trim();
+                after = Some(text.parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "Last-Event-ID must be a line number, got {text:?}"
+                    ))
+                })?);
+            }
+        }
+        if after.is_none() {
+            if let Some(value) = headers.get(header::RANGE) {
+                let text = value.to_str().unwrap_or("").trim();
+                let first = text
+                    .strip_prefix("lines=")
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "Range must be lines=N- (from line N on), got {text:?}"
+                        ))
+                    })?;
+                after = Some(first.saturating_sub(1));
+            }
+        }
+        Ok(Self {
+            follow,
+            sse,
+            after: LineNo(after.unwrap_or(0)),
+        })
     }
-    let body = Body::from_stream(stored_text(state, deployment.id, LineNo(0)));
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+fn respond_output(
+    state: AppState,
+    deployment: Deployment,
+    request: OutputRequest,
+) -> Result<Response, ApiError> {
+    if !request.follow {
+        if deployment.last_line == LineNo(0) {
+            return Err(ApiError::NotFound("output"));
+        }
+        let body = Body::from_stream(stored_text(state, deployment.id, request.after));
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(FOLLOW_CHUNKS_IN_FLIGHT);
+    let format = if request.sse {
+        FollowFormat::Sse
+    } else {
+        FollowFormat::Text
+    };
+    tokio::spawn(follow(state, deployment, request.after, format, tx));
+    let body = Body::from_stream(stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(Ok::<_, std::io::Error>))
+    }));
+    let content_type = match format {
+        FollowFormat::Sse => "text/event-stream",
+        FollowFormat::Text => "text/plain; charset=utf-8",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowFormat {
+    Text,
+    Sse,
+}
+
+/// Feeds a followed output into `tx` until the deployment ends, the client goes away or the
+/// server shuts down. Lines come from the store; hub events only say when to read again, so a
+/// slow reader simply reads more per round.
+async fn follow(
+    state: AppState,
+    deployment: Deployment,
+    after: LineNo,
+    format: FollowFormat,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let id = deployment.id;
+    let mut live = state.hub.subscribe(deployment.app_id);
+    let mut cursor = after;
+    let mut told: Option<Status> = None;
+    loop {
+        let record = match state.read(move |store| store.deployment(id)).await {
+            Ok(Some(record)) => record,
+            _ => return,
+        };
+        while cursor < record.last_line {
+            let store = state.store.clone();
+            let from = cursor;
+            let read = tokio::task::spawn_blocking(move || match format {
+                FollowFormat::Text => read_text_chunk(&store, id, from),
+                FollowFormat::Sse => read_sse_chunk(&store, id, from),
+            })
+            .await;
+            let Ok(Ok((chunk, last))) = read else {
+                return;
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            cursor = last;
+            if !send_chunk(&state, &tx, Bytes::from(chunk)).await {
+                return;
+            }
+        }
+        if format == FollowFormat::Sse && told != Some(record.status) {
+            told = Some(record.status);
+            let event = format!(
+                "event: status\ndata: {}\n\n",
+                serde_json::json!({"status": record.status.as_str(), "seq": cursor.0})
+            );
+            if !send_chunk(&state, &tx, Bytes::from(event)).await {
+                return;
+            }
+        }
+        if record.status.is_terminal() {
+            // No line is appended after a terminal status: everything was sent.
+            return;
+        }
+        // Wait until something happens to this deployment (or we fell behind), then read again.
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) if event.deployment_id == id => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                () = tx.closed() => return,
+                () = state.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Sends one chunk of a followed output; false when the client or the server went away.
+async fn send_chunk(state: &AppState, tx: &mpsc::Sender<Bytes>, chunk: Bytes) -> bool {
+    tokio::select! {
+        sent = tx.send(chunk) => sent.is_ok(),
+        () = state.shutdown.cancelled() => false,
+    }
 }
 
 /// The stored text of a deployment after line `after`, read in chunks off the executor.
@@ -85,10 +380,10 @@ pub fn stored_text(
 /// Up to [`OUTPUT_SEGMENTS_PER_READ`] segments of text after line `after`, and the last line
 /// number included.
 fn read_text_chunk(
-    store: &crate::store::Store,
+    store: &Store,
     id: DeploymentId,
     after: LineNo,
-) -> Result<(Vec<u8>, LineNo), crate::store::StoreError> {
+) -> Result<(Vec<u8>, LineNo), StoreError> {
     let mut out = Vec::new();
     let mut last = after;
     for entry in store
@@ -105,11 +400,785 @@ fn read_text_chunk(
         let skip = last.0.saturating_sub(first.0 - 1) as usize;
         out.extend_from_slice(view.text_from_line(skip));
         last = LineNo(end);
+        if out.len() >= MAX_READ_BYTES {
+            break;
+        }
     }
     Ok((out, last))
 }
 
-/// `GET /apps/{app}`: the live deployments stream (issue 3).
-pub async fn upgrade() -> Result<Response, ApiError> {
-    Err(ApiError::NotFound("stream"))
+/// Like [`read_text_chunk`], as Server-Sent Events: one event per line, `id:` = line number.
+/// A `\r` inside a line would end an SSE line, so the line is split there into several `data:`
+/// fields (which SSE clients join with `\n`).
+fn read_sse_chunk(
+    store: &Store,
+    id: DeploymentId,
+    after: LineNo,
+) -> Result<(Vec<u8>, LineNo), StoreError> {
+    let mut out = Vec::new();
+    let mut last = after;
+    for entry in store
+        .segments_after(id, after)
+        .take(OUTPUT_SEGMENTS_PER_READ)
+    {
+        let (first, bytes) = entry?;
+        let view = SegmentView::parse(&bytes)?;
+        for (i, (_, line)) in view.lines().enumerate() {
+            let number = first.0 + i as u64;
+            if number <= last.0 {
+                continue;
+            }
+            out.extend_from_slice(format!("id: {number}\n").as_bytes());
+            for piece in line.split('\r') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(piece.as_bytes());
+                out.push(b'\n');
+            }
+            out.push(b'\n');
+            last = LineNo(number);
+            if out.len() >= MAX_READ_BYTES {
+                return Ok((out, last));
+            }
+        }
+    }
+    Ok((out, last))
+}
+
+// ---- the WebSocket stream: frames ----------------------------------------------------------
+
+/// Renders the WebSocket frames of lines `skip..` of a segment starting at line `first`: one
+/// buffer for all of them, sliced per frame.
+fn log_frames(
+    deployment: DeploymentId,
+    first: LineNo,
+    view: &SegmentView,
+    skip: usize,
+) -> Vec<Utf8Bytes> {
+    log_frames_limited(deployment, first, view, skip, usize::MAX)
+}
+
+/// [`log_frames`], stopping after the line that takes the rendered size past `max_bytes`.
+fn log_frames_limited(
+    deployment: DeploymentId,
+    first: LineNo,
+    view: &SegmentView,
+    skip: usize,
+    max_bytes: usize,
+) -> Vec<Utf8Bytes> {
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(view.stored_at_nanos))
+        .map(rfc3339)
+        .unwrap_or_default();
+    let prefix = format!(r#"{{"type":"log","id":"{deployment}","data":{{"content":"#);
+    let estimate = view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD;
+    let mut buf: Vec<u8> = Vec::with_capacity(estimate.min(max_bytes.saturating_add(4096)));
+    let mut ends = Vec::new();
+    for (i, (_, line)) in view.lines().enumerate().skip(skip) {
+        buf.extend_from_slice(prefix.as_bytes());
+        serde_json::to_writer(&mut buf, line).expect("invariant: writing JSON to a Vec succeeds");
+        let seq = first.0 + i as u64;
+        buf.extend_from_slice(format!(r#"}},"seq":{seq},"at":"{at}"}}"#).as_bytes());
+        ends.push(buf.len());
+        if buf.len() >= max_bytes {
+            break;
+        }
+    }
+    let buf = Bytes::from(buf);
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let frame = buf.slice(start..end);
+            start = end;
+            Utf8Bytes::try_from(frame).expect("invariant: rendered JSON is UTF-8")
+        })
+        .collect()
+}
+
+fn status_frame(deployment: DeploymentId, status: Status, seq: LineNo) -> Utf8Bytes {
+    format!(
+        r#"{{"type":"status","id":"{deployment}","data":{{"status":"{}"}},"seq":{}}}"#,
+        status.as_str(),
+        seq.0
+    )
+    .into()
+}
+
+fn new_frame(deployment: DeploymentId) -> Utf8Bytes {
+    format!(r#"{{"type":"new","data":{{"deployment":"{deployment}"}}}}"#).into()
+}
+
+fn ping_frame() -> Utf8Bytes {
+    format!(
+        r#"{{"type":"ping","data":{{"ts":{}}}}}"#,
+        OffsetDateTime::now_utc().unix_timestamp()
+    )
+    .into()
+}
+
+/// The frames of a hub event, rendered once for every subscriber.
+fn render_event(event: &Event) -> Box<[Utf8Bytes]> {
+    match &event.kind {
+        EventKind::New => Box::new([new_frame(event.deployment_id)]),
+        EventKind::Status { status, seq } => {
+            Box::new([status_frame(event.deployment_id, *status, *seq)])
+        }
+        EventKind::Logs { first, segment } => match SegmentView::parse(segment) {
+            // Too big to cache for everyone: subscribers read it from the store (see on_event).
+            Ok(view)
+                if view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD
+                    > MAX_RENDERED_EVENT_BYTES =>
+            {
+                Box::new([])
+            }
+            Ok(view) => log_frames(event.deployment_id, *first, &view, 0).into_boxed_slice(),
+            Err(err) => {
+                tracing::error!(error = %err, deployment = %event.deployment_id, "unreadable segment in a hub event");
+                Box::new([])
+            }
+        },
+    }
+}
+
+/// Frames of the stored lines after `after`, up to [`CATCH_UP_SEGMENTS_PER_READ`] segments, and
+/// the last line number included (`after` when there is none).
+fn read_log_frames(
+    store: &Store,
+    id: DeploymentId,
+    after: LineNo,
+    until: LineNo,
+) -> Result<(Vec<Utf8Bytes>, LineNo), StoreError> {
+    let mut frames = Vec::new();
+    let mut rendered = 0;
+    let mut last = after;
+    for entry in store
+        .segments_after(id, after)
+        .take(CATCH_UP_SEGMENTS_PER_READ)
+    {
+        let (first, bytes) = entry?;
+        if first > until {
+            break;
+        }
+        let view = SegmentView::parse(&bytes)?;
+        let end = first.0 + view.line_count() as u64 - 1;
+        if end <= last.0 {
+            continue;
+        }
+        let skip = last.0.saturating_sub(first.0 - 1) as usize;
+        let mut segment = log_frames_limited(id, first, &view, skip, MAX_READ_BYTES - rendered);
+        segment.truncate((end.min(until.0) - last.0) as usize);
+        rendered += segment.iter().map(|f| f.len()).sum::<usize>();
+        last = LineNo(last.0 + segment.len() as u64);
+        frames.extend(segment);
+        if rendered >= MAX_READ_BYTES || last >= until {
+            break;
+        }
+    }
+    Ok((frames, last))
+}
+
+// ---- the WebSocket stream: connection ------------------------------------------------------
+
+/// `GET /apps/{app}` (the URL of `links.deployments_stream`): the live deployments stream. No
+/// credentials on the upgrade (compat.md); the first frame authenticates. Query parameters
+/// `deployment=D&after=N` resume deployment D after line N.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let resume = parse_resume_query(query.as_deref())?;
+    let ws = ws.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "this is the deployments WebSocket stream: {rejection}"
+        ))
+    })?;
+    Ok(ws
+        .max_message_size(MAX_SUBSCRIBER_FRAME_BYTES)
+        .max_frame_size(MAX_SUBSCRIBER_FRAME_BYTES)
+        .on_upgrade(move |socket| run_socket(state, app, resume, socket)))
+}
+
+/// Resume points: deployment id → last line the client has.
+type Resume = BTreeMap<DeploymentId, LineNo>;
+
+fn parse_resume_query(query: Option<&str>) -> Result<Resume, ApiError> {
+    let mut deployment = None;
+    let mut after = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "deployment" => {
+                deployment = Some(value.parse::<DeploymentId>().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "deployment must be a deployment id, got {value:?}"
+                    ))
+                })?)
+            }
+            "after" => {
+                after = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest(format!("after must be a line number, got {value:?}"))
+                })?)
+            }
+            _ => {}
+        }
+    }
+    let mut resume = Resume::new();
+    match (deployment, after) {
+        (Some(id), after) => {
+            resume.insert(id, LineNo(after.unwrap_or(0)));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "after needs deployment=<id> (the deployment to resume)".into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    Ok(resume)
+}
+
+/// Why a subscriber's stream ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed or the connection broke.
+    ClientGone,
+    /// The server is shutting down.
+    Shutdown,
+    /// The socket accepted nothing for [`WRITE_STALL_TIMEOUT`].
+    Stalled,
+    /// A store read failed.
+    Store(String),
+    /// The client must be closed with this code and reason.
+    Refused(u16, &'static str),
+}
+
+impl From<ApiError> for End {
+    fn from(err: ApiError) -> Self {
+        End::Store(err.to_string())
+    }
+}
+
+async fn run_socket(state: AppState, app: String, resume: Resume, socket: WebSocket) {
+    let (mut sink, mut source) = socket.split();
+    let outcome = async {
+        let (app_id, resume) = authenticate(&state, &app, resume, &mut source).await?;
+        let live = state.hub.subscribe(app_id);
+        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut sink);
+        subscriber.run(live, resume, &mut source).await
+    }
+    .await;
+    let close = match outcome {
+        Ok(()) | Err(End::ClientGone) | Err(End::Stalled) => None,
+        Err(End::Shutdown) => Some((close::GOING_AWAY, "deployd is shutting down")),
+        Err(End::Refused(code, reason)) => Some((code, reason)),
+        Err(End::Store(err)) => {
+            tracing::error!(error = %err, app, "deployments stream ended by a store error");
+            Some((close::INTERNAL, "internal error"))
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        // Best effort, bounded: the peer may be gone or not reading.
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+    }
+}
+
+/// Waits for the auth frame; returns the app and the resume points (query ∪ auth frame).
+async fn authenticate<S>(
+    state: &AppState,
+    app: &str,
+    mut resume: Resume,
+    source: &mut S,
+) -> Result<(AppId, Resume), End>
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + state.config.stream.auth_timeout;
+    let text = loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, source.next()) => next,
+            () = state.shutdown.cancelled() => return Err(End::Shutdown),
+        };
+        match next {
+            Err(_) => {
+                return Err(End::Refused(
+                    close::AUTH_TIMEOUT,
+                    "no auth frame received in time",
+                ))
+            }
+            Ok(None) => return Err(End::ClientGone),
+            Ok(Some(Err(err))) => return Err(read_error(&err)),
+            Ok(Some(Ok(Message::Text(text)))) => break text,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                return Err(End::Refused(
+                    close::UNSUPPORTED,
+                    "binary frames are not supported; send a JSON auth frame",
+                ))
+            }
+            Ok(Some(Ok(Message::Close(_)))) => return Err(End::ClientGone),
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let frame = AuthFrame::parse(&text).ok_or(End::Refused(
+        close::POLICY,
+        r#"the first frame must be {"type":"auth","data":{"token":"..."}}"#,
+    ))?;
+    for (id, after) in frame.resume {
+        resume.insert(id, after);
+    }
+    let caller = super::access::authenticate_token(state, &frame.token)
+        .await
+        .map_err(|err| match err {
+            ApiError::Unauthorized(_) => End::Refused(close::BAD_TOKEN, "invalid token"),
+            other => End::from(other),
+        })?;
+    let user = caller.user;
+    let name = app.to_owned();
+    let found = state
+        .read(move |store| find_app(store, &user, &name))
+        .await?;
+    let Some((app, _)) = found else {
+        return Err(End::Refused(close::APP_NOT_FOUND, "app not found"));
+    };
+    Ok((app.id, resume))
+}
+
+/// Maps a read error: a too-big frame gets 1009, anything else means the client is gone.
+fn read_error(err: &axum::Error) -> End {
+    let text = err.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        End::Refused(close::TOO_BIG, "frame too large")
+    } else {
+        End::ClientGone
+    }
+}
+
+/// A parsed auth frame.
+#[derive(Debug, PartialEq)]
+struct AuthFrame {
+    token: String,
+    resume: Resume,
+}
+
+impl AuthFrame {
+    /// `{"type":"auth","data":{"token":"…","resume":{"<deployment id>":N,…}}}`; also
+    /// `"deployment":"<id>","after":N` in `data` for one deployment. Invalid or too many resume
+    /// entries make the whole frame invalid (`None`), like a missing token.
+    fn parse(text: &str) -> Option<Self> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        if value.get("type")?.as_str()? != "auth" {
+            return None;
+        }
+        let data = value.get("data")?;
+        let token = data.get("token")?.as_str()?.to_owned();
+        let mut resume = Resume::new();
+        if let Some(map) = data.get("resume") {
+            let map = map.as_object()?;
+            if map.len() > MAX_RESUME_ENTRIES {
+                return None;
+            }
+            for (id, after) in map {
+                resume.insert(id.parse().ok()?, LineNo(after.as_u64()?));
+            }
+        }
+        if let Some(id) = data.get("deployment") {
+            let after = match data.get("after") {
+                Some(after) => after.as_u64()?,
+                None => 0,
+            };
+            resume.insert(id.as_str()?.parse().ok()?, LineNo(after));
+        }
+        Some(Self { token, resume })
+    }
+}
+
+/// What a socket already sent of one deployment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    line: LineNo,
+    /// Rank (`Status::code`) of the last status sent.
+    status: Option<u8>,
+    finished: bool,
+}
+
+/// One authenticated subscriber: writes replay, catch-up and live frames to its sink.
+struct Subscriber<'a, S> {
+    state: AppState,
+    app: AppId,
+    sink: &'a mut S,
+    sent: BTreeMap<DeploymentId, Sent>,
+}
+
+impl<'a, S> Subscriber<'a, S>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    fn new(state: AppState, app: AppId, sink: &'a mut S) -> Self {
+        Self {
+            state,
+            app,
+            sink,
+            sent: BTreeMap::new(),
+        }
+    }
+
+    async fn run<R>(
+        &mut self,
+        mut live: broadcast::Receiver<Arc<Event>>,
+        resume: Resume,
+        source: &mut R,
+    ) -> Result<(), End>
+    where
+        R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        // Resume points first, so the replay sends only what follows them.
+        for (id, after) in &resume {
+            self.sent.insert(
+                *id,
+                Sent {
+                    line: *after,
+                    ..Sent::default()
+                },
+            );
+        }
+        self.catch_up_app(&resume, false).await?;
+        self.flush().await?;
+        let period = self.state.config.stream.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                received = live.recv() => {
+                    self.on_received(received).await?;
+                    // Take whatever else is already there, then flush once.
+                    for _ in 1..MAX_EVENTS_PER_FLUSH {
+                        match live.try_recv() {
+                            Ok(event) => self.on_received(Ok(event)).await?,
+                            Err(TryRecvError::Lagged(n)) => self.on_received(Err(RecvError::Lagged(n))).await?,
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Closed) => return Err(End::Shutdown),
+                        }
+                    }
+                    self.flush().await?;
+                }
+                _ = ping.tick() => {
+                    self.feed(ping_frame()).await?;
+                    self.flush().await?;
+                }
+                message = source.next() => match message {
+                    // After auth, client frames (a second auth, unknown types, binary) are
+                    // ignored; only a close or a broken connection ends the stream.
+                    Some(Ok(Message::Close(_))) | None => return Err(End::ClientGone),
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => return Err(read_error(&err)),
+                },
+                () = shutdown.cancelled() => return Err(End::Shutdown),
+            }
+        }
+    }
+
+    async fn on_received(&mut self, received: Result<Arc<Event>, RecvError>) -> Result<(), End> {
+        match received {
+            Ok(event) => self.on_event(&event).await,
+            // Fell behind the channel: what was skipped is in the store.
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::debug!(app = %self.app, skipped, "subscriber lagged; catching up from the store");
+                self.catch_up_app(&Resume::new(), true).await
+            }
+            // The hub never drops a channel with receivers; treat it as the end of the server.
+            Err(RecvError::Closed) => Err(End::Shutdown),
+        }
+    }
+
+    async fn on_event(&mut self, event: &Event) -> Result<(), End> {
+        if event.app_id != self.app {
+            return Ok(());
+        }
+        let id = event.deployment_id;
+        let frames = event.ws_frames(render_event);
+        match (&event.kind, self.sent.get(&id).copied()) {
+            (EventKind::New, None) => {
+                self.track(id, Sent::default());
+                self.feed_all(frames).await
+            }
+            (EventKind::New, Some(_)) => Ok(()),
+            // A deployment we know nothing of (its `new` was missed): read it from the store.
+            (_, None) => self.catch_up(id, true).await,
+            (EventKind::Status { status, seq }, Some(sent)) => {
+                if *seq > sent.line {
+                    // Lines before this status are missing: the store has them, and the status.
+                    return self.catch_up(id, false).await;
+                }
+                if sent.status.is_some_and(|s| s >= status.code()) {
+                    return Ok(());
+                }
+                self.feed_all(frames).await?;
+                self.mark_status(id, *status);
+                Ok(())
+            }
+            (EventKind::Logs { first, segment }, Some(sent)) => {
+                let count = SegmentView::parse(segment).map_or(0, |v| v.line_count()) as u64;
+                let end = (first.0 + count).saturating_sub(1);
+                if count == 0 || end <= sent.line.0 {
+                    return Ok(());
+                }
+                if first.0 > sent.line.0 + 1 || frames.len() as u64 != count {
+                    // A gap, or an event too big to render for everyone: read the store.
+                    return self.catch_up(id, false).await;
+                }
+                let skip = (sent.line.0 + 1 - first.0) as usize;
+                self.feed_all(&frames[skip..]).await?;
+                if let Some(entry) = self.sent.get_mut(&id) {
+                    entry.line = LineNo(end);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Replays (or, after a lag, catches up) every deployment of the app that is running, just
+    /// finished, or named in `resume`, oldest first. `announce`: send `new` for deployments this
+    /// socket did not know yet.
+    async fn catch_up_app(&mut self, resume: &Resume, announce: bool) -> Result<(), End> {
+        let app = self.app;
+        let window = self.state.config.stream.replay_window;
+        let resumed: Vec<DeploymentId> = resume.keys().copied().collect();
+        let mut ids = self
+            .state
+            .read(move |store| {
+                let cutoff = OffsetDateTime::now_utc() - window;
+                let mut ids = Vec::new();
+                for id in store.deployment_ids(app, 0, REPLAY_SCAN_LIMIT)? {
+                    if let Some(d) = store.deployment(id)? {
+                        if d.finished_at.is_none_or(|at| at >= cutoff) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Ok(ids)
+            })
+            .await?;
+        for id in resumed {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        // UUIDv7: id order is creation order.
+        ids.sort();
+        for id in ids {
+            if self.sent.get(&id).is_some_and(|s| s.finished) {
+                continue;
+            }
+            let known = self.sent.contains_key(&id);
+            self.catch_up(id, announce && !known).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the store has of one deployment beyond what was sent: its lines (up to the
+    /// last line stored when its record was read), each status change it missed at its line
+    /// number (from the hub's status history), and its current status.
+    async fn catch_up(&mut self, id: DeploymentId, announce: bool) -> Result<(), End> {
+        let record = self.state.read(move |store| store.deployment(id)).await?;
+        let Some(record) = record.filter(|d| d.app_id == self.app) else {
+            // Deleted, or another app's (a bad resume id): nothing to send.
+            self.sent.remove(&id);
+            return Ok(());
+        };
+        let mut sent = self.sent.get(&id).copied().unwrap_or_default();
+        if announce && !self.sent.contains_key(&id) {
+            self.feed(new_frame(id)).await?;
+        }
+        self.track(id, sent);
+        // Read after the record: the history holds at least the record's status, if any.
+        let mut statuses: Vec<(Status, LineNo)> = self
+            .state
+            .hub
+            .status_history(id)
+            .into_iter()
+            .filter(|(status, _)| sent.status.is_none_or(|s| s < status.code()))
+            .collect();
+        if statuses.is_empty() || (sent.status.is_none() && !announce) {
+            // A first replay sends the current status only (the spec's replay); so does a
+            // catch-up without history (the process restarted since).
+            statuses.retain(|(status, _)| *status == record.status);
+        }
+        if !statuses.iter().any(|(status, _)| *status == record.status)
+            && sent.status.is_none_or(|s| s < record.status.code())
+        {
+            statuses.push((record.status, record.last_line));
+        }
+        for (status, seq) in statuses {
+            sent = self.send_lines(id, sent, seq.max(sent.line)).await?;
+            if status.code() == record.status.code() {
+                // The current status goes after every line stored when it was read.
+                sent = self.send_lines(id, sent, record.last_line).await?;
+            }
+            self.feed(status_frame(id, status, sent.line)).await?;
+            self.mark_status(id, status);
+            sent = self.sent.get(&id).copied().unwrap_or(sent);
+        }
+        self.send_lines(id, sent, record.last_line).await?;
+        Ok(())
+    }
+
+    /// Sends the stored lines of `id` after `sent.line` up to `until` included.
+    async fn send_lines(
+        &mut self,
+        id: DeploymentId,
+        mut sent: Sent,
+        until: LineNo,
+    ) -> Result<Sent, End> {
+        while sent.line < until {
+            let from = sent.line;
+            let (frames, last) = self
+                .state
+                .read(move |store| read_log_frames(store, id, from, until))
+                .await?;
+            if frames.is_empty() {
+                break;
+            }
+            self.feed_all(&frames).await?;
+            sent.line = last;
+            self.track(id, sent);
+        }
+        Ok(sent)
+    }
+
+    fn mark_status(&mut self, id: DeploymentId, status: Status) {
+        if let Some(sent) = self.sent.get_mut(&id) {
+            sent.status = Some(status.code());
+            sent.finished = status.is_terminal();
+        }
+    }
+
+    /// Records what was sent of `id`, forgetting the oldest finished deployments beyond
+    /// [`MAX_TRACKED_DEPLOYMENTS`].
+    fn track(&mut self, id: DeploymentId, sent: Sent) {
+        self.sent.insert(id, sent);
+        while self.sent.len() > MAX_TRACKED_DEPLOYMENTS {
+            let Some(oldest) = self
+                .sent
+                .iter()
+                .find(|(other, s)| s.finished && **other != id)
+                .map(|(other, _)| *other)
+            else {
+                break;
+            };
+            self.sent.remove(&oldest);
+        }
+    }
+
+    async fn feed_all(&mut self, frames: &[Utf8Bytes]) -> Result<(), End> {
+        for frame in frames {
+            self.feed(frame.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        let feed = self.sink.feed(Message::Text(frame));
+        guard_write(&self.state, feed).await
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        let flush = self.sink.flush();
+        guard_write(&self.state, flush).await
+    }
+}
+
+/// Runs a socket write, ending on shutdown or when the socket stalls.
+async fn guard_write(
+    state: &AppState,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    tokio::select! {
+        written = tokio::time::timeout(WRITE_STALL_TIMEOUT, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => Err(End::Stalled),
+        },
+        () = state.shutdown.cancelled() => Err(End::Shutdown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LogStream;
+    use crate::store::codec::encode_segment;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn output_request_resume_sources() {
+        let none = HeaderMap::new();
+        let r = OutputRequest::parse(Some("follow=true&after=7"), &none).unwrap();
+        assert_eq!((r.follow, r.sse, r.after), (true, false, LineNo(7)));
+        let r = OutputRequest::parse(None, &headers(&[("range", "lines=5-")])).unwrap();
+        assert_eq!(r.after, LineNo(4));
+        let r = OutputRequest::parse(
+            None,
+            &headers(&[("accept", "text/event-stream"), ("last-event-id", "12")]),
+        )
+        .unwrap();
+        assert_eq!((r.follow, r.sse, r.after), (true, true, LineNo(12)));
+        assert!(OutputRequest::parse(Some("after=x"), &none).is_err());
+        assert!(OutputRequest::parse(None, &headers(&[("range", "bytes=0-")])).is_err());
+    }
+
+    #[test]
+    fn auth_frame_parsing() {
+        let id = DeploymentId::generate();
+        let frame = AuthFrame::parse(&format!(
+            r#"{{"type":"auth","data":{{"token":"t","resume":{{"{id}":3}}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(frame.token, "t");
+        assert_eq!(frame.resume.get(&id), Some(&LineNo(3)));
+        let frame = AuthFrame::parse(&format!(
+            r#"{{"type":"auth","data":{{"token":"t","deployment":"{id}","after":9}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(frame.resume.get(&id), Some(&LineNo(9)));
+        assert!(AuthFrame::parse(r#"{"type":"ping"}"#).is_none());
+        assert!(AuthFrame::parse("not json").is_none());
+        assert!(AuthFrame::parse(r#"{"type":"auth","data":{}}"#).is_none());
+        assert!(
+            AuthFrame::parse(r#"{"type":"auth","data":{"token":"t","resume":{"x":1}}}"#).is_none()
+        );
+    }
+
+    #[test]
+    fn log_frames_escape_and_number_lines() {
+        let lines = [
+            (LogStream::Stdout, "a \"quoted\""),
+            (LogStream::Stderr, "b\\c"),
+        ];
+        let bytes = encode_segment(OffsetDateTime::UNIX_EPOCH, lines.iter().copied(), 16);
+        let view = SegmentView::parse(&bytes).unwrap();
+        let id = DeploymentId::from_bytes([1; 16]);
+        let frames = log_frames(id, LineNo(41), &view, 1);
+        assert_eq!(frames.len(), 1);
+        let value: Value = serde_json::from_str(frames[0].as_str()).unwrap();
+        assert_eq!(value["type"], "log");
+        assert_eq!(value["id"], id.to_string());
+        assert_eq!(value["data"]["content"], "b\\c");
+        assert_eq!(value["seq"], 42);
+        assert_eq!(value["at"], "1970-01-01T00:00:00Z");
+        let all = log_frames(id, LineNo(41), &view, 0);
+        let value: Value = serde_json::from_str(all[0].as_str()).unwrap();
+        assert_eq!(value["data"]["content"], "a \"quoted\"");
+        assert_eq!(value["seq"], 41);
+    }
 }
