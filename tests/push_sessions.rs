@@ -387,3 +387,52 @@ async fn the_push_cli_reports_success_build_error_and_crashed_error() {
     let (_, body) = admin.get("/v1/apps/cli-app/deployments").await;
     assert_eq!(body["meta"]["pagination"]["total_count"], 3);
 }
+
+/// Regression: batches in flight were queued to the writer lazily (when their future was first
+/// polled), so two pipelined batches could be stored swapped. Every batch is now queued in frame
+/// order.
+#[tokio::test]
+async fn pipelined_batches_are_stored_in_the_order_they_were_sent() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "pipelined").await;
+    let mut pusher = push::start(&server.url, "pipelined", &server.admin_token, "p1").await;
+    let batches = 400u64;
+    let per_batch = 10u64;
+    for batch in 1..=batches {
+        let lines: Vec<String> = (0..per_batch)
+            .map(|i| format!("line {:06}", (batch - 1) * per_batch + i + 1))
+            .collect();
+        let frame = serde_json::json!({"type": "logs", "batch": batch, "lines": lines});
+        pusher
+            .socket
+            .feed(Message::Text(frame.to_string().into()))
+            .await
+            .expect("feed");
+    }
+    pusher.socket.flush().await.expect("flush");
+    let mut last_ack = 0;
+    for expected_batch in 1..=batches {
+        let frame = push::next_json(&mut pusher.socket).await.expect("ack");
+        assert_eq!(frame["type"], "ack", "{frame}");
+        assert_eq!(frame["batch"], expected_batch, "acks come in batch order");
+        let last = frame["last_line"].as_u64().expect("last_line");
+        assert_eq!(last, expected_batch * per_batch);
+        last_ack = last;
+    }
+    assert_eq!(last_ack, batches * per_batch);
+    pusher.finish("success").await;
+    let (_, _, text) = admin
+        .get_text(&format!(
+            "/v1/apps/pipelined/deployments/{}/output",
+            pusher.id()
+        ))
+        .await;
+    let expected: String = (1..=batches * per_batch)
+        .map(|n| format!("line {n:06}\n"))
+        .collect();
+    assert!(text == expected, "output out of order");
+}

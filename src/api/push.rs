@@ -231,8 +231,12 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                                 PushStream::Stderr => NewLine::stderr(text),
                             })
                             .collect();
-                        let session = session.clone();
-                        pending.push_back(Box::pin(async move { (batch, session.append(lines).await) }));
+                        // Queued to the writer here, in frame order; only the reply is awaited
+                        // later, so batches in flight can never be reordered.
+                        match state.writer.queue_append(deployment.id, lines).await {
+                            Ok(reply) => pending.push_back(Box::pin(async move { (batch, reply.await) })),
+                            Err(err) => pending.push_back(Box::pin(async move { (batch, Err(err)) })),
+                        }
                     }
                     Ok(ClientFrame::Status { status }) => queued_statuses.push_back(status),
                     Ok(ClientFrame::ImageSize { bytes }) => {

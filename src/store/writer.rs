@@ -300,6 +300,34 @@ impl Writer {
         .await
     }
 
+    /// Queues an append now and returns the future of its reply. Appends queued one after the
+    /// other are stored in that order, whenever their replies are awaited: a pusher with several
+    /// batches in flight keeps its line order.
+    pub async fn queue_append(
+        &self,
+        deployment: DeploymentId,
+        lines: Vec<NewLine>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<LineNo, WriteError>> + Send + 'static,
+        WriteError,
+    > {
+        let permit = self
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
+        let (reply, rx) = oneshot::channel();
+        permit.send(Command::AppendLogs {
+            deployment,
+            lines,
+            reply,
+        });
+        Ok(async move {
+            rx.await
+                .map_err(|_| WriteError::Unavailable("writer stopped".into()))?
+        })
+    }
+
     /// Moves a deployment through the state machine; durable and broadcast when this returns.
     pub async fn transition(
         &self,
