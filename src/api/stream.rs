@@ -13,7 +13,7 @@
 //! one store read (≤ [`MAX_READ_BYTES`] of frames, from ≤ [`CATCH_UP_SEGMENTS_PER_READ`]
 //! segments) plus the socket's write buffer; a followed output at most
 //! [`FOLLOW_CHUNKS_IN_FLIGHT`] chunks of ≤ [`MAX_READ_BYTES`] (plus one line). See
-//! `docs/stream.md`.
+//! the README ("Memory bound").
 //!
 //! WebSocket protocol (spec + compat.md), server frames, one JSON object per text frame:
 //! `{"type":"log","id":D,"data":{"content":L},"seq":N,"at":T}`,
