@@ -1151,11 +1151,11 @@ async fn subscriber(ws: Ws, clock: Arc<Clock>, lines: u64, batch: u64) -> Subscr
             } else {
                 received[index as usize] = true;
                 unique += 1;
-            }
-            if index < expected {
-                result.violations.out_of_order += 1;
-            } else {
-                expected = index + 1;
+                if index < expected {
+                    result.violations.out_of_order += 1;
+                } else {
+                    expected = index + 1;
+                }
             }
             pending.push_back((index / batch, clock.micros(now)));
         }
@@ -1463,6 +1463,65 @@ mod tests {
             panic!("logs frame")
         };
         assert!(lines.iter().all(|l| l.len() == 100));
+    }
+
+    /// The subscriber's checker against a hand-made stream: a duplicate, a gap, a late line, a
+    /// `seq` going back and a close before the end must each be counted.
+    #[tokio::test]
+    async fn subscriber_counts_every_kind_of_violation() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(socket).await.expect("ws");
+            let auth = ws.next().await.expect("auth frame").expect("auth frame");
+            assert!(auth.to_text().expect("text").contains("\"auth\""));
+            let log = |index: u64, seq: u64| {
+                Message::Text(
+                    format!(
+                        r#"{{"type":"log","id":"d","data":{{"content":"{index:010} text"}},"seq":{seq}}}"#
+                    )
+                    .into(),
+                )
+            };
+            ws.send(Message::Text(r#"{"type":"new","data":{"deployment":"d"}}"#.into()))
+                .await
+                .expect("send");
+            for (index, seq) in [(0, 1), (1, 2), (1, 2), (3, 4), (2, 3), (9_999_999_999, 5)] {
+                ws.send(log(index, seq)).await.expect("send");
+            }
+            ws.close(None).await.expect("close");
+        });
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/apps/x"))
+            .await
+            .expect("connect");
+        let (mut tx, rx) = ws.split();
+        tx.send(Message::Text(r#"{"type":"auth","data":{"token":"t"}}"#.into()))
+            .await
+            .expect("auth");
+        let ws = tx.reunite(rx).expect("same socket");
+        let clock = Arc::new(Clock {
+            origin: Instant::now(),
+            acks: (0..5).map(|_| AtomicU64::new(0)).collect(),
+            ready: AtomicUsize::new(0),
+            ready_changed: tokio::sync::Notify::new(),
+            pusher_done: tokio::sync::Notify::new(),
+        });
+        let result = subscriber(ws, clock.clone(), 5, 1).await;
+        server.await.expect("server");
+        assert_eq!(clock.ready.load(Ordering::Acquire), 1);
+        assert_eq!(result.deliveries, 5);
+        let v = result.violations;
+        assert_eq!(v.duplicates, 1);
+        assert_eq!(v.out_of_order, 1, "line 2 after line 3");
+        assert_eq!(v.missing, 1, "line 4 never came");
+        assert_eq!(v.seq_regressions, 2, "2 after 2, 3 after 4");
+        assert_eq!(v.disconnected, 1);
+        assert_eq!(v.unparsable, 1);
+        assert!(!v.is_clean());
+        assert_eq!(result.latency.latency().samples, 5);
     }
 
     #[test]
