@@ -49,7 +49,9 @@ fn line_text() -> String {
 
 fn batch() -> Vec<NewLine> {
     let text = line_text();
-    (0..BATCH_LINES).map(|_| NewLine::stdout(text.clone())).collect()
+    (0..BATCH_LINES)
+        .map(|_| NewLine::stdout(text.clone()))
+        .collect()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

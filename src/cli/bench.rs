@@ -1486,9 +1486,11 @@ mod tests {
                     .into(),
                 )
             };
-            ws.send(Message::Text(r#"{"type":"new","data":{"deployment":"d"}}"#.into()))
-                .await
-                .expect("send");
+            ws.send(Message::Text(
+                r#"{"type":"new","data":{"deployment":"d"}}"#.into(),
+            ))
+            .await
+            .expect("send");
             for (index, seq) in [(0, 1), (1, 2), (1, 2), (3, 4), (2, 3), (9_999_999_999, 5)] {
                 ws.send(log(index, seq)).await.expect("send");
             }
@@ -1498,9 +1500,11 @@ mod tests {
             .await
             .expect("connect");
         let (mut tx, rx) = ws.split();
-        tx.send(Message::Text(r#"{"type":"auth","data":{"token":"t"}}"#.into()))
-            .await
-            .expect("auth");
+        tx.send(Message::Text(
+            r#"{"type":"auth","data":{"token":"t"}}"#.into(),
+        ))
+        .await
+        .expect("auth");
         let ws = tx.reunite(rx).expect("same socket");
         let clock = Arc::new(Clock {
             origin: Instant::now(),
