@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use deployd::cli::bench::{run_bench, BenchArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::push::{run_push, PushArgs};
 use deployd::config::{Config, Overrides};
@@ -29,6 +30,8 @@ enum Command {
     Push(PushArgs),
     /// Print a deployment's output live; the exit code says how it ended.
     Follow(FollowArgs),
+    /// Load-test a running server over its real protocols (ingest, fanout, read).
+    Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await.map(|()| 0),
             Command::Push(args) => run_push(args).await,
             Command::Follow(args) => run_follow(args).await,
+            Command::Bench(args) => run_bench(args).await,
         }
     })?;
     drop(runtime);

@@ -1,5 +1,5 @@
-//! The client subcommands: `deployd push` (be an external pusher) and `deployd follow` (print a
-//! deployment's output as it is written).
+//! The client subcommands: `deployd push` (be an external pusher), `deployd follow` (print a
+//! deployment's output as it is written) and `deployd bench` (load-test a running server).
 //!
 //! Each subcommand is a clap `Args` struct plus an async `run_*` function returning the process
 //! exit code; `main` only parses and calls it. These clients talk to a deployd server over HTTP
@@ -16,6 +16,7 @@
 //! | 3 | the connection was lost before the deployment finished |
 //! | 130 | interrupted (Ctrl-C); `push` marks the deployment `aborted` first when it can |
 
+pub mod bench;
 pub mod follow;
 pub mod push;
 
