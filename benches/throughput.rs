@@ -130,7 +130,8 @@ impl StoreFixture {
     fn open(rt: &tokio::runtime::Runtime) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = SledEngine::open(&dir.path().join("store")).expect("open sled");
-        let store = Store::new(Arc::new(engine));
+        let logs = deployd::store::logs::LogFiles::open(&dir.path().join("logs")).expect("logs");
+        let store = Store::new(Arc::new(engine), logs);
         let (writer, _recovery, _thread) =
             Writer::start(store.clone(), Arc::new(Hub::default())).expect("writer");
         let now = OffsetDateTime::now_utc();

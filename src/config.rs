@@ -226,6 +226,11 @@ impl Config {
         self.data_dir.join("store")
     }
 
+    /// The log segment files (`store::logs`).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
     /// Where uploaded source archives are kept.
     pub fn sources_dir(&self) -> PathBuf {
         self.data_dir.join("sources")

@@ -79,7 +79,13 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     let engine = tokio::task::spawn_blocking(move || SledEngine::open(&store_dir))
         .await?
         .map_err(StoreError::from)?;
-    let store = Store::new(Arc::new(engine));
+    let logs = crate::store::logs::LogFiles::open(&config.logs_dir()).map_err(|source| {
+        ServerError::DataDir {
+            path: config.logs_dir(),
+            source,
+        }
+    })?;
+    let store = Store::new(Arc::new(engine), logs);
     let hub = Arc::new(Hub::default());
     let recovery_store = store.clone();
     let recovery_hub = hub.clone();

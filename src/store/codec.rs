@@ -16,7 +16,7 @@
 //! | `0x08` collaborators | app id (16) ++ user id (16) | [`StoredCollaborator`] |
 //! | `0x09` deployments | deployment id (16) | [`StoredDeployment`] |
 //! | `0x0A` app deployments | app id (16) ++ deployment id (16) | empty (index; iterate in reverse for newest first) |
-//! | `0x0B` log segments | deployment id (16) ++ first line number (u64) | segment (below) |
+//! | `0x0B` log segment index | deployment id (16) ++ first line number (u64) | segment reference (below) |
 //! | `0x0C` meta | name (UTF-8) | raw bytes (`jwt-secret`: 32 bytes) |
 //! | `0x0D` sources | source id (16) | [`StoredSource`] |
 //!
@@ -25,7 +25,18 @@
 //! nanoseconds (`i64`). Stored structs are separate from the domain types so that a domain change
 //! never silently changes the file format.
 //!
-//! A log segment is hand-laid-out so that reading output is a copy of its text, with no parsing:
+//! A segment reference says where a segment lies in its deployment's log file
+//! (`store::logs`: `<deployment id>.log`, the deployment's segments back to back):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | `SEGMENT_REF_V1` |
+//! | 1 | 8 | offset of the segment in the file, u64 big-endian |
+//! | 9 | 4 | length of the segment in bytes, u32 big-endian |
+//! | 13 | 4 | number of lines in the segment, u32 big-endian |
+//!
+//! A log segment (in the log files, and in hub events) is hand-laid-out so that reading output
+//! is a copy of its text, with no parsing:
 //!
 //! | offset | size | field |
 //! |---|---|---|
@@ -63,6 +74,50 @@ pub const FORMAT_V1: u8 = 1;
 /// Format byte of a log segment.
 pub const SEGMENT_V1: u8 = 1;
 const SEGMENT_HEADER: usize = 13;
+
+/// Format byte of a segment reference.
+pub const SEGMENT_REF_V1: u8 = 2;
+const SEGMENT_REF_LEN: usize = 17;
+
+/// Where a segment lies in its deployment's log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRef {
+    pub offset: u64,
+    pub len: u32,
+    pub lines: u32,
+}
+
+impl SegmentRef {
+    /// The file offset just past this segment.
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+}
+
+pub fn encode_segment_ref(segment: &SegmentRef) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEGMENT_REF_LEN);
+    out.push(SEGMENT_REF_V1);
+    out.extend_from_slice(&segment.offset.to_be_bytes());
+    out.extend_from_slice(&segment.len.to_be_bytes());
+    out.extend_from_slice(&segment.lines.to_be_bytes());
+    out
+}
+
+pub fn decode_segment_ref(bytes: &[u8]) -> Result<SegmentRef, CodecError> {
+    match bytes.first() {
+        None => return Err(CodecError::Empty),
+        Some(&SEGMENT_REF_V1) => {}
+        Some(&other) => return Err(CodecError::UnknownFormat(other)),
+    }
+    if bytes.len() != SEGMENT_REF_LEN {
+        return Err(CodecError::Corrupt("segment reference length"));
+    }
+    Ok(SegmentRef {
+        offset: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
+        len: u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")),
+        lines: u32::from_be_bytes(bytes[13..17].try_into().expect("4 bytes")),
+    })
+}
 
 /// A value that cannot be decoded: corrupt, or written by an unknown format.
 #[derive(Debug, thiserror::Error)]
@@ -540,6 +595,24 @@ mod tests {
         assert_eq!(view.text_from_line(2), b"");
         let got: Vec<_> = view.lines().collect();
         assert_eq!(got, lines.to_vec());
+    }
+
+    #[test]
+    fn golden_segment_ref_bytes() {
+        let segment = SegmentRef {
+            offset: 258,
+            len: 3,
+            lines: 1,
+        };
+        let bytes = encode_segment_ref(&segment);
+        assert_eq!(
+            bytes,
+            vec![2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 3, 0, 0, 0, 1]
+        );
+        assert_eq!(decode_segment_ref(&bytes).expect("decode"), segment);
+        assert_eq!(segment.end(), 261);
+        assert!(decode_segment_ref(&bytes[..16]).is_err());
+        assert!(decode_segment_ref(&[1; 17]).is_err());
     }
 
     #[test]

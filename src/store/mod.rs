@@ -3,10 +3,12 @@
 //! which validates, commits in groups, makes each commit durable and only then publishes.
 //!
 //! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
-//! engine trait, sled and in-memory implementations), [`writer`] (the one writer).
+//! engine trait, sled and in-memory implementations), [`logs`] (the log segment files the
+//! engine's index points into), [`writer`] (the one writer).
 
 pub mod codec;
 pub mod engine;
+pub mod logs;
 pub mod writer;
 
 use std::sync::Arc;
@@ -15,8 +17,8 @@ use crate::model::{App, AppId, Deployment, DeploymentId, LineNo, Token, TokenId,
 use codec::CodecError;
 use engine::{prefix_end, Engine, EngineError};
 
-/// Largest log segment the writer builds. A bigger batch is split over several segments:
-/// bounded values keep sled out of its slow large-value path and bound hub memory.
+/// Largest log segment the writer builds. A bigger batch is split over several segments, so
+/// one hub event and one read stay bounded.
 pub const MAX_SEGMENT_BYTES: usize = 1024 * 1024;
 
 /// A read failure.
@@ -26,21 +28,36 @@ pub enum StoreError {
     Engine(#[from] EngineError),
     #[error("corrupt record: {0}")]
     Codec(#[from] CodecError),
+    #[error("log file: {0}")]
+    LogFile(#[from] std::io::Error),
 }
 
 /// Read access to everything stored. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
+    logs: Arc<logs::LogFiles>,
 }
 
 impl Store {
-    pub fn new(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<dyn Engine>, logs: logs::LogFiles) -> Self {
+        Self {
+            engine,
+            logs: Arc::new(logs),
+        }
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    pub fn logs(&self) -> &logs::LogFiles {
+        &self.logs
+    }
+
+    /// Bytes on disk: the engine plus the log files.
+    pub fn size_on_disk(&self) -> u64 {
+        self.engine.size_on_disk() + self.logs.size_on_disk()
     }
 
     fn get_with<T>(
@@ -177,6 +194,11 @@ impl Store {
 
     /// The last line number stored for a deployment (0 when none).
     pub fn last_line(&self, id: DeploymentId) -> Result<LineNo, StoreError> {
+        Ok(self.log_end(id)?.0)
+    }
+
+    /// The last line number and the end of the log file's indexed part (0, 0 when none).
+    pub fn log_end(&self, id: DeploymentId) -> Result<(LineNo, u64), StoreError> {
         let prefix = codec::segments_prefix(id);
         match self
             .engine
@@ -186,10 +208,13 @@ impl Store {
             Some(entry) => {
                 let (key, value) = entry?;
                 let first = codec::segment_first_line(&key)?;
-                let view = codec::SegmentView::parse(&value)?;
-                Ok(LineNo(first.0 + view.line_count() as u64 - 1))
+                let segment = codec::decode_segment_ref(&value)?;
+                Ok((
+                    LineNo(first.0 + u64::from(segment.lines) - 1),
+                    segment.end(),
+                ))
             }
-            None => Ok(LineNo(0)),
+            None => Ok((LineNo(0), 0)),
         }
     }
 
@@ -252,9 +277,17 @@ impl Store {
             Some(Ok((key, _))) => key,
             _ => prefix.clone(),
         };
-        self.engine.range(&start, &end, false).map(|entry| {
+        let mut file: Option<std::fs::File> = None;
+        self.engine.range(&start, &end, false).map(move |entry| {
             let (key, value) = entry?;
-            Ok((codec::segment_first_line(&key)?, value))
+            let first = codec::segment_first_line(&key)?;
+            let segment = codec::decode_segment_ref(&value)?;
+            let file = match &mut file {
+                Some(file) => file,
+                slot => slot.insert(self.logs.open_for_read(id)?),
+            };
+            let bytes = logs::LogFiles::read_at(file, segment.offset, segment.len as usize)?;
+            Ok((first, bytes))
         })
     }
 

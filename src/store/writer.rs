@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use super::engine::{prefix_end, BatchOp, Engine};
+use super::logs::{Appender, LogFiles};
 use super::{Store, StoreError, MAX_SEGMENT_BYTES};
 use crate::hub::{Event, EventKind, Hub};
 use crate::model::{
@@ -184,6 +185,9 @@ impl Writer {
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
         let mut state = WriterState {
             engine: store.engine().clone(),
+            logs: store.logs().clone(),
+            appender: Appender::default(),
+            log_ends: HashMap::new(),
             store,
             hub,
             live: HashMap::new(),
@@ -394,9 +398,14 @@ fn done<T: Send + 'static>(
     })
 }
 
-/// A group being built: engine ops plus what to do after the commit.
+/// A group being built: log file appends, engine ops, and what to do after the commit.
 #[derive(Default)]
 struct Group {
+    /// Segments to append to log files: (deployment, file offset, bytes), written and synced
+    /// before `ops` (which hold their index entries) are committed.
+    appends: Vec<(DeploymentId, u64, Bytes)>,
+    /// Log files to remove once `ops` (which drop their index) are committed.
+    removals: Vec<DeploymentId>,
     ops: Vec<BatchOp>,
     done: Vec<Done>,
     text_bytes: usize,
@@ -405,6 +414,10 @@ struct Group {
 struct WriterState {
     store: Store,
     engine: Arc<dyn Engine>,
+    logs: LogFiles,
+    appender: Appender,
+    /// Per unfinished deployment, the end of its log file's indexed part.
+    log_ends: HashMap<DeploymentId, u64>,
     hub: Arc<Hub>,
     /// Every unfinished deployment, with its current `last_line`.
     live: HashMap<DeploymentId, Deployment>,
@@ -457,23 +470,39 @@ impl WriterState {
         let failure = if group.ops.is_empty() {
             None
         } else {
-            match self
-                .engine
-                .apply(group.ops)
-                .and_then(|()| self.engine.sync())
-            {
+            // Log text first (written and synced), then the index that points into it.
+            let written = self
+                .appender
+                .write_durably(&self.logs, &group.appends)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.engine
+                        .apply(group.ops)
+                        .and_then(|()| self.engine.sync())
+                        .map_err(|e| e.to_string())
+                });
+            match written {
                 Ok(()) => None,
                 Err(err) => {
                     tracing::error!(error = %err, "commit failed; refusing further writes");
-                    self.failed = Some(err.to_string());
-                    Some(WriteError::Unavailable(err.to_string()))
+                    self.failed = Some(err.clone());
+                    Some(WriteError::Unavailable(err))
                 }
             }
         };
+        if failure.is_none() {
+            for id in group.removals {
+                self.appender.close(id);
+                self.logs.remove(id);
+            }
+        }
         for done in group.done {
             if failure.is_none() {
                 for (id, status) in &done.statuses {
                     self.hub.set_status(*id, *status);
+                    if status.is_terminal() {
+                        self.appender.close(*id);
+                    }
                 }
                 if let Some(app) = done.app {
                     if !done.events.is_empty() {
@@ -743,6 +772,8 @@ impl WriterState {
         for id in ids {
             group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
             delete_prefix(codec::segments_prefix(id), &mut group.ops)?;
+            group.removals.push(id);
+            self.log_ends.remove(&id);
             if self.live.remove(&id).is_some() {
                 // Its session sees the watch end and stops; its next write finds no deployment.
                 statuses.push((id, Status::Aborted));
@@ -814,6 +845,7 @@ impl WriterState {
             .ops
             .push(put(codec::app_key(app_id), codec::encode_app(&app)));
         self.live.insert(id, deployment.clone());
+        self.log_ends.insert(id, 0);
         let effects = Effects {
             events: vec![
                 Event::new(app_id, id, EventKind::New),
@@ -855,7 +887,8 @@ impl WriterState {
             return Err(WriteError::Queued);
         }
         let app = record.app_id;
-        let events = append_segments(record, &lines, group);
+        let log_end = self.log_ends.entry(deployment).or_default();
+        let events = append_segments(record, log_end, &lines, group);
         Ok((app, record.last_line, events))
     }
 
@@ -899,9 +932,10 @@ impl WriterState {
         let mut effects = Effects::default();
         let record = self.live.get_mut(&deployment).expect("checked above");
         if let Some(note) = note {
+            let log_end = self.log_ends.entry(deployment).or_default();
             effects
                 .events
-                .extend(append_segments(record, &[note], group));
+                .extend(append_segments(record, log_end, &[note], group));
         }
         let record = self.set_status(deployment, to, group, &mut effects);
         Ok((record, effects))
@@ -942,6 +976,7 @@ impl WriterState {
         if to.is_terminal() {
             let app = snapshot.app_id;
             self.live.remove(&deployment);
+            self.log_ends.remove(&deployment);
             if from == Status::Queued {
                 if let Some(queue) = self.queues.get_mut(&app) {
                     queue.retain(|id| *id != deployment);
@@ -974,7 +1009,9 @@ impl WriterState {
         let mut group = Group::default();
         let mut effects = Effects::default();
         for mut deployment in deployments {
-            deployment.last_line = self.store.last_line(deployment.id)?;
+            let (last_line, log_end) = self.store.log_end(deployment.id)?;
+            deployment.last_line = last_line;
+            self.log_ends.insert(deployment.id, log_end);
             let id = deployment.id;
             let status = deployment.status;
             let keep_queued =
@@ -995,7 +1032,8 @@ impl WriterState {
             };
             let note = NewLine::system(format!("!     Deployment {}: {why}", to));
             let record = self.live.get_mut(&id).expect("just inserted");
-            append_segments(record, &[note], &mut group);
+            let log_end = self.log_ends.entry(id).or_default();
+            append_segments(record, log_end, &[note], &mut group);
             self.set_status(id, to, &mut group, &mut effects);
             recovery.ended.push((id, to));
         }
@@ -1006,8 +1044,14 @@ impl WriterState {
             }
         }
         if !group.ops.is_empty() {
+            self.appender.write_durably(&self.logs, &group.appends)?;
             self.engine.apply(group.ops)?;
             self.engine.sync()?;
+        }
+        for (id, status) in &effects.statuses {
+            if status.is_terminal() {
+                self.appender.close(*id);
+            }
         }
         for (id, status) in &effects.statuses {
             self.hub.set_status(*id, *status);
@@ -1081,8 +1125,14 @@ fn truncate_on_char_boundary(text: &str, max: usize) -> &str {
 
 /// Splits `lines` into stored lines (one per `\n`-separated piece, a trailing `\r` dropped, each
 /// at most [`MAX_LINE_BYTES`]), encodes them as segments of at most [`MAX_SEGMENT_BYTES`], adds
-/// them to the group and advances `record.last_line`. Returns the hub events.
-fn append_segments(record: &mut Deployment, lines: &[NewLine], group: &mut Group) -> Vec<Event> {
+/// them (file appends at `log_end` and their index entries) to the group, and advances
+/// `record.last_line` and `log_end`. Returns the hub events.
+fn append_segments(
+    record: &mut Deployment,
+    log_end: &mut u64,
+    lines: &[NewLine],
+    group: &mut Group,
+) -> Vec<Event> {
     let pieces = lines.iter().flat_map(|line| {
         line.text.split('\n').map(move |piece| {
             let piece = piece.strip_suffix('\r').unwrap_or(piece);
@@ -1109,9 +1159,17 @@ fn append_segments(record: &mut Deployment, lines: &[NewLine], group: &mut Group
             *chunk_bytes,
         ));
         group.text_bytes += *chunk_bytes;
-        group.ops.push(BatchOp::Put(
+        let reference = codec::SegmentRef {
+            offset: *log_end,
+            len: u32::try_from(segment.len())
+                .expect("invariant: segments are at most MAX_SEGMENT_BYTES plus a header"),
+            lines: u32::try_from(chunk.len()).expect("invariant: a segment holds < 2^32 lines"),
+        };
+        group.appends.push((record.id, *log_end, segment.clone()));
+        *log_end = reference.end();
+        group.ops.push(put(
             codec::segment_key(record.id, first),
-            segment.clone(),
+            codec::encode_segment_ref(&reference),
         ));
         record.last_line = LineNo(record.last_line.0 + chunk.len() as u64);
         events.push(Event::new(
@@ -1157,15 +1215,22 @@ mod tests {
         }
     }
 
+    /// Log files of in-memory test stores: a temp dir kept for the whole test run.
+    fn scratch_logs() -> LogFiles {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        LogFiles::open(&dir).expect("logs")
+    }
+
     async fn setup(engine: Arc<dyn Engine>) -> (Writer, Store, Arc<Hub>, User, AppId) {
-        let (writer, store, hub, user, app, _) = setup_joinable(engine).await;
+        let (writer, store, hub, user, app, _) = setup_joinable(engine, scratch_logs()).await;
         (writer, store, hub, user, app)
     }
 
     async fn setup_joinable(
         engine: Arc<dyn Engine>,
+        logs: LogFiles,
     ) -> (Writer, Store, Arc<Hub>, User, AppId, JoinHandle<()>) {
-        let store = Store::new(engine);
+        let store = Store::new(engine, logs);
         let hub = Arc::new(Hub::default());
         let (writer, _, thread) = Writer::start(store.clone(), hub.clone()).expect("start");
         let user = user();
@@ -1282,7 +1347,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (building, starting, queued_external) = {
             let engine = Arc::new(SledEngine::open(dir.path()).expect("open"));
-            let (writer, store, hub, user, app, thread) = setup_joinable(engine).await;
+            let logs = LogFiles::open(&dir.path().join("logs")).expect("logs");
+            let (writer, store, hub, user, app, thread) = setup_joinable(engine, logs).await;
             let building = writer
                 .create_deployment(app, "1".into(), pusher(&user), Driver::External)
                 .await
@@ -1321,7 +1387,10 @@ mod tests {
             thread.join().expect("writer thread");
             (building.id, starting.id, queued.id)
         };
-        let store = Store::new(Arc::new(SledEngine::open(dir.path()).expect("reopen")));
+        let store = Store::new(
+            Arc::new(SledEngine::open(dir.path()).expect("reopen")),
+            LogFiles::open(&dir.path().join("logs")).expect("logs"),
+        );
         let (_, recovery, _) =
             Writer::start(store.clone(), Arc::new(Hub::default())).expect("start");
         let status = |id| store.deployment(id).expect("read").expect("exists");
@@ -1347,5 +1416,49 @@ mod tests {
         let text = String::from_utf8(text).expect("utf8");
         assert!(text.starts_with("kept\n"), "{text}");
         assert!(text.contains("deployd restarted"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod log_file_tests {
+    use super::*;
+    use crate::store::engine::MemoryEngine;
+
+    #[tokio::test]
+    async fn deleting_an_app_removes_its_log_files_and_finished_files_are_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = LogFiles::open(dir.path()).expect("logs");
+        let store = Store::new(Arc::new(MemoryEngine::default()), logs.clone());
+        let (writer, _, _) = Writer::start(store.clone(), Arc::new(Hub::default())).expect("start");
+        let owner = UserId::generate();
+        let app = App {
+            id: AppId::generate(),
+            name: "gone".into(),
+            owner,
+            git_source: None,
+            created_at: now(),
+            updated_at: now(),
+            last_deployment: None,
+        };
+        writer.create_app(app.clone()).await.expect("app");
+        let pusher = Pusher {
+            id: owner,
+            username: "u".into(),
+            email: "u@x".into(),
+        };
+        let d = writer
+            .create_deployment(app.id, "r".into(), pusher, Driver::External)
+            .await
+            .expect("deployment");
+        writer
+            .append_logs(d.id, vec![NewLine::stdout("kept on disk")])
+            .await
+            .expect("append");
+        let on_disk = std::fs::read(logs.path(d.id)).expect("log file");
+        let view = codec::SegmentView::parse(&on_disk).expect("one segment");
+        assert_eq!(view.text, b"kept on disk\n");
+        writer.delete_app(app.id).await.expect("delete");
+        assert!(!logs.path(d.id).exists());
+        assert_eq!(store.last_line(d.id).expect("read"), LineNo(0));
     }
 }

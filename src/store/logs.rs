@@ -1,0 +1,193 @@
+//! Log segment files: the text of every deployment's output.
+//!
+//! Each deployment's segments (the `codec` segment layout) are appended back to back to one file,
+//! `DIR/<deployment id>.log`; the store's index (tag `0x0B`, one small record per segment) says
+//! where each segment starts, how long it is and how many lines it holds. Keeping the text out
+//! of sled keeps sled's memory and write amplification independent of the log volume (sled keeps
+//! written pages in memory and writes large nodes as unsynced blob files), and makes a commit one
+//! `pwrite` + `fdatasync` per file.
+//!
+//! Crash safety: the writer writes and syncs the files *before* it commits the index entries
+//! that point into them. After a crash a file may hold a torn tail no index entry points to; the
+//! writer cuts it off ([`Appender::open`]) before it appends again, and readers never read past
+//! an indexed segment.
+//!
+//! Only the writer thread appends ([`Appender`]); readers ([`LogFiles::read`]) read any time.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::DeploymentId;
+
+/// The directory of log files.
+#[derive(Debug, Clone)]
+pub struct LogFiles {
+    dir: PathBuf,
+}
+
+impl LogFiles {
+    /// Opens (creating) the directory.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The file of one deployment.
+    pub fn path(&self, id: DeploymentId) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// Opens a deployment's file for reading.
+    pub fn open_for_read(&self, id: DeploymentId) -> io::Result<File> {
+        File::open(self.path(id))
+    }
+
+    /// Reads `len` bytes at `offset` of an open file.
+    pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Removes a deployment's file (its index entries must be gone already).
+    pub fn remove(&self, id: DeploymentId) {
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(deployment = %id, error = %err, "cannot remove a log file"),
+        }
+    }
+
+    /// Bytes used by all log files.
+    pub fn size_on_disk(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Makes the directory's entries (newly created files) durable.
+    pub fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// The writer's open files, one per unfinished deployment that has output.
+#[derive(Default)]
+pub struct Appender {
+    open: HashMap<DeploymentId, File>,
+    /// Files created since the last directory sync.
+    created: bool,
+}
+
+impl Appender {
+    /// The open file of `id`; on first use the file is created or cut to `indexed_end`, the end
+    /// of its last indexed segment (dropping a torn tail left by a crash).
+    fn open(&mut self, logs: &LogFiles, id: DeploymentId, indexed_end: u64) -> io::Result<&File> {
+        if !self.open.contains_key(&id) {
+            let path = logs.path(id);
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            let len = file.metadata()?.len();
+            if len < indexed_end {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} is {len} bytes but its index ends at {indexed_end}",
+                        path.display()
+                    ),
+                ));
+            }
+            if len > indexed_end {
+                tracing::warn!(path = %path.display(), len, indexed_end, "cutting a torn log tail");
+                file.set_len(indexed_end)?;
+            }
+            self.created |= !existed;
+            self.open.insert(id, file);
+        }
+        Ok(self.open.get(&id).expect("invariant: inserted above"))
+    }
+
+    /// Writes one group's appends, in order, then makes every touched file durable.
+    /// `appends`: (deployment, offset, bytes); the first append of a deployment in the group
+    /// starts at its indexed end.
+    pub fn write_durably(
+        &mut self,
+        logs: &LogFiles,
+        appends: &[(DeploymentId, u64, bytes::Bytes)],
+    ) -> io::Result<()> {
+        let mut touched: Vec<DeploymentId> = Vec::new();
+        for (id, offset, bytes) in appends {
+            let file = self.open(logs, *id, *offset)?;
+            file.write_all_at(bytes, *offset)?;
+            if !touched.contains(id) {
+                touched.push(*id);
+            }
+        }
+        for id in &touched {
+            self.open[id].sync_data()?;
+        }
+        if std::mem::take(&mut self.created) {
+            logs.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    /// Closes a finished deployment's file.
+    pub fn close(&mut self, id: DeploymentId) {
+        self.open.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_are_durable_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = LogFiles::open(dir.path()).expect("open");
+        let id = DeploymentId::generate();
+        let mut appender = Appender::default();
+        appender
+            .write_durably(
+                &logs,
+                &[
+                    (id, 0, bytes::Bytes::from_static(b"abc")),
+                    (id, 3, bytes::Bytes::from_static(b"de")),
+                ],
+            )
+            .expect("write");
+        let file = logs.open_for_read(id).expect("read");
+        assert_eq!(LogFiles::read_at(&file, 1, 4).expect("read"), b"bcde");
+        // A crash left bytes past the index (which ends at 5): they are cut before appending.
+        std::fs::write(logs.path(id), b"abcdeTORN").expect("tear");
+        let mut appender = Appender::default();
+        appender
+            .write_durably(&logs, &[(id, 5, bytes::Bytes::from_static(b"f"))])
+            .expect("write");
+        assert_eq!(std::fs::read(logs.path(id)).expect("read"), b"abcdef");
+        // An index pointing past the file is an error, not silent loss.
+        let mut appender = Appender::default();
+        assert!(appender
+            .write_durably(&logs, &[(id, 10, bytes::Bytes::from_static(b"x"))])
+            .is_err());
+        logs.remove(id);
+        assert!(!logs.path(id).exists());
+    }
+}
