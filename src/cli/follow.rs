@@ -41,15 +41,8 @@ const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
 /// Arguments of `deployd follow`.
 #[derive(Debug, Clone, Args)]
 pub struct FollowArgs {
-    /// Base URL of the deployd server, e.g. http://127.0.0.1:8080
-    #[arg(long, env = "DEPLOYD_URL")]
-    pub url: String,
-    /// API token
-    #[arg(long, env = "DEPLOYD_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// App name or id
-    #[arg(long)]
-    pub app: String,
+    #[command(flatten)]
+    pub target: super::AppTarget,
     /// Deployment id (default: the app's newest deployment)
     #[arg(long)]
     pub deployment: Option<String>,
@@ -108,7 +101,10 @@ impl Follower<'_> {
             None => match self.newest_deployment().await {
                 Ok(Some(id)) => id,
                 Ok(None) => {
-                    eprintln!("deployd follow: app {} has no deployment", self.args.app);
+                    eprintln!(
+                        "deployd follow: app {} has no deployment",
+                        self.args.target.app
+                    );
                     return EXIT_USAGE_OR_AUTH;
                 }
                 Err(e) => {
@@ -141,14 +137,14 @@ impl Follower<'_> {
     fn deployments_path(&self) -> String {
         format!(
             "/v1/apps/{}/deployments",
-            encode_path_segment(&self.args.app)
+            encode_path_segment(&self.args.target.app)
         )
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client
-            .get(http_url(&self.args.url, path))
-            .basic_auth("", Some(&self.args.token))
+            .get(http_url(&self.args.target.url, path))
+            .basic_auth("", Some(&self.args.target.token))
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
@@ -334,9 +330,11 @@ mod tests {
 
     fn args(url: String, token: &str) -> FollowArgs {
         FollowArgs {
-            url,
-            token: token.into(),
-            app: "web".into(),
+            target: crate::cli::AppTarget {
+                url,
+                token: token.into(),
+                app: "web".into(),
+            },
             deployment: None,
         }
     }

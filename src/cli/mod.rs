@@ -20,6 +20,20 @@ pub mod bench;
 pub mod follow;
 pub mod push;
 
+/// Which server, as whom, and which app: the arguments `push` and `follow` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppTarget {
+    /// Base URL of the deployd server, e.g. http://127.0.0.1:8080
+    #[arg(long, env = "DEPLOYD_URL")]
+    pub url: String,
+    /// API token
+    #[arg(long, env = "DEPLOYD_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// App name or id
+    #[arg(long)]
+    pub app: String,
+}
+
 /// The deployment ended in `success`.
 pub const EXIT_SUCCESS: i32 = 0;
 /// The deployment ended in a terminal status other than `success` (or the server refused us).

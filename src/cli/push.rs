@@ -95,15 +95,8 @@ const _: () = assert!(6 * MAX_BATCH_BYTES + 4 * MAX_BATCH_LINES + 1024 < MAX_PUS
 /// Arguments of `deployd push`.
 #[derive(Debug, Clone, Args)]
 pub struct PushArgs {
-    /// Base URL of the deployd server, e.g. http://127.0.0.1:8080
-    #[arg(long, env = "DEPLOYD_URL")]
-    pub url: String,
-    /// API token of the pusher
-    #[arg(long, env = "DEPLOYD_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// App name or id
-    #[arg(long)]
-    pub app: String,
+    #[command(flatten)]
+    pub target: super::AppTarget,
     /// Git ref (commit) being deployed; the server generates one when absent
     #[arg(long)]
     pub git_ref: Option<String>,
@@ -201,8 +194,8 @@ async fn connect(
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     i32,
 > {
-    let path = format!("/v1/apps/{}/push", encode_path_segment(&args.app));
-    let url = ws_url(&args.url, &path).map_err(|e| {
+    let path = format!("/v1/apps/{}/push", encode_path_segment(&args.target.app));
+    let url = ws_url(&args.target.url, &path).map_err(|e| {
         eprintln!("deployd push: {e}");
         EXIT_USAGE_OR_AUTH
     })?;
@@ -210,7 +203,7 @@ async fn connect(
         eprintln!("deployd push: bad URL {url}: {e}");
         EXIT_USAGE_OR_AUTH
     })?;
-    let auth = HeaderValue::from_str(&basic_auth_header(&args.token)).map_err(|_| {
+    let auth = HeaderValue::from_str(&basic_auth_header(&args.target.token)).map_err(|_| {
         eprintln!("deployd push: the token contains characters not allowed in a header");
         EXIT_USAGE_OR_AUTH
     })?;
@@ -1177,9 +1170,11 @@ mod tests {
 
     fn args(url: &str, command: &[&str]) -> PushArgs {
         PushArgs {
-            url: url.to_owned(),
-            token: "secret".into(),
-            app: "my app".into(),
+            target: crate::cli::AppTarget {
+                url: url.to_owned(),
+                token: "secret".into(),
+                app: "my app".into(),
+            },
             git_ref: Some("abc123".into()),
             push_cmd: None,
             start_cmd: None,
