@@ -58,14 +58,6 @@ use crate::store::{Store, StoreError};
 /// cores. Pacing makes it 200 000, for at most this much added latency.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Resolves at `deadline`, or never when there is none.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A subscriber socket's read buffer (see `upgrade`): subscribers send one small auth frame.
 const SUBSCRIBER_READ_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -1217,21 +1209,25 @@ where
         // While events keep coming, the socket is written at most once per
         // FLUSH_INTERVAL: between writes the task sleeps instead of waking for every event, then
         // takes everything that gathered. The first event after a quiet spell goes out at once.
-        let mut paced_until: Option<tokio::time::Instant> = None;
+        // One timer, reset at each write (a new one per wait cost a registration each time).
+        let mut paced = false;
+        let pace = tokio::time::sleep(FLUSH_INTERVAL);
+        tokio::pin!(pace);
         loop {
             tokio::select! {
-                received = live.recv(), if paced_until.is_none() => {
+                received = live.recv(), if !paced => {
                     self.on_received(received).await?;
                     self.drain(&mut live).await?;
                     self.flush().await?;
-                    paced_until = Some(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                    pace.as_mut().reset(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                    paced = true;
                 }
-                () = sleep_until_some(paced_until) => {
+                () = pace.as_mut(), if paced => {
                     if self.drain(&mut live).await? == 0 {
-                        paced_until = None;
+                        paced = false;
                     } else {
                         self.flush().await?;
-                        paced_until = Some(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                        pace.as_mut().reset(tokio::time::Instant::now() + FLUSH_INTERVAL);
                     }
                 }
                 _ = ping.tick() => {
