@@ -753,6 +753,8 @@ pub async fn upgrade(
 enum ClientMessage {
     Text(String),
     Binary,
+    /// A ping; its pong is queued (to be written by the caller).
+    Ping,
     /// The client closed; its close frame was answered.
     Close,
 }
@@ -818,7 +820,10 @@ where
                 return Ok(None);
             };
             match frame.opcode {
-                opcode::PING => encode_frame(&mut self.out, opcode::PONG, &frame.payload),
+                opcode::PING => {
+                    encode_frame(&mut self.out, opcode::PONG, &frame.payload);
+                    return Ok(Some(ClientMessage::Ping));
+                }
                 opcode::PONG => {}
                 opcode::CLOSE => {
                     // Echo the code (RFC 6455, 5.5.1); the caller ends the stream.
@@ -1076,6 +1081,18 @@ where
             Ok(Ok(None)) | Ok(Ok(Some(ClientMessage::Close))) => return Err(End::ClientGone),
             Ok(Err(err)) => return Err(read_error(err)),
             Ok(Ok(Some(ClientMessage::Text(text)))) => break text,
+            Ok(Ok(Some(ClientMessage::Ping))) => {
+                match tokio::time::timeout_at(deadline, conn.write_out()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(End::ClientGone),
+                    Err(_) => {
+                        return Err(End::Refused(
+                            close::AUTH_TIMEOUT,
+                            "no auth frame received in time",
+                        ))
+                    }
+                }
+            }
             Ok(Ok(Some(ClientMessage::Binary))) => {
                 return Err(End::Refused(
                     close::UNSUPPORTED,
@@ -1238,12 +1255,8 @@ where
                     // After auth, client frames (a second auth, unknown types, binary) are
                     // ignored; only a close or a broken connection ends the stream.
                     Ok(Some(ClientMessage::Close)) | Ok(None) => return Err(End::ClientGone),
-                    Ok(Some(_)) => {
-                        if self.conn.buffered() > 0 {
-                            // A pong to send.
-                            self.flush().await?;
-                        }
-                    }
+                    Ok(Some(ClientMessage::Ping)) => self.flush().await?,
+                    Ok(Some(_)) => {}
                     Err(err) => return Err(read_error(err)),
                 },
                 () = shutdown.cancelled() => return Err(End::Shutdown),
@@ -1648,6 +1661,7 @@ mod tests {
         bytes.extend(client_frame(0x82, b"\x00"));
         bytes.extend(client_frame(0x88, &1000u16.to_be_bytes()));
         client_write.write_all(&bytes).await.unwrap();
+        assert_eq!(conn.next_message().await, Ok(Some(ClientMessage::Ping)));
         assert_eq!(
             conn.next_message().await,
             Ok(Some(ClientMessage::Text("hello".into())))
