@@ -58,7 +58,8 @@ use crate::store::{Store, StoreError};
 /// cores. Pacing makes it 200 000, for at most this much added latency.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// A subscriber socket's read buffer (see `upgrade`): subscribers send one small auth frame.
+/// A subscriber socket's read buffer (it grows for a bigger frame, up to
+/// [`MAX_SUBSCRIBER_FRAME_BYTES`]): subscribers send one small auth frame.
 const SUBSCRIBER_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Segments read per blocking store call while streaming output.
@@ -885,10 +886,6 @@ where
         }
         self.out.clear();
         self.written = 0;
-        if self.out.capacity() > WRITE_BUFFER_BYTES * 2 {
-            // A big catch-up read went through: give the memory back.
-            self.out.shrink_to(WRITE_BUFFER_BYTES);
-        }
         self.io.flush().await
     }
 }
@@ -1223,6 +1220,9 @@ where
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
+        // Made once: each new `cancelled()` registered with (and left) the token's shared lock.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         // While events keep coming, the socket is written at most once per
         // FLUSH_INTERVAL: between writes the task sleeps instead of waking for every event, then
         // takes everything that gathered. The first event after a quiet spell goes out at once.
@@ -1259,7 +1259,7 @@ where
                     Ok(Some(_)) => {}
                     Err(err) => return Err(read_error(err)),
                 },
-                () = shutdown.cancelled() => return Err(End::Shutdown),
+                () = &mut shutdown => return Err(End::Shutdown),
             }
         }
     }
@@ -1479,10 +1479,14 @@ where
     }
 
     /// Queues encoded frames, writing them out once [`WRITE_BUFFER_BYTES`] are waiting.
+    /// Big slices (a store read, a big event) go out in pieces: the buffer stays under twice
+    /// [`WRITE_BUFFER_BYTES`].
     async fn feed(&mut self, frames: &[u8]) -> Result<(), End> {
-        self.conn.queue(frames);
-        if self.conn.buffered() >= WRITE_BUFFER_BYTES {
-            self.flush().await?;
+        for piece in frames.chunks(WRITE_BUFFER_BYTES) {
+            self.conn.queue(piece);
+            if self.conn.buffered() >= WRITE_BUFFER_BYTES {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
@@ -1499,6 +1503,9 @@ async fn guard_write(
     write: impl Future<Output = std::io::Result<()>>,
 ) -> Result<(), End> {
     tokio::select! {
+        // The write first: it usually completes at once, and then the shutdown token (a lock
+        // shared by every subscriber) is not even looked at.
+        biased;
         written = tokio::time::timeout(WRITE_STALL_TIMEOUT, write) => match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientGone),
