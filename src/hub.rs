@@ -15,7 +15,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
@@ -49,8 +48,8 @@ pub struct Event {
     pub app_id: AppId,
     pub deployment_id: DeploymentId,
     pub kind: EventKind,
-    /// The event's WebSocket frames, serialised once for all subscribers on first use.
-    ws_frames: OnceLock<Box<[Utf8Bytes]>>,
+    /// The event's WebSocket frames, encoded once for all subscribers on first use.
+    ws_frames: OnceLock<WireFrames>,
 }
 
 impl Event {
@@ -64,8 +63,59 @@ impl Event {
     }
 
     /// The frames for this event, rendered by `render` the first time any subscriber asks.
-    pub fn ws_frames(&self, render: impl FnOnce(&Event) -> Box<[Utf8Bytes]>) -> &[Utf8Bytes] {
+    pub fn ws_frames(&self, render: impl FnOnce(&Event) -> WireFrames) -> &WireFrames {
         self.ws_frames.get_or_init(|| render(self))
+    }
+}
+
+/// WebSocket frames encoded for the wire (header and payload), back to back in one buffer, so
+/// that a subscriber sends any suffix of them with one copy into its write buffer.
+#[derive(Debug, Default, Clone)]
+pub struct WireFrames {
+    bytes: Bytes,
+    /// Where each frame starts in `bytes`, in order.
+    starts: Box<[usize]>,
+}
+
+impl WireFrames {
+    /// `bytes` holds the frames; `starts` where each one begins (increasing, the first at 0).
+    pub fn new(bytes: Bytes, starts: Vec<usize>) -> Self {
+        debug_assert!(starts.first().is_none_or(|s| *s == 0));
+        Self {
+            bytes,
+            starts: starts.into_boxed_slice(),
+        }
+    }
+
+    /// How many frames there are.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// All the encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The encoded bytes of frames `skip..` (empty when `skip >= len`).
+    pub fn from_frame(&self, skip: usize) -> &[u8] {
+        match self.starts.get(skip) {
+            Some(start) => &self.bytes[*start..],
+            None => &[],
+        }
+    }
+
+    /// The encoded bytes of frame `i` (empty when there is none).
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let Some(start) = self.starts.get(i) else {
+            return &[];
+        };
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+        &self.bytes[*start..end]
     }
 }
 

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -147,6 +148,13 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     });
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
+        // Responses and stream frames are written whole (the stream paces its own writes), so
+        // Nagle's algorithm would only hold them back waiting for the peer's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY");
+            }
+        });
         let serve =
             axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
         if let Err(err) = serve.await {

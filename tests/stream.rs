@@ -539,3 +539,51 @@ async fn streams_close_with_going_away_when_the_server_shuts_down() {
     assert_eq!(code, Some(0));
     assert_eq!(reader.await.expect("reader"), Some(CloseCode::Away));
 }
+
+/// The next pong, skipping text frames; panics on anything else.
+async fn next_pong(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Pong(payload)))) => return payload.to_vec(),
+            Ok(Some(Ok(Message::Text(_)))) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_pings_are_answered_before_and_after_auth_and_a_client_close_is_echoed() {
+    let server = Server::start();
+    let admin = server.admin();
+    let app = server.create_app(&admin, "pinged").await;
+    let mut ws = open(&app, "", None).await;
+    ws.send(Message::Ping(b"before".to_vec().into()))
+        .await
+        .expect("ping");
+    assert_eq!(next_pong(&mut ws).await, b"before");
+    send_text(
+        &mut ws,
+        json!({"type": "auth", "data": {"token": server.admin_token}}).to_string(),
+    )
+    .await;
+    ws.send(Message::Ping(b"after".to_vec().into()))
+        .await
+        .expect("ping");
+    assert_eq!(next_pong(&mut ws).await, b"after");
+
+    // Lines still flow, then the client closes and the server answers with the same code.
+    let mut pusher = push::start(&server.url, "pinged", &server.admin_token, "r").await;
+    pusher.logs(&["one"]).await;
+    pusher.finish("success").await;
+    let events = events_until_status(&mut ws, &pusher.id(), "success").await;
+    assert_eq!(log_contents(&events, &pusher.id()), ["one"]);
+    ws.close(None).await.expect("close");
+    let code = loop {
+        match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected the close reply, got {other:?}"),
+        }
+    };
+    assert_eq!(code, None);
+}

@@ -26,23 +26,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::extract::ws::close_code;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::{stream, Sink, SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::access::{find_app, Caller};
 use super::deployments::find_deployment;
 use super::views::rfc3339;
 use super::{ApiError, AppState};
-use crate::hub::{Event, EventKind};
+use crate::hub::{Event, EventKind, WireFrames};
 use crate::model::{AppId, Deployment, DeploymentId, LineNo};
 use crate::status::Status;
 use crate::store::codec::SegmentView;
@@ -55,15 +58,8 @@ use crate::store::{Store, StoreError};
 /// cores. Pacing makes it 200 000, for at most this much added latency.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Resolves at `deadline`, or never when there is none.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A subscriber socket's read buffer (see `upgrade`): subscribers send one small auth frame.
+/// A subscriber socket's read buffer (it grows for a bigger frame, up to
+/// [`MAX_SUBSCRIBER_FRAME_BYTES`]): subscribers send one small auth frame.
 const SUBSCRIBER_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Segments read per blocking store call while streaming output.
@@ -464,80 +460,160 @@ fn read_sse_chunk(
 
 // ---- the WebSocket stream: frames ----------------------------------------------------------
 
-/// Renders the WebSocket frames of lines `skip..` of a segment starting at line `first`: one
-/// buffer for all of them, sliced per frame.
+/// WebSocket opcodes (RFC 6455, 5.2).
+mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// Appends one unmasked, unfragmented server frame (RFC 6455, 5.2).
+fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    const FIN: u8 = 0x80;
+    out.push(FIN | opcode);
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Builds [`WireFrames`]: text frames rendered into a scratch buffer, then encoded back to back.
+#[derive(Default)]
+struct FramesBuilder {
+    wire: Vec<u8>,
+    starts: Vec<usize>,
+    scratch: Vec<u8>,
+}
+
+impl FramesBuilder {
+    fn with_capacity(bytes: usize) -> Self {
+        Self {
+            wire: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Encodes `scratch` as the next text frame.
+    fn push_scratch(&mut self) {
+        self.starts.push(self.wire.len());
+        encode_frame(&mut self.wire, opcode::TEXT, &self.scratch);
+        self.scratch.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn finish(self) -> WireFrames {
+        WireFrames::new(Bytes::from(self.wire), self.starts)
+    }
+}
+
+/// Renders the text frames of lines `skip..` of a segment starting at line `first` into `out`,
+/// stopping after `max_lines` lines, or after the line that takes `out`'s size past
+/// `max_bytes`; returns how many lines it rendered.
+fn render_log_lines(
+    out: &mut FramesBuilder,
+    deployment: DeploymentId,
+    first: LineNo,
+    view: &SegmentView,
+    skip: usize,
+    max_lines: usize,
+    max_bytes: usize,
+) -> usize {
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(view.stored_at_nanos))
+        .map(rfc3339)
+        .unwrap_or_default();
+    let prefix = format!(r#"{{"type":"log","id":"{deployment}","data":{{"content":"#);
+    let mut rendered = 0;
+    for (i, (_, line)) in view.lines().enumerate().skip(skip) {
+        if rendered >= max_lines {
+            break;
+        }
+        out.scratch.extend_from_slice(prefix.as_bytes());
+        serde_json::to_writer(&mut out.scratch, line)
+            .expect("invariant: writing JSON to a Vec succeeds");
+        let seq = first.0 + i as u64;
+        out.scratch
+            .extend_from_slice(format!(r#"}},"seq":{seq},"at":"{at}"}}"#).as_bytes());
+        out.push_scratch();
+        rendered += 1;
+        if out.wire.len() >= max_bytes {
+            break;
+        }
+    }
+    rendered
+}
+
+/// The frames of lines `skip..` of a segment starting at line `first`.
+#[cfg(test)]
 fn log_frames(
     deployment: DeploymentId,
     first: LineNo,
     view: &SegmentView,
     skip: usize,
-) -> Vec<Utf8Bytes> {
-    log_frames_limited(deployment, first, view, skip, usize::MAX)
+) -> WireFrames {
+    let mut out = FramesBuilder::default();
+    render_log_lines(
+        &mut out,
+        deployment,
+        first,
+        view,
+        skip,
+        usize::MAX,
+        usize::MAX,
+    );
+    out.finish()
 }
 
-/// [`log_frames`], stopping after the line that takes the rendered size past `max_bytes`.
-fn log_frames_limited(
-    deployment: DeploymentId,
-    first: LineNo,
-    view: &SegmentView,
-    skip: usize,
-    max_bytes: usize,
-) -> Vec<Utf8Bytes> {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(view.stored_at_nanos))
-        .map(rfc3339)
-        .unwrap_or_default();
-    let prefix = format!(r#"{{"type":"log","id":"{deployment}","data":{{"content":"#);
-    let estimate = view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD;
-    let mut buf: Vec<u8> = Vec::with_capacity(estimate.min(max_bytes.saturating_add(4096)));
-    let mut ends = Vec::new();
-    for (i, (_, line)) in view.lines().enumerate().skip(skip) {
-        buf.extend_from_slice(prefix.as_bytes());
-        serde_json::to_writer(&mut buf, line).expect("invariant: writing JSON to a Vec succeeds");
-        let seq = first.0 + i as u64;
-        buf.extend_from_slice(format!(r#"}},"seq":{seq},"at":"{at}"}}"#).as_bytes());
-        ends.push(buf.len());
-        if buf.len() >= max_bytes {
-            break;
-        }
-    }
-    let buf = Bytes::from(buf);
-    let mut start = 0;
-    ends.into_iter()
-        .map(|end| {
-            let frame = buf.slice(start..end);
-            start = end;
-            Utf8Bytes::try_from(frame).expect("invariant: rendered JSON is UTF-8")
-        })
-        .collect()
+/// One text frame, encoded.
+fn text_frame(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 4);
+    encode_frame(&mut out, opcode::TEXT, text.as_bytes());
+    out
 }
 
-fn status_frame(deployment: DeploymentId, status: Status, seq: LineNo) -> Utf8Bytes {
+fn status_text(deployment: DeploymentId, status: Status, seq: LineNo) -> String {
     format!(
         r#"{{"type":"status","id":"{deployment}","data":{{"status":"{}"}},"seq":{}}}"#,
         status.as_str(),
         seq.0
     )
-    .into()
 }
 
-fn new_frame(deployment: DeploymentId) -> Utf8Bytes {
-    format!(r#"{{"type":"new","data":{{"deployment":"{deployment}"}}}}"#).into()
+fn new_text(deployment: DeploymentId) -> String {
+    format!(r#"{{"type":"new","data":{{"deployment":"{deployment}"}}}}"#)
 }
 
-fn ping_frame() -> Utf8Bytes {
-    format!(
+fn ping_frame() -> Vec<u8> {
+    text_frame(&format!(
         r#"{{"type":"ping","data":{{"ts":{}}}}}"#,
         OffsetDateTime::now_utc().unix_timestamp()
-    )
-    .into()
+    ))
 }
 
-/// The frames of a hub event, rendered once for every subscriber.
-fn render_event(event: &Event) -> Box<[Utf8Bytes]> {
+/// A single text frame as [`WireFrames`].
+fn single_frame(text: &str) -> WireFrames {
+    WireFrames::new(Bytes::from(text_frame(text)), vec![0])
+}
+
+/// The frames of a hub event, encoded once for every subscriber.
+fn render_event(event: &Event) -> WireFrames {
     match &event.kind {
-        EventKind::New => Box::new([new_frame(event.deployment_id)]),
+        EventKind::New => single_frame(&new_text(event.deployment_id)),
         EventKind::Status { status, seq } => {
-            Box::new([status_frame(event.deployment_id, *status, *seq)])
+            single_frame(&status_text(event.deployment_id, *status, *seq))
         }
         EventKind::Logs { first, segment } => match SegmentView::parse(segment) {
             // Too big to cache for everyone: subscribers read it from the store (see on_event).
@@ -545,12 +621,25 @@ fn render_event(event: &Event) -> Box<[Utf8Bytes]> {
                 if view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD
                     > MAX_RENDERED_EVENT_BYTES =>
             {
-                Box::new([])
+                WireFrames::default()
             }
-            Ok(view) => log_frames(event.deployment_id, *first, &view, 0).into_boxed_slice(),
+            Ok(view) => {
+                let estimate = view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD;
+                let mut out = FramesBuilder::with_capacity(estimate);
+                render_log_lines(
+                    &mut out,
+                    event.deployment_id,
+                    *first,
+                    &view,
+                    0,
+                    usize::MAX,
+                    usize::MAX,
+                );
+                out.finish()
+            }
             Err(err) => {
                 tracing::error!(error = %err, deployment = %event.deployment_id, "unreadable segment in a hub event");
-                Box::new([])
+                WireFrames::default()
             }
         },
     }
@@ -563,9 +652,8 @@ fn read_log_frames(
     id: DeploymentId,
     after: LineNo,
     until: LineNo,
-) -> Result<(Vec<Utf8Bytes>, LineNo), StoreError> {
-    let mut frames = Vec::new();
-    let mut rendered = 0;
+) -> Result<(WireFrames, LineNo), StoreError> {
+    let mut out = FramesBuilder::default();
     let mut last = after;
     for entry in store
         .segments_after(id, after)
@@ -581,16 +669,15 @@ fn read_log_frames(
             continue;
         }
         let skip = last.0.saturating_sub(first.0 - 1) as usize;
-        let mut segment = log_frames_limited(id, first, &view, skip, MAX_READ_BYTES - rendered);
-        segment.truncate((end.min(until.0) - last.0) as usize);
-        rendered += segment.iter().map(|f| f.len()).sum::<usize>();
-        last = LineNo(last.0 + segment.len() as u64);
-        frames.extend(segment);
-        if rendered >= MAX_READ_BYTES || last >= until {
+        let wanted = (end.min(until.0) - last.0) as usize;
+        let rendered = render_log_lines(&mut out, id, first, &view, skip, wanted, MAX_READ_BYTES);
+        last = LineNo(last.0 + rendered as u64);
+        if out.wire.len() >= MAX_READ_BYTES || last >= until {
             break;
         }
     }
-    Ok((frames, last))
+    debug_assert_eq!(out.len() as u64, last.0 - after.0);
+    Ok((out.finish(), last))
 }
 
 // ---- the WebSocket stream: connection ------------------------------------------------------
@@ -598,27 +685,277 @@ fn read_log_frames(
 /// `GET /apps/{app}` (the URL of `links.deployments_stream`): the live deployments stream. No
 /// credentials on the upgrade (compat.md); the first frame authenticates. Query parameters
 /// `deployment=D&after=N` resume deployment D after line N.
+///
+/// The handshake and the framing are done here rather than by tungstenite: live frames are
+/// encoded once per event for every subscriber (see [`WireFrames`]) and a subscriber copies
+/// them into its write buffer, one socket write per flush. Per-subscriber framing and the
+/// split sink's lock were most of the server's CPU with 1000 subscribers.
 pub async fn upgrade(
     State(state): State<AppState>,
     Path(app): Path<String>,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
     let resume = parse_resume_query(query.as_deref())?;
-    let ws = ws.map_err(|rejection| {
-        ApiError::BadRequest(format!(
-            "this is the deployments WebSocket stream: {rejection}"
-        ))
-    })?;
-    Ok(ws
-        // tungstenite zero-fills its whole free read buffer on every read attempt, and a
-        // subscriber's socket is polled for reads at every event it is sent: with the default
-        // 128 KiB buffer that memset was half of the server's CPU with 1000 subscribers.
-        // Subscribers only ever send an auth frame, so a small buffer costs nothing.
-        .read_buffer_size(SUBSCRIBER_READ_BUFFER_BYTES)
-        .max_message_size(MAX_SUBSCRIBER_FRAME_BYTES)
-        .max_frame_size(MAX_SUBSCRIBER_FRAME_BYTES)
-        .on_upgrade(move |socket| run_socket(state, app, resume, socket)))
+    let not_websocket = |why: &str| {
+        ApiError::BadRequest(format!("this is the deployments WebSocket stream: {why}"))
+    };
+    let headers = request.headers();
+    if request.method() != Method::GET {
+        return Err(not_websocket("the upgrade must be a GET"));
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err(not_websocket("the Connection header must contain upgrade"));
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(not_websocket("the Upgrade header must be websocket"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(not_websocket("Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(not_websocket("Sec-WebSocket-Key is missing"));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return Err(not_websocket("this connection cannot be upgraded"));
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let conn = Conn::new(TokioIo::new(upgraded));
+                run_socket(state, app, resume, conn).await;
+            }
+            Err(err) => tracing::debug!(error = %err, "stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .map_err(|err| ApiError::Internal(err.to_string()))
+}
+
+/// A message from a subscriber (control frames answered by [`Conn`] are not reported).
+#[derive(Debug, PartialEq)]
+enum ClientMessage {
+    Text(String),
+    Binary,
+    /// A ping; its pong is queued (to be written by the caller).
+    Ping,
+    /// The client closed; its close frame was answered.
+    Close,
+}
+
+/// Why reading a subscriber's frames stopped.
+#[derive(Debug, PartialEq)]
+enum ReadError {
+    /// A frame or message larger than [`MAX_SUBSCRIBER_FRAME_BYTES`].
+    TooBig,
+    /// Not WebSocket (unmasked or malformed frame, bad UTF-8), or the socket failed.
+    Broken,
+}
+
+/// A subscriber's upgraded socket: reads its (masked) frames, buffers encoded server frames.
+struct Conn<IO> {
+    io: IO,
+    input: BytesMut,
+    /// A text message being reassembled from fragments.
+    fragments: Option<Vec<u8>>,
+    /// Encoded frames not written yet; `out[written..]` is what is left.
+    out: Vec<u8>,
+    written: usize,
+}
+
+/// Bytes of frames a subscriber buffers before writing them out even within a flush interval.
+const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+
+impl<IO> Conn<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(io: IO) -> Self {
+        Self {
+            io,
+            input: BytesMut::with_capacity(SUBSCRIBER_READ_BUFFER_BYTES),
+            fragments: None,
+            out: Vec::with_capacity(SUBSCRIBER_READ_BUFFER_BYTES),
+            written: 0,
+        }
+    }
+
+    /// The next message; `Ok(None)` when the socket ended. Cancel-safe: a partly read frame
+    /// stays in the input buffer.
+    async fn next_message(&mut self) -> Result<Option<ClientMessage>, ReadError> {
+        loop {
+            if let Some(message) = self.parse()? {
+                return Ok(Some(message));
+            }
+            if self.input.capacity() - self.input.len() < SUBSCRIBER_READ_BUFFER_BYTES / 4 {
+                self.input.reserve(SUBSCRIBER_READ_BUFFER_BYTES);
+            }
+            match self.io.read_buf(&mut self.input).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Takes complete frames off the input buffer until one makes a message.
+    fn parse(&mut self) -> Result<Option<ClientMessage>, ReadError> {
+        loop {
+            let Some(frame) = parse_client_frame(&mut self.input)? else {
+                return Ok(None);
+            };
+            match frame.opcode {
+                opcode::PING => {
+                    encode_frame(&mut self.out, opcode::PONG, &frame.payload);
+                    return Ok(Some(ClientMessage::Ping));
+                }
+                opcode::PONG => {}
+                opcode::CLOSE => {
+                    // Echo the code (RFC 6455, 5.5.1); the caller ends the stream.
+                    let code = frame.payload.get(..2).unwrap_or_default();
+                    encode_frame(&mut self.out, opcode::CLOSE, code);
+                    return Ok(Some(ClientMessage::Close));
+                }
+                opcode::TEXT | opcode::BINARY if self.fragments.is_some() => {
+                    return Err(ReadError::Broken)
+                }
+                opcode::BINARY if frame.fin => return Ok(Some(ClientMessage::Binary)),
+                opcode::TEXT if frame.fin => return text_message(frame.payload).map(Some),
+                opcode::TEXT | opcode::BINARY => {
+                    // A fragmented binary message is reported as binary once complete; its
+                    // bytes are kept like text's, within the same size limit.
+                    let mut first = frame.payload;
+                    first.insert(0, frame.opcode);
+                    self.fragments = Some(first);
+                }
+                opcode::CONTINUATION => {
+                    let Some(buffer) = self.fragments.as_mut() else {
+                        return Err(ReadError::Broken);
+                    };
+                    if buffer.len() - 1 + frame.payload.len() > MAX_SUBSCRIBER_FRAME_BYTES {
+                        return Err(ReadError::TooBig);
+                    }
+                    buffer.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let mut message = self.fragments.take().unwrap_or_default();
+                        let kind = message.remove(0);
+                        if kind == opcode::BINARY {
+                            return Ok(Some(ClientMessage::Binary));
+                        }
+                        return text_message(message).map(Some);
+                    }
+                }
+                _ => return Err(ReadError::Broken),
+            }
+        }
+    }
+
+    /// Queues encoded frames.
+    fn queue(&mut self, frames: &[u8]) {
+        self.out.extend_from_slice(frames);
+    }
+
+    fn buffered(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Writes everything queued. Cancel-safe: what was written is remembered.
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        while self.written < self.out.len() {
+            let n = self.io.write(&self.out[self.written..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.written += n;
+        }
+        self.out.clear();
+        self.written = 0;
+        self.io.flush().await
+    }
+}
+
+fn text_message(payload: Vec<u8>) -> Result<ClientMessage, ReadError> {
+    String::from_utf8(payload)
+        .map(ClientMessage::Text)
+        .map_err(|_| ReadError::Broken)
+}
+
+/// One client frame, unmasked.
+struct ClientFrame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// Takes one complete client frame off `input` (`None` until one is complete). Client frames
+/// must be masked (RFC 6455, 5.1); a frame over [`MAX_SUBSCRIBER_FRAME_BYTES`] is refused as
+/// soon as its header arrives.
+fn parse_client_frame(input: &mut BytesMut) -> Result<Option<ClientFrame>, ReadError> {
+    let [b0, b1, ..] = input[..] else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
+        // Reserved bits (no extension was negotiated), or an unmasked frame.
+        return Err(ReadError::Broken);
+    }
+    let (len, header) = match b1 & 0x7F {
+        126 => match input.get(2..4) {
+            Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match input.get(2..10) {
+            Some(bytes) => {
+                let mut be = [0; 8];
+                be.copy_from_slice(bytes);
+                (u64::from_be_bytes(be), 10)
+            }
+            None => return Ok(None),
+        },
+        len => (u64::from(len), 2),
+    };
+    if len > MAX_SUBSCRIBER_FRAME_BYTES as u64 {
+        return Err(ReadError::TooBig);
+    }
+    let opcode = b0 & 0x0F;
+    if opcode >= opcode::CLOSE && (len > 125 || b0 & 0x80 == 0) {
+        // Control frames are short and never fragmented (RFC 6455, 5.5).
+        return Err(ReadError::Broken);
+    }
+    let len = len as usize;
+    let Some(mask) = input.get(header..header + 4) else {
+        return Ok(None);
+    };
+    let mask = [mask[0], mask[1], mask[2], mask[3]];
+    if input.len() < header + 4 + len {
+        return Ok(None);
+    }
+    let frame = input.split_to(header + 4 + len);
+    let payload = frame[header + 4..]
+        .iter()
+        .enumerate()
+        .map(|(i, byte)| byte ^ mask[i % 4])
+        .collect();
+    Ok(Some(ClientFrame {
+        fin: b0 & 0x80 != 0,
+        opcode,
+        payload,
+    }))
 }
 
 /// Resume points: deployment id → last line the client has.
@@ -681,13 +1018,15 @@ impl From<ApiError> for End {
     }
 }
 
-async fn run_socket(state: AppState, app: String, resume: Resume, socket: WebSocket) {
-    let (mut sink, mut source) = socket.split();
+async fn run_socket<IO>(state: AppState, app: String, resume: Resume, mut conn: Conn<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let outcome = async {
-        let (app_id, resume) = authenticate(&state, &app, resume, &mut source).await?;
+        let (app_id, resume) = authenticate(&state, &app, resume, &mut conn).await?;
         let live = state.hub.subscribe(app_id);
-        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut sink);
-        subscriber.run(live, resume, &mut source).await
+        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut conn);
+        subscriber.run(live, resume).await
     }
     .await;
     let close = match outcome {
@@ -700,29 +1039,33 @@ async fn run_socket(state: AppState, app: String, resume: Resume, socket: WebSoc
         }
     };
     if let Some((code, reason)) = close {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        // Best effort, bounded: the peer may be gone or not reading.
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        let mut frame = Vec::with_capacity(payload.len() + 2);
+        encode_frame(&mut frame, opcode::CLOSE, &payload);
+        conn.queue(&frame);
+    }
+    // Best effort, bounded: what is queued (a pong, the close reply, a close frame) goes out
+    // unless the peer is gone or not reading.
+    if conn.buffered() > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.write_out()).await;
     }
 }
 
 /// Waits for the auth frame; returns the app and the resume points (query ∪ auth frame).
-async fn authenticate<S>(
+async fn authenticate<IO>(
     state: &AppState,
     app: &str,
     mut resume: Resume,
-    source: &mut S,
+    conn: &mut Conn<IO>,
 ) -> Result<(AppId, Resume), End>
 where
-    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = tokio::time::Instant::now() + state.config.stream.auth_timeout;
     let text = loop {
         let next = tokio::select! {
-            next = tokio::time::timeout_at(deadline, source.next()) => next,
+            next = tokio::time::timeout_at(deadline, conn.next_message()) => next,
             () = state.shutdown.cancelled() => return Err(End::Shutdown),
         };
         match next {
@@ -732,17 +1075,27 @@ where
                     "no auth frame received in time",
                 ))
             }
-            Ok(None) => return Err(End::ClientGone),
-            Ok(Some(Err(err))) => return Err(read_error(&err)),
-            Ok(Some(Ok(Message::Text(text)))) => break text,
-            Ok(Some(Ok(Message::Binary(_)))) => {
+            Ok(Ok(None)) | Ok(Ok(Some(ClientMessage::Close))) => return Err(End::ClientGone),
+            Ok(Err(err)) => return Err(read_error(err)),
+            Ok(Ok(Some(ClientMessage::Text(text)))) => break text,
+            Ok(Ok(Some(ClientMessage::Ping))) => {
+                match tokio::time::timeout_at(deadline, conn.write_out()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(End::ClientGone),
+                    Err(_) => {
+                        return Err(End::Refused(
+                            close::AUTH_TIMEOUT,
+                            "no auth frame received in time",
+                        ))
+                    }
+                }
+            }
+            Ok(Ok(Some(ClientMessage::Binary))) => {
                 return Err(End::Refused(
                     close::UNSUPPORTED,
                     "binary frames are not supported; send a JSON auth frame",
                 ))
             }
-            Ok(Some(Ok(Message::Close(_)))) => return Err(End::ClientGone),
-            Ok(Some(Ok(_))) => continue,
         }
     };
     let frame = AuthFrame::parse(&text).ok_or(End::Refused(
@@ -770,12 +1123,10 @@ where
 }
 
 /// Maps a read error: a too-big frame gets 1009, anything else means the client is gone.
-fn read_error(err: &axum::Error) -> End {
-    let text = err.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-        End::Refused(close::TOO_BIG, "frame too large")
-    } else {
-        End::ClientGone
+fn read_error(err: ReadError) -> End {
+    match err {
+        ReadError::TooBig => End::Refused(close::TOO_BIG, "frame too large"),
+        ReadError::Broken => End::ClientGone,
     }
 }
 
@@ -828,35 +1179,31 @@ struct Sent {
 }
 
 /// One authenticated subscriber: writes replay, catch-up and live frames to its sink.
-struct Subscriber<'a, S> {
+struct Subscriber<'a, IO> {
     state: AppState,
     app: AppId,
-    sink: &'a mut S,
+    conn: &'a mut Conn<IO>,
     sent: BTreeMap<DeploymentId, Sent>,
 }
 
-impl<'a, S> Subscriber<'a, S>
+impl<'a, IO> Subscriber<'a, IO>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(state: AppState, app: AppId, sink: &'a mut S) -> Self {
+    fn new(state: AppState, app: AppId, conn: &'a mut Conn<IO>) -> Self {
         Self {
             state,
             app,
-            sink,
+            conn,
             sent: BTreeMap::new(),
         }
     }
 
-    async fn run<R>(
+    async fn run(
         &mut self,
         mut live: broadcast::Receiver<Arc<Event>>,
         resume: Resume,
-        source: &mut R,
-    ) -> Result<(), End>
-    where
-        R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
-    {
+    ) -> Result<(), End> {
         // Resume points first, so the replay sends only what follows them.
         for (id, after) in &resume {
             self.sent.insert(
@@ -873,38 +1220,46 @@ where
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
+        // Made once: each new `cancelled()` registered with (and left) the token's shared lock.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         // While events keep coming, the socket is written at most once per
         // FLUSH_INTERVAL: between writes the task sleeps instead of waking for every event, then
         // takes everything that gathered. The first event after a quiet spell goes out at once.
-        let mut paced_until: Option<tokio::time::Instant> = None;
+        // One timer, reset at each write (a new one per wait cost a registration each time).
+        let mut paced = false;
+        let pace = tokio::time::sleep(FLUSH_INTERVAL);
+        tokio::pin!(pace);
         loop {
             tokio::select! {
-                received = live.recv(), if paced_until.is_none() => {
+                received = live.recv(), if !paced => {
                     self.on_received(received).await?;
                     self.drain(&mut live).await?;
                     self.flush().await?;
-                    paced_until = Some(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                    pace.as_mut().reset(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                    paced = true;
                 }
-                () = sleep_until_some(paced_until) => {
+                () = pace.as_mut(), if paced => {
                     if self.drain(&mut live).await? == 0 {
-                        paced_until = None;
+                        paced = false;
                     } else {
                         self.flush().await?;
-                        paced_until = Some(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                        pace.as_mut().reset(tokio::time::Instant::now() + FLUSH_INTERVAL);
                     }
                 }
                 _ = ping.tick() => {
-                    self.feed(ping_frame()).await?;
+                    self.feed(&ping_frame()).await?;
                     self.flush().await?;
                 }
-                message = source.next() => match message {
+                message = self.conn.next_message() => match message {
                     // After auth, client frames (a second auth, unknown types, binary) are
                     // ignored; only a close or a broken connection ends the stream.
-                    Some(Ok(Message::Close(_))) | None => return Err(End::ClientGone),
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => return Err(read_error(&err)),
+                    Ok(Some(ClientMessage::Close)) | Ok(None) => return Err(End::ClientGone),
+                    Ok(Some(ClientMessage::Ping)) => self.flush().await?,
+                    Ok(Some(_)) => {}
+                    Err(err) => return Err(read_error(err)),
                 },
-                () = shutdown.cancelled() => return Err(End::Shutdown),
+                () = &mut shutdown => return Err(End::Shutdown),
             }
         }
     }
@@ -947,7 +1302,7 @@ where
         match (&event.kind, self.sent.get(&id).copied()) {
             (EventKind::New, None) => {
                 self.track(id, Sent::default());
-                self.feed_all(frames).await
+                self.feed(frames.bytes()).await
             }
             (EventKind::New, Some(_)) => Ok(()),
             // A deployment we know nothing of (its `new` was missed): read it from the store.
@@ -960,12 +1315,17 @@ where
                 if sent.status.is_some_and(|s| s >= status.code()) {
                     return Ok(());
                 }
-                self.feed_all(frames).await?;
+                self.feed(frames.bytes()).await?;
                 self.mark_status(id, *status);
                 Ok(())
             }
             (EventKind::Logs { first, segment }, Some(sent)) => {
-                let count = SegmentView::parse(segment).map_or(0, |v| v.line_count()) as u64;
+                // Every line is rendered, unless the event was too big (then none is).
+                let count = if frames.is_empty() {
+                    SegmentView::parse(segment).map_or(0, |v| v.line_count()) as u64
+                } else {
+                    frames.len() as u64
+                };
                 let end = (first.0 + count).saturating_sub(1);
                 if count == 0 || end <= sent.line.0 {
                     return Ok(());
@@ -975,7 +1335,7 @@ where
                     return self.catch_up(id, false).await;
                 }
                 let skip = (sent.line.0 + 1 - first.0) as usize;
-                self.feed_all(&frames[skip..]).await?;
+                self.feed(frames.from_frame(skip)).await?;
                 if let Some(entry) = self.sent.get_mut(&id) {
                     entry.line = LineNo(end);
                 }
@@ -1035,7 +1395,7 @@ where
         };
         let mut sent = self.sent.get(&id).copied().unwrap_or_default();
         if announce && !self.sent.contains_key(&id) {
-            self.feed(new_frame(id)).await?;
+            self.feed(&text_frame(&new_text(id))).await?;
         }
         self.track(id, sent);
         // Read after the record: the history holds at least the record's status, if any.
@@ -1062,7 +1422,8 @@ where
                 // The current status goes after every line stored when it was read.
                 sent = self.send_lines(id, sent, record.last_line).await?;
             }
-            self.feed(status_frame(id, status, sent.line)).await?;
+            self.feed(&text_frame(&status_text(id, status, sent.line)))
+                .await?;
             self.mark_status(id, status);
             sent = self.sent.get(&id).copied().unwrap_or(sent);
         }
@@ -1086,7 +1447,7 @@ where
             if frames.is_empty() {
                 break;
             }
-            self.feed_all(&frames).await?;
+            self.feed(frames.bytes()).await?;
             sent.line = last;
             self.track(id, sent);
         }
@@ -1117,30 +1478,34 @@ where
         }
     }
 
-    async fn feed_all(&mut self, frames: &[Utf8Bytes]) -> Result<(), End> {
-        for frame in frames {
-            self.feed(frame.clone()).await?;
+    /// Queues encoded frames, writing them out once [`WRITE_BUFFER_BYTES`] are waiting.
+    /// Big slices (a store read, a big event) go out in pieces: the buffer stays under twice
+    /// [`WRITE_BUFFER_BYTES`].
+    async fn feed(&mut self, frames: &[u8]) -> Result<(), End> {
+        for piece in frames.chunks(WRITE_BUFFER_BYTES) {
+            self.conn.queue(piece);
+            if self.conn.buffered() >= WRITE_BUFFER_BYTES {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
 
-    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), End> {
-        let feed = self.sink.feed(Message::Text(frame));
-        guard_write(&self.state, feed).await
-    }
-
     async fn flush(&mut self) -> Result<(), End> {
-        let flush = self.sink.flush();
-        guard_write(&self.state, flush).await
+        let write = self.conn.write_out();
+        guard_write(&self.state, write).await
     }
 }
 
 /// Runs a socket write, ending on shutdown or when the socket stalls.
 async fn guard_write(
     state: &AppState,
-    write: impl Future<Output = Result<(), axum::Error>>,
+    write: impl Future<Output = std::io::Result<()>>,
 ) -> Result<(), End> {
     tokio::select! {
+        // The write first: it usually completes at once, and then the shutdown token (a lock
+        // shared by every subscriber) is not even looked at.
+        biased;
         written = tokio::time::timeout(WRITE_STALL_TIMEOUT, write) => match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientGone),
@@ -1203,6 +1568,119 @@ mod tests {
         );
     }
 
+    /// The payload of one encoded unmasked text frame.
+    fn text_payload(frame: &[u8]) -> &[u8] {
+        assert_eq!(frame[0], 0x81);
+        let header = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        &frame[header..]
+    }
+
+    /// A client frame, masked as clients must.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![first];
+        match payload.len() {
+            len @ 0..=125 => out.push(0x80 | len as u8),
+            len @ 126..=0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn server_frames_use_the_shortest_length_encoding() {
+        for len in [0, 125, 126, 65535, 65536] {
+            let mut out = Vec::new();
+            encode_frame(&mut out, opcode::TEXT, &vec![b'a'; len]);
+            let header = out.len() - len;
+            assert_eq!(
+                header,
+                if len < 126 {
+                    2
+                } else if len < 65536 {
+                    4
+                } else {
+                    10
+                }
+            );
+            assert_eq!(text_payload(&out).len(), len);
+        }
+    }
+
+    #[test]
+    fn client_frames_are_unmasked_reassembled_and_limited() {
+        let mut input = BytesMut::new();
+        input.extend_from_slice(&client_frame(0x81, b"hello"));
+        let frame = parse_client_frame(&mut input).unwrap().unwrap();
+        assert_eq!(
+            (frame.fin, frame.opcode, &frame.payload[..]),
+            (true, 1, &b"hello"[..])
+        );
+        assert!(input.is_empty());
+
+        // Partial frames wait for more bytes.
+        let whole = client_frame(0x81, &[b'x'; 300]);
+        input.extend_from_slice(&whole[..100]);
+        assert!(parse_client_frame(&mut input).unwrap().is_none());
+        input.extend_from_slice(&whole[100..]);
+        assert_eq!(
+            parse_client_frame(&mut input)
+                .unwrap()
+                .unwrap()
+                .payload
+                .len(),
+            300
+        );
+
+        // Too big as soon as the header says so; unmasked is broken.
+        let mut input = BytesMut::from(&client_frame(0x81, &vec![0; 70_000])[..10]);
+        assert_eq!(
+            parse_client_frame(&mut input).err(),
+            Some(ReadError::TooBig)
+        );
+        let mut input = BytesMut::from(&[0x81u8, 0x01, b'a'][..]);
+        assert_eq!(
+            parse_client_frame(&mut input).err(),
+            Some(ReadError::Broken)
+        );
+    }
+
+    #[tokio::test]
+    async fn conn_answers_pings_and_reassembles_fragments() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let mut conn = Conn::new(server);
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let mut bytes = client_frame(0x89, b"p");
+        bytes.extend(client_frame(0x01, b"hel"));
+        bytes.extend(client_frame(0x80, b"lo"));
+        bytes.extend(client_frame(0x82, b"\x00"));
+        bytes.extend(client_frame(0x88, &1000u16.to_be_bytes()));
+        client_write.write_all(&bytes).await.unwrap();
+        assert_eq!(conn.next_message().await, Ok(Some(ClientMessage::Ping)));
+        assert_eq!(
+            conn.next_message().await,
+            Ok(Some(ClientMessage::Text("hello".into())))
+        );
+        assert_eq!(conn.next_message().await, Ok(Some(ClientMessage::Binary)));
+        assert_eq!(conn.next_message().await, Ok(Some(ClientMessage::Close)));
+        conn.write_out().await.unwrap();
+        let mut reply = [0u8; 7];
+        client_read.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, [0x8A, 1, b'p', 0x88, 2, 0x03, 0xE8]);
+    }
+
     #[test]
     fn log_frames_escape_and_number_lines() {
         let lines = [
@@ -1214,14 +1692,16 @@ mod tests {
         let id = DeploymentId::from_bytes([1; 16]);
         let frames = log_frames(id, LineNo(41), &view, 1);
         assert_eq!(frames.len(), 1);
-        let value: Value = serde_json::from_str(frames[0].as_str()).unwrap();
+        let value: Value = serde_json::from_slice(text_payload(frames.frame(0))).unwrap();
         assert_eq!(value["type"], "log");
         assert_eq!(value["id"], id.to_string());
         assert_eq!(value["data"]["content"], "b\\c");
         assert_eq!(value["seq"], 42);
         assert_eq!(value["at"], "1970-01-01T00:00:00Z");
         let all = log_frames(id, LineNo(41), &view, 0);
-        let value: Value = serde_json::from_str(all[0].as_str()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.from_frame(1), all.frame(1));
+        let value: Value = serde_json::from_slice(text_payload(all.frame(0))).unwrap();
         assert_eq!(value["data"]["content"], "a \"quoted\"");
         assert_eq!(value["seq"], 41);
     }
