@@ -70,8 +70,13 @@ pub struct SledEngine {
     dir: std::path::PathBuf,
 }
 
-/// sled's page cache. Small: segments are read once per reader and the OS page cache does the
-/// rest; the resident-memory target (50 MB idle) leaves no room for sled's 1 GiB default.
+/// How long `open` waits for sled's directory lock: 40 × 50 ms.
+const LOCK_RETRIES: u32 = 40;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// sled's page cache. Small: sled holds only records and the segment index (log text lives in
+/// `store::logs` files, cached by the OS), and the resident-memory target (50 MB idle) leaves no
+/// room for sled's 1 GiB default.
 pub const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// sled's own background flush interval. Durability never relies on it (the writer calls
@@ -80,6 +85,22 @@ const SLED_FLUSH_EVERY_MS: u64 = 1000;
 
 impl SledEngine {
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        // sled's file lock outlives a dropped `Db` for a moment (its flusher thread lets go of
+        // the last reference asynchronously), and a restarting process may still be exiting:
+        // wait a little for the lock rather than fail at once.
+        let mut attempts = 0;
+        loop {
+            match Self::open_once(dir) {
+                Err(err) if err.0.contains("could not acquire lock") && attempts < LOCK_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<Self, EngineError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
