@@ -146,6 +146,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         }
         sessions_stop.cancel();
     });
+    spawn_memory_trimmer(shutdown.clone());
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         // Responses and stream frames are written whole (the stream paces its own writes), so
@@ -172,6 +173,35 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         shutdown: stop,
         task,
     })
+}
+
+/// How often freed heap memory is handed back to the operating system.
+const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// glibc keeps memory freed by other threads in per-thread arenas instead of returning it:
+/// after an ingest burst the server stayed at ~54 MB resident although ~14 MB was live. A
+/// periodic `malloc_trim` brings an idle server back to ~23 MB (the resident-memory target is
+/// 50 MB idle). It costs microseconds when there is nothing to return.
+fn spawn_memory_trimmer(shutdown: CancellationToken) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MEMORY_TRIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // SAFETY: malloc_trim only walks the allocator's own arenas; it has no
+                    // preconditions and may be called from any thread at any time.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    drop(shutdown);
 }
 
 async fn install_secret(store: &Store, writer: &Writer) -> Result<[u8; 32], ServerError> {
