@@ -396,6 +396,8 @@ pub struct FanoutReport {
     pub latency: Latency,
     /// Deliveries that arrived before the pusher saw the ack (counted as 0 µs above).
     pub arrived_before_ack: u64,
+    /// Deliveries of batches whose ack the pusher never saw (not in the latency).
+    pub never_acked: u64,
     pub violations: Violations,
 }
 
@@ -531,6 +533,7 @@ impl FanoutReport {
                 ("lines/s (acked)", format!("{:.0}", self.lines_per_sec)),
                 ("ack->arrival", latency_text(&self.latency)),
                 ("before ack", self.arrived_before_ack.to_string()),
+                ("never acked", self.never_acked.to_string()),
                 (
                     "violations",
                     if v.is_clean() {
@@ -1127,6 +1130,8 @@ struct SubscriberResult {
     deliveries: u64,
     latency: Histogram,
     before_ack: u64,
+    /// Deliveries whose batch ack the pusher never saw (left out of the latency).
+    never_acked: u64,
     last_arrival: Option<Instant>,
     violations: Violations,
 }
@@ -1205,7 +1210,12 @@ async fn subscriber(mut ws: Ws, clock: Arc<Clock>, lines: u64, batch: u64) -> Su
                     break;
                 }
                 pending.pop_front();
-                let ack = ack.saturating_sub(1);
+                if ack == 0 {
+                    // The pusher never saw this batch's ack: no latency to measure.
+                    result.never_acked += 1;
+                    continue;
+                }
+                let ack = ack - 1;
                 if arrival < ack {
                     result.before_ack += 1;
                 }
@@ -1442,6 +1452,7 @@ pub async fn fanout(target: &Target, options: &FanoutOptions) -> Result<FanoutRe
             .map_err(|e| protocol(format!("subscriber task: {e}")))?;
         totals.deliveries += r.deliveries;
         totals.before_ack += r.before_ack;
+        totals.never_acked += r.never_acked;
         totals.latency.merge(&r.latency);
         totals.violations.add(&r.violations);
         if let Some(at) = r.last_arrival {
@@ -1464,6 +1475,7 @@ pub async fn fanout(target: &Target, options: &FanoutOptions) -> Result<FanoutRe
         lines_per_sec: per_sec(options.lines as f64, pusher_acked.duration_since(started)),
         latency: totals.latency.latency(),
         arrived_before_ack: totals.before_ack,
+        never_acked: totals.never_acked,
         violations: totals.violations,
     })
 }
