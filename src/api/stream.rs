@@ -391,12 +391,15 @@ pub fn stored_text(
     })
 }
 
-/// Up to [`OUTPUT_SEGMENTS_PER_READ`] segments of text after line `after`, and the last line
-/// number included.
-fn read_text_chunk(
+/// Renders the lines after `after`, from up to [`OUTPUT_SEGMENTS_PER_READ`] segments and until
+/// the output holds [`MAX_READ_BYTES`]; returns the output and the last line number rendered.
+/// `render(segment, skip, out)` appends the segment's lines from the `skip`-th on and returns
+/// how many it rendered (fewer when `out` reached its bound).
+fn read_chunk(
     store: &Store,
     id: DeploymentId,
     after: LineNo,
+    mut render: impl FnMut(&SegmentView<'_>, LineNo, usize, &mut Vec<u8>) -> u64,
 ) -> Result<(Vec<u8>, LineNo), StoreError> {
     let mut out = Vec::new();
     let mut last = after;
@@ -406,19 +409,30 @@ fn read_text_chunk(
     {
         let (first, bytes) = entry?;
         let view = SegmentView::parse(&bytes)?;
-        let count = view.line_count() as u64;
-        let end = first.0 + count - 1;
+        let end = first.0 + view.line_count() as u64 - 1;
         if end <= last.0 {
             continue;
         }
-        let skip = last.0.saturating_sub(first.0 - 1) as usize;
-        out.extend_from_slice(view.text_from_line(skip));
-        last = LineNo(end);
+        let skip = last.0.saturating_sub(first.0 - 1);
+        let rendered = render(&view, first, skip as usize, &mut out);
+        last = LineNo(first.0 - 1 + skip + rendered);
         if out.len() >= MAX_READ_BYTES {
             break;
         }
     }
     Ok((out, last))
+}
+
+/// The plain text after line `after` (see [`read_chunk`]): a copy of the segments' text.
+fn read_text_chunk(
+    store: &Store,
+    id: DeploymentId,
+    after: LineNo,
+) -> Result<(Vec<u8>, LineNo), StoreError> {
+    read_chunk(store, id, after, |view, _, skip, out| {
+        out.extend_from_slice(view.text_from_line(skip));
+        (view.line_count() - skip) as u64
+    })
 }
 
 /// Like [`read_text_chunk`], as Server-Sent Events: one event per line, `id:` = line number.
@@ -429,19 +443,10 @@ fn read_sse_chunk(
     id: DeploymentId,
     after: LineNo,
 ) -> Result<(Vec<u8>, LineNo), StoreError> {
-    let mut out = Vec::new();
-    let mut last = after;
-    for entry in store
-        .segments_after(id, after)
-        .take(OUTPUT_SEGMENTS_PER_READ)
-    {
-        let (first, bytes) = entry?;
-        let view = SegmentView::parse(&bytes)?;
-        for (i, (_, line)) in view.lines().enumerate() {
+    read_chunk(store, id, after, |view, first, skip, out| {
+        let mut rendered = 0;
+        for (i, (_, line)) in view.lines().enumerate().skip(skip) {
             let number = first.0 + i as u64;
-            if number <= last.0 {
-                continue;
-            }
             out.extend_from_slice(format!("id: {number}\n").as_bytes());
             for piece in line.split('\r') {
                 out.extend_from_slice(b"data: ");
@@ -449,13 +454,13 @@ fn read_sse_chunk(
                 out.push(b'\n');
             }
             out.push(b'\n');
-            last = LineNo(number);
+            rendered += 1;
             if out.len() >= MAX_READ_BYTES {
-                return Ok((out, last));
+                break;
             }
         }
-    }
-    Ok((out, last))
+        rendered
+    })
 }
 
 // ---- the WebSocket stream: frames ----------------------------------------------------------
