@@ -1329,6 +1329,14 @@ async fn subscriber(mut ws: Ws, clock: Arc<Clock>, lines: u64, batch: u64) -> Su
         }
         resolve(&mut pending, &mut result, false);
     }
+    // The last lines often arrive before the pusher has read their batch's ack: wait for the
+    // pusher to finish (it has every ack then) before settling their latency.
+    if pending
+        .front()
+        .is_some_and(|(b, _)| clock.acks[*b as usize].load(Ordering::Acquire) == 0)
+    {
+        let _ = tokio::time::timeout(DRAIN_GRACE, clock.pusher_done.notified()).await;
+    }
     resolve(&mut pending, &mut result, true);
     result.violations.missing = lines - unique;
     let _ = ws.close(None).await;
@@ -1714,7 +1722,16 @@ mod tests {
             ready_changed: tokio::sync::Notify::new(),
             pusher_done: tokio::sync::Notify::new(),
         });
+        // As in `fanout`: once the pusher is done, subscribers are told so repeatedly.
+        let done = clock.clone();
+        let waker = tokio::spawn(async move {
+            loop {
+                done.pusher_done.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
         let result = subscriber(ws, clock.clone(), 5, 1).await;
+        waker.abort();
         server.await.expect("server");
         assert_eq!(clock.ready.load(Ordering::Acquire), 1);
         assert_eq!(result.deliveries, 5);
