@@ -668,27 +668,38 @@ async fn private_destinations_are_refused_unless_allowed() {
     );
 }
 
+/// A build that records its pids (the shell's and a 30 s sleep's) in `pidfile`, says it started,
+/// and waits: what the restart, crash and timeout tests interrupt.
+fn long_build(pidfile: &std::path::Path) -> String {
+    format!(
+        "echo $$ >> '{p}'; sleep 30 & echo $! >> '{p}'; echo 'long build started'; wait",
+        p = pidfile.display()
+    )
+}
+
+/// Waits until deployment `id` of `app` printed the long build's start line.
+async fn until_build_started(admin: &Client, app: &str, id: &str) {
+    common::eventually(FINISH, || async {
+        output(admin, app, id)
+            .await
+            .contains("long build started")
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_graceful_restart_during_a_build_aborts_it_and_kills_the_build() {
     let server = Server::start();
     let files = ArchiveServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("build.pids");
-    let build = format!(
-        "echo $$ > '{p}'; sleep 30 & echo $! >> '{p}'; echo 'long build started'; wait",
-        p = pidfile.display()
-    );
+    let build = long_build(&pidfile);
     let admin = server.admin();
     server.create_app(&admin, "restarted").await;
     let url = files.serve("/restarted.tar.gz", archives::app(&build, "true"));
     let id = id(&deploy(&admin, "restarted", source(&url)).await);
-    common::eventually(FINISH, || async {
-        output(&admin, "restarted", &id)
-            .await
-            .contains("long build started")
-            .then_some(())
-    })
-    .await;
+    until_build_started(&admin, "restarted", &id).await;
     let server = server.restart();
     let admin = server.admin();
     assert_eq!(status_of(&admin, "restarted", &id).await, "aborted");
@@ -706,21 +717,12 @@ async fn a_crash_during_a_build_leaves_the_deployment_aborted_after_restart() {
     let files = ArchiveServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("build.pids");
-    let build = format!(
-        "echo $$ > '{p}'; sleep 30 & echo $! >> '{p}'; echo 'long build started'; wait",
-        p = pidfile.display()
-    );
+    let build = long_build(&pidfile);
     let admin = server.admin();
     server.create_app(&admin, "crashed").await;
     let url = files.serve("/crashed.tar.gz", archives::app(&build, "true"));
     let id = id(&deploy(&admin, "crashed", source(&url)).await);
-    common::eventually(FINISH, || async {
-        output(&admin, "crashed", &id)
-            .await
-            .contains("long build started")
-            .then_some(())
-    })
-    .await;
+    until_build_started(&admin, "crashed", &id).await;
     let server = server.crash_and_restart();
     // The restarted server killed the build processes the crashed one left behind (recorded
     // process group, checked against boot id and start time) and removed its work directory.
@@ -770,10 +772,7 @@ async fn a_graceful_restart_keeps_queued_deployments_queued_and_runs_them_after(
     let files = ArchiveServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("build.pids");
-    let build = format!(
-        "echo $$ >> '{p}'; sleep 30 & echo $! >> '{p}'; echo 'long build started'; wait",
-        p = pidfile.display()
-    );
+    let build = long_build(&pidfile);
     let admin = server.admin();
     server.create_app(&admin, "waiting").await;
     let url = files.serve("/waiting.tar.gz", archives::app(&build, "true"));
@@ -781,24 +780,12 @@ async fn a_graceful_restart_keeps_queued_deployments_queued_and_runs_them_after(
     let second = deploy(&admin, "waiting", source(&url)).await;
     assert_eq!(second["status"], "queued");
     let second = id(&second);
-    common::eventually(FINISH, || async {
-        output(&admin, "waiting", &first)
-            .await
-            .contains("long build started")
-            .then_some(())
-    })
-    .await;
+    until_build_started(&admin, "waiting", &first).await;
     let mut server = server.restart();
     let admin = server.admin();
     assert_eq!(status_of(&admin, "waiting", &first).await, "aborted");
     // The queued deployment was not cut short by the shutdown: it runs after the restart.
-    common::eventually(FINISH, || async {
-        output(&admin, "waiting", &second)
-            .await
-            .contains("long build started")
-            .then_some(())
-    })
-    .await;
+    until_build_started(&admin, "waiting", &second).await;
     assert_eq!(status_of(&admin, "waiting", &second).await, "building");
     let text = output(&admin, "waiting", &second).await;
     assert!(!text.contains("!     deployd shut down"), "{text}");
