@@ -18,6 +18,18 @@ async fn output(server: &Server, app: &str, id: &str) -> String {
     text
 }
 
+/// Everything the restart test compares before and after, as the API answers it.
+async fn snapshot(keeper: &common::Client, admin: &common::Client) -> Vec<Value> {
+    vec![
+        keeper.get("/v1/users/self").await.1,
+        keeper.get("/v1/tokens").await.1,
+        keeper.get("/v1/apps").await.1,
+        keeper.get("/v1/apps/kept/deployments").await.1,
+        keeper.get("/v1/apps/kept/collaborators").await.1,
+        admin.get("/v1/apps/kept").await.1,
+    ]
+}
+
 #[tokio::test]
 async fn a_graceful_restart_keeps_users_tokens_apps_deployments_output_and_jwts() {
     let server = Server::start();
@@ -39,27 +51,13 @@ async fn a_graceful_restart_keeps_users_tokens_apps_deployments_output_and_jwts(
         .await;
     assert_eq!(status, 201);
     let id = deploy(&server, "kept", &token, &["built", "started"], "success").await;
-    let before: Vec<Value> = vec![
-        keeper.get("/v1/users/self").await.1,
-        keeper.get("/v1/tokens").await.1,
-        keeper.get("/v1/apps").await.1,
-        keeper.get("/v1/apps/kept/deployments").await.1,
-        keeper.get("/v1/apps/kept/collaborators").await.1,
-        admin.get("/v1/apps/kept").await.1,
-    ];
+    let before: Vec<Value> = snapshot(&keeper, &admin).await;
     let text_before = output(&server, "kept", &id).await;
 
     let mut server = server.restart();
     let admin = server.admin();
     let keeper = server.client(&token);
-    let after: Vec<Value> = vec![
-        keeper.get("/v1/users/self").await.1,
-        keeper.get("/v1/tokens").await.1,
-        keeper.get("/v1/apps").await.1,
-        keeper.get("/v1/apps/kept/deployments").await.1,
-        keeper.get("/v1/apps/kept/collaborators").await.1,
-        admin.get("/v1/apps/kept").await.1,
-    ];
+    let after: Vec<Value> = snapshot(&keeper, &admin).await;
     // The stream link follows the new port; everything else is identical.
     let port_free = |values: &[Value], url: &str| {
         values
