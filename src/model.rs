@@ -194,27 +194,6 @@ pub enum LogStream {
     System,
 }
 
-impl LogStream {
-    /// Stable one-byte code for the on-disk format. Never renumber.
-    pub fn code(self) -> u8 {
-        match self {
-            LogStream::Stdout => 0,
-            LogStream::Stderr => 1,
-            LogStream::System => 2,
-        }
-    }
-
-    /// Inverse of [`LogStream::code`].
-    pub fn from_code(code: u8) -> Option<LogStream> {
-        match code {
-            0 => Some(LogStream::Stdout),
-            1 => Some(LogStream::Stderr),
-            2 => Some(LogStream::System),
-            _ => None,
-        }
-    }
-}
-
 /// A log line handed to `append_logs`, before it has a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewLine {

@@ -16,6 +16,12 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A deployment status, spelled on the wire exactly as Scalingo spells it.
+///
+/// The order (`Ord`) is the graph's: every allowed transition goes to a greater status, so a
+/// deployment's statuses only ever increase and "already sent this one or a later one" is a
+/// comparison (the stream's deduplication and the push endpoint's cursor rely on it). The
+/// on-disk byte of each status is the store codec's business (`store::codec::status_code`),
+/// not this order's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
     Queued,
@@ -79,27 +85,6 @@ impl Status {
             Status::Starting => Some(Status::TimeoutError),
             _ => None,
         }
-    }
-
-    /// A stable one-byte code for the on-disk format. Never renumber.
-    pub fn code(self) -> u8 {
-        match self {
-            Status::Queued => 0,
-            Status::Building => 1,
-            Status::Pushing => 2,
-            Status::Starting => 3,
-            Status::Success => 4,
-            Status::Aborted => 5,
-            Status::BuildError => 6,
-            Status::CrashedError => 7,
-            Status::TimeoutError => 8,
-            Status::HookError => 9,
-        }
-    }
-
-    /// Inverse of [`Status::code`].
-    pub fn from_code(code: u8) -> Option<Status> {
-        Status::ALL.iter().copied().find(|s| s.code() == code)
     }
 }
 
@@ -232,7 +217,6 @@ mod tests {
     fn names_and_codes_round_trip() {
         for status in Status::ALL {
             assert_eq!(status.as_str().parse::<Status>(), Ok(status));
-            assert_eq!(Status::from_code(status.code()), Some(status));
             let json = serde_json::to_string(&status).expect("serialize");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
             assert_eq!(
@@ -241,7 +225,17 @@ mod tests {
             );
         }
         assert!("done".parse::<Status>().is_err());
-        assert_eq!(Status::from_code(10), None);
+    }
+
+    #[test]
+    fn every_allowed_transition_goes_to_a_greater_status() {
+        for from in Status::ALL {
+            for to in Status::ALL {
+                if check_transition(from, to).is_ok() {
+                    assert!(to > from, "{from} -> {to} goes down in the order");
+                }
+            }
+        }
     }
 
     #[test]

@@ -194,7 +194,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // Status changes made by the writer (promotion out of `queued`, app deleted).
             changed = next_status(&mut status_watch) => {
                 match changed {
-                    Some(now) if now.code() > told.code() => {
+                    Some(now) if now > told => {
                         told = now;
                         if tx.send(text(&ServerFrame::Status { status: now })).await.is_err() {
                             break Err("the pusher's connection was lost");

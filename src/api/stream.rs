@@ -1178,8 +1178,8 @@ impl AuthFrame {
 #[derive(Debug, Clone, Copy, Default)]
 struct Sent {
     line: LineNo,
-    /// Rank (`Status::code`) of the last status sent.
-    status: Option<u8>,
+    /// The last status sent (statuses only increase, see `Status`).
+    status: Option<Status>,
     finished: bool,
 }
 
@@ -1317,7 +1317,7 @@ where
                     // Lines before this status are missing: the store has them, and the status.
                     return self.catch_up(id, false).await;
                 }
-                if sent.status.is_some_and(|s| s >= status.code()) {
+                if sent.status.is_some_and(|s| s >= *status) {
                     return Ok(());
                 }
                 self.feed(frames.bytes()).await?;
@@ -1409,7 +1409,7 @@ where
             .hub
             .status_history(id)
             .into_iter()
-            .filter(|(status, _)| sent.status.is_none_or(|s| s < status.code()))
+            .filter(|(status, _)| sent.status.is_none_or(|s| s < *status))
             .collect();
         if statuses.is_empty() || (sent.status.is_none() && !announce) {
             // A first replay sends the current status only (the spec's replay); so does a
@@ -1417,13 +1417,13 @@ where
             statuses.retain(|(status, _)| *status == record.status);
         }
         if !statuses.iter().any(|(status, _)| *status == record.status)
-            && sent.status.is_none_or(|s| s < record.status.code())
+            && sent.status.is_none_or(|s| s < record.status)
         {
             statuses.push((record.status, record.last_line));
         }
         for (status, seq) in statuses {
             sent = self.send_lines(id, sent, seq.max(sent.line)).await?;
-            if status.code() == record.status.code() {
+            if status == record.status {
                 // The current status goes after every line stored when it was read.
                 sent = self.send_lines(id, sent, record.last_line).await?;
             }
@@ -1461,7 +1461,7 @@ where
 
     fn mark_status(&mut self, id: DeploymentId, status: Status) {
         if let Some(sent) = self.sent.get_mut(&id) {
-            sent.status = Some(status.code());
+            sent.status = Some(status);
             sent.finished = status.is_terminal();
         }
     }

@@ -79,6 +79,47 @@ const SEGMENT_HEADER: usize = 13;
 pub const SEGMENT_REF_V1: u8 = 2;
 const SEGMENT_REF_LEN: usize = 17;
 
+/// The one-byte code of a status in [`StoredDeployment`]. Never renumber: these bytes are on
+/// disk. (The order of statuses, for comparisons, is `Status`'s `Ord`, not this code.)
+pub fn status_code(status: Status) -> u8 {
+    match status {
+        Status::Queued => 0,
+        Status::Building => 1,
+        Status::Pushing => 2,
+        Status::Starting => 3,
+        Status::Success => 4,
+        Status::Aborted => 5,
+        Status::BuildError => 6,
+        Status::CrashedError => 7,
+        Status::TimeoutError => 8,
+        Status::HookError => 9,
+    }
+}
+
+/// Inverse of [`status_code`]; `None` for a byte no status has.
+pub fn status_from_code(code: u8) -> Option<Status> {
+    Status::ALL.into_iter().find(|s| status_code(*s) == code)
+}
+
+/// The one-byte code of a line's stream in a log segment. Never renumber.
+pub fn log_stream_code(stream: LogStream) -> u8 {
+    match stream {
+        LogStream::Stdout => 0,
+        LogStream::Stderr => 1,
+        LogStream::System => 2,
+    }
+}
+
+/// Inverse of [`log_stream_code`]; `None` for a byte no stream has.
+pub fn log_stream_from_code(code: u8) -> Option<LogStream> {
+    match code {
+        0 => Some(LogStream::Stdout),
+        1 => Some(LogStream::Stderr),
+        2 => Some(LogStream::System),
+        _ => None,
+    }
+}
+
 /// Where a segment lies in its deployment's log file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentRef {
@@ -396,7 +437,7 @@ pub fn encode_deployment(d: &Deployment) -> Vec<u8> {
         id: *d.id.as_bytes(),
         app_id: *d.app_id.as_bytes(),
         created_at: nanos(d.created_at),
-        status: d.status.code(),
+        status: status_code(d.status),
         finished_at: d.finished_at.map(nanos),
         git_ref: d.git_ref.clone(),
         previous_git_ref: d.previous_git_ref.clone(),
@@ -426,7 +467,7 @@ pub fn decode_deployment(bytes: &[u8]) -> Result<Deployment, CodecError> {
         id: DeploymentId::from_bytes(s.id),
         app_id: AppId::from_bytes(s.app_id),
         created_at: from_nanos(s.created_at)?,
-        status: Status::from_code(s.status).ok_or(CodecError::Corrupt("status code"))?,
+        status: status_from_code(s.status).ok_or(CodecError::Corrupt("status code"))?,
         finished_at: s.finished_at.map(from_nanos).transpose()?,
         git_ref: s.git_ref,
         previous_git_ref: s.previous_git_ref,
@@ -493,7 +534,7 @@ pub fn encode_segment<'a>(
     out.push(SEGMENT_V1);
     out.extend_from_slice(&nanos(stored_at).to_be_bytes());
     out.extend_from_slice(&(n as u32).to_be_bytes());
-    out.extend(lines.clone().map(|(stream, _)| stream.code()));
+    out.extend(lines.clone().map(|(stream, _)| log_stream_code(stream)));
     for (_, text) in lines {
         debug_assert!(!text.contains('\n'));
         out.extend_from_slice(text.as_bytes());
@@ -563,7 +604,7 @@ impl<'a> SegmentView<'a> {
             .zip(streams.iter())
             .map(|(line, code)| {
                 (
-                    LogStream::from_code(*code).unwrap_or(LogStream::Stdout),
+                    log_stream_from_code(*code).unwrap_or(LogStream::Stdout),
                     // Lines are stored from `&str`, so this only fails on a corrupt segment.
                     std::str::from_utf8(line).unwrap_or("\u{FFFD}"),
                 )
@@ -687,6 +728,25 @@ mod tests {
     }
 
     #[test]
+    fn status_and_stream_codes_round_trip_and_never_change() {
+        let codes: Vec<u8> = Status::ALL.iter().map(|s| status_code(*s)).collect();
+        assert_eq!(codes, (0..10).collect::<Vec<u8>>());
+        for status in Status::ALL {
+            assert_eq!(status_from_code(status_code(status)), Some(status));
+        }
+        assert_eq!(status_from_code(10), None);
+        for (stream, code) in [
+            (LogStream::Stdout, 0),
+            (LogStream::Stderr, 1),
+            (LogStream::System, 2),
+        ] {
+            assert_eq!(log_stream_code(stream), code);
+            assert_eq!(log_stream_from_code(code), Some(stream));
+        }
+        assert_eq!(log_stream_from_code(3), None);
+    }
+
+    #[test]
     fn deployment_round_trip() {
         for status in Status::ALL {
             for hook in [None, Some("echo hi".to_string())] {
@@ -704,7 +764,7 @@ mod tests {
         fn segments_round_trip(lines in proptest::collection::vec(("[^\n]{0,40}", 0u8..3), 0..50), ns in any::<i64>()) {
             let input: Vec<(LogStream, &str)> = lines
                 .iter()
-                .map(|(t, c)| (LogStream::from_code(*c).expect("code"), t.as_str()))
+                .map(|(t, c)| (log_stream_from_code(*c).expect("code"), t.as_str()))
                 .collect();
             let bytes = encode_segment(at(ns), input.iter().copied(), 0);
             let view = SegmentView::parse(&bytes).expect("parse");
