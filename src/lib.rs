@@ -8,5 +8,6 @@ pub mod model;
 pub mod pipeline;
 pub mod server;
 pub mod sessions;
+pub mod sources;
 pub mod status;
 pub mod store;

@@ -223,3 +223,30 @@ impl NewLine {
         }
     }
 }
+
+/// A new user and its first token (named "first token"), created at `now`. The token's secret
+/// is the caller's to generate (`auth::generate_api_token`): it is shown once and stored only
+/// as a hash.
+pub fn new_user(
+    username: String,
+    email: String,
+    fullname: String,
+    is_admin: bool,
+    now: OffsetDateTime,
+) -> (User, Token) {
+    let user = User {
+        id: UserId::generate(),
+        username,
+        email,
+        fullname,
+        is_admin,
+        created_at: now,
+    };
+    let token = Token {
+        id: TokenId::generate(),
+        user_id: user.id,
+        name: "first token".into(),
+        created_at: now,
+    };
+    (user, token)
+}

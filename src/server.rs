@@ -13,7 +13,9 @@ use crate::api::{self, AppState, Shared};
 use crate::auth;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::sessions::spawn_executor;
+use crate::model::new_user;
+use crate::sessions::Executors;
+use crate::sources::SourceUrls;
 use crate::store::engine::SledEngine;
 use crate::store::writer::{WriteError, Writer};
 use crate::store::{Store, StoreError};
@@ -115,20 +117,29 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
 
     config.bound_to(addr);
     let shutdown = CancellationToken::new();
+    let sources = SourceUrls::new(config.public_url.clone(), secret, config.sources_dir());
+    let executors = Executors::new(
+        writer.clone(),
+        hub.clone(),
+        config.pipeline.clone(),
+        sources.clone(),
+        shutdown.clone(),
+    );
     let state = AppState(Arc::new(Shared {
         config,
         store,
         writer,
         hub,
         secret,
+        sources,
         shutdown: shutdown.clone(),
-        executors: tokio_util::task::TaskTracker::new(),
+        executors,
     }));
     for deployment in recovery.to_execute {
         let app_id = deployment.app_id;
         let app = state.read(move |store| store.app(app_id)).await;
         if let Ok(Some(app)) = app {
-            spawn_executor(&state, deployment, app.name);
+            state.executors.spawn(deployment, app.name);
         }
     }
 
@@ -162,8 +173,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             tracing::error!(error = %err, "server stopped");
         }
         // Executors end their deployments (processes killed, status written) before we go.
-        state.executors.close();
-        state.executors.wait().await;
+        state.executors.close_and_wait().await;
         drop(state);
         // The writer thread ends when the last handle is gone; every commit is already synced.
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
@@ -234,14 +244,18 @@ async fn bootstrap_admin(
     if count > 0 {
         return Ok(());
     }
-    let (user, mut token, generated) = api::users::new_user(
+    let (user, mut token) = new_user(
         "admin".into(),
         "admin@localhost".into(),
         "Administrator".into(),
         true,
+        time::OffsetDateTime::now_utc(),
     );
     token.name = "admin token".into();
-    let secret = config.admin_token.clone().unwrap_or(generated);
+    let secret = config
+        .admin_token
+        .clone()
+        .unwrap_or_else(auth::generate_api_token);
     writer
         .create_user(user, token, auth::hash_api_token(&secret))
         .await?;

@@ -1,14 +1,20 @@
 //! Pusher sessions (DESIGN.md: every deployment is driven by exactly one).
 //!
 //! [`Session`] is the handle both kinds of session write through: the external pushers' WebSocket
-//! (`api::push`) and the built-in executor spawned here. It only calls the writer's two
+//! (`api::push`) and the built-in executor that [`Executors`] spawns. It only calls the writer's two
 //! operations, `append_logs` and `transition`, so both kinds obey the same state machine and
 //! reach subscribers the same way. When a session ends before a terminal status, [`Session::lost`]
 //! ends the deployment as `aborted` (or `timeout-error` from `starting`).
 
-use crate::api::AppState;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::Hub;
 use crate::model::{Deployment, DeploymentId, Driver, LineNo, NewLine};
-use crate::pipeline::{self, DeploymentSink, Job, SinkError, SourceLocation};
+use crate::pipeline::{self, DeploymentSink, Job, PipelineConfig, SinkError, SourceLocation};
+use crate::sources::SourceUrls;
 use crate::status::Status;
 use crate::store::writer::{Target, WriteError, Writer};
 
@@ -80,72 +86,107 @@ impl DeploymentSink for Session {
     }
 }
 
-/// Starts the built-in executor for a deployment: it waits while the deployment is queued, then
-/// runs the pipeline. On shutdown the pipeline is cancelled (its processes killed) and the
-/// deployment ends as a lost session.
-pub fn spawn_executor(state: &AppState, deployment: Deployment, app_name: String) {
-    let Driver::Executor {
-        source_url,
-        postdeploy_hook,
-    } = deployment.driver.clone()
-    else {
-        return;
-    };
-    let source = match crate::api::sources::local_archive(state, &source_url) {
-        Some(path) => SourceLocation::LocalFile(path),
-        None => SourceLocation::Url(source_url),
-    };
-    let job = Job {
-        app_name,
-        deployment_id: deployment.id,
-        git_ref: deployment.git_ref.clone(),
-        source,
-        postdeploy_hook,
-    };
-    let state = state.clone();
-    let session = Session::new(state.writer.clone(), deployment.id);
-    state.executors.clone().spawn(async move {
-        let cancel = state.shutdown.child_token();
-        if !wait_until_started(&state, deployment.id, &cancel).await {
-            // Ended while queued, or shutdown: a queued deployment stays queued and runs after
-            // the restart (recovery starts queued executor deployments in order).
-            return;
-        }
-        let status = pipeline::run(job, &session, &state.config.pipeline, cancel.clone()).await;
-        if !status.is_terminal() {
-            let why = if cancel.is_cancelled() {
-                "deployd shut down during the deployment"
-            } else {
-                "the executor stopped before the deployment finished"
-            };
-            session.lost(why).await;
-        }
-    });
+/// What the built-in executor sessions need, and the tracker of the running ones. `server`
+/// builds it; the API holds it to start a session for each deployment it creates.
+#[derive(Clone)]
+pub struct Executors {
+    writer: Writer,
+    hub: Arc<Hub>,
+    pipeline: Arc<PipelineConfig>,
+    sources: SourceUrls,
+    /// Cancelled when the server shuts down: running pipelines are cancelled.
+    shutdown: CancellationToken,
+    /// Running sessions, so shutdown can wait for them to end their deployments.
+    tracker: TaskTracker,
 }
 
-/// Waits until the deployment leaves `queued`. False if it ended (or shutdown came) first.
-async fn wait_until_started(
-    state: &AppState,
-    id: DeploymentId,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> bool {
-    let Some(mut watch) = state.hub.watch_status(id) else {
-        return false;
-    };
-    loop {
-        let status = *watch.borrow_and_update();
-        match status {
-            Status::Queued => {}
-            Status::Building => return true,
-            _ => return false,
+impl Executors {
+    pub fn new(
+        writer: Writer,
+        hub: Arc<Hub>,
+        pipeline: PipelineConfig,
+        sources: SourceUrls,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            writer,
+            hub,
+            pipeline: Arc::new(pipeline),
+            sources,
+            shutdown,
+            tracker: TaskTracker::new(),
         }
-        tokio::select! {
-            changed = watch.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
+    }
+
+    /// Starts the built-in executor for a deployment: it waits while the deployment is queued,
+    /// then runs the pipeline. On shutdown the pipeline is cancelled (its processes killed) and
+    /// the deployment ends as a lost session. Deployments of external pushers are ignored.
+    pub fn spawn(&self, deployment: Deployment, app_name: String) {
+        let Driver::Executor {
+            source_url,
+            postdeploy_hook,
+        } = deployment.driver.clone()
+        else {
+            return;
+        };
+        let this = self.clone();
+        let session = Session::new(self.writer.clone(), deployment.id);
+        self.tracker.spawn(async move {
+            let cancel = this.shutdown.child_token();
+            if !this.wait_until_started(deployment.id, &cancel).await {
+                // Ended while queued, or shutdown: a queued deployment stays queued and runs
+                // after the restart (recovery starts queued executor deployments in order).
+                return;
             }
-            () = cancel.cancelled() => return false,
+            let source = match this.sources.local_archive(&source_url).await {
+                Some(path) => SourceLocation::LocalFile(path),
+                None => SourceLocation::Url(source_url),
+            };
+            let job = Job {
+                app_name,
+                deployment_id: deployment.id,
+                git_ref: deployment.git_ref.clone(),
+                source,
+                postdeploy_hook,
+            };
+            let status = pipeline::run(job, &session, &this.pipeline, cancel.clone()).await;
+            if !status.is_terminal() {
+                let why = if cancel.is_cancelled() {
+                    "deployd shut down during the deployment"
+                } else {
+                    "the executor stopped before the deployment finished"
+                };
+                session.lost(why).await;
+            }
+        });
+    }
+
+    /// Stops accepting new sessions and waits until every running one has ended its deployment.
+    pub async fn close_and_wait(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Waits until the deployment leaves `queued`. False if it ended (or shutdown came) first.
+    async fn wait_until_started(&self, id: DeploymentId, cancel: &CancellationToken) -> bool {
+        let Some(mut watch) = self.hub.watch_status(id) else {
+            return false;
+        };
+        loop {
+            let status = *watch.borrow_and_update();
+            match status {
+                Status::Queued => {}
+                Status::Building => return true,
+                _ => return false,
+            }
+            tokio::select! {
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                () = cancel.cancelled() => return false,
+            }
         }
     }
 }

@@ -12,7 +12,6 @@ use super::access::Caller;
 use super::views::DeploymentView;
 use super::{ApiError, AppState, JsonBody};
 use crate::model::{App, Deployment, DeploymentId, Driver, Pusher};
-use crate::sessions::spawn_executor;
 
 /// Page size when the client gives none (compat.md: 20).
 pub const DEFAULT_PER_PAGE: u64 = 20;
@@ -237,8 +236,9 @@ pub async fn trigger(
             ));
         }
         Some(url) => {
-            if super::sources::is_own_url(&state, url)
-                && super::sources::live_local_archive(&state, url).is_none()
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            if state.sources.is_own_url(url)
+                && state.sources.live_local_archive(url, now).await.is_none()
             {
                 errors.push((
                     "source_url".to_string(),
@@ -271,7 +271,7 @@ pub async fn trigger(
         .writer
         .create_deployment(app.id, git_ref, pusher, driver)
         .await?;
-    spawn_executor(&state, deployment.clone(), app.name.clone());
+    state.executors.spawn(deployment.clone(), app.name.clone());
     Ok((
         StatusCode::CREATED,
         Json(json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) })),

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::sessions::Executors;
+use crate::sources::SourceUrls;
 use crate::store::writer::Writer;
 use crate::store::Store;
 pub use error::ApiError;
@@ -44,12 +46,14 @@ pub struct Shared {
     pub store: Store,
     pub writer: Writer,
     pub hub: Arc<Hub>,
-    /// Signs JWTs and pre-authenticated source URLs. Per install, kept in the store.
+    /// Signs JWTs. Per install, kept in the store.
     pub secret: [u8; 32],
+    /// Signs and checks the pre-authenticated source URLs (with the same secret).
+    pub sources: SourceUrls,
     /// Cancelled when the server shuts down: sessions and streams end.
     pub shutdown: CancellationToken,
-    /// Running executor sessions, so shutdown can wait for them to end their deployments.
-    pub executors: tokio_util::task::TaskTracker,
+    /// Starts the built-in executor sessions, and lets shutdown wait for them.
+    pub executors: Executors,
 }
 
 impl std::ops::Deref for AppState {

@@ -13,7 +13,7 @@ use super::access::{authenticate, Caller};
 use super::views::{rfc3339, UserView};
 use super::{ApiError, AppState, JsonBody};
 use crate::auth::{self, JwtClaims};
-use crate::model::{Token, TokenId, User, UserId};
+use crate::model::{new_user, Token, TokenId};
 
 /// Longest username, email or token name accepted.
 const MAX_NAME_BYTES: usize = 128;
@@ -188,7 +188,8 @@ pub async fn create_user(
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
     }
-    let (user, token, secret) = new_user(username, email, fullname, false);
+    let (user, token) = new_user(username, email, fullname, false, OffsetDateTime::now_utc());
+    let secret = auth::generate_api_token();
     state
         .writer
         .create_user(user.clone(), token.clone(), auth::hash_api_token(&secret))
@@ -208,31 +209,6 @@ pub async fn create_user(
         StatusCode::CREATED,
         Json(json!({ "user": UserView::new(&user), "token": token_json(&token, Some(&secret)) })),
     ))
-}
-
-/// A new user with its first token; the secret is returned once and stored only as a hash.
-pub fn new_user(
-    username: String,
-    email: String,
-    fullname: String,
-    is_admin: bool,
-) -> (User, Token, String) {
-    let now = OffsetDateTime::now_utc();
-    let user = User {
-        id: UserId::generate(),
-        username,
-        email,
-        fullname,
-        is_admin,
-        created_at: now,
-    };
-    let token = Token {
-        id: TokenId::generate(),
-        user_id: user.id,
-        name: "first token".into(),
-        created_at: now,
-    };
-    (user, token, auth::generate_api_token())
 }
 
 /// `GET /v1/regions`: one region whose `api` is this server.
