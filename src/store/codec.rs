@@ -17,8 +17,32 @@
 //! | `0x09` deployments | deployment id (16) | [`StoredDeployment`] |
 //! | `0x0A` app deployments | app id (16) ++ deployment id (16) | empty (index; iterate in reverse for newest first) |
 //! | `0x0B` log segment index | deployment id (16) ++ first line number (u64) | segment reference (below) |
-//! | `0x0C` meta | name (UTF-8) | raw bytes (`jwt-secret`: 32 bytes) |
+//! | `0x0C` meta | name (UTF-8) | raw bytes (`install-secret`: 32 bytes, the JWT and source URL key) |
 //! | `0x0D` sources | source id (16) | [`StoredSource`] |
+//!
+//! Reserved for the features that come next, so that they can be built side by side without
+//! two of them taking the same byte. Nothing writes these yet; each line names the feature that
+//! owns the tag and the key it plans. A feature may refine the key layout when it lands, in this
+//! table, but never reuse another's tag.
+//!
+//! | tag | owner | key after the tag (planned) | value (planned) |
+//! |---|---|---|---|
+//! | `0x0E` cancel requests | control (cancel) | deployment id (16) | who asked and when, until the session honours it |
+//! | `0x0F` images | control (rollback, retention) | deployment id (16) | the kept image's file and size, and its references |
+//! | `0x10` app status index | control (filters) | app id (16) ++ status code (1) ++ deployment id (16) | empty |
+//! | `0x11` unfinished index | control (filters, `GET /v1/deployments?status=unfinished`) | deployment id (16) | app id (16) |
+//! | `0x12` notifiers | parity (notifiers) | app id (16) ++ notifier id (16) | the notifier |
+//! | `0x13` outbox | parity (notifications) | outbox sequence, u64 big-endian | the event to deliver and its target |
+//! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ delivery id (16) | one attempt: status, code, duration |
+//! | `0x15` events | parity (events timeline) | app id (16) ++ event id (16, UUIDv7) | the event |
+//! | `0x16` user events index | parity (`GET /v1/events`) | user id (16) ++ event id (16) | app id (16) |
+//! | `0x17` token scopes | operability (scoped tokens, e.g. metrics) | token id (16) | the token's scopes |
+//! | `0x18` node leases | cluster mode (embedded store: unused) | node id (16) | lease expiry |
+//!
+//! Record format versions: every stored struct is at `FORMAT_V1` today. A struct that gains a
+//! field gets a new version byte, and the decoder keeps reading every older one. Planned:
+//! `StoredCollaborator` v2 with a role (`is_limited`; parity), `StoredDeployment` v2 with the
+//! cancel, image and driving-node fields (control, cluster mode).
 //!
 //! Record values are `FORMAT_V1` (one byte) followed by the bincode 1.3 (fixint, little-endian,
 //! the crate's default `bincode::serialize`) encoding of the stored struct. Timestamps are Unix
@@ -69,13 +93,56 @@ pub const TAG_SEGMENT: u8 = 0x0B;
 pub const TAG_META: u8 = 0x0C;
 pub const TAG_SOURCE: u8 = 0x0D;
 
+// Reserved tags (see the table above): each belongs to the feature named there.
+pub const TAG_CANCEL_REQUEST: u8 = 0x0E;
+pub const TAG_IMAGE: u8 = 0x0F;
+pub const TAG_APP_STATUS_INDEX: u8 = 0x10;
+pub const TAG_UNFINISHED_INDEX: u8 = 0x11;
+pub const TAG_NOTIFIER: u8 = 0x12;
+pub const TAG_OUTBOX: u8 = 0x13;
+pub const TAG_DELIVERY: u8 = 0x14;
+pub const TAG_EVENT: u8 = 0x15;
+pub const TAG_USER_EVENT: u8 = 0x16;
+pub const TAG_TOKEN_SCOPES: u8 = 0x17;
+pub const TAG_NODE_LEASE: u8 = 0x18;
+
+/// Every tag, in use or reserved: no two features may share one (checked by a test).
+pub const ALL_TAGS: [u8; 24] = [
+    TAG_USER,
+    TAG_USERNAME,
+    TAG_EMAIL,
+    TAG_TOKEN,
+    TAG_TOKEN_ID,
+    TAG_APP,
+    TAG_APP_NAME,
+    TAG_COLLABORATOR,
+    TAG_DEPLOYMENT,
+    TAG_APP_DEPLOYMENT,
+    TAG_SEGMENT,
+    TAG_META,
+    TAG_SOURCE,
+    TAG_CANCEL_REQUEST,
+    TAG_IMAGE,
+    TAG_APP_STATUS_INDEX,
+    TAG_UNFINISHED_INDEX,
+    TAG_NOTIFIER,
+    TAG_OUTBOX,
+    TAG_DELIVERY,
+    TAG_EVENT,
+    TAG_USER_EVENT,
+    TAG_TOKEN_SCOPES,
+    TAG_NODE_LEASE,
+];
+
 /// Format byte of every record value.
 pub const FORMAT_V1: u8 = 1;
 /// Format byte of a log segment.
 pub const SEGMENT_V1: u8 = 1;
 const SEGMENT_HEADER: usize = 13;
 
-/// Format byte of a segment reference.
+/// Format byte of a segment reference. It is 2, not 1, because the segment index entries held
+/// the segment itself (`SEGMENT_V1`, byte 1) before log text moved to the log files: a data
+/// directory from before that change fails loudly (`UnknownFormat(1)`) instead of being misread.
 pub const SEGMENT_REF_V1: u8 = 2;
 const SEGMENT_REF_LEN: usize = 17;
 
@@ -523,7 +590,8 @@ pub fn decode_source(bytes: &[u8]) -> Result<StoredSource, CodecError> {
 // ---- log segments --------------------------------------------------------------------------
 
 /// Encodes one segment from lines that contain no `\n`. `text_len` is the sum of the lines'
-/// lengths (a capacity hint).
+/// lengths (a capacity hint). Panics if there are more than `u32::MAX` lines: the writer caps
+/// a segment far below that (`store::MAX_SEGMENT_BYTES`).
 pub fn encode_segment<'a>(
     stored_at: OffsetDateTime,
     lines: impl ExactSizeIterator<Item = (LogStream, &'a str)> + Clone,
@@ -533,7 +601,8 @@ pub fn encode_segment<'a>(
     let mut out = Vec::with_capacity(SEGMENT_HEADER + n + text_len + n);
     out.push(SEGMENT_V1);
     out.extend_from_slice(&nanos(stored_at).to_be_bytes());
-    out.extend_from_slice(&(n as u32).to_be_bytes());
+    let count = u32::try_from(n).expect("invariant: a segment holds fewer than 2^32 lines");
+    out.extend_from_slice(&count.to_be_bytes());
     out.extend(lines.clone().map(|(stream, _)| log_stream_code(stream)));
     for (_, text) in lines {
         debug_assert!(!text.contains('\n'));
@@ -725,6 +794,15 @@ mod tests {
             },
             last_line: LineNo(0),
         }
+    }
+
+    #[test]
+    fn no_two_features_share_a_key_tag() {
+        let mut tags = ALL_TAGS.to_vec();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), ALL_TAGS.len(), "a key tag is used twice");
+        assert!(!tags.contains(&0), "tag 0 stays unused");
     }
 
     #[test]
