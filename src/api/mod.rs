@@ -13,6 +13,7 @@ pub mod deployments;
 pub mod error;
 pub mod protocol;
 pub mod push;
+pub mod routes;
 pub mod sources;
 pub mod stream;
 pub mod users;
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -77,51 +77,14 @@ impl AppState {
     }
 }
 
-/// The router of the whole API, separate from `serve` so tests and benches can mount it.
+/// The router of the whole API, built from the route table ([`routes::ROUTES`]); separate from
+/// `serve` so tests and benches can mount it.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/tokens/exchange", post(users::exchange_token))
-        .route(
-            "/v1/tokens",
-            post(users::create_token).get(users::list_tokens),
-        )
-        .route("/v1/tokens/{token_id}", delete(users::revoke_token))
-        .route("/v1/users/self", get(users::show_self))
-        .route("/v1/users", post(users::create_user))
-        .route("/v1/regions", get(users::regions))
-        .route("/v1/apps", get(apps::list).post(apps::create))
-        .route("/v1/apps/{app}", get(apps::show).delete(apps::destroy))
-        .route(
-            "/v1/apps/{app}/collaborators",
-            get(apps::list_collaborators).post(apps::add_collaborator),
-        )
-        .route(
-            "/v1/apps/{app}/collaborators/{collaborator}",
-            delete(apps::remove_collaborator),
-        )
-        .route(
-            "/v1/apps/{app}/deployments",
-            get(deployments::list).post(deployments::trigger),
-        )
-        .route(
-            "/v1/apps/{app}/deployments/{deployment}",
-            get(deployments::show),
-        )
-        .route(
-            "/v1/apps/{app}/deployments/{deployment}/output",
-            get(stream::output),
-        )
-        .route(
-            "/v1/deployments/{deployment}/output",
-            get(stream::output_by_id),
-        )
-        .route("/v1/apps/{app}/push", get(push::upgrade))
-        .route("/apps/{app}", get(stream::upgrade))
-        .route("/v1/sources", post(sources::create))
-        .route(
-            "/v1/sources/{source}/archive",
-            put(sources::upload).get(sources::download),
-        )
+    routes::ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, (route.handler)())
+        })
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this resource".into())
