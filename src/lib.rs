@@ -10,3 +10,5 @@ pub mod server;
 pub mod sessions;
 pub mod status;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
