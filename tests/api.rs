@@ -1,5 +1,6 @@
-//! The REST API through the real binary: apps, collaborators, the 404-for-strangers rule, the
-//! deployments read API, and bad input (each bad request changes nothing stored).
+//! The REST API, served in process (`common::TestServer`): apps, collaborators, the
+//! 404-for-strangers rule, the deployments read API, and bad input (each bad request changes
+//! nothing stored).
 mod common;
 #[path = "common/deploy.rs"]
 mod deploy;

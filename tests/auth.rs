@@ -1,5 +1,6 @@
-//! Authentication through the real binary: the token exchange, every accepted credential form,
-//! refused credentials (garbage, tampered, revoked), users, tokens and the generated admin token.
+//! Authentication, served in process: the token exchange, every accepted credential form,
+//! refused credentials (garbage, tampered, revoked), users, tokens, and the generated admin
+//! token (by the real binary, whose log is read).
 mod common;
 
 use base64::Engine;

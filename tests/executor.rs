@@ -158,8 +158,14 @@ async fn a_deployment_runs_build_push_start_to_success_with_its_output_and_image
         .join(format!("{}.tar.gz", id(&done)));
     assert_eq!(std::fs::metadata(&image).expect("image file").len(), size);
     assert!(done["finished_at"].is_string(), "{done}");
-    // The work directory is removed once the deployment ends.
-    assert!(!server.data.join("work").join(id(&done)).exists());
+    // The work directory is removed once the deployment ends: the executor removes it right
+    // after writing the terminal status, so the API may show the end a moment before.
+    let work = server.data.join("work").join(id(&done));
+    common::eventually(Duration::from_secs(3), || async {
+        (!work.exists()).then_some(())
+    })
+    .await;
+    assert!(!work.exists());
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Followed output through the real binary: `/output?follow=true` as text and as Server-Sent
-//! Events, resume by line number, and `deployd follow` end to end.
+//! Followed output, served in process: `/output?follow=true` as text and as Server-Sent Events,
+//! resume by line number, and `deployd follow` end to end (against the real binary).
 mod common;
 
 use std::time::Duration;

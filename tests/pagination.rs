@@ -1,4 +1,4 @@
-//! Pagination of the deployments list through the real binary: empty app, exact page boundary,
+//! Pagination of the deployments list, served in process: empty app, exact page boundary,
 //! last page, past the end, default and maximum page sizes, and bad parameters.
 mod common;
 #[path = "common/deploy.rs"]

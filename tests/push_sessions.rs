@@ -1,4 +1,6 @@
-//! Push sessions through the real binary: a pusher run to success, and a broken connection.
+//! Push sessions, served in process (the `deployd push` CLI test, which blocks its thread on the
+//! child, against the real binary): a pusher run to success, a broken connection, queueing,
+//! and the start timeout under a paused clock.
 mod common;
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Source uploads through the real binary (compat.md): `POST /v1/sources`, an anonymous `PUT`
+//! Source uploads, served in process (compat.md): `POST /v1/sources`, an anonymous `PUT`
 //! of a tar.gz to the signed upload URL, then a deployment from the download URL.
 mod common;
 
