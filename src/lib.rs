@@ -11,3 +11,5 @@ pub mod sessions;
 pub mod sources;
 pub mod status;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

@@ -1,12 +1,13 @@
-//! The REST API through the real binary: apps, collaborators, the 404-for-strangers rule, the
-//! deployments read API, and bad input (each bad request changes nothing stored).
+//! The REST API, served in process (`common::TestServer`): apps, collaborators, the
+//! 404-for-strangers rule, the deployments read API, and bad input (each bad request changes
+//! nothing stored).
 mod common;
 #[path = "common/deploy.rs"]
 mod deploy;
 
 use serde_json::{json, Value};
 
-use common::{Client, Server};
+use common::{Client, TestServer};
 use deploy::{deploy, get_deployment};
 
 fn assert_rfc3339(value: &Value) {
@@ -33,7 +34,7 @@ async fn snapshot(client: &Client, apps: &[&str]) -> Value {
 
 #[tokio::test]
 async fn creating_an_app_answers_201_with_the_compat_shape() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let (status, body) = admin
         .post(
@@ -69,7 +70,7 @@ async fn creating_an_app_answers_201_with_the_compat_shape() {
 
 #[tokio::test]
 async fn bad_app_names_are_a_422_on_name_and_duplicates_are_refused() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let too_long = "a".repeat(49);
     for name in [
@@ -110,7 +111,7 @@ async fn bad_app_names_are_a_422_on_name_and_duplicates_are_refused() {
 
 #[tokio::test]
 async fn apps_are_listed_and_found_by_name_or_id() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "first-app").await;
     server.create_app(&admin, "second-app").await;
@@ -140,7 +141,7 @@ async fn apps_are_listed_and_found_by_name_or_id() {
 
 #[tokio::test]
 async fn app_tracks_its_last_deployment() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "tracked").await;
     let id = deploy(&server, "tracked", &server.admin_token, &["x"], "success").await;
@@ -152,7 +153,7 @@ async fn app_tracks_its_last_deployment() {
 
 #[tokio::test]
 async fn deleting_an_app_is_for_its_owner_and_removes_deployments_and_output() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "doomed").await;
     let helper_token = server.create_user("helper").await;
@@ -197,7 +198,7 @@ async fn deleting_an_app_is_for_its_owner_and_removes_deployments_and_output() {
 
 #[tokio::test]
 async fn collaborators_are_added_listed_and_removed() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "shared").await;
     let token = server.create_user("ivy").await;
@@ -290,7 +291,7 @@ async fn raw(
 
 #[tokio::test]
 async fn strangers_get_the_same_404_as_for_a_missing_app_on_every_app_route() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "private-app").await;
     let id = deploy(
@@ -386,7 +387,7 @@ async fn strangers_get_the_same_404_as_for_a_missing_app_on_every_app_route() {
 
 #[tokio::test]
 async fn deployments_are_listed_newest_first_and_shown_with_the_compat_shape() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "read-app").await;
     let first = deploy(
@@ -452,7 +453,7 @@ async fn deployments_are_listed_newest_first_and_shown_with_the_compat_shape() {
 
 #[tokio::test]
 async fn output_is_plain_text_whatever_accept_says_and_404_json_without_output() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "out-app").await;
     let with = deploy(
@@ -480,7 +481,7 @@ async fn output_is_plain_text_whatever_accept_says_and_404_json_without_output()
 
 #[tokio::test]
 async fn unknown_and_malformed_deployment_ids_are_a_json_404() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "ids-app").await;
     server.create_app(&admin, "other-app").await;
@@ -508,7 +509,7 @@ async fn unknown_and_malformed_deployment_ids_are_a_json_404() {
 
 #[tokio::test]
 async fn malformed_json_wrong_types_and_missing_roots_change_nothing() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "stable").await;
     deploy(&server, "stable", &server.admin_token, &["x"], "success").await;
@@ -586,7 +587,7 @@ async fn malformed_json_wrong_types_and_missing_roots_change_nothing() {
 
 #[tokio::test]
 async fn an_oversized_body_is_a_json_413_and_changes_nothing() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let before = snapshot(&admin, &[]).await;
     let name = "x".repeat(1024 * 1024 + 10);
@@ -600,7 +601,7 @@ async fn an_oversized_body_is_a_json_413_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_non_json_content_type_is_a_400() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let resp = admin
         .request(reqwest::Method::POST, "/v1/apps")
@@ -617,7 +618,7 @@ async fn a_non_json_content_type_is_a_400() {
 
 #[tokio::test]
 async fn unknown_routes_are_a_json_404_and_wrong_methods_a_json_405() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     for path in ["/", "/v1", "/v1/nothing", "/v1/apps/a/b/c/d/e", "/v2/apps"] {
         let (status, body) = admin.get(path).await;
@@ -648,7 +649,7 @@ async fn unknown_routes_are_a_json_404_and_wrong_methods_a_json_405() {
 
 #[tokio::test]
 async fn an_app_name_cannot_shadow_another_apps_id() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "victim").await;
     let id = app["id"].as_str().expect("id").to_string();
@@ -663,7 +664,7 @@ async fn an_app_name_cannot_shadow_another_apps_id() {
 
 #[tokio::test]
 async fn emails_match_whatever_their_case() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_user("casey").await;
     let (status, body) = admin
@@ -687,7 +688,7 @@ async fn emails_match_whatever_their_case() {
 
 #[tokio::test]
 async fn deleting_an_app_ends_its_live_pusher_session() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "live-delete").await;
     let mut pusher =
@@ -724,7 +725,7 @@ async fn deleting_an_app_ends_its_live_pusher_session() {
 
 #[tokio::test]
 async fn a_push_request_without_an_upgrade_is_a_json_error() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "no-upgrade").await;
     let (status, text) = raw(
@@ -744,7 +745,7 @@ async fn a_push_request_without_an_upgrade_is_a_json_error() {
 
 #[tokio::test]
 async fn a_path_segment_that_is_not_utf8_is_a_json_400() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "utf8").await;
     use reqwest::Method;

@@ -1,11 +1,12 @@
-//! Authentication through the real binary: the token exchange, every accepted credential form,
-//! refused credentials (garbage, tampered, revoked), users, tokens and the generated admin token.
+//! Authentication, served in process: the token exchange, every accepted credential form,
+//! refused credentials (garbage, tampered, revoked), users, tokens, and the generated admin
+//! token (by the real binary, whose log is read).
 mod common;
 
 use base64::Engine;
 use serde_json::{json, Value};
 
-use common::{b64, Options, Server};
+use common::{b64, Options, Server, TestServer};
 
 /// Decodes one base64url (no padding) JWT part as JSON.
 fn jwt_part(jwt: &str, index: usize) -> Value {
@@ -16,7 +17,7 @@ fn jwt_part(jwt: &str, index: usize) -> Value {
     serde_json::from_slice(&bytes).expect("json part")
 }
 
-async fn exchange(server: &Server, token: &str) -> (u16, Value) {
+async fn exchange(server: &TestServer, token: &str) -> (u16, Value) {
     server
         .client(token)
         .post("/v1/tokens/exchange", json!({}))
@@ -37,7 +38,7 @@ fn assert_unauthorized(status: u16, body: &Value) {
 
 #[tokio::test]
 async fn token_exchange_gives_an_hs256_jwt_with_a_numeric_exp_one_hour_ahead() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let (status, body) = exchange(&server, &server.admin_token).await;
     assert_eq!(status, 200, "{body}");
     let jwt = body["token"].as_str().expect("token string");
@@ -54,7 +55,7 @@ async fn token_exchange_gives_an_hs256_jwt_with_a_numeric_exp_one_hour_ahead() {
 
 #[tokio::test]
 async fn every_credential_form_is_accepted() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let token = server.create_user("alice").await;
     let (_, body) = exchange(&server, &token).await;
     let jwt = body["token"].as_str().expect("jwt").to_string();
@@ -72,7 +73,7 @@ async fn every_credential_form_is_accepted() {
 
 #[tokio::test]
 async fn garbage_tampered_and_missing_credentials_are_a_json_401() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let (_, body) = exchange(&server, &server.admin_token).await;
     let jwt = body["token"].as_str().expect("jwt").to_string();
     // Tamper with the payload: same header and signature, another `exp`.
@@ -109,7 +110,7 @@ async fn garbage_tampered_and_missing_credentials_are_a_json_401() {
 
 #[tokio::test]
 async fn users_self_and_regions_have_the_shapes_clients_read() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let (status, body) = admin.get("/v1/users/self").await;
     assert_eq!(status, 200, "{body}");
@@ -141,7 +142,7 @@ async fn users_self_and_regions_have_the_shapes_clients_read() {
 
 #[tokio::test]
 async fn only_an_admin_creates_users_and_the_token_is_shown_once() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let (status, body) = admin
         .post(
@@ -187,7 +188,7 @@ async fn only_an_admin_creates_users_and_the_token_is_shown_once() {
 
 #[tokio::test]
 async fn duplicate_and_invalid_users_are_a_422_naming_the_field_and_store_nothing() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_user("dave").await;
     let cases = [
@@ -234,7 +235,7 @@ async fn duplicate_and_invalid_users_are_a_422_naming_the_field_and_store_nothin
 
 #[tokio::test]
 async fn tokens_are_created_listed_without_secrets_and_revoked() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let first = server.create_user("frank").await;
     let frank = server.client(&first);
     let (status, body) = frank
@@ -291,7 +292,7 @@ async fn tokens_are_created_listed_without_secrets_and_revoked() {
 
 #[tokio::test]
 async fn a_user_cannot_revoke_another_users_token() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let grace = server.client(&server.create_user("grace").await);
     let (_, tokens) = server.admin().get("/v1/tokens").await;
     let admin_token_id = tokens["tokens"][0]["id"].as_str().expect("id").to_string();
@@ -329,7 +330,7 @@ async fn a_generated_admin_token_is_written_0600_works_and_is_never_logged() {
 
 #[tokio::test]
 async fn an_unsigned_jwt_is_refused() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let (_, body) = exchange(&server, &server.admin_token).await;
     let jwt = body["token"].as_str().expect("jwt");
     let claims = jwt.split('.').nth(1).expect("claims");
@@ -350,14 +351,14 @@ async fn an_unsigned_jwt_is_refused() {
 
 #[tokio::test]
 async fn api_tokens_are_stored_only_as_hashes() {
-    let mut server = Server::start();
+    let mut server = TestServer::start().await;
     let token = server.create_user("hashed").await;
     let (_, body) = server
         .client(&token)
         .post("/v1/tokens", json!({"token": {"name": "more"}}))
         .await;
     let second = body["token"]["token"].as_str().expect("token").to_string();
-    server.stop();
+    server.stop().await;
     let mut stack = vec![server.data.clone()];
     let mut files = 0;
     while let Some(dir) = stack.pop() {

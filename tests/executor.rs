@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::archives::{self, process_alive, ArchiveServer, Item};
 use common::{Client, Options, Server};
+use deployd::testing::{self, process_alive, ArchiveServer, Item};
 use serde_json::{json, Value};
 use tar::EntryType;
 
@@ -129,7 +129,7 @@ async fn a_deployment_runs_build_push_start_to_success_with_its_output_and_image
     let files = ArchiveServer::start().await;
     let build = "echo \"building $DEPLOYD_APP at $DEPLOYD_GIT_REF\"\nsleep 0.2\necho 'warning: on stderr' >&2\nsleep 0.2\necho 'build done'";
     let start = "echo \"listening on $PORT\"";
-    let (done, text) = run_app(&server, &files, "ok-app", archives::app(build, start), None).await;
+    let (done, text) = run_app(&server, &files, "ok-app", testing::app(build, start), None).await;
     assert_eq!(done["status"], "success", "{text}");
     let lines: Vec<&str> = text.lines().collect();
     let at = |needle: &str| {
@@ -158,8 +158,14 @@ async fn a_deployment_runs_build_push_start_to_success_with_its_output_and_image
         .join(format!("{}.tar.gz", id(&done)));
     assert_eq!(std::fs::metadata(&image).expect("image file").len(), size);
     assert!(done["finished_at"].is_string(), "{done}");
-    // The work directory is removed once the deployment ends.
-    assert!(!server.data.join("work").join(id(&done)).exists());
+    // The work directory is removed once the deployment ends: the executor removes it right
+    // after writing the terminal status, so the API may show the end a moment before.
+    let work = server.data.join("work").join(id(&done));
+    common::eventually(Duration::from_secs(3), || async {
+        (!work.exists()).then_some(())
+    })
+    .await;
+    assert!(!work.exists());
 }
 
 #[tokio::test]
@@ -179,7 +185,7 @@ async fn statuses_go_building_pushing_starting_success_and_a_custom_push_sets_th
     server.create_app(&admin, "gated").await;
     let url = files.serve(
         "/gated.tar.gz",
-        archives::app(&wait_for(&gate("build")), &wait_for(&gate("start"))),
+        testing::app(&wait_for(&gate("build")), &wait_for(&gate("start"))),
     );
     let created = deploy(&admin, "gated", source(&url)).await;
     assert_eq!(created["status"], "building");
@@ -215,7 +221,7 @@ async fn a_failing_build_ends_in_build_error() {
         &server,
         &files,
         "bad-build",
-        archives::app("echo compiling; exit 1", "true"),
+        testing::app("echo compiling; exit 1", "true"),
         None,
     )
     .await;
@@ -245,7 +251,7 @@ async fn a_start_hanging_past_the_start_timeout_is_killed_and_ends_in_timeout_er
         &server,
         &files,
         "slow-start",
-        archives::app("true", &start),
+        testing::app("true", &start),
         None,
     )
     .await;
@@ -267,7 +273,7 @@ async fn a_start_exiting_non_zero_ends_in_crashed_error() {
         &server,
         &files,
         "crashing",
-        archives::app("true", "echo 'cannot bind'; exit 2"),
+        testing::app("true", "echo 'cannot bind'; exit 2"),
         None,
     )
     .await;
@@ -287,7 +293,7 @@ async fn a_failing_postdeploy_hook_ends_in_hook_error_and_a_passing_one_in_succe
         &server,
         &files,
         "hooked",
-        archives::app("true", "true"),
+        testing::app("true", "true"),
         Some("echo migrating; exit 3"),
     )
     .await;
@@ -304,7 +310,7 @@ async fn a_failing_postdeploy_hook_ends_in_hook_error_and_a_passing_one_in_succe
         &server,
         &files,
         "hooked-ok",
-        archives::app("true", "true"),
+        testing::app("true", "true"),
         Some("echo \"migrated $DEPLOYD_APP\""),
     )
     .await;
@@ -323,7 +329,7 @@ async fn a_failing_push_command_ends_in_aborted_with_the_reason() {
         &server,
         &files,
         "unpushed",
-        archives::app("true", "true"),
+        testing::app("true", "true"),
         None,
     )
     .await;
@@ -345,7 +351,7 @@ async fn build_output_is_stored_as_it_is_written_not_at_the_end() {
     let build = format!("echo 'first line'\n{}\necho 'second line'", wait_for(&gate));
     let admin = server.admin();
     server.create_app(&admin, "live").await;
-    let url = files.serve("/live.tar.gz", archives::app(&build, "true"));
+    let url = files.serve("/live.tar.gz", testing::app(&build, "true"));
     let id = id(&deploy(&admin, "live", source(&url)).await);
     // The build cannot go on before we open the gate: seeing its first line now proves the
     // output is stored while the command runs.
@@ -370,7 +376,7 @@ async fn a_null_git_ref_gets_a_generated_one() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "no-ref").await;
-    let url = files.serve("/no-ref.tar.gz", archives::app("true", "true"));
+    let url = files.serve("/no-ref.tar.gz", testing::app("true", "true"));
     let created = deploy(
         &admin,
         "no-ref",
@@ -416,7 +422,7 @@ async fn an_app_with_git_source_deploys_its_archive_of_the_git_ref() {
     assert_eq!(status, 201, "{body}");
     files.serve(
         "/org/repo/archive/v1.2.tar.gz",
-        archives::app("echo 'built v1.2'", "true"),
+        testing::app("echo 'built v1.2'", "true"),
     );
     let created = deploy(
         &admin,
@@ -441,7 +447,7 @@ async fn an_app_with_git_source_deploys_its_archive_of_the_git_ref() {
     assert_eq!(status, 201, "{body}");
     files.serve(
         "/org/other/archive/HEAD.tar.gz",
-        archives::app("echo 'built HEAD'", "true"),
+        testing::app("echo 'built HEAD'", "true"),
     );
     let created = deploy(
         &admin,
@@ -479,7 +485,7 @@ async fn three_deployments_of_one_app_queue_and_run_one_at_a_time_in_order() {
     );
     let admin = server.admin();
     server.create_app(&admin, "busy").await;
-    let url = files.serve("/busy.tar.gz", archives::app(&build, "true"));
+    let url = files.serve("/busy.tar.gz", testing::app(&build, "true"));
     let mut ids = Vec::new();
     for expected in ["building", "queued", "queued"] {
         let created = deploy(&admin, "busy", source(&url)).await;
@@ -546,12 +552,12 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
     let cases: Vec<(&str, Vec<u8>, String)> = vec![
         (
             "absolute",
-            archives::archive(&[Item::Dir("app/"), Item::File(&outside_path, b"x")]),
+            testing::archive(&[Item::Dir("app/"), Item::File(&outside_path, b"x")]),
             format!("!     Extracting source failed: entry {outside_path:?} has an absolute path"),
         ),
         (
             "dotdot",
-            archives::archive(&[
+            testing::archive(&[
                 Item::Dir("app/"),
                 Item::File("app/../../../../../pwned-dotdot", b"x"),
             ]),
@@ -559,7 +565,7 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
         ),
         (
             "symlink",
-            archives::archive(&[
+            testing::archive(&[
                 Item::Dir("app/"),
                 Item::Symlink("app/escape", "../../../../.."),
                 Item::File("app/escape/pwned-symlink", b"x"),
@@ -568,7 +574,7 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
         ),
         (
             "absolute-symlink",
-            archives::archive(&[
+            testing::archive(&[
                 Item::Dir("app/"),
                 Item::Symlink("app/escape", "/tmp"),
                 Item::File("app/escape/pwned-abs-symlink", b"x"),
@@ -577,7 +583,7 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
         ),
         (
             "hardlink",
-            archives::archive(&[
+            testing::archive(&[
                 Item::Dir("app/"),
                 Item::HardLink("app/pwned-hardlink", "/etc/passwd"),
             ]),
@@ -585,7 +591,7 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
         ),
         (
             "device",
-            archives::archive(&[
+            testing::archive(&[
                 Item::Dir("app/"),
                 Item::Special("app/pwned-device", EntryType::Char),
             ]),
@@ -593,7 +599,7 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
         ),
         (
             "two-roots",
-            archives::archive(&[
+            testing::archive(&[
                 Item::Dir("one/"),
                 Item::File("one/a", b"x"),
                 Item::Dir("two/"),
@@ -603,12 +609,12 @@ async fn hostile_archives_end_in_build_error_and_write_nothing_outside() {
         ),
         (
             "bomb",
-            archives::zero_bomb(50 * 1000 * 1000),
+            testing::zero_bomb(50 * 1000 * 1000),
             "!     Extracting source failed: more than 1000000 bytes once decompressed".to_string(),
         ),
         (
             "crowd",
-            archives::archive(&crowd),
+            testing::archive(&crowd),
             "!     Extracting source failed: more than 20 entries in the archive".to_string(),
         ),
     ];
@@ -643,7 +649,7 @@ async fn private_destinations_are_refused_unless_allowed() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "private").await;
-    let url = files.serve("/private.tar.gz", archives::app("true", "true"));
+    let url = files.serve("/private.tar.gz", testing::app("true", "true"));
     let port = files.addr.port();
     for source_url in [
         url.clone(),
@@ -697,7 +703,7 @@ async fn a_graceful_restart_during_a_build_aborts_it_and_kills_the_build() {
     let build = long_build(&pidfile);
     let admin = server.admin();
     server.create_app(&admin, "restarted").await;
-    let url = files.serve("/restarted.tar.gz", archives::app(&build, "true"));
+    let url = files.serve("/restarted.tar.gz", testing::app(&build, "true"));
     let id = id(&deploy(&admin, "restarted", source(&url)).await);
     until_build_started(&admin, "restarted", &id).await;
     let server = server.restart();
@@ -720,7 +726,7 @@ async fn a_crash_during_a_build_leaves_the_deployment_aborted_after_restart() {
     let build = long_build(&pidfile);
     let admin = server.admin();
     server.create_app(&admin, "crashed").await;
-    let url = files.serve("/crashed.tar.gz", archives::app(&build, "true"));
+    let url = files.serve("/crashed.tar.gz", testing::app(&build, "true"));
     let id = id(&deploy(&admin, "crashed", source(&url)).await);
     until_build_started(&admin, "crashed", &id).await;
     let server = server.crash_and_restart();
@@ -754,7 +760,7 @@ async fn the_deployment_timeout_kills_a_long_build_and_ends_in_build_error() {
         &server,
         &files,
         "too-long",
-        archives::app(&build, "true"),
+        testing::app(&build, "true"),
         None,
     )
     .await;
@@ -775,7 +781,7 @@ async fn a_graceful_restart_keeps_queued_deployments_queued_and_runs_them_after(
     let build = long_build(&pidfile);
     let admin = server.admin();
     server.create_app(&admin, "waiting").await;
-    let url = files.serve("/waiting.tar.gz", archives::app(&build, "true"));
+    let url = files.serve("/waiting.tar.gz", testing::app(&build, "true"));
     let first = id(&deploy(&admin, "waiting", source(&url)).await);
     let second = deploy(&admin, "waiting", source(&url)).await;
     assert_eq!(second["status"], "queued");

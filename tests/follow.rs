@@ -1,10 +1,10 @@
-//! Followed output through the real binary: `/output?follow=true` as text and as Server-Sent
-//! Events, resume by line number, and `deployd follow` end to end.
+//! Followed output, served in process: `/output?follow=true` as text and as Server-Sent Events,
+//! resume by line number, and `deployd follow` end to end (against the real binary).
 mod common;
 
 use std::time::Duration;
 
-use common::{push, Server};
+use common::{push, Server, TestServer};
 
 /// Bound on how long a followed body may take to end after the deployment finished.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,7 +32,7 @@ fn follow_in_background(
 
 #[tokio::test]
 async fn plain_follow_streams_new_lines_and_ends_on_the_terminal_status() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "followed").await;
     let mut pusher = push::start(&server.url, "followed", &server.admin_token, "r").await;
@@ -72,7 +72,7 @@ async fn plain_follow_streams_new_lines_and_ends_on_the_terminal_status() {
 
 #[tokio::test]
 async fn sse_follow_numbers_events_resumes_from_last_event_id_and_ends_with_the_status() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "sse").await;
     let mut pusher = push::start(&server.url, "sse", &server.admin_token, "r").await;

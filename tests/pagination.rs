@@ -1,4 +1,4 @@
-//! Pagination of the deployments list through the real binary: empty app, exact page boundary,
+//! Pagination of the deployments list, served in process: empty app, exact page boundary,
 //! last page, past the end, default and maximum page sizes, and bad parameters.
 mod common;
 #[path = "common/deploy.rs"]
@@ -6,11 +6,11 @@ mod deploy;
 
 use serde_json::{json, Value};
 
-use common::{Client, Server};
+use common::{Client, TestServer};
 use deploy::deploy;
 
 /// Creates `count` finished deployments of `app`; returns their ids oldest first.
-async fn deployments(server: &Server, app: &str, count: usize) -> Vec<String> {
+async fn deployments(server: &TestServer, app: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..count {
         ids.push(deploy(server, app, &server.admin_token, &[], "build-error").await);
@@ -44,7 +44,7 @@ fn meta(current: u64, prev: Option<u64>, next: Option<u64>, pages: u64, count: u
 
 #[tokio::test]
 async fn an_empty_app_has_no_pages_and_null_links() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "empty-app").await;
     let (ids, pagination) = page(&admin, "empty-app", "").await;
@@ -58,7 +58,7 @@ async fn an_empty_app_has_no_pages_and_null_links() {
 
 #[tokio::test]
 async fn pages_split_exactly_at_the_boundary_and_past_the_end_is_empty() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "paged").await;
     let mut ids = deployments(&server, "paged", 4).await;
@@ -94,7 +94,7 @@ async fn pages_split_exactly_at_the_boundary_and_past_the_end_is_empty() {
 
 #[tokio::test]
 async fn the_default_page_holds_20_and_100_is_the_maximum() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "many").await;
     let mut ids = deployments(&server, "many", 21).await;
@@ -112,7 +112,7 @@ async fn the_default_page_holds_20_and_100_is_the_maximum() {
 
 #[tokio::test]
 async fn bad_page_parameters_are_json_errors() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "bad-params").await;
     for (query, code, field) in [

@@ -1,13 +1,15 @@
-//! Push sessions through the real binary: a pusher run to success, and a broken connection.
+//! Push sessions, served in process (the `deployd push` CLI test, which blocks its thread on the
+//! child, against the real binary): a pusher run to success, a broken connection, queueing,
+//! and the start timeout under a paused clock.
 mod common;
 
 use std::time::Duration;
 
-use common::{push, Server};
+use common::{push, Server, TestServer};
 
 #[tokio::test]
 async fn a_pusher_runs_a_deployment_to_success_and_its_output_is_stored() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "pushed-app").await;
     let mut pusher = push::start(&server.url, "pushed-app", &server.admin_token, "abc123").await;
@@ -30,7 +32,7 @@ async fn a_pusher_runs_a_deployment_to_success_and_its_output_is_stored() {
 
 #[tokio::test]
 async fn a_broken_pusher_connection_aborts_the_deployment() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "broken-app").await;
     let mut pusher = push::start(&server.url, "broken-app", &server.admin_token, "r1").await;
@@ -63,7 +65,7 @@ async fn send_text(pusher: &mut push::Pusher, text: &str) -> Value {
         .expect("answer frame")
 }
 
-async fn deployment(server: &Server, app: &str, id: &str) -> Value {
+async fn deployment(server: &TestServer, app: &str, id: &str) -> Value {
     let (status, body) = server
         .admin()
         .get(&format!("/v1/apps/{app}/deployments/{id}"))
@@ -74,7 +76,7 @@ async fn deployment(server: &Server, app: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_pusher_reaches_every_terminal_status() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "terminal").await;
     let paths: [&[&str]; 7] = [
@@ -119,7 +121,7 @@ async fn a_pusher_reaches_every_terminal_status() {
 
 #[tokio::test]
 async fn an_illegal_transition_gets_an_error_frame_and_changes_nothing() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "illegal").await;
     let mut pusher = push::start(&server.url, "illegal", &server.admin_token, "r").await;
@@ -165,7 +167,7 @@ async fn an_illegal_transition_gets_an_error_frame_and_changes_nothing() {
 
 #[tokio::test]
 async fn bad_frames_get_error_frames_and_the_session_continues() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "frames").await;
     let mut pusher = push::start(&server.url, "frames", &server.admin_token, "r").await;
@@ -211,7 +213,7 @@ async fn bad_frames_get_error_frames_and_the_session_continues() {
 
 #[tokio::test]
 async fn a_frame_before_start_is_refused_and_nothing_is_created() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "nostart").await;
     let mut socket = push::connect(&server.url, "nostart", &server.admin_token)
@@ -231,7 +233,7 @@ async fn a_frame_before_start_is_refused_and_nothing_is_created() {
 
 #[tokio::test]
 async fn a_second_pusher_is_queued_until_the_first_ends() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "queue-app").await;
     let mut first = push::start(&server.url, "queue-app", &server.admin_token, "one").await;
@@ -271,7 +273,7 @@ async fn a_second_pusher_is_queued_until_the_first_ends() {
 
 #[tokio::test]
 async fn a_queued_pusher_that_disconnects_is_aborted_and_the_next_one_starts() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "q-abort").await;
     let mut first = push::start(&server.url, "q-abort", &server.admin_token, "1").await;
@@ -289,7 +291,7 @@ async fn a_queued_pusher_that_disconnects_is_aborted_and_the_next_one_starts() {
 
 #[tokio::test]
 async fn a_lost_connection_in_starting_is_a_timeout_error_and_in_pushing_aborted() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "lost").await;
     for (reached, expected) in [
@@ -396,7 +398,7 @@ async fn pipelined_batches_are_stored_in_the_order_they_were_sent() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "pipelined").await;
     let mut pusher = push::start(&server.url, "pipelined", &server.admin_token, "p1").await;
@@ -435,4 +437,38 @@ async fn pipelined_batches_are_stored_in_the_order_they_were_sent() {
         .map(|n| format!("line {n:06}\n"))
         .collect();
     assert!(text == expected, "output out of order");
+}
+
+/// Paused time: a pusher that connects and never sends `start` is disconnected once
+/// `START_TIMEOUT` (30 s) passed, not before, and no deployment is created.
+#[tokio::test(start_paused = true)]
+async fn a_pusher_that_never_sends_start_is_disconnected_after_the_start_timeout() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    server.create_app(&admin, "mute").await;
+    let mut socket = push::connect(&server.url, "mute", &server.admin_token)
+        .await
+        .expect("push upgrade");
+    let connected = tokio::time::Instant::now();
+    // Longer than START_TIMEOUT, so the server's timer is the one the paused clock reaches.
+    let wait = Duration::from_secs(600);
+    loop {
+        match tokio::time::timeout(wait, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => panic!("unexpected frame {text}"),
+            Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => break,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => panic!("still connected after {wait:?}"),
+        }
+    }
+    let waited = connected.elapsed();
+    assert!(
+        waited >= deployd::api::push::START_TIMEOUT,
+        "disconnected after {waited:?}"
+    );
+    let (status, body) = admin.get("/v1/apps/mute/deployments").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deployments"], serde_json::json!([]), "{body}");
 }

@@ -1,11 +1,11 @@
-//! Source uploads through the real binary (compat.md): `POST /v1/sources`, an anonymous `PUT`
+//! Source uploads, served in process (compat.md): `POST /v1/sources`, an anonymous `PUT`
 //! of a tar.gz to the signed upload URL, then a deployment from the download URL.
 mod common;
 
 use std::time::Duration;
 
-use common::archives;
-use common::{Options, Server};
+use common::{Options, TestServer};
+use deployd::testing;
 use serde_json::{json, Value};
 
 /// `POST /v1/sources` as `client`; returns (upload_url, download_url).
@@ -36,17 +36,18 @@ async fn put(url: &str, bytes: Vec<u8>) -> (u16, Value) {
 async fn an_uploaded_archive_is_deployed_from_its_download_url() {
     // Private sources refused: the download URL (ours, on 127.0.0.1) must be read from disk, not
     // fetched over HTTP.
-    let server = Server::start_with(Options {
+    let server = TestServer::start_with(Options {
         allow_private_sources: Some(false),
         ..Options::default()
-    });
+    })
+    .await;
     let admin = server.admin();
     server.create_app(&admin, "uploaded").await;
     let (upload_url, download_url) = new_source(&admin).await;
     assert!(upload_url.starts_with(&format!("{}/v1/sources/", server.url)));
     assert_ne!(upload_url, download_url);
 
-    let archive = archives::app("echo 'built from upload'", "true");
+    let archive = testing::app("echo 'built from upload'", "true");
     let (status, body) = put(&upload_url, archive.clone()).await;
     assert_eq!(status, 200, "{body}");
 
@@ -76,7 +77,7 @@ async fn an_uploaded_archive_is_deployed_from_its_download_url() {
 
 #[tokio::test]
 async fn a_bad_signature_is_refused_with_a_403_json_error() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let (upload_url, download_url) = new_source(&admin).await;
     let forged = |url: &str| {
@@ -84,12 +85,12 @@ async fn a_bad_signature_is_refused_with_a_403_json_error() {
         let flipped = if signature.starts_with('0') { "1" } else { "0" };
         format!("{head}signature={flipped}{}", &signature[1..])
     };
-    let (status, body) = put(&forged(&upload_url), archives::app("true", "true")).await;
+    let (status, body) = put(&forged(&upload_url), testing::app("true", "true")).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["error"].is_string(), "{body}");
 
     // An upload URL does not download, a download URL does not upload.
-    let (status, body) = put(&download_url, archives::app("true", "true")).await;
+    let (status, body) = put(&download_url, testing::app("true", "true")).await;
     assert_eq!(status, 403, "{body}");
     let resp = reqwest::get(&upload_url).await.expect("GET");
     assert_eq!(resp.status().as_u16(), 403);
@@ -108,10 +109,11 @@ async fn a_bad_signature_is_refused_with_a_403_json_error() {
 
 #[tokio::test]
 async fn an_upload_over_the_limit_is_refused_with_a_413_json_error() {
-    let server = Server::start_with(Options {
+    let server = TestServer::start_with(Options {
         config_toml: "[limits]\nmax_upload_bytes = 4096".into(),
         ..Options::default()
-    });
+    })
+    .await;
     let admin = server.admin();
     let (upload_url, download_url) = new_source(&admin).await;
     let (status, body) = put(&upload_url, vec![7u8; 16 * 1024]).await;
@@ -121,13 +123,13 @@ async fn an_upload_over_the_limit_is_refused_with_a_413_json_error() {
     assert_eq!(resp.status().as_u16(), 404, "nothing was kept");
 
     // An archive within the limit still goes through on the same URL.
-    let (status, body) = put(&upload_url, archives::app("true", "true")).await;
+    let (status, body) = put(&upload_url, testing::app("true", "true")).await;
     assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
 async fn creating_a_source_needs_credentials() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let (status, body) = server.anonymous().post("/v1/sources", json!({})).await;
     assert_eq!(status, 401, "{body}");
 }

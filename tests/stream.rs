@@ -1,144 +1,20 @@
-//! The live deployments stream through the real binary: a real WebSocket subscriber
-//! (tokio-tungstenite) at `links.deployments_stream`, real pusher sessions feeding it.
+//! The live deployments stream, served in process (the graceful-shutdown case by the real
+//! binary): isolation between apps, refused tokens, bad frames, pings, timeouts and closing. The
+//! no-line-lost-or-repeated cases live in `lossless_stream.rs`.
 mod common;
+#[path = "common/subscriber.rs"]
+mod subscriber;
 
 use std::time::Duration;
 
-use common::{push, Server};
+use common::{push, Server, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use subscriber::{
+    events_until_status, expect_close, log_contents, open, send_text, subscribe, Ws, FRAME_TIMEOUT,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// How long a test waits for one frame before failing.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Opens the app's stream socket (no auth frame yet). `recv_buffer` shrinks the client's TCP
-/// receive buffer, so that a subscriber that stops reading backs up the server quickly.
-async fn open(app: &Value, query: &str, recv_buffer: Option<u32>) -> Ws {
-    let url = format!(
-        "{}{query}",
-        app["links"]["deployments_stream"]
-            .as_str()
-            .expect("stream url")
-    );
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .expect("host")
-        .to_string();
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size).expect("rcvbuf");
-    }
-    let stream = socket
-        .connect(addr.parse().expect("addr"))
-        .await
-        .expect("connect");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .expect("upgrade");
-    ws
-}
-
-async fn send_text(ws: &mut Ws, text: String) {
-    ws.send(Message::Text(text.into())).await.expect("send");
-}
-
-/// Opens and authenticates with `token` (extra auth `data` fields merged in).
-async fn subscribe(app: &Value, token: &str, extra: Value) -> Ws {
-    let mut ws = open(app, "", None).await;
-    let mut data = json!({ "token": token });
-    if let Value::Object(extra) = extra {
-        data.as_object_mut().expect("object").extend(extra);
-    }
-    send_text(&mut ws, json!({"type": "auth", "data": data}).to_string()).await;
-    ws
-}
-
-/// The next JSON event, skipping pings; panics on close.
-async fn next_event(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let value: Value = serde_json::from_str(&text).expect("json frame");
-                if value["type"] != "ping" {
-                    return value;
-                }
-            }
-            Ok(Some(Ok(Message::Close(frame)))) => panic!("stream closed: {frame:?}"),
-            Ok(Some(Ok(_))) => continue,
-            Ok(other) => panic!("stream ended: {other:?}"),
-            Err(_) => panic!("no event within {FRAME_TIMEOUT:?}"),
-        }
-    }
-}
-
-/// Events until (and including) the status event `status` of `deployment`.
-async fn events_until_status(ws: &mut Ws, deployment: &str, status: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let event = next_event(ws).await;
-        let done = event["type"] == "status"
-            && event["id"] == deployment
-            && event["data"]["status"] == status;
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
-}
-
-/// The close frame the server sends (code, reason); panics on anything else.
-async fn expect_close(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(frame))))) => {
-                return (u16::from(frame.code), frame.reason.to_string())
-            }
-            Ok(Some(Ok(Message::Close(None)))) => return (0, String::new()),
-            Ok(Some(Ok(Message::Text(text)))) => panic!("expected a close, got {text}"),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(err))) => panic!("expected a close frame, got error {err}"),
-            Ok(None) => panic!("expected a close frame, the socket just ended"),
-            Err(_) => panic!("no close within {FRAME_TIMEOUT:?}"),
-        }
-    }
-}
-
-/// `(type, id, content-or-status, seq)` of events, for compact comparisons.
-fn summary(events: &[Value]) -> Vec<(String, String, String, u64)> {
-    events
-        .iter()
-        .map(|e| {
-            let kind = e["type"].as_str().unwrap_or("").to_string();
-            let id = e["id"]
-                .as_str()
-                .or_else(|| e["data"]["deployment"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let what = e["data"]["content"]
-                .as_str()
-                .or_else(|| e["data"]["status"].as_str())
-                .unwrap_or("")
-                .to_string();
-            (kind, id, what, e["seq"].as_u64().unwrap_or(0))
-        })
-        .collect()
-}
-
-fn log_contents(events: &[Value], deployment: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "log" && e["id"] == deployment)
-        .map(|e| e["data"]["content"].as_str().expect("content").to_string())
-        .collect()
-}
 
 fn short_timeouts() -> common::Options {
     common::Options {
@@ -148,89 +24,8 @@ fn short_timeouts() -> common::Options {
 }
 
 #[tokio::test]
-async fn a_socket_opened_after_the_deployment_finished_still_replays_its_lines_and_terminal_status()
-{
-    // The `scalingo deploy` race: created, finished, and only then the socket opens.
-    let server = Server::start();
-    let admin = server.admin();
-    let app = server.create_app(&admin, "late").await;
-    let mut pusher = push::start(&server.url, "late", &server.admin_token, "r1").await;
-    pusher.logs(&["one", "two"]).await;
-    pusher.logs(&["three"]).await;
-    pusher.finish("success").await;
-    let id = pusher.id();
-
-    // The SDKs authenticate with the exchanged JWT.
-    let (status, body) = admin.post("/v1/tokens/exchange", json!({})).await;
-    assert_eq!(status, 200, "{body}");
-    let jwt = body["token"].as_str().expect("jwt");
-    let mut ws = subscribe(&app, jwt, json!({})).await;
-    let events = events_until_status(&mut ws, &id, "success").await;
-    let s = summary(&events);
-    assert_eq!(
-        s,
-        vec![
-            ("log".into(), id.clone(), "one".into(), 1),
-            ("log".into(), id.clone(), "two".into(), 2),
-            ("log".into(), id.clone(), "three".into(), 3),
-            ("status".into(), id.clone(), "success".into(), 3),
-        ]
-    );
-    assert!(events[0]["at"].as_str().is_some_and(|at| at.contains('T')));
-    // The server does not close the stream after the deployment ended.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), ws.next())
-            .await
-            .is_err(),
-        "the stream must stay open"
-    );
-}
-
-#[tokio::test]
-async fn live_events_arrive_in_store_order_across_statuses_and_logs() {
-    let server = Server::start();
-    let admin = server.admin();
-    let app = server.create_app(&admin, "live").await;
-    // A finished deployment, whose replay proves the subscription is live (the server
-    // subscribes before it replays) before the deployment under test starts.
-    let mut earlier = push::start(&server.url, "live", &server.admin_token, "r0").await;
-    earlier.finish("success").await;
-    let mut ws = subscribe(&app, &server.admin_token, json!({})).await;
-    events_until_status(&mut ws, &earlier.id(), "success").await;
-    let mut pusher = push::start(&server.url, "live", &server.admin_token, "r1").await;
-    let id = pusher.id();
-    pusher.logs(&["b1", "b2"]).await;
-    assert_eq!(pusher.status("pushing").await["status"], "pushing");
-    pusher.logs(&["p1"]).await;
-    assert_eq!(pusher.status("starting").await["status"], "starting");
-    pusher.logs(&["s1"]).await;
-    assert_eq!(pusher.status("success").await["status"], "success");
-
-    let events = events_until_status(&mut ws, &id, "success").await;
-    assert_eq!(
-        summary(&events),
-        vec![
-            ("new".into(), id.clone(), "".into(), 0),
-            ("status".into(), id.clone(), "building".into(), 0),
-            ("log".into(), id.clone(), "b1".into(), 1),
-            ("log".into(), id.clone(), "b2".into(), 2),
-            ("status".into(), id.clone(), "pushing".into(), 2),
-            ("log".into(), id.clone(), "p1".into(), 3),
-            ("status".into(), id.clone(), "starting".into(), 3),
-            ("log".into(), id.clone(), "s1".into(), 4),
-            ("status".into(), id.clone(), "success".into(), 4),
-        ]
-    );
-    // `new` carries the id string, as the spec page shows.
-    assert_eq!(
-        events[0],
-        json!({"type": "new", "data": {"deployment": id}})
-    );
-}
-
-#[tokio::test]
 async fn two_apps_streams_are_isolated() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app_a = server.create_app(&admin, "app-a").await;
     let app_b = server.create_app(&admin, "app-b").await;
@@ -259,7 +54,7 @@ async fn two_apps_streams_are_isolated() {
 
 #[tokio::test]
 async fn a_strangers_token_and_a_bad_token_are_refused_with_a_close_reason() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "private").await;
     let stranger = server.create_user("stranger").await;
@@ -287,152 +82,8 @@ async fn a_strangers_token_and_a_bad_token_are_refused_with_a_close_reason() {
 }
 
 #[tokio::test]
-async fn resume_after_line_n_sends_exactly_the_later_lines() {
-    let server = Server::start();
-    let admin = server.admin();
-    let app = server.create_app(&admin, "resumed").await;
-    let mut pusher = push::start(&server.url, "resumed", &server.admin_token, "r").await;
-    let id = pusher.id();
-    pusher.logs(&["l1", "l2", "l3"]).await;
-    pusher.logs(&["l4", "l5"]).await;
-
-    // In the auth frame (a map, several deployments at once)...
-    let mut ws = subscribe(
-        &app,
-        &server.admin_token,
-        json!({"resume": {id.clone(): 2}}),
-    )
-    .await;
-    // ...and as query parameters.
-    let mut ws_query = open(&app, &format!("?deployment={id}&after=4"), None).await;
-    send_text(
-        &mut ws_query,
-        json!({"type": "auth", "data": {"token": server.admin_token}}).to_string(),
-    )
-    .await;
-
-    let replay = events_until_status(&mut ws, &id, "building").await;
-    assert_eq!(log_contents(&replay, &id), ["l3", "l4", "l5"]);
-    assert_eq!(replay[0]["seq"], 3);
-    let replay_q = events_until_status(&mut ws_query, &id, "building").await;
-    assert_eq!(log_contents(&replay_q, &id), ["l5"]);
-
-    // Then live lines, each once.
-    pusher.logs(&["l6"]).await;
-    pusher.finish("success").await;
-    let rest = events_until_status(&mut ws, &id, "success").await;
-    assert_eq!(log_contents(&rest, &id), ["l6"]);
-    let rest_q = events_until_status(&mut ws_query, &id, "success").await;
-    assert_eq!(log_contents(&rest_q, &id), ["l6"]);
-}
-
-/// Pushes `batches` log batches of `per_batch` lines without waiting for each ack (acks are
-/// read concurrently).
-/// Then runs the deployment to success.
-async fn push_many(pusher: push::Pusher, batches: u64, per_batch: usize, width: usize) {
-    let (mut tx, mut rx) = pusher.socket.split();
-    let reader = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < batches {
-            match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    let frame: Value = serde_json::from_str(&text).expect("json");
-                    assert_eq!(frame["type"], "ack", "{frame}");
-                    acked = frame["batch"].as_u64().expect("batch");
-                }
-                other => panic!("pusher socket: {other:?}"),
-            }
-        }
-        rx
-    });
-    let pad = "x".repeat(width);
-    for batch in 1..=batches {
-        let lines: Vec<String> = (0..per_batch)
-            .map(|i| format!("{:08} {pad}", (batch - 1) * per_batch as u64 + i as u64 + 1))
-            .collect();
-        tx.send(Message::Text(
-            json!({"type": "logs", "batch": batch, "lines": lines})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .expect("send logs");
-    }
-    let rx = reader.await.expect("ack reader");
-    let mut socket = tx.reunite(rx).expect("reunite");
-    for status in ["pushing", "starting", "success"] {
-        socket
-            .send(Message::Text(
-                json!({"type": "status", "status": status})
-                    .to_string()
-                    .into(),
-            ))
-            .await
-            .expect("send status");
-        let frame = push::next_json(&mut socket).await.expect("status answer");
-        assert_eq!(frame["status"], status, "{frame}");
-    }
-}
-
-#[tokio::test]
-async fn a_subscriber_that_stops_reading_gets_every_line_exactly_once_in_order() {
-    const BATCHES: u64 = 2000;
-    const PER_BATCH: usize = 10;
-    let server = Server::start();
-    let admin = server.admin();
-    let app = server.create_app(&admin, "slow").await;
-    // A tiny receive buffer: the server's send buffer fills and the hub channel overflows
-    // (2000 events for a 256-event channel), forcing the catch-up from the store.
-    let mut slow = open(&app, "", Some(4096)).await;
-    send_text(
-        &mut slow,
-        json!({"type": "auth", "data": {"token": server.admin_token}}).to_string(),
-    )
-    .await;
-    let mut fast = subscribe(&app, &server.admin_token, json!({})).await;
-
-    let pusher = push::start(&server.url, "slow", &server.admin_token, "r").await;
-    let id = pusher.id();
-    // The fast subscriber reads concurrently; the slow one reads nothing until the end.
-    let fast_id = id.clone();
-    let fast_reader =
-        tokio::spawn(async move { events_until_status(&mut fast, &fast_id, "success").await });
-    push_many(pusher, BATCHES, PER_BATCH, 300).await;
-
-    let expected: Vec<u64> = (1..=BATCHES * PER_BATCH as u64).collect();
-    let (_, _, text) = admin
-        .get_text(&format!("/v1/apps/slow/deployments/{id}/output"))
-        .await;
-    let stored: Vec<String> = text.lines().map(str::to_string).collect();
-    assert_eq!(stored.len(), expected.len());
-    for events in [
-        fast_reader.await.expect("fast reader"),
-        events_until_status(&mut slow, &id, "success").await,
-    ] {
-        let seqs: Vec<u64> = events
-            .iter()
-            .filter(|e| e["type"] == "log")
-            .map(|e| e["seq"].as_u64().expect("seq"))
-            .collect();
-        assert_eq!(seqs.len(), expected.len());
-        assert!(seqs == expected, "lines lost, repeated or out of order");
-        // Every line's content is the stored line with that number (store order).
-        assert!(
-            log_contents(&events, &id) == stored,
-            "contents differ from the store"
-        );
-        let statuses: Vec<&str> = events
-            .iter()
-            .filter(|e| e["type"] == "status")
-            .map(|e| e["data"]["status"].as_str().expect("status"))
-            .collect();
-        assert_eq!(statuses, ["building", "pushing", "starting", "success"]);
-    }
-}
-
-#[tokio::test]
 async fn bad_frames_before_auth_close_with_a_reason() {
-    let server = Server::start_with(short_timeouts());
+    let server = TestServer::start_with(short_timeouts()).await;
     let admin = server.admin();
     let app = server.create_app(&admin, "bad-input").await;
 
@@ -454,10 +105,8 @@ async fn bad_frames_before_auth_close_with_a_reason() {
     send_text(&mut ws, "x".repeat(200 * 1024)).await;
     assert_eq!(expect_close(&mut ws).await.0, 1009);
 
-    // No auth frame at all: closed after the (1 s) auth timeout.
-    let mut ws = open(&app, "", None).await;
-    let (code, reason) = expect_close(&mut ws).await;
-    assert_eq!(code, 4008, "{reason}");
+    // No auth frame at all: see
+    // `a_socket_that_sends_no_auth_frame_is_closed_with_4008_once_the_auth_timeout_passed`.
 
     // A plain GET (no upgrade) is a JSON 400, not a hang.
     let (status, _, body) = admin.get_text("/apps/bad-input").await;
@@ -471,10 +120,11 @@ async fn bad_frames_before_auth_close_with_a_reason() {
 
 #[tokio::test]
 async fn bad_frames_after_auth_are_ignored_and_the_stream_keeps_working() {
-    let server = Server::start_with(common::Options {
+    let server = TestServer::start_with(common::Options {
         config_toml: "[stream]\nping_interval_secs = 1\n".into(),
         ..Default::default()
-    });
+    })
+    .await;
     let admin = server.admin();
     let app = server.create_app(&admin, "noisy").await;
     let mut ws = subscribe(&app, &server.admin_token, json!({})).await;
@@ -553,7 +203,7 @@ async fn next_pong(ws: &mut Ws) -> Vec<u8> {
 
 #[tokio::test]
 async fn client_pings_are_answered_before_and_after_auth_and_a_client_close_is_echoed() {
-    let server = Server::start();
+    let server = TestServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "pinged").await;
     let mut ws = open(&app, "", None).await;
@@ -586,4 +236,72 @@ async fn client_pings_are_answered_before_and_after_auth_and_a_client_close_is_e
         }
     };
     assert_eq!(code, None);
+}
+
+/// Longer than every server timer these paused-time tests wait for, so that the client's own
+/// timeout is never the nearest timer the paused clock jumps to.
+const PAUSED_WAIT: Duration = Duration::from_secs(600);
+
+/// The next frame that is not a pong, or None once the socket closed (within [`PAUSED_WAIT`]).
+async fn next_frame_paused(ws: &mut Ws) -> Option<Message> {
+    loop {
+        match tokio::time::timeout(PAUSED_WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Pong(_)))) => continue,
+            Ok(Some(Ok(message))) => return Some(message),
+            Ok(Some(Err(_)) | None) => return None,
+            Err(_) => panic!("nothing within {PAUSED_WAIT:?}"),
+        }
+    }
+}
+
+/// Paused time: the clock only moves when every task waits, straight to the next timer, so the
+/// close cannot come before the (default, 10 s) auth timeout and the test takes no real time.
+#[tokio::test(start_paused = true)]
+async fn a_socket_that_sends_no_auth_frame_is_closed_with_4008_once_the_auth_timeout_passed() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let app = server.create_app(&admin, "silent").await;
+    let mut ws = open(&app, "", None).await;
+    // A pong proves the server's auth wait (and its deadline) started.
+    ws.send(Message::Ping(b"here".to_vec().into()))
+        .await
+        .expect("ping");
+    let opened = tokio::time::Instant::now();
+    match next_frame_paused(&mut ws).await {
+        Some(Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 4008, "{}", frame.reason)
+        }
+        other => panic!("expected a 4008 close, got {other:?}"),
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) - Duration::from_millis(1),
+        "closed after {waited:?}, before the auth timeout"
+    );
+    assert!(
+        waited < Duration::from_secs(11),
+        "closed late, after {waited:?}"
+    );
+}
+
+/// Paused time: pings come every (default) 30 s after auth, not sooner.
+#[tokio::test(start_paused = true)]
+async fn an_authenticated_socket_gets_a_ping_once_the_ping_interval_passed() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let app = server.create_app(&admin, "pinged-late").await;
+    let authenticated = tokio::time::Instant::now();
+    let mut ws = subscribe(&app, &server.admin_token, json!({})).await;
+    for n in 1..=2u32 {
+        let ping = match next_frame_paused(&mut ws).await {
+            Some(Message::Text(text)) => serde_json::from_str::<Value>(&text).expect("json"),
+            other => panic!("expected a ping, got {other:?}"),
+        };
+        assert_eq!(ping["type"], "ping", "{ping}");
+        let waited = authenticated.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) * n,
+            "ping {n} after {waited:?}"
+        );
+    }
 }

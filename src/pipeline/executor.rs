@@ -536,16 +536,12 @@ fn describe_duration(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     use super::*;
     use crate::model::{DeploymentId, LogStream};
-    use crate::pipeline::test_support::{archive, Item, RecordingSink};
     use crate::pipeline::SourceLocation;
+    use crate::testing::{
+        archive, process_alive, raw_response, ArchiveServer, Item, RecordingSink,
+    };
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -603,40 +599,19 @@ mod tests {
 
     /// An app archive with optional `bin/build` and `bin/start` scripts.
     fn app(build: Option<&str>, start: Option<&str>) -> Vec<u8> {
-        let mut items = vec![
-            Item::Dir("app/"),
-            Item::Dir("app/bin/"),
-            Item::File("app/README", b"hi"),
-        ];
-        if let Some(build) = build {
-            items.push(Item::Executable("app/bin/build", build.as_bytes()));
-        }
-        if let Some(start) = start {
-            items.push(Item::Executable("app/bin/start", start.as_bytes()));
-        }
-        archive(&items)
-    }
-
-    /// Whether `pid` is a live (non-zombie) process.
-    fn alive(pid: i32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => false,
-            Ok(stat) => stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        }
+        crate::testing::app_scripts(build, start)
     }
 
     async fn assert_dead(pidfile: &str) {
         let pids = std::fs::read_to_string(pidfile).expect("pidfile");
         for pid in pids.split_whitespace() {
-            let pid: i32 = pid.parse().expect("pid");
+            let pid: u32 = pid.parse().expect("pid");
             let mut tries = 0;
-            while alive(pid) && tries < 50 {
+            while process_alive(pid) && tries < 50 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 tries += 1;
             }
-            assert!(!alive(pid), "process {pid} is still running");
+            assert!(!process_alive(pid), "process {pid} is still running");
         }
     }
 
@@ -905,53 +880,12 @@ mod tests {
         ));
     }
 
-    /// A tiny HTTP/1.1 server answering each request with `respond(path)`; counts requests.
-    async fn http_server(
-        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
-    ) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&requests);
-        let respond = Arc::new(respond);
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let respond = Arc::clone(&respond);
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&request);
-                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    // The client may hang up early (size limit): write errors are expected.
-                    let _ = socket.write_all(&respond(&path)).await;
-                    let _ = socket.shutdown().await;
-                });
-            }
-        });
-        (addr, requests)
-    }
-
-    fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
-        let mut out =
-            format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n").into_bytes();
-        out.extend_from_slice(body);
-        out
-    }
-
     #[tokio::test]
     async fn private_addresses_are_refused_by_default() {
         let fixture = Fixture::new();
-        let (addr, requests) = http_server(|_| response("200 OK", "", b"")).await;
-        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/app.tar.gz")));
+        let server = ArchiveServer::start().await;
+        let url = server.serve_raw("/app.tar.gz", raw_response("200 OK", "", b""));
+        let job = fixture.job(SourceLocation::Url(url));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
         assert!(
@@ -959,7 +893,7 @@ mod tests {
             "{:?}",
             sink.lines()
         );
-        assert_eq!(requests.load(Ordering::SeqCst), 0);
+        assert_eq!(server.requests().len(), 0);
 
         let job = fixture.job(SourceLocation::Url(
             "http://localhost:1/app.tar.gz".to_owned(),
@@ -987,20 +921,17 @@ mod tests {
         let mut fixture = Fixture::new();
         fixture.config.allow_private_sources = true;
         let body = app(None, Some("#!/bin/sh\necho started\n"));
-        let (addr, _) = http_server(move |path| match path {
-            "/latest" => response(
+        let server = ArchiveServer::start().await;
+        let addr = server.addr;
+        server.serve_raw(
+            "/latest",
+            raw_response(
                 "302 Found",
                 "Location: /app.tar.gz\r\nContent-Length: 0\r\n",
                 b"",
             ),
-            "/app.tar.gz" => response(
-                "200 OK",
-                &format!("Content-Length: {}\r\n", body.len()),
-                &body,
-            ),
-            _ => response("404 Not Found", "Content-Length: 0\r\n", b""),
-        })
-        .await;
+        );
+        server.serve("/app.tar.gz", body);
         let job = fixture.job(SourceLocation::Url(format!("http://{addr}/latest")));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::Success, "{:?}", sink.lines());
@@ -1019,14 +950,16 @@ mod tests {
         let mut fixture = Fixture::new();
         fixture.config.allow_private_sources = true;
         fixture.config.max_redirects = 3;
-        let (addr, requests) =
-            http_server(|_| response("302 Found", "Location: /loop\r\nContent-Length: 0\r\n", b""))
-                .await;
-        let job = fixture.job(SourceLocation::Url(format!("http://{addr}/loop")));
+        let server = ArchiveServer::start().await;
+        let url = server.serve_raw(
+            "/loop",
+            raw_response("302 Found", "Location: /loop\r\nContent-Length: 0\r\n", b""),
+        );
+        let job = fixture.job(SourceLocation::Url(url));
         let (status, sink) = fixture.run(job).await;
         assert_eq!(status, Status::BuildError);
         assert!(sink.has_system_line("more than 3 redirects"));
-        assert_eq!(requests.load(Ordering::SeqCst), 4);
+        assert_eq!(server.requests().len(), 4);
     }
 
     #[tokio::test]
@@ -1035,12 +968,14 @@ mod tests {
         fixture.config.allow_private_sources = true;
         fixture.config.max_archive_bytes = 64 * 1024;
         let big = vec![b'x'; 4 * 1024 * 1024];
-        let (addr, _) = http_server(move |path| match path {
-            // No Content-Length: the limit must be enforced while streaming.
-            "/streamed" => response("200 OK", "", &big),
-            _ => response("200 OK", "Content-Length: 999999999\r\n", b"tiny"),
-        })
-        .await;
+        let server = ArchiveServer::start().await;
+        let addr = server.addr;
+        // No Content-Length: the limit must be enforced while streaming.
+        server.serve_raw("/streamed", raw_response("200 OK", "", &big));
+        server.serve_raw(
+            "/declared",
+            raw_response("200 OK", "Content-Length: 999999999\r\n", b"tiny"),
+        );
         for path in ["/streamed", "/declared"] {
             let job = fixture.job(SourceLocation::Url(format!("http://{addr}{path}")));
             let (status, sink) = fixture.run(job).await;

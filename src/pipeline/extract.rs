@@ -413,7 +413,7 @@ impl<R: Read> Read for LimitedReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::test_support::{archive, zero_bomb, Item};
+    use crate::testing::{archive, zero_bomb, Item};
 
     /// A scratch area: `dest` is the extraction directory, everything else in `base` is
     /// "outside" and must stay untouched.
@@ -677,34 +677,17 @@ mod tests {
             .expect("long dir");
         // pax `path` record, as `git archive` writes.
         let record = pax_record("path", &long_file);
-        let pax = crate::pipeline::test_support::raw_header(
-            "pax",
-            EntryType::XHeader,
-            record.len() as u64,
-            0o644,
-            None,
-        );
+        let pax =
+            crate::testing::raw_header("pax", EntryType::XHeader, record.len() as u64, 0o644, None);
         builder.append(&pax, &record[..]).expect("pax");
-        let file =
-            crate::pipeline::test_support::raw_header("short", EntryType::Regular, 4, 0o644, None);
+        let file = crate::testing::raw_header("short", EntryType::Regular, 4, 0o644, None);
         builder.append(&file, &b"long"[..]).expect("file");
         // A pax `path` with `..` is checked like any path.
         let record = pax_record("path", "app/../../evil");
-        let pax = crate::pipeline::test_support::raw_header(
-            "pax",
-            EntryType::XHeader,
-            record.len() as u64,
-            0o644,
-            None,
-        );
+        let pax =
+            crate::testing::raw_header("pax", EntryType::XHeader, record.len() as u64, 0o644, None);
         builder.append(&pax, &record[..]).expect("pax");
-        let file = crate::pipeline::test_support::raw_header(
-            "app/fine",
-            EntryType::Regular,
-            1,
-            0o644,
-            None,
-        );
+        let file = crate::testing::raw_header("app/fine", EntryType::Regular, 1, 0o644, None);
         builder.append(&file, &b"x"[..]).expect("file");
         let bytes = builder.into_inner().expect("tar").finish().expect("gzip");
 
@@ -729,8 +712,7 @@ mod tests {
         let escaping = format!("{}../../etc", "a/../".repeat(30));
         let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut builder = tar::Builder::new(gzip);
-        let dir =
-            crate::pipeline::test_support::raw_header("app/", EntryType::Directory, 0, 0o755, None);
+        let dir = crate::testing::raw_header("app/", EntryType::Directory, 0, 0o755, None);
         builder.append(&dir, &b""[..]).expect("dir");
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(EntryType::Symlink);
@@ -753,13 +735,8 @@ mod tests {
         let size = 16 * 1024 * 1024;
         let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut builder = tar::Builder::new(gzip);
-        let header = crate::pipeline::test_support::raw_header(
-            "././@LongLink",
-            EntryType::GNULongName,
-            size,
-            0o644,
-            None,
-        );
+        let header =
+            crate::testing::raw_header("././@LongLink", EntryType::GNULongName, size, 0o644, None);
         builder
             .append(&header, std::io::Read::take(std::io::repeat(b'a'), size))
             .expect("append");

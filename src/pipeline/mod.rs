@@ -20,8 +20,6 @@ pub mod extract;
 pub mod fetch;
 pub mod leftovers;
 pub mod stages;
-#[cfg(test)]
-mod test_support;
 
 pub use executor::run;
 

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::common::{push, Client, Server};
+use crate::common::{push, Client, Endpoint};
 
 /// Statuses a pusher passes through before `end` (from `building`).
 fn path_to(end: &str) -> &'static [&'static str] {
@@ -17,7 +17,13 @@ fn path_to(end: &str) -> &'static [&'static str] {
 
 /// Runs a deployment of `app` with `lines` of output to `end`; returns its id once the server
 /// closed the session (the deployment is then terminal in the store).
-pub async fn deploy(server: &Server, app: &str, token: &str, lines: &[&str], end: &str) -> String {
+pub async fn deploy(
+    server: &Endpoint,
+    app: &str,
+    token: &str,
+    lines: &[&str],
+    end: &str,
+) -> String {
     let mut pusher = push::start(&server.url, app, token, "ref").await;
     assert_eq!(
         pusher.deployment["status"], "building",

@@ -1,6 +1,16 @@
-//! The black-box test harness: starts the real `deployd` binary on 127.0.0.1 port 0 with a
-//! temporary data directory, and talks to it over real HTTP and WebSocket.
+//! The black-box test harness. Two ways to run a server on 127.0.0.1 port 0 with a temporary
+//! data directory, both reached over real HTTP and WebSocket through the same [`Endpoint`]:
+//! - [`TestServer`] (`in_process`): `deployd::server::start` in the test's own runtime, so
+//!   starting is cheap and `#[tokio::test(start_paused = true)]` controls the server's timers;
+//! - [`Server`]: the real `deployd` binary, for tests where a process must die (restart, crash),
+//!   its exit code or log is checked, or the test blocks its thread on a CLI child.
 #![allow(dead_code)]
+
+mod in_process;
+
+// Not every test binary uses both harnesses.
+#[allow(unused_imports)]
+pub use in_process::TestServer;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,18 +37,31 @@ pub struct Options {
     pub allow_private_sources: Option<bool>,
 }
 
+/// Where a running server is reached and its first admin's token: the client shortcuts every
+/// harness shares (both servers deref to it).
+pub struct Endpoint {
+    pub url: String,
+    pub addr: String,
+    pub admin_token: String,
+}
+
 /// A running `deployd serve`.
 pub struct Server {
     child: Option<Child>,
-    pub url: String,
-    pub addr: String,
+    endpoint: Endpoint,
     /// The data directory (inside `root`).
     pub data: PathBuf,
     /// Holds the temp dir alive; `None` when reusing another server's.
     root: std::sync::Arc<tempfile::TempDir>,
     options: Options,
-    pub admin_token: String,
     pub log_path: PathBuf,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 impl Server {
@@ -121,12 +144,14 @@ impl Server {
         };
         Server {
             child: Some(child),
-            url,
-            addr,
+            endpoint: Endpoint {
+                url,
+                addr,
+                admin_token,
+            },
             data,
             root,
             options,
-            admin_token,
             log_path,
         }
     }
@@ -176,7 +201,9 @@ impl Server {
     pub fn root(&self) -> &Path {
         self.root.path()
     }
+}
 
+impl Endpoint {
     /// A client authenticating with Basic `:token`.
     pub fn client(&self, token: &str) -> Client {
         Client {
@@ -475,4 +502,3 @@ pub mod push {
         }
     }
 }
-pub mod archives;
