@@ -11,15 +11,17 @@
 //! are committed on their own, so their uniqueness checks read committed state only; the hot
 //! commands (log batches, status changes, image sizes) are grouped.
 //!
-//! Layout: [`handle`] is the async side (`Writer`, `Command`); `group` is the thread's loop and
-//! the group commit (validate → write → sync → reply → publish), the only place that meets the
+//! Layout: `handle` is the async side (`Writer`, `Command`); `group` is the thread's loop and
+//! the group commit (validate → write → sync → reply → publish), where commands meet the
 //! engine, the log files and the hub; `lifecycle` is the pure bookkeeping of unfinished
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
-//! `segments` cuts lines into stored segments; `recovery` ends what a crash left unfinished.
+//! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
+//! `recovery` ends what a crash left unfinished.
 
 mod group;
 mod handle;
 mod lifecycle;
+mod records;
 mod recovery;
 mod segments;
 
