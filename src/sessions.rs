@@ -56,7 +56,7 @@ impl Session {
             Ok(record) => {
                 tracing::info!(deployment = %self.deployment, status = %record.status, why, "session lost");
             }
-            Err(WriteError::Conflict(_) | WriteError::NotFound(_)) => {}
+            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => {}
             Err(err) => {
                 tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session")
             }

@@ -119,16 +119,7 @@ pub async fn create(
         updated_at: now,
         last_deployment: None,
     };
-    state
-        .writer
-        .create_app(app.clone())
-        .await
-        .map_err(|err| match err {
-            crate::store::writer::WriteError::Conflict(_) => {
-                ApiError::field("name", "is already taken")
-            }
-            other => other.into(),
-        })?;
+    state.writer.create_app(app.clone()).await?;
     let view = AppView::new(&app, &caller.user, &state.config.public_url, false);
     Ok((StatusCode::CREATED, Json(json!({ "app": view }))))
 }

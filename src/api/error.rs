@@ -36,14 +36,33 @@ pub enum ApiError {
     Unprocessable(Vec<(String, String)>),
     #[error("{0}")]
     Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A failure of ours: the client sees only "internal server error"; `source` is logged once,
+    /// when the response is made.
+    #[error("internal error: {source}")]
+    Internal {
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
+
+/// The source of an internal error that has only a message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Detail(String);
 
 impl ApiError {
     /// A 422 for one field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Unprocessable(vec![(field.into(), message.into())])
+    }
+
+    /// An internal error with only a message (`ApiError::Internal(format!(…))` at call sites
+    /// that had no error value to keep). Spelled like the variant so those call sites read the
+    /// same; an error value converts with `From` or `ApiError::Internal { source }`.
+    #[allow(non_snake_case)]
+    pub fn Internal(detail: String) -> Self {
+        ApiError::Internal {
+            source: Box::new(Detail(detail)),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -57,7 +76,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -77,7 +96,7 @@ impl ApiError {
                 }
                 json!({ "errors": errors })
             }
-            ApiError::Internal(_) => json!({"error": "internal server error"}),
+            ApiError::Internal { .. } => json!({"error": "internal server error"}),
             other => json!({ "error": other.to_string() }),
         }
     }
@@ -108,9 +127,11 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The one place an internal error is logged (conversions into `ApiError` log nothing), so
+    /// each one is logged exactly once, when it becomes a response.
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        if let ApiError::Internal { source } = &self {
+            tracing::error!(detail = %source, "internal error");
         }
         (self.status(), Json(self.body())).into_response()
     }
@@ -118,17 +139,25 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        ApiError::Internal(err.to_string())
+        ApiError::Internal {
+            source: Box::new(err),
+        }
     }
 }
 
+/// A name already taken is a 422 on the field that holds it (compat.md); a write the state of
+/// the deployment or the app forbids is a 409.
 impl From<WriteError> for ApiError {
     fn from(err: WriteError) -> Self {
         match err {
             WriteError::NotFound(resource) => ApiError::NotFound(resource),
-            WriteError::Conflict(message) => ApiError::Conflict(message),
+            WriteError::UsernameTaken(_) => ApiError::field("username", err.to_string()),
+            WriteError::EmailTaken(_) => ApiError::field("email", err.to_string()),
+            WriteError::AppNameTaken(_) => ApiError::field("name", "is already taken"),
+            WriteError::AlreadyCollaborator | WriteError::Finished { .. } | WriteError::Queued => {
+                ApiError::Conflict(err.to_string())
+            }
             WriteError::Transition(err) => err.into(),
-            WriteError::Queued => ApiError::Conflict(err.to_string()),
             WriteError::Unavailable(message) => ApiError::Unavailable(message),
         }
     }
@@ -168,5 +197,52 @@ mod tests {
             ApiError::Internal("secret detail".into()).body(),
             json!({"error": "internal server error"})
         );
+    }
+
+    #[test]
+    fn taken_names_are_422s_on_their_field_and_state_conflicts_are_409s() {
+        let cases = [
+            (
+                WriteError::UsernameTaken("ann".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"errors": {"username": ["username \"ann\" is already taken"]}}),
+            ),
+            (
+                WriteError::EmailTaken("a@x".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"errors": {"email": ["email \"a@x\" is already taken"]}}),
+            ),
+            (
+                WriteError::AppNameTaken("web".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"errors": {"name": ["is already taken"]}}),
+            ),
+            (
+                WriteError::AlreadyCollaborator,
+                StatusCode::CONFLICT,
+                json!({"error": "user is already a collaborator of the app"}),
+            ),
+            (
+                WriteError::Finished {
+                    status: crate::status::Status::Success,
+                },
+                StatusCode::CONFLICT,
+                json!({"error": "deployment already finished with status success"}),
+            ),
+        ];
+        for (err, status, body) in cases {
+            let api = ApiError::from(err);
+            assert_eq!((api.status(), api.body()), (status, body));
+        }
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_source_and_hides_it_from_the_client() {
+        let io = std::io::Error::other("disk on fire");
+        let api = ApiError::from(StoreError::LogFile(io));
+        assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(api.body(), json!({"error": "internal server error"}));
+        let source = std::error::Error::source(&api).expect("a source");
+        assert!(source.to_string().contains("disk on fire"), "{source}");
     }
 }

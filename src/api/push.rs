@@ -87,13 +87,19 @@ fn error_frame(code: &str, error: impl Into<String>, batch: Option<u64>) -> Mess
     })
 }
 
+/// The push protocol's `code` for a refused frame.
 fn write_error_code(err: &WriteError) -> &'static str {
     match err {
         WriteError::Transition(_) => "illegal_transition",
         WriteError::Queued => "queued",
         WriteError::NotFound(_) => "not_found",
-        WriteError::Conflict(_) => "finished",
+        WriteError::Finished { .. } => "finished",
         WriteError::Unavailable(_) => "unavailable",
+        // Users, apps and collaborators are not written over the push socket.
+        WriteError::UsernameTaken(_)
+        | WriteError::EmailTaken(_)
+        | WriteError::AppNameTaken(_)
+        | WriteError::AlreadyCollaborator => "conflict",
     }
 }
 

@@ -193,18 +193,7 @@ pub async fn create_user(
     state
         .writer
         .create_user(user.clone(), token.clone(), auth::hash_api_token(&secret))
-        .await
-        .map_err(|err| match err {
-            crate::store::writer::WriteError::Conflict(message) => {
-                let field = if message.starts_with("email") {
-                    "email"
-                } else {
-                    "username"
-                };
-                ApiError::field(field, message)
-            }
-            other => other.into(),
-        })?;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "user": UserView::new(&user), "token": token_json(&token, Some(&secret)) })),

@@ -241,6 +241,58 @@ impl Engine for MemoryEngine {
     }
 }
 
+/// Test seam: an engine that fails chosen `apply` or `sync` calls, passing everything else to
+/// the engine it wraps. A failed `apply` applies nothing; a failed `sync` comes after the
+/// batch was applied (so readers may see it), as when a real `fdatasync` fails.
+#[cfg(test)]
+pub(crate) struct FaultyEngine {
+    inner: std::sync::Arc<dyn Engine>,
+    /// Armed to fail an `apply`.
+    pub(crate) apply: super::faults::FaultPoint,
+    /// Armed to fail a `sync`.
+    pub(crate) sync: super::faults::FaultPoint,
+}
+
+#[cfg(test)]
+impl FaultyEngine {
+    pub(crate) fn new(inner: std::sync::Arc<dyn Engine>) -> Self {
+        Self {
+            inner,
+            apply: Default::default(),
+            sync: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Engine for FaultyEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.inner.get(key)
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool) -> EntryIter<'_> {
+        self.inner.range(start, end, reverse)
+    }
+
+    fn apply(&self, batch: Vec<BatchOp>) -> Result<(), EngineError> {
+        if self.apply.hit() {
+            return Err(EngineError("injected apply failure".into()));
+        }
+        self.inner.apply(batch)
+    }
+
+    fn sync(&self) -> Result<(), EngineError> {
+        if self.sync.hit() {
+            return Err(EngineError("injected sync failure".into()));
+        }
+        self.inner.sync()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
+
 #[cfg(test)]
 mod conformance {
     //! One suite, run against every engine.
@@ -293,6 +345,26 @@ mod conformance {
     #[test]
     fn memory_engine_conforms() {
         suite(&MemoryEngine::default());
+    }
+
+    #[test]
+    fn a_faulty_engine_conforms_unarmed_and_fails_only_the_armed_call() {
+        let engine = FaultyEngine::new(std::sync::Arc::new(MemoryEngine::default()));
+        suite(&engine);
+        engine.apply.arm(1);
+        assert!(engine.apply(vec![put(b"lost", b"x")]).is_err());
+        assert_eq!(
+            engine.get(b"lost").expect("get"),
+            None,
+            "a failed apply applies nothing"
+        );
+        engine.sync.arm(2);
+        engine.sync().expect("first sync");
+        assert!(engine.sync().is_err());
+        engine
+            .apply(vec![put(b"kept", b"y")])
+            .expect("apply after a failure");
+        engine.sync().expect("sync after a failure");
     }
 
     #[test]

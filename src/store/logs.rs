@@ -26,6 +26,23 @@ use crate::model::DeploymentId;
 #[derive(Debug, Clone)]
 pub struct LogFiles {
     dir: PathBuf,
+    /// Failures tests inject into the writer's file writes and syncs; shared by clones, so a
+    /// test arms the ones the writer thread uses.
+    #[cfg(test)]
+    pub(crate) faults: std::sync::Arc<LogFaults>,
+}
+
+/// Test seam: the log-file operations a test can make fail (see `store::faults`).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct LogFaults {
+    /// An append's `pwrite` fails.
+    pub(crate) write: super::faults::FaultPoint,
+    /// An append's `pwrite` is acknowledged but never reaches the file, as on a disk that
+    /// loses acknowledged writes: the index then points past the file.
+    pub(crate) lose_write: super::faults::FaultPoint,
+    /// A file's `fdatasync` fails.
+    pub(crate) sync: super::faults::FaultPoint,
 }
 
 impl LogFiles {
@@ -34,7 +51,32 @@ impl LogFiles {
         std::fs::create_dir_all(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            #[cfg(test)]
+            faults: Default::default(),
         })
+    }
+
+    /// The writer's one way to write log text (so tests can make it fail).
+    fn write_at(&self, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+        #[cfg(test)]
+        {
+            if self.faults.write.hit() {
+                return Err(io::Error::other("injected log write failure"));
+            }
+            if self.faults.lose_write.hit() {
+                return Ok(());
+            }
+        }
+        file.write_all_at(bytes, offset)
+    }
+
+    /// The writer's one way to make a log file durable (so tests can make it fail).
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.sync.hit() {
+            return Err(io::Error::other("injected log fdatasync failure"));
+        }
+        file.sync_data()
     }
 
     /// The file of one deployment.
@@ -134,13 +176,13 @@ impl Appender {
         let mut touched: Vec<DeploymentId> = Vec::new();
         for (id, offset, bytes) in appends {
             let file = self.open(logs, *id, *offset)?;
-            file.write_all_at(bytes, *offset)?;
+            logs.write_at(file, bytes, *offset)?;
             if !touched.contains(id) {
                 touched.push(*id);
             }
         }
         for id in &touched {
-            self.open[id].sync_data()?;
+            logs.sync_data(&self.open[id])?;
         }
         if std::mem::take(&mut self.created) {
             logs.sync_dir()?;

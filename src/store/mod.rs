@@ -4,10 +4,13 @@
 //!
 //! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
 //! engine trait, sled and in-memory implementations), [`logs`] (the log segment files the
-//! engine's index points into), [`writer`] (the one writer).
+//! engine's index points into), [`writer`] (the one writer); in tests, `faults` (injected
+//! failures for the engine and the log files).
 
 pub mod codec;
 pub mod engine;
+#[cfg(test)]
+pub(crate) mod faults;
 pub mod logs;
 pub mod writer;
 

@@ -1,0 +1,501 @@
+//! The writer thread: its loop and the group commit.
+//!
+//! Each group goes validate → write → sync → reply → publish: commands are validated one by one
+//! against committed state and the [`Lifecycle`], their log text is written and `fdatasync`ed to
+//! the log files *before* the engine batch holding the index entries that point into it is
+//! applied and synced, and only then are callers answered and events published, in command
+//! order. This is where commands meet the engine, the log files and the hub (the named records'
+//! writes are in `records`); what a deployment may do is decided by `lifecycle`, never here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::handle::{Command, Reply};
+use super::lifecycle::{Change, Lifecycle, Refusal};
+use super::segments::{append_segments, line_count};
+use super::{Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
+use crate::hub::{Event, EventKind, Hub};
+use crate::model::{
+    AppId, Deployment, DeploymentId, Driver, LastDeployment, LineNo, NewLine, Pusher,
+};
+use crate::status::{Status, TransitionError};
+use crate::store::codec;
+use crate::store::engine::{BatchOp, Engine};
+use crate::store::logs::{Appender, LogFiles};
+use crate::store::Store;
+
+/// What a validated command does once its group is durable.
+struct Done {
+    app: Option<AppId>,
+    events: Vec<Event>,
+    statuses: Vec<(DeploymentId, Status)>,
+    reply: Box<dyn FnOnce(Option<WriteError>) + Send>,
+}
+
+/// A validated command's answer and effects, before its group commits.
+pub(super) struct Outcome<T> {
+    value: T,
+    /// The app whose subscribers get `events`.
+    app: Option<AppId>,
+    pub(super) events: Vec<Event>,
+    pub(super) statuses: Vec<(DeploymentId, Status)>,
+}
+
+impl<T> Outcome<T> {
+    /// An answer with no events (records other than deployments).
+    pub(super) fn quiet(value: T) -> Self {
+        Self {
+            value,
+            app: None,
+            events: Vec::new(),
+            statuses: Vec::new(),
+        }
+    }
+
+    fn of_app(value: T, app: AppId) -> Self {
+        Self {
+            app: Some(app),
+            ..Self::quiet(value)
+        }
+    }
+}
+
+/// A group being built: log file appends, engine ops, and what to do after the commit.
+#[derive(Default)]
+pub(crate) struct Group {
+    /// Segments to append to log files: (deployment, file offset, bytes), written and synced
+    /// before `ops` (which hold their index entries) are committed.
+    pub(crate) appends: Vec<(DeploymentId, u64, Bytes)>,
+    /// Log files to remove once `ops` (which drop their index) are committed.
+    pub(super) removals: Vec<DeploymentId>,
+    pub(crate) ops: Vec<BatchOp>,
+    done: Vec<Done>,
+    pub(crate) text_bytes: usize,
+}
+
+pub(crate) fn put(key: Vec<u8>, value: Vec<u8>) -> BatchOp {
+    BatchOp::Put(key, Bytes::from(value))
+}
+
+pub(super) fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// The writer thread's state.
+pub(super) struct WriterState {
+    pub(super) store: Store,
+    pub(super) engine: Arc<dyn Engine>,
+    pub(super) logs: LogFiles,
+    pub(super) appender: Appender,
+    /// Per unfinished deployment, the end of its log file's indexed part.
+    pub(super) log_ends: HashMap<DeploymentId, u64>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) lifecycle: Lifecycle,
+    /// Set when a commit failed: memory may no longer match the disk, so refuse everything.
+    failed: Option<String>,
+}
+
+impl WriterState {
+    pub(super) fn new(store: Store, hub: Arc<Hub>) -> Self {
+        Self {
+            engine: store.engine().clone(),
+            logs: store.logs().clone(),
+            appender: Appender::default(),
+            log_ends: HashMap::new(),
+            store,
+            hub,
+            lifecycle: Lifecycle::default(),
+            failed: None,
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut carry: Option<Command> = None;
+        loop {
+            let first = match carry.take() {
+                Some(cmd) => cmd,
+                None => match rx.blocking_recv() {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+            };
+            let mut group = Group::default();
+            if first.commits_alone() {
+                self.apply(first, &mut group);
+            } else {
+                self.apply(first, &mut group);
+                while group.done.len() < MAX_GROUP_COMMANDS && group.text_bytes < MAX_GROUP_BYTES {
+                    match rx.try_recv() {
+                        Ok(cmd) if cmd.commits_alone() => {
+                            carry = Some(cmd);
+                            break;
+                        }
+                        Ok(cmd) => self.apply(cmd, &mut group),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    fn commit(&mut self, group: Group) {
+        let failure = if group.ops.is_empty() {
+            None
+        } else {
+            // Log text first (written and synced), then the index that points into it.
+            let written = self
+                .appender
+                .write_durably(&self.logs, &group.appends)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.engine
+                        .apply(group.ops)
+                        .and_then(|()| self.engine.sync())
+                        .map_err(|e| e.to_string())
+                });
+            match written {
+                Ok(()) => None,
+                Err(err) => {
+                    tracing::error!(error = %err, "commit failed; refusing further writes");
+                    self.failed = Some(err.clone());
+                    Some(WriteError::Unavailable(err))
+                }
+            }
+        };
+        if failure.is_none() {
+            for id in group.removals {
+                self.appender.close(id);
+                self.logs.remove(id);
+            }
+        }
+        for done in group.done {
+            if failure.is_none() {
+                for (id, status) in &done.statuses {
+                    self.hub.set_status(*id, *status);
+                    if status.is_terminal() {
+                        self.appender.close(*id);
+                    }
+                }
+                if let Some(app) = done.app {
+                    if !done.events.is_empty() {
+                        self.hub.publish(app, done.events);
+                    }
+                }
+            }
+            (done.reply)(failure.clone());
+        }
+    }
+
+    /// Validates one command into `group`, or answers its refusal at once.
+    fn apply(&mut self, cmd: Command, group: &mut Group) {
+        match cmd {
+            Command::CreateUser {
+                user,
+                token,
+                token_hash,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.create_user(&user, &token, &token_hash, g)
+            }),
+            Command::CreateToken {
+                token,
+                token_hash,
+                reply,
+            } => self.answer(group, reply, |_, g| {
+                g.ops.push(put(
+                    codec::token_key(&token_hash),
+                    codec::encode_token(&token),
+                ));
+                g.ops
+                    .push(put(codec::token_id_key(token.id), token_hash.to_vec()));
+                Ok(Outcome::quiet(()))
+            }),
+            Command::RevokeToken { user, token, reply } => {
+                self.answer(group, reply, |s, g| s.revoke_token(user, token, g))
+            }
+            Command::CreateApp { app, reply } => {
+                self.answer(group, reply, |s, g| s.create_app(&app, g))
+            }
+            Command::DeleteApp { app, reply } => {
+                self.answer(group, reply, |s, g| s.delete_app(app, g))
+            }
+            Command::AddCollaborator {
+                app,
+                user,
+                id,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                if s.store.is_collaborator(app, user)? {
+                    return Err(WriteError::AlreadyCollaborator);
+                }
+                g.ops.push(put(
+                    codec::collaborator_key(app, user),
+                    codec::encode_collaborator(id, now()),
+                ));
+                Ok(Outcome::quiet(()))
+            }),
+            Command::RemoveCollaborator { app, user, reply } => {
+                self.answer(group, reply, |_, g| {
+                    g.ops
+                        .push(BatchOp::Delete(codec::collaborator_key(app, user)));
+                    Ok(Outcome::quiet(()))
+                })
+            }
+            Command::CreateDeployment {
+                app,
+                git_ref,
+                pusher,
+                driver,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.create_deployment(app, git_ref, pusher, driver, g)
+            }),
+            Command::AppendLogs {
+                deployment,
+                lines,
+                reply,
+            } => self.answer(group, reply, |s, g| s.append_logs(deployment, &lines, g)),
+            Command::Transition {
+                deployment,
+                target,
+                note,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.transition(deployment, target, note, g)
+            }),
+            Command::SetImageSize {
+                deployment,
+                bytes,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                let change = s
+                    .lifecycle
+                    .set_image_size(deployment, bytes)
+                    .map_err(|refusal| s.refused(deployment, refusal, None))?;
+                let mut outcome = Outcome::quiet(());
+                s.stage(change, g, &mut outcome);
+                Ok(outcome)
+            }),
+            Command::PutMeta { name, value, reply } => self.answer(group, reply, |_, g| {
+                g.ops.push(put(codec::meta_key(&name), value));
+                Ok(Outcome::quiet(()))
+            }),
+            Command::StopPromoting { reply } => self.answer(group, reply, |s, _| {
+                s.lifecycle.stop_promoting();
+                Ok(Outcome::quiet(()))
+            }),
+            Command::PutSource { source, reply } => self.answer(group, reply, |_, g| {
+                g.ops.push(put(
+                    codec::source_key(uuid::Uuid::from_bytes(source.id)),
+                    codec::encode_source(&source),
+                ));
+                Ok(Outcome::quiet(()))
+            }),
+        }
+    }
+
+    /// Runs `work` (unless an earlier commit failed), then queues its answer for after the
+    /// commit, or answers a refusal now (a refusal adds nothing to the group).
+    fn answer<T: Send + 'static>(
+        &mut self,
+        group: &mut Group,
+        reply: Reply<T>,
+        work: impl FnOnce(&mut Self, &mut Group) -> Result<Outcome<T>, WriteError>,
+    ) {
+        let result = match &self.failed {
+            Some(reason) => Err(WriteError::Unavailable(reason.clone())),
+            None => work(self, group),
+        };
+        match result {
+            Ok(outcome) => {
+                let value = outcome.value;
+                group.done.push(Done {
+                    app: outcome.app,
+                    events: outcome.events,
+                    statuses: outcome.statuses,
+                    reply: Box::new(move |failure| {
+                        // The caller may have gone away (a closed connection): nothing to tell.
+                        let _ = reply.send(match failure {
+                            None => Ok(value),
+                            Some(err) => Err(err),
+                        });
+                    }),
+                });
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    /// Adds a lifecycle change to the group: the record, its index entries and its events.
+    pub(super) fn stage<T>(&mut self, change: Change, group: &mut Group, outcome: &mut Outcome<T>) {
+        let record = change.record();
+        let (id, app) = (record.id, record.app_id);
+        group.ops.push(put(
+            codec::deployment_key(id),
+            codec::encode_deployment(record),
+        ));
+        let status_event = Event::new(
+            app,
+            id,
+            EventKind::Status {
+                status: record.status,
+                seq: record.last_line,
+            },
+        );
+        match &change {
+            Change::Created(record) => {
+                group
+                    .ops
+                    .push(put(codec::app_deployment_key(app, id), Vec::new()));
+                self.log_ends.insert(id, 0);
+                outcome.events.push(Event::new(app, id, EventKind::New));
+                outcome.events.push(status_event);
+                outcome.statuses.push((id, record.status));
+            }
+            Change::Moved(record) => {
+                if record.status.is_terminal() {
+                    self.log_ends.remove(&id);
+                }
+                outcome.events.push(status_event);
+                outcome.statuses.push((id, record.status));
+            }
+            Change::Updated(_) => {}
+        }
+    }
+
+    /// The error for a refused deployment write. `target` is the transition asked for, if any:
+    /// moving a finished deployment to a status is a transition error, anything else on it is
+    /// [`WriteError::Finished`].
+    pub(super) fn refused(
+        &self,
+        deployment: DeploymentId,
+        refusal: Refusal,
+        target: Option<Target>,
+    ) -> WriteError {
+        match refusal {
+            Refusal::Queued => WriteError::Queued,
+            Refusal::Illegal(err) => err.into(),
+            Refusal::NotLive => match self.store.deployment(deployment) {
+                Ok(Some(stored)) => match target {
+                    Some(Target::Status(to)) => TransitionError::AlreadyFinished {
+                        from: stored.status,
+                        to,
+                    }
+                    .into(),
+                    _ => WriteError::Finished {
+                        status: stored.status,
+                    },
+                },
+                Ok(None) => WriteError::NotFound("deployment"),
+                Err(err) => err.into(),
+            },
+        }
+    }
+
+    fn create_deployment(
+        &mut self,
+        app_id: AppId,
+        git_ref: String,
+        pusher: Pusher,
+        driver: Driver,
+        group: &mut Group,
+    ) -> Result<Outcome<Deployment>, WriteError> {
+        let mut app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        let previous_git_ref = match &app.last_deployment {
+            Some(last) => self.store.deployment(last.id)?.map(|d| d.git_ref),
+            None => None,
+        };
+        let created_at = now();
+        let change = self.lifecycle.create(Deployment {
+            id: DeploymentId::generate(),
+            app_id,
+            created_at,
+            // Chosen by the lifecycle: building, or queued behind the app's running one.
+            status: Status::Queued,
+            finished_at: None,
+            git_ref,
+            previous_git_ref,
+            pusher,
+            image_size: 0,
+            driver,
+            last_line: LineNo(0),
+        });
+        let deployment = change.record().clone();
+        app.last_deployment = Some(LastDeployment {
+            id: deployment.id,
+            at: created_at,
+            by: deployment.pusher.username.clone(),
+        });
+        app.updated_at = created_at;
+        let mut outcome = Outcome::of_app(deployment, app_id);
+        self.stage(change, group, &mut outcome);
+        group
+            .ops
+            .push(put(codec::app_key(app_id), codec::encode_app(&app)));
+        Ok(outcome)
+    }
+
+    fn append_logs(
+        &mut self,
+        deployment: DeploymentId,
+        lines: &[NewLine],
+        group: &mut Group,
+    ) -> Result<Outcome<LineNo>, WriteError> {
+        let given = self
+            .lifecycle
+            .append(deployment, line_count(lines))
+            .map_err(|refusal| self.refused(deployment, refusal, None))?;
+        let log_end = self.log_ends.entry(deployment).or_default();
+        let events = append_segments(
+            (given.app, deployment),
+            given.first,
+            log_end,
+            lines,
+            now(),
+            group,
+        );
+        let mut outcome = Outcome::of_app(given.last, given.app);
+        outcome.events = events;
+        Ok(outcome)
+    }
+
+    fn transition(
+        &mut self,
+        deployment: DeploymentId,
+        target: Target,
+        note: Option<NewLine>,
+        group: &mut Group,
+    ) -> Result<Outcome<Deployment>, WriteError> {
+        let note = note.map(|line| [line]);
+        let note_lines = note.as_ref().map_or(0, |note| line_count(note));
+        let now = now();
+        let moved = self
+            .lifecycle
+            .transition(deployment, target, note_lines, now)
+            .map_err(|refusal| self.refused(deployment, refusal, Some(target)))?;
+        let app = moved.record.app_id;
+        let mut outcome = Outcome::of_app(moved.record, app);
+        if let Some(note) = &note {
+            let log_end = self.log_ends.entry(deployment).or_default();
+            outcome.events.extend(append_segments(
+                (app, deployment),
+                moved.note_first,
+                log_end,
+                note,
+                now,
+                group,
+            ));
+        }
+        for change in moved.changes {
+            self.stage(change, group, &mut outcome);
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,600 @@
+//! The unfinished deployments as the writer sees them: each one's record and line count, which
+//! deployment of each app runs (is past `queued`), which wait, in order, and whether queued ones
+//! are still promoted.
+//!
+//! Pure: no engine, no hub, no thread, no clock (`now` is passed in). Every operation validates
+//! against this state and returns the [`Change`]s it made, which the group commit turns into
+//! engine ops and hub events; a refused operation changes nothing. DESIGN.md's rule lives here:
+//! never two deployments of one app past `queued` at once, and the next queued one starts when
+//! the running one ends.
+
+use std::collections::{HashMap, VecDeque};
+
+use time::OffsetDateTime;
+
+use super::Target;
+use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo};
+use crate::status::{check_transition, Status, TransitionError};
+
+/// A change to one deployment's record, for the group commit to store and announce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A new deployment, `building` or `queued`: store and index it, announce it.
+    Created(Deployment),
+    /// The deployment moved to `record.status` (ended, or promoted from `queued`): store it and
+    /// publish the status at its `last_line`.
+    Moved(Deployment),
+    /// Only a field without an event changed (the image size): store it.
+    Updated(Deployment),
+}
+
+impl Change {
+    /// The record as it is after the change.
+    pub(crate) fn record(&self) -> &Deployment {
+        match self {
+            Change::Created(record) | Change::Moved(record) | Change::Updated(record) => record,
+        }
+    }
+}
+
+/// Why an operation on a deployment was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not an unfinished deployment: finished, or never existed (the caller looks which).
+    NotLive,
+    /// Queued behind the app's running deployment: only giving up is allowed.
+    Queued,
+    /// The state machine forbids the move.
+    Illegal(TransitionError),
+}
+
+/// Line numbers given to one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lines {
+    pub(crate) app: AppId,
+    /// The first new line (one past the previous last line, even when no line was added).
+    pub(crate) first: LineNo,
+    /// The deployment's last line after the append.
+    pub(crate) last: LineNo,
+}
+
+/// A transition that was allowed.
+#[derive(Debug)]
+pub(crate) struct Transitioned {
+    /// The first line of the note stored before the status (when the note has lines).
+    pub(crate) note_first: LineNo,
+    /// The deployment's record after the move.
+    pub(crate) record: Deployment,
+    /// The move itself, then the promotion of the app's next queued deployment, if any.
+    pub(crate) changes: Vec<Change>,
+}
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    /// Every unfinished deployment, with its current `last_line`.
+    live: HashMap<DeploymentId, Deployment>,
+    /// Per app, the one deployment past `queued`.
+    running: HashMap<AppId, DeploymentId>,
+    /// Per app, queued deployments, oldest first.
+    queues: HashMap<AppId, VecDeque<DeploymentId>>,
+    /// Set at shutdown: queued deployments are no longer promoted.
+    draining: bool,
+}
+
+impl Lifecycle {
+    /// An unfinished deployment.
+    pub(crate) fn get(&self, id: DeploymentId) -> Option<&Deployment> {
+        self.live.get(&id)
+    }
+
+    /// Every unfinished deployment, in no particular order.
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Deployment> {
+        self.live.values()
+    }
+
+    /// Admits a new deployment from `draft`: `building` when its app has none running, else
+    /// `queued` behind the others. The draft's status, end and line count are set here.
+    pub(crate) fn create(&mut self, mut draft: Deployment) -> Change {
+        let id = draft.id;
+        let app = draft.app_id;
+        draft.status = match self.running.entry(app) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.queues.entry(app).or_default().push_back(id);
+                Status::Queued
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(id);
+                Status::Building
+            }
+        };
+        draft.finished_at = None;
+        draft.last_line = LineNo(0);
+        self.live.insert(id, draft.clone());
+        Change::Created(draft)
+    }
+
+    /// Gives the next `count` line numbers to a deployment's output. Refused when it is not
+    /// unfinished or still queued.
+    pub(crate) fn append(&mut self, id: DeploymentId, count: u64) -> Result<Lines, Refusal> {
+        let record = self.live.get_mut(&id).ok_or(Refusal::NotLive)?;
+        if record.status == Status::Queued {
+            return Err(Refusal::Queued);
+        }
+        Ok(advance(record, count))
+    }
+
+    /// Moves a deployment: to `target`, after `note_lines` lines of a note (why it moved). On a
+    /// terminal status the app's next queued deployment is promoted (unless draining).
+    pub(crate) fn transition(
+        &mut self,
+        id: DeploymentId,
+        target: Target,
+        note_lines: u64,
+        now: OffsetDateTime,
+    ) -> Result<Transitioned, Refusal> {
+        let record = self.live.get_mut(&id).ok_or(Refusal::NotLive)?;
+        let from = record.status;
+        let to = match target {
+            Target::Status(to) => to,
+            Target::SessionLost => from
+                .on_session_lost()
+                .expect("invariant: live deployments are unfinished"),
+        };
+        if from == Status::Queued && to != Status::Aborted {
+            // Only the writer promotes a queued deployment, when the app's running one ends;
+            // until then its session may only give up. Any other move is "wait", not "illegal"
+            // (the push protocol's `queued` code), so a pusher knows to wait for `building`.
+            return Err(Refusal::Queued);
+        }
+        check_transition(from, to).map_err(Refusal::Illegal)?;
+        let note_first = advance(record, note_lines).first;
+        let mut changes = Vec::new();
+        let record = self.set_status(id, to, now, &mut changes);
+        Ok(Transitioned {
+            note_first,
+            record,
+            changes,
+        })
+    }
+
+    /// Records a deployment's image size.
+    pub(crate) fn set_image_size(
+        &mut self,
+        id: DeploymentId,
+        bytes: u64,
+    ) -> Result<Change, Refusal> {
+        let record = self.live.get_mut(&id).ok_or(Refusal::NotLive)?;
+        record.image_size = bytes;
+        Ok(Change::Updated(record.clone()))
+    }
+
+    /// Forgets a deleted app: returns its deployments that were unfinished.
+    pub(crate) fn remove_app(&mut self, app: AppId) -> Vec<DeploymentId> {
+        let mut removed: Vec<DeploymentId> = self
+            .live
+            .values()
+            .filter(|d| d.app_id == app)
+            .map(|d| d.id)
+            .collect();
+        removed.sort();
+        for id in &removed {
+            self.live.remove(id);
+        }
+        self.running.remove(&app);
+        self.queues.remove(&app);
+        removed
+    }
+
+    /// Shutdown has begun: queued deployments stay queued (and run after the restart).
+    pub(crate) fn stop_promoting(&mut self) {
+        self.draining = true;
+    }
+
+    /// Admits what a crash left unfinished: queued executor deployments wait in their app's
+    /// queue again, in id (creation) order; every other one lost its session and is returned,
+    /// in id order, for the caller to end with [`Target::SessionLost`]. Afterwards,
+    /// [`Lifecycle::promote_waiting`] starts the queues.
+    pub(crate) fn recover(&mut self, mut unfinished: Vec<Deployment>) -> Vec<DeploymentId> {
+        unfinished.retain(|d| !d.status.is_terminal());
+        unfinished.sort_by_key(|d| d.id);
+        let mut lost = Vec::new();
+        for deployment in unfinished {
+            let id = deployment.id;
+            if deployment.status == Status::Queued
+                && matches!(deployment.driver, Driver::Executor { .. })
+            {
+                self.queues
+                    .entry(deployment.app_id)
+                    .or_default()
+                    .push_back(id);
+            } else {
+                lost.push(id);
+            }
+            self.live.insert(id, deployment);
+        }
+        lost
+    }
+
+    /// Starts the oldest queued deployment of every app that has none running.
+    pub(crate) fn promote_waiting(&mut self, now: OffsetDateTime) -> Vec<Change> {
+        let mut apps: Vec<AppId> = self.queues.keys().copied().collect();
+        apps.sort();
+        let mut changes = Vec::new();
+        for app in apps {
+            if !self.running.contains_key(&app) {
+                self.promote_next(app, now, &mut changes);
+            }
+        }
+        changes
+    }
+
+    /// Writes a validated status change; on a terminal status, promotes the app's next queued
+    /// deployment.
+    fn set_status(
+        &mut self,
+        id: DeploymentId,
+        to: Status,
+        now: OffsetDateTime,
+        changes: &mut Vec<Change>,
+    ) -> Deployment {
+        let record = self
+            .live
+            .get_mut(&id)
+            .expect("invariant: caller checked liveness");
+        let from = record.status;
+        record.status = to;
+        if to.is_terminal() {
+            record.finished_at = Some(now);
+        }
+        let snapshot = record.clone();
+        changes.push(Change::Moved(snapshot.clone()));
+        if to.is_terminal() {
+            let app = snapshot.app_id;
+            self.live.remove(&id);
+            if from == Status::Queued {
+                if let Some(queue) = self.queues.get_mut(&app) {
+                    queue.retain(|queued| *queued != id);
+                }
+            } else if self.running.get(&app) == Some(&id) {
+                self.running.remove(&app);
+                self.promote_next(app, now, changes);
+            }
+        }
+        snapshot
+    }
+
+    fn promote_next(&mut self, app: AppId, now: OffsetDateTime, changes: &mut Vec<Change>) {
+        if self.draining {
+            return;
+        }
+        let Some(next) = self.queues.get_mut(&app).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        self.running.insert(app, next);
+        self.set_status(next, Status::Building, now, changes);
+    }
+}
+
+/// Gives `count` more lines to `record`.
+fn advance(record: &mut Deployment, count: u64) -> Lines {
+    let first = record.last_line.next();
+    record.last_line = LineNo(record.last_line.0 + count);
+    Lines {
+        app: record.app_id,
+        first,
+        last: record.last_line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Pusher, UserId};
+    use proptest::prelude::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH
+    }
+
+    fn executor() -> Driver {
+        Driver::Executor {
+            source_url: "http://example.com/a.tar.gz".into(),
+            postdeploy_hook: None,
+        }
+    }
+
+    /// A draft with a fresh id, ids rising in creation order as the store's do.
+    fn draft(app: AppId, driver: Driver) -> Deployment {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Deployment {
+            id: DeploymentId::from_bytes(u128::from(n).to_be_bytes()),
+            app_id: app,
+            created_at: now(),
+            status: Status::Success,
+            finished_at: Some(now()),
+            git_ref: "r".into(),
+            previous_git_ref: None,
+            pusher: Pusher {
+                id: UserId::generate(),
+                username: "u".into(),
+                email: "u@x".into(),
+            },
+            image_size: 0,
+            driver,
+            last_line: LineNo(9),
+        }
+    }
+
+    #[test]
+    fn a_second_deployment_queues_and_takes_no_output_until_it_starts() {
+        let mut life = Lifecycle::default();
+        let app = AppId::generate();
+        let first = life.create(draft(app, Driver::External)).record().clone();
+        assert_eq!(first.status, Status::Building);
+        assert_eq!(first.last_line, LineNo(0), "a draft's line count is reset");
+        let second = life.create(draft(app, Driver::External)).record().clone();
+        assert_eq!(second.status, Status::Queued);
+        assert_eq!(life.append(second.id, 1), Err(Refusal::Queued));
+        let lines = life.append(first.id, 3).expect("append");
+        assert_eq!((lines.first, lines.last), (LineNo(1), LineNo(3)));
+        let ended = life
+            .transition(first.id, Target::Status(Status::BuildError), 1, now())
+            .expect("end");
+        assert_eq!(ended.note_first, LineNo(4));
+        assert_eq!(ended.record.last_line, LineNo(4));
+        assert_eq!(ended.changes.len(), 2, "the end, then the promotion");
+        assert_eq!(ended.changes[1].record().id, second.id);
+        assert_eq!(ended.changes[1].record().status, Status::Building);
+        assert_eq!(
+            life.append(first.id, 1),
+            Err(Refusal::NotLive),
+            "a finished deployment takes no output"
+        );
+    }
+
+    #[test]
+    fn once_draining_an_ended_deployment_promotes_nothing() {
+        let mut life = Lifecycle::default();
+        let app = AppId::generate();
+        let first = life.create(draft(app, Driver::External)).record().id;
+        let second = life.create(draft(app, Driver::External)).record().id;
+        life.stop_promoting();
+        let ended = life
+            .transition(first, Target::SessionLost, 0, now())
+            .expect("lost");
+        assert_eq!(ended.changes.len(), 1);
+        assert_eq!(life.get(second).map(|d| d.status), Some(Status::Queued));
+    }
+
+    #[test]
+    fn recovery_requeues_executor_deployments_and_returns_the_rest_to_end() {
+        let mut life = Lifecycle::default();
+        let app = AppId::generate();
+        let mut running = draft(app, Driver::External);
+        running.status = Status::Building;
+        let mut waiting = draft(app, executor());
+        waiting.status = Status::Queued;
+        let mut external_waiting = draft(app, Driver::External);
+        external_waiting.status = Status::Queued;
+        let done = draft(app, Driver::External);
+        let lost = life.recover(vec![
+            external_waiting.clone(),
+            done,
+            waiting.clone(),
+            running.clone(),
+        ]);
+        let mut expected = vec![running.id, external_waiting.id];
+        expected.sort();
+        assert_eq!(lost, expected);
+        for id in lost {
+            life.transition(id, Target::SessionLost, 1, now())
+                .expect("end");
+        }
+        let started = life.promote_waiting(now());
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].record().id, waiting.id);
+        assert_eq!(started[0].record().status, Status::Building);
+    }
+
+    /// One step of a random history over a few apps.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Create {
+            app: usize,
+            executor: bool,
+        },
+        /// Move the `pick`-th live deployment (mod their count) along the happy path.
+        Advance {
+            pick: usize,
+        },
+        /// End it with a terminal status.
+        End {
+            pick: usize,
+            status: Status,
+        },
+        SessionLost {
+            pick: usize,
+        },
+        Append {
+            pick: usize,
+            lines: u64,
+        },
+        /// The process dies and restarts: recovery.
+        Crash,
+    }
+
+    const APPS: usize = 3;
+
+    fn step() -> impl Strategy<Value = Step> {
+        let terminal = prop::sample::select(vec![
+            Status::Success,
+            Status::BuildError,
+            Status::Aborted,
+            Status::CrashedError,
+        ]);
+        prop_oneof![
+            4 => (0..APPS, any::<bool>()).prop_map(|(app, executor)| Step::Create { app, executor }),
+            3 => any::<usize>().prop_map(|pick| Step::Advance { pick }),
+            3 => (any::<usize>(), terminal).prop_map(|(pick, status)| Step::End { pick, status }),
+            2 => any::<usize>().prop_map(|pick| Step::SessionLost { pick }),
+            2 => (any::<usize>(), 0..4u64).prop_map(|(pick, lines)| Step::Append { pick, lines }),
+            1 => Just(Step::Crash),
+        ]
+    }
+
+    fn pick(life: &Lifecycle, pick: usize) -> Option<DeploymentId> {
+        let mut ids: Vec<DeploymentId> = life.live().map(|d| d.id).collect();
+        ids.sort();
+        (!ids.is_empty()).then(|| ids[pick % ids.len()])
+    }
+
+    /// The rule, checked against the state and an independent model of the queues: per app at
+    /// most one live deployment past `queued`; an app with queued deployments has one running;
+    /// and every promotion starts the oldest queued deployment of its app.
+    fn check(life: &Lifecycle, changes: &[Change], model: &mut HashMap<AppId, Vec<DeploymentId>>) {
+        for change in changes {
+            let record = change.record();
+            if let Change::Moved(moved) = change {
+                if moved.status == Status::Building {
+                    if let Some(queue) = model.get_mut(&record.app_id) {
+                        if queue.contains(&moved.id) {
+                            assert_eq!(
+                                queue.first(),
+                                Some(&moved.id),
+                                "promotions go in creation order"
+                            );
+                        }
+                    }
+                }
+            }
+            if record.status != Status::Queued {
+                if let Some(queue) = model.get_mut(&record.app_id) {
+                    queue.retain(|id| *id != record.id);
+                }
+            }
+        }
+        let mut past_queued: HashMap<AppId, usize> = HashMap::new();
+        let mut waiting: HashMap<AppId, usize> = HashMap::new();
+        for deployment in life.live() {
+            if deployment.status == Status::Queued {
+                *waiting.entry(deployment.app_id).or_default() += 1;
+            } else {
+                *past_queued.entry(deployment.app_id).or_default() += 1;
+            }
+        }
+        for (app, count) in &past_queued {
+            assert_eq!(*count, 1, "two deployments of {app} past queued");
+            assert!(life.running.contains_key(app));
+        }
+        for app in waiting.keys() {
+            assert!(
+                past_queued.contains_key(app),
+                "{app} has queued deployments and none running"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_two_deployments_of_one_app_past_queued_and_queued_ones_start_in_order(
+            steps in prop::collection::vec(step(), 1..60)
+        ) {
+            let apps: Vec<AppId> = (0..APPS).map(|_| AppId::generate()).collect();
+            let mut life = Lifecycle::default();
+            // Per app, its queued deployments in creation order.
+            let mut model: HashMap<AppId, Vec<DeploymentId>> = HashMap::new();
+            for step in steps {
+                let mut changes = Vec::new();
+                match step {
+                    Step::Create { app, executor: on_executor } => {
+                        let driver = if on_executor {
+                            executor()
+                        } else {
+                            Driver::External
+                        };
+                        let change = life.create(draft(apps[app], driver));
+                        if change.record().status == Status::Queued {
+                            model.entry(apps[app]).or_default().push(change.record().id);
+                        }
+                        changes.push(change);
+                    }
+                    Step::Advance { pick: n } => {
+                        if let Some(id) = pick(&life, n) {
+                            let next = match life.get(id).map(|d| d.status) {
+                                Some(Status::Building) => Status::Pushing,
+                                Some(Status::Pushing) => Status::Starting,
+                                Some(Status::Starting) => Status::Success,
+                                _ => Status::Building,
+                            };
+                            if let Ok(done) = life.transition(id, Target::Status(next), 0, now()) {
+                                changes.extend(done.changes);
+                            }
+                        }
+                    }
+                    Step::End { pick: n, status } => {
+                        if let Some(id) = pick(&life, n) {
+                            if let Ok(done) = life.transition(id, Target::Status(status), 0, now()) {
+                                changes.extend(done.changes);
+                            }
+                        }
+                    }
+                    Step::SessionLost { pick: n } => {
+                        if let Some(id) = pick(&life, n) {
+                            let done = life
+                                .transition(id, Target::SessionLost, 1, now())
+                                .expect("a lost session always ends a live deployment");
+                            prop_assert!(done.record.status.is_terminal());
+                            changes.extend(done.changes);
+                        }
+                    }
+                    Step::Append { pick: n, lines } => {
+                        if let Some(id) = pick(&life, n) {
+                            let before = life.get(id).map(|d| (d.status, d.last_line));
+                            match life.append(id, lines) {
+                                Ok(got) => prop_assert_eq!(got.last.0, got.first.0 + lines - 1),
+                                Err(refusal) => {
+                                    prop_assert_eq!(refusal, Refusal::Queued);
+                                    prop_assert_eq!(life.get(id).map(|d| (d.status, d.last_line)), before);
+                                }
+                            }
+                        }
+                    }
+                    Step::Crash => {
+                        let unfinished: Vec<Deployment> = life.live().cloned().collect();
+                        life = Lifecycle::default();
+                        for id in life.recover(unfinished) {
+                            let done = life.transition(id, Target::SessionLost, 1, now())
+                                .expect("recovery ends every lost session");
+                            changes.extend(done.changes);
+                        }
+                        changes.extend(life.promote_waiting(now()));
+                        // External queued deployments are aborted; executor ones keep their
+                        // order.
+                        for queue in model.values_mut() {
+                            queue.retain(|id| life.get(*id).is_some_and(|d| d.status == Status::Queued)
+                                || changes.iter().any(|c| c.record().id == *id && c.record().status == Status::Building));
+                        }
+                    }
+                }
+                check(&life, &changes, &mut model);
+            }
+            // Draining: ending each app's running deployment starts its queued ones, one at a
+            // time, oldest first, until none is left.
+            for app in &apps {
+                let expected = model.get(app).cloned().unwrap_or_default();
+                let mut started = Vec::new();
+                loop {
+                    let running = life.live().find(|d| d.app_id == *app && d.status != Status::Queued).map(|d| d.id);
+                    let Some(id) = running else { break };
+                    let done = life.transition(id, Target::SessionLost, 0, now()).expect("end");
+                    started.extend(done.changes.iter().skip(1).map(|c| c.record().id));
+                    check(&life, &done.changes, &mut model);
+                }
+                prop_assert_eq!(started, expected);
+                prop_assert!(life.live().all(|d| d.app_id != *app), "every queued deployment ran");
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The writer's failure paths, with faults injected at the engine and the log files: what
+//! callers are told, what is stored, and what a restart recovers. Behaviour as designed today:
+//! a failed commit latches the writer (every later write is refused) until the restart.
+
+use tokio::sync::broadcast::error::TryRecvError;
+
+use super::*;
+
+fn unavailable_because(result: Result<impl std::fmt::Debug, WriteError>, why: &str) -> bool {
+    matches!(&result, Err(WriteError::Unavailable(reason)) if reason.contains(why))
+}
+
+/// Every kind of write after a failed commit is refused with the first failure's reason, and
+/// changes nothing.
+async fn assert_latched(f: &Fixture, id: DeploymentId, why: &str) {
+    let before = f.store.deployment(id).expect("read").expect("exists");
+    assert!(unavailable_because(
+        f.writer
+            .append_logs(id, vec![NewLine::stdout("after")])
+            .await,
+        why
+    ));
+    assert!(unavailable_because(
+        f.writer
+            .transition(id, Target::Status(Status::Pushing), None)
+            .await,
+        why
+    ));
+    assert!(unavailable_because(
+        f.writer.set_image_size(id, 9).await,
+        why
+    ));
+    assert!(unavailable_because(
+        f.writer
+            .create_deployment(f.app, "r".into(), f.pusher(), Driver::External)
+            .await,
+        why
+    ));
+    assert!(unavailable_because(f.writer.delete_app(f.app).await, why));
+    let after = f.store.deployment(id).expect("read").expect("exists");
+    assert_eq!(
+        (after.status, after.last_line),
+        (before.status, before.last_line)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_index_commit_is_reported_stores_nothing_and_refuses_every_later_write() {
+    let engine = Arc::new(FaultyEngine::new(Arc::new(MemoryEngine::default())));
+    let f = Fixture::with_engine(engine.clone()).await;
+    let d = f.deploy(f.app, "r").await;
+    f.writer
+        .append_logs(d.id, vec![NewLine::stdout("kept")])
+        .await
+        .expect("append");
+    let mut events = f.hub.subscribe(f.app);
+    engine.apply.arm(1);
+    let failed = f
+        .writer
+        .append_logs(d.id, vec![NewLine::stdout("lost")])
+        .await;
+    assert!(unavailable_because(failed, "injected apply failure"));
+    assert_eq!(f.store.last_line(d.id).expect("read"), LineNo(1));
+    assert_eq!(stored_text(&f.store, d.id), "kept\n");
+    assert!(
+        matches!(events.try_recv(), Err(TryRecvError::Empty)),
+        "nothing is published before it is durable"
+    );
+    assert_latched(&f, d.id, "injected apply failure").await;
+}
+
+#[tokio::test]
+async fn a_failed_engine_sync_is_reported_unpublished_and_latches_the_writer() {
+    let engine = Arc::new(FaultyEngine::new(Arc::new(MemoryEngine::default())));
+    let f = Fixture::with_engine(engine.clone()).await;
+    let d = f.deploy(f.app, "r").await;
+    let mut events = f.hub.subscribe(f.app);
+    let watch = f.hub.watch_status(d.id).expect("watch");
+    engine.sync.arm(1);
+    let failed = f
+        .writer
+        .transition(d.id, Target::Status(Status::Pushing), None)
+        .await;
+    assert!(unavailable_because(failed, "injected sync failure"));
+    // The batch was applied but is not known durable: it is neither acknowledged nor
+    // published, and what readers see of it is not promised either way.
+    assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(*watch.borrow(), Status::Building);
+    assert!(unavailable_because(
+        f.writer.append_logs(d.id, vec![NewLine::stdout("x")]).await,
+        "injected sync failure"
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_log_write_or_fdatasync_commits_no_index_and_latches_the_writer() {
+    for (fault, why) in [
+        ("write", "injected log write failure"),
+        ("fdatasync", "injected log fdatasync failure"),
+    ] {
+        let f = Fixture::in_memory().await;
+        let d = f.deploy(f.app, "r").await;
+        f.writer
+            .append_logs(d.id, vec![NewLine::stdout("kept")])
+            .await
+            .expect("append");
+        let faults = &f.store.logs().faults;
+        match fault {
+            "write" => faults.write.arm(1),
+            _ => faults.sync.arm(1),
+        }
+        let failed = f
+            .writer
+            .append_logs(d.id, vec![NewLine::stdout("lost")])
+            .await;
+        assert!(unavailable_because(failed, why), "{fault}");
+        assert_eq!(f.store.last_line(d.id).expect("read"), LineNo(1), "{fault}");
+        assert_eq!(stored_text(&f.store, d.id), "kept\n", "{fault}");
+        assert_latched(&f, d.id, why).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_the_log_fdatasync_and_the_index_commit_leaves_a_tail_recovery_cuts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, indexed_len, torn_len) = {
+        let (sled, logs) = on_disk(dir.path());
+        let engine = Arc::new(FaultyEngine::new(sled));
+        let f = Fixture::start(engine.clone(), logs).await;
+        let d = f.deploy(f.app, "r").await;
+        f.writer
+            .append_logs(d.id, vec![NewLine::stdout("kept")])
+            .await
+            .expect("append");
+        let path = f.store.logs().path(d.id);
+        let indexed_len = std::fs::metadata(&path).expect("file").len();
+        // The log text is written and synced, then the index commit fails: as if the process
+        // died between the two.
+        engine.apply.arm(1);
+        let failed = f
+            .writer
+            .append_logs(d.id, vec![NewLine::stdout("torn")])
+            .await;
+        assert!(unavailable_because(failed, "injected apply failure"));
+        let torn_len = std::fs::metadata(&path).expect("file").len();
+        f.crash();
+        (d.id, indexed_len, torn_len)
+    };
+    assert!(
+        torn_len > indexed_len,
+        "the unindexed text reached the file"
+    );
+    let (engine, logs) = on_disk(dir.path());
+    let store = Store::new(engine, logs);
+    let (_, recovery, _) =
+        Writer::start(store.clone(), Arc::new(Hub::default())).expect("recovery");
+    assert_eq!(recovery.ended, vec![(d, Status::Aborted)]);
+    let text = stored_text(&store, d);
+    assert!(
+        text.starts_with("kept\n!     Deployment aborted: "),
+        "{text}"
+    );
+    assert!(!text.contains("torn"), "{text}");
+    let (last_line, log_end) = store.log_end(d).expect("read");
+    assert_eq!(last_line, LineNo(2), "kept + the why line");
+    assert_eq!(
+        std::fs::metadata(store.logs().path(d)).expect("file").len(),
+        log_end,
+        "the torn tail was cut before the why line was appended"
+    );
+}
+
+#[tokio::test]
+async fn an_index_pointing_past_its_log_file_stops_recovery_instead_of_losing_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (engine, logs) = on_disk(dir.path());
+        let f = Fixture::start(engine, logs).await;
+        let d = f.deploy(f.app, "r").await;
+        // The disk acknowledges the write and the fdatasync, and loses the text: the index
+        // commit then points past the end of the file.
+        f.store.logs().faults.lose_write.arm(1);
+        f.writer
+            .append_logs(d.id, vec![NewLine::stdout("vanished")])
+            .await
+            .expect("acknowledged");
+        f.crash();
+    }
+    let (engine, logs) = on_disk(dir.path());
+    let err = Writer::start(Store::new(engine, logs), Arc::new(Hub::default()))
+        .err()
+        .expect("recovery must refuse a log file shorter than its index");
+    assert!(err.to_string().contains("index ends at"), "{err}");
+}
