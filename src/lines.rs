@@ -288,8 +288,8 @@ impl Batcher {
     /// (other stream, or too many bytes), or the batch this line just filled. Never more than
     /// one.
     pub fn push(&mut self, line: NewLine, now: Instant) -> Option<Batch> {
-        let other_stream = self.policy.one_stream
-            && self.lines.first().is_some_and(|l| l.stream != line.stream);
+        let other_stream =
+            self.policy.one_stream && self.lines.first().is_some_and(|l| l.stream != line.stream);
         let cut = if !self.lines.is_empty()
             && (other_stream || self.bytes + line.text.len() > MAX_BATCH_BYTES)
         {
@@ -612,7 +612,10 @@ mod tests {
         assert_eq!(batcher.push(NewLine::stderr("err"), now), None);
         let batch = batcher.take().unwrap();
         assert_eq!(batch.stream(), None);
-        assert_eq!(batch.lines, [NewLine::stdout("out"), NewLine::stderr("err")]);
+        assert_eq!(
+            batch.lines,
+            [NewLine::stdout("out"), NewLine::stderr("err")]
+        );
     }
 
     #[test]

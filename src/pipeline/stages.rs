@@ -154,11 +154,23 @@ pub async fn run_stage<S: DeploymentSink>(
     // Stage output goes to the deployment's log only.
     let no_echo = || None::<tokio::io::Sink>;
     if let Some(stdout) = child.stdout.take() {
-        let reader = read_lines(stdout, splitter(), LogStream::Stdout, sender.clone(), no_echo());
+        let reader = read_lines(
+            stdout,
+            splitter(),
+            LogStream::Stdout,
+            sender.clone(),
+            no_echo(),
+        );
         tokio::spawn(reader);
     }
     if let Some(stderr) = child.stderr.take() {
-        let reader = read_lines(stderr, splitter(), LogStream::Stderr, sender.clone(), no_echo());
+        let reader = read_lines(
+            stderr,
+            splitter(),
+            LogStream::Stderr,
+            sender.clone(),
+            no_echo(),
+        );
         tokio::spawn(reader);
     }
     drop(sender);

@@ -44,10 +44,10 @@ mod session;
 use std::time::Duration;
 
 use clap::Args;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::{
