@@ -49,7 +49,7 @@ pub struct StageCommand {
     pub command: String,
     /// Working directory.
     pub dir: PathBuf,
-    /// Extra environment variables (on top of [`INHERITED_ENV_VARS`]).
+    /// Extra environment variables (on top of `INHERITED_ENV_VARS`).
     pub env: Vec<(String, String)>,
     /// Lines longer than this many bytes are cut.
     pub max_line_bytes: usize,
