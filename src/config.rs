@@ -129,6 +129,12 @@ pub enum ConfigError {
     },
     #[error("invalid public URL {0:?}: it must start with http:// or https://")]
     PublicUrl(String),
+    #[error(
+        "[executor] max_line_bytes = {0} is out of range: it must be between 1 and {max} \
+         (the longest line the store keeps)",
+        max = crate::lines::MAX_LINE_BYTES
+    )]
+    MaxLineBytes(usize),
 }
 
 impl Config {
@@ -196,6 +202,10 @@ impl Config {
             pipeline.max_archive_entries = v;
         }
         if let Some(v) = e.max_line_bytes {
+            // A longer executor line would be cut again by the store, at another limit.
+            if v == 0 || v > crate::lines::MAX_LINE_BYTES {
+                return Err(ConfigError::MaxLineBytes(v));
+            }
             pipeline.max_line_bytes = v;
         }
         if let Some(v) = overrides.allow_private_sources.or(e.allow_private_sources) {
@@ -296,5 +306,22 @@ mod tests {
             },
         );
         assert!(matches!(bad, Err(ConfigError::PublicUrl(_))));
+    }
+
+    #[test]
+    fn an_executor_line_limit_above_the_store_limit_is_refused() {
+        let file = |limit: usize| -> FileConfig {
+            toml::from_str(&format!("[executor]\nmax_line_bytes = {limit}\n")).expect("toml")
+        };
+        let max = crate::lines::MAX_LINE_BYTES;
+        let at_max = Config::from_parts(file(max), Overrides::default()).expect("config");
+        assert_eq!(at_max.pipeline.max_line_bytes, max);
+        for refused in [max + 1, 0] {
+            let error = Config::from_parts(file(refused), Overrides::default()).unwrap_err();
+            assert!(matches!(error, ConfigError::MaxLineBytes(v) if v == refused));
+            assert!(error.to_string().contains("max_line_bytes"), "{error}");
+        }
+        let defaults = Config::from_parts(FileConfig::default(), Overrides::default());
+        assert_eq!(defaults.expect("config").pipeline.max_line_bytes, 16 * 1024);
     }
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod hub;
+pub mod lines;
 pub mod model;
 pub mod pipeline;
 pub mod server;

@@ -1,24 +1,31 @@
 //! Pusher sessions (DESIGN.md: every deployment is driven by exactly one).
 //!
 //! [`Session`] is the handle both kinds of session write through: the external pushers' WebSocket
-//! (`api::push`) and the built-in executor that [`Executors`] spawns. It only calls the writer's two
-//! operations, `append_logs` and `transition`, so both kinds obey the same state machine and
-//! reach subscribers the same way. When a session ends before a terminal status, [`Session::lost`]
-//! ends the deployment as `aborted` (or `timeout-error` from `starting`).
+//! (`api::push`) and the built-in executor that [`Executors`] spawns. It is the only way either
+//! writes a deployment, and it has one operation per kind of write: [`Session::create`],
+//! [`Session::append_logs`] (and its pipelined form [`Session::queue_append`]),
+//! [`Session::transition`], [`Session::set_image_size`] and [`Session::lost`]. Each goes through
+//! the writer, so both kinds obey the same state machine and reach subscribers the same way.
+//! When a session ends before a terminal status, [`Session::lost`] ends the deployment as
+//! `aborted` (or `timeout-error` from `starting`).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
-use crate::model::{Deployment, DeploymentId, Driver, LineNo, NewLine};
+use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::pipeline::{self, DeploymentSink, Job, PipelineConfig, SinkError, SourceLocation};
 use crate::sources::SourceUrls;
 use crate::status::Status;
 use crate::store::writer::{Target, WriteError, Writer};
 
 /// The writing side of one deployment's session.
+///
+/// Its [`DeploymentSink`] implementation (what the executor writes through) delegates to the
+/// inherent methods of the same names, converting only the error.
 #[derive(Clone)]
 pub struct Session {
     writer: Writer,
@@ -26,22 +33,56 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session of an existing deployment.
     pub fn new(writer: Writer, deployment: DeploymentId) -> Self {
         Self { writer, deployment }
+    }
+
+    /// Creates a deployment of `app` and returns the session that drives it, with the created
+    /// deployment (`building`, or `queued` behind another deployment of the app).
+    pub async fn create(
+        writer: Writer,
+        app: AppId,
+        git_ref: String,
+        pusher: Pusher,
+        driver: Driver,
+    ) -> Result<(Session, Deployment), WriteError> {
+        let deployment = writer
+            .create_deployment(app, git_ref, pusher, driver)
+            .await?;
+        Ok((Session::new(writer, deployment.id), deployment))
     }
 
     pub fn deployment(&self) -> DeploymentId {
         self.deployment
     }
 
-    pub async fn append(&self, lines: Vec<NewLine>) -> Result<LineNo, WriteError> {
+    /// Appends lines; returns the last durable line number.
+    pub async fn append_logs(&self, lines: Vec<NewLine>) -> Result<LineNo, WriteError> {
         self.writer.append_logs(self.deployment, lines).await
     }
 
-    pub async fn move_to(&self, to: Status) -> Result<Deployment, WriteError> {
+    /// [`Self::append_logs`], pipelined: the lines are queued to the writer when this returns
+    /// (so calls made one after the other are committed in that order), and the returned future
+    /// gives the result once they are durable. Errs at once when the writer is gone.
+    pub async fn queue_append(
+        &self,
+        lines: Vec<NewLine>,
+    ) -> Result<impl Future<Output = Result<LineNo, WriteError>> + Send + 'static, WriteError> {
+        self.writer.queue_append(self.deployment, lines).await
+    }
+
+    /// Moves the deployment to `to`; a refused transition changes nothing. Returns the
+    /// deployment as stored afterwards.
+    pub async fn transition(&self, to: Status) -> Result<Deployment, WriteError> {
         self.writer
             .transition(self.deployment, Target::Status(to), None)
             .await
+    }
+
+    /// Records the size in bytes of the image produced by the push stage.
+    pub async fn set_image_size(&self, bytes: u64) -> Result<(), WriteError> {
+        self.writer.set_image_size(self.deployment, bytes).await
     }
 
     /// Ends the deployment because its session is gone, with a log line saying why. A deployment
@@ -66,21 +107,20 @@ impl Session {
 
 impl DeploymentSink for Session {
     async fn append_logs(&self, lines: Vec<NewLine>) -> Result<LineNo, SinkError> {
-        self.append(lines)
+        Session::append_logs(self, lines)
             .await
             .map_err(|e| SinkError(e.to_string()))
     }
 
     async fn transition(&self, to: Status) -> Result<(), SinkError> {
-        self.move_to(to)
+        Session::transition(self, to)
             .await
             .map(|_| ())
             .map_err(|e| SinkError(e.to_string()))
     }
 
     async fn set_image_size(&self, bytes: u64) -> Result<(), SinkError> {
-        self.writer
-            .set_image_size(self.deployment, bytes)
+        Session::set_image_size(self, bytes)
             .await
             .map_err(|e| SinkError(e.to_string()))
     }

@@ -330,7 +330,7 @@ impl DeploymentSink for RecordingSink {
             return Err(SinkError("deployment was ended elsewhere".to_owned()));
         }
         assert!(
-            lines.len() <= crate::pipeline::stages::MAX_BATCH_LINES,
+            lines.len() <= crate::lines::MAX_BATCH_LINES,
             "batch too large"
         );
         recorded.batches.push((Instant::now(), lines));

@@ -3,18 +3,29 @@
 //! sides spell every frame the same way.
 //!
 //! The upgrade request carries `Authorization: Bearer <jwt>` or `Basic base64(":" + token)`.
-//! Every frame is one JSON object in a text frame.
+//! Every frame is one JSON object in a text message, at most [`MAX_PUSH_FRAME_BYTES`]. A frame
+//! whose `type` is not in the table (reserved rows included), or with a field its type does not
+//! have, is refused with `bad_frame` and changes nothing.
 //!
-//! | direction | frame | meaning |
-//! |---|---|---|
-//! | client → server | `{"type":"start","git_ref":"abc"}` | create the deployment (`git_ref` may be null/absent: one is generated) |
-//! | server → client | `{"type":"deployment","deployment":{…}}` | the created deployment (API shape); `status` is `building`, or `queued` when another deployment of the app is in progress |
-//! | server → client | `{"type":"status","status":"building"}` | the deployment's status changed (also the answer to a client `status` frame) |
-//! | client → server | `{"type":"logs","batch":7,"stream":"stdout","lines":["…","…"]}` | append lines (`stream` is `stdout` (default) or `stderr`) |
-//! | server → client | `{"type":"ack","batch":7,"last_line":1234}` | every line up to `last_line` is durable |
-//! | client → server | `{"type":"status","status":"pushing"}` | move the deployment |
-//! | client → server | `{"type":"image_size","bytes":123}` | record the image size |
-//! | server → client | `{"type":"error","code":"…","error":"…","batch":7?}` | the frame was refused; nothing changed |
+//! Every push frame, both ways. Rows marked *reserved* are documentation only: they name what
+//! later issues add, so nobody spends the names on something else; today they are refused (or,
+//! for a field, not sent).
+//!
+//! | sent by | frame | fields | meaning |
+//! |---|---|---|---|
+//! | client | `{"type":"start","git_ref":"abc"}` | `git_ref`: string, optional (absent, null or blank: one is generated) | the first frame, within 30 s: create the deployment. Another first text frame gets an error (`not_started`, or `bad_frame` when unreadable) and the socket closes, as it does on anything else; a second `start` gets `already_started` |
+//! | server | `{"type":"deployment","deployment":{…}}` | `deployment`: the API's deployment object | the answer to `start`: `status` is `building`, or `queued` while another deployment of the app is in progress |
+//! | client | `{"type":"logs","batch":7,"stream":"stdout","lines":["…","…"]}` | `batch`: integer (default 0; the client numbers from 1); `stream`: `stdout` (default) or `stderr`, never `system` (deployd's own lines); `lines`: array of strings, required | append lines, in frame order; several batches may be in flight |
+//! | server | `{"type":"ack","batch":7,"last_line":1234}` | `batch`: the acknowledged batch; `last_line`: the deployment's last durable line number | every line up to `last_line` is durable (so every earlier batch is acknowledged too) |
+//! | server | `{"type":"ack",…,"cut":2}` *reserved* | `cut`: how many lines of the batch the server dropped or cut (at 64 KiB) | lets a pusher report what was not stored as sent; absent today |
+//! | client | `{"type":"status","status":"pushing"}` | `status`: a status name | move the deployment, after the batches sent before it are committed |
+//! | server | `{"type":"status","status":"building"}` | `status`: a status name | the status changed: the answer to a client `status`, or a change made by deployd (out of `queued`; ended because the app was deleted) |
+//! | client | `{"type":"image_size","bytes":123}` | `bytes`: integer | record the image size; answered only when refused |
+//! | server | `{"type":"error","code":"…","error":"…","batch":7}` | `code`: `not_started`, `bad_frame`, `already_started`, `queued`, `illegal_transition`, `not_found`, `finished`, `unavailable`; `error`: text for humans; `batch`: the refused batch, absent for other frames | the frame was refused; nothing changed |
+//! | server | `{"type":"cancel","by":"<username>"}` *reserved* | `by`: who cancelled | a user cancelled the deployment: the pusher stops its command |
+//! | server | `{"type":"ping"}` *reserved* | none | liveness check through proxies that swallow WebSocket pings |
+//! | client | `{"type":"pong"}` *reserved* | none | the answer to `ping` |
+//! | client | binary `logs` *reserved* | negotiated in `start` / `deployment` | the same append as `logs` without JSON escaping; today a binary message is answered `bad_frame` |
 //!
 //! Logs and status changes are refused (`code: "queued"`) while the deployment is queued: the
 //! client waits for `{"type":"status","status":"building"}`. After a terminal status the server
@@ -23,10 +34,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lines::{MAX_BATCH_BYTES, MAX_BATCH_LINES};
+use crate::model::LogStream;
 use crate::status::Status;
 
 /// Largest accepted text frame from a pusher (a batch of lines), in bytes.
 pub const MAX_PUSH_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+// A full batch always fits one frame: JSON escaping grows a byte up to six (`\u0000`), each line
+// adds its quotes and comma, and 1 KiB covers the rest of the frame.
+const _: () = assert!(6 * MAX_BATCH_BYTES + 4 * MAX_BATCH_LINES + 1024 < MAX_PUSH_FRAME_BYTES);
 
 /// Frames a pusher sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,8 +56,8 @@ pub enum ClientFrame {
     Logs {
         #[serde(default)]
         batch: u64,
-        #[serde(default)]
-        stream: PushStream,
+        #[serde(default = "default_stream", with = "PushedStream")]
+        stream: LogStream,
         lines: Vec<String>,
     },
     Status {
@@ -95,7 +112,7 @@ impl ClientFrame {
             },
             "logs" => ClientFrame::Logs {
                 batch: flat.batch.unwrap_or(0),
-                stream: flat.stream.unwrap_or_default(),
+                stream: flat.stream.map_or_else(default_stream, |s| s.0),
                 lines: flat
                     .lines
                     .ok_or_else(|| serde_json::Error::missing_field("lines"))?,
@@ -125,7 +142,7 @@ struct FlatClientFrame {
     #[serde(default)]
     batch: Option<u64>,
     #[serde(default)]
-    stream: Option<PushStream>,
+    stream: Option<OptionalStream>,
     #[serde(default)]
     lines: Option<Vec<String>>,
     #[serde(default)]
@@ -134,14 +151,28 @@ struct FlatClientFrame {
     bytes: Option<u64>,
 }
 
-/// The output a pushed batch came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PushStream {
-    #[default]
+/// A pushed batch's `stream` when the frame has none.
+fn default_stream() -> LogStream {
+    LogStream::Stdout
+}
+
+/// How a [`LogStream`] is spelt in a `logs` frame: `"stdout"` or `"stderr"`. `system` is
+/// refused on input, so a pusher cannot write lines that look like deployd's own; it exists
+/// here only because serde's remote definitions must list every variant (which also makes a
+/// new `LogStream` variant a compile error here until its spelling is decided).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "LogStream", rename_all = "snake_case")]
+enum PushedStream {
     Stdout,
     Stderr,
+    #[serde(skip_deserializing)]
+    System,
 }
+
+/// The fast parser's optional `stream` field, in [`PushedStream`]'s spelling.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct OptionalStream(#[serde(with = "PushedStream")] LogStream);
 
 /// Frames the server sends to a pusher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,10 +227,47 @@ mod tests {
             r#"{"type":"status","status":"success","lines":[]}"#,
             r#"{"type":"start","extra":1}"#,
             r#"{"lines":[]}"#,
+            r#"{"type":"logs","stream":"system","lines":["x"]}"#,
+            r#"{"type":"logs","stream":"stdweird","lines":["x"]}"#,
             "not json",
         ] {
             assert!(ClientFrame::from_json(text).is_err(), "{text}");
             assert!(serde_json::from_str::<ClientFrame>(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_pusher_cannot_write_system_lines_and_is_told_which_streams_exist() {
+        let text = r#"{"type":"logs","stream":"system","lines":["x"]}"#;
+        let fast = ClientFrame::from_json(text).unwrap_err().to_string();
+        let slow = serde_json::from_str::<ClientFrame>(text)
+            .unwrap_err()
+            .to_string();
+        for message in [fast, slow] {
+            assert!(
+                message.starts_with("unknown variant `system`, expected `stdout` or `stderr`"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn logs_frames_keep_their_wire_spelling() {
+        let frame = ClientFrame::Logs {
+            batch: 3,
+            stream: LogStream::Stderr,
+            lines: vec!["x".into()],
+        };
+        let text = r#"{"type":"logs","batch":3,"stream":"stderr","lines":["x"]}"#;
+        assert_eq!(serde_json::to_string(&frame).unwrap(), text);
+        assert_eq!(ClientFrame::from_json(text).unwrap(), frame);
+        let defaulted = ClientFrame::from_json(r#"{"type":"logs","stream":null,"lines":[]}"#);
+        assert!(matches!(
+            defaulted,
+            Ok(ClientFrame::Logs {
+                stream: LogStream::Stdout,
+                ..
+            })
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! The external pushers' WebSocket, `GET /v1/apps/{app}/push` (frames in `api::protocol`).
 //!
 //! One connection is one pusher session. The connection task reads frames, turns them into the
-//! session's `append_logs` / `transition` calls, and answers each: `ack` with the last durable
+//! [`Session`]'s calls (`create`, `queue_append`, `transition`, `set_image_size`, and `lost` when
+//! the socket ends early; it never writes through anything else), and answers each: `ack` with the last durable
 //! line, `status` when the status changed (also when the writer promoted a queued deployment),
 //! `error` for a refused frame (nothing changed). Several log batches may be in flight at once
 //! (they are committed in order by the writer, possibly in one group); a status frame waits for
@@ -21,7 +22,7 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 
 use super::access::Caller;
-use super::protocol::{ClientFrame, PushStream, ServerFrame, MAX_PUSH_FRAME_BYTES};
+use super::protocol::{ClientFrame, ServerFrame, MAX_PUSH_FRAME_BYTES};
 use super::views::DeploymentView;
 use super::{ApiError, AppState};
 use crate::model::{App, Driver, LineNo, NewLine, Pusher};
@@ -131,12 +132,16 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
         username: caller.user.username.clone(),
         email: caller.user.email.clone(),
     };
-    let deployment = match state
-        .writer
-        .create_deployment(app.id, git_ref, pusher, Driver::External)
-        .await
-    {
-        Ok(d) => d,
+    let created = Session::create(
+        state.writer.clone(),
+        app.id,
+        git_ref,
+        pusher,
+        Driver::External,
+    )
+    .await;
+    let (session, deployment) = match created {
+        Ok(created) => created,
         Err(err) => {
             let _ = tx
                 .send(error_frame(write_error_code(&err), err.to_string(), None))
@@ -144,7 +149,6 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             return;
         }
     };
-    let session = Session::new(state.writer.clone(), deployment.id);
     let view = serde_json::to_value(DeploymentView::new(&deployment, &state.config.public_url))
         .expect("invariant: views serialise");
     if tx
@@ -177,7 +181,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // A status frame waits until the batches before it are committed.
             _ = std::future::ready(()), if pending.is_empty() && !queued_statuses.is_empty() => {
                 let to = queued_statuses.pop_front().expect("checked non-empty");
-                match session.move_to(to).await {
+                match session.transition(to).await {
                     Ok(record) => {
                         told = record.status;
                         if tx.send(text(&ServerFrame::Status { status: record.status })).await.is_err() {
@@ -232,21 +236,18 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     Ok(ClientFrame::Logs { batch, stream, lines }) => {
                         let lines = lines
                             .into_iter()
-                            .map(|text| match stream {
-                                PushStream::Stdout => NewLine::stdout(text),
-                                PushStream::Stderr => NewLine::stderr(text),
-                            })
+                            .map(|text| NewLine { stream, text })
                             .collect();
                         // Queued to the writer here, in frame order; only the reply is awaited
                         // later, so batches in flight can never be reordered.
-                        match state.writer.queue_append(deployment.id, lines).await {
+                        match session.queue_append(lines).await {
                             Ok(reply) => pending.push_back(Box::pin(async move { (batch, reply.await) })),
                             Err(err) => pending.push_back(Box::pin(async move { (batch, Err(err)) })),
                         }
                     }
                     Ok(ClientFrame::Status { status }) => queued_statuses.push_back(status),
                     Ok(ClientFrame::ImageSize { bytes }) => {
-                        if let Err(err) = state.writer.set_image_size(deployment.id, bytes).await {
+                        if let Err(err) = session.set_image_size(bytes).await {
                             if tx.send(error_frame(write_error_code(&err), err.to_string(), None)).await.is_err() {
                                 break Err("the pusher's connection was lost");
                             }

@@ -1,6 +1,7 @@
 //! The built-in executor: fetch a source archive, extract it safely, run the build, push and
 //! start stages (and an optional postdeploy hook), reporting every line and status through a
-//! [`DeploymentSink`] — the same two operations an external pusher uses (DESIGN.md).
+//! [`DeploymentSink`] — the same session operations an external pusher writes through
+//! (DESIGN.md).
 //!
 //! This module owns processes, files under the work directory and the image store; it never
 //! touches the store or the hub directly.
@@ -68,6 +69,12 @@ pub struct Job {
     pub postdeploy_hook: Option<String>,
 }
 
+// The default must be a value the config accepts.
+const _: () = assert!(
+    PipelineConfig::DEFAULT_MAX_LINE_BYTES > 0
+        && PipelineConfig::DEFAULT_MAX_LINE_BYTES <= crate::lines::MAX_LINE_BYTES
+);
+
 /// The operator's executor configuration. Stage commands come only from here, never from an API
 /// caller. `None` for a stage command means the default described on each field.
 #[derive(Clone, Debug)]
@@ -94,7 +101,9 @@ pub struct PipelineConfig {
     pub max_extracted_bytes: u64,
     /// Maximum number of entries in the archive.
     pub max_archive_entries: u64,
-    /// Longer output lines are cut at this many bytes (on a char boundary).
+    /// Longer output lines are cut at this many bytes (on a char boundary; the rest of the line
+    /// is dropped). At most [`crate::lines::MAX_LINE_BYTES`], the store's limit (the config
+    /// refuses more).
     pub max_line_bytes: usize,
     /// Allow loopback/private source addresses (tests, trusted networks).
     pub allow_private_sources: bool,
@@ -121,7 +130,8 @@ impl PipelineConfig {
     pub const DEFAULT_MAX_EXTRACTED_BYTES: u64 = 1024 * 1024 * 1024;
     /// 100 000 entries: bounds inode use and extraction time.
     pub const DEFAULT_MAX_ARCHIVE_ENTRIES: u64 = 100_000;
-    /// 16 KiB: matches the API's log line limit.
+    /// 16 KiB, below the store's 64 KiB limit ([`crate::lines::MAX_LINE_BYTES`]): an operator
+    /// may raise it up to that limit, not past it.
     pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024;
 
     /// The defaults for a server whose data lives in `data_dir`: no stage command overrides,

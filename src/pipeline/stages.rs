@@ -4,8 +4,8 @@
 //! stdin closed and a minimal environment, and the whole group is killed (SIGKILL) when the stage
 //! ends, times out, is cancelled or its future is dropped — a stage must not leave processes
 //! behind (a start command that launches a long-lived app must hand it to a supervisor outside
-//! its process group). Output is read line by line, cut at the line limit, converted lossily to
-//! UTF-8 and handed to the sink in small batches as it is produced.
+//! its process group). Output is split into lines by [`crate::lines`] (cut at the operator's
+//! line limit, lossy UTF-8) and handed to the sink in small batches as it is produced.
 //!
 //! It does not choose statuses: it reports how the command ended and the executor decides.
 
@@ -14,25 +14,27 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeploymentSink, SinkError};
-use crate::model::NewLine;
+use crate::lines::{
+    read_lines, sleep_until_opt, BatchPolicy, Batcher, LineSplitter, Overlong,
+    LINE_CHANNEL_CAPACITY, MAX_BATCH_LINES,
+};
+use crate::model::{LogStream, NewLine};
 
-/// At most this many lines per `append_logs` call, so one call stays small.
-pub const MAX_BATCH_LINES: usize = 256;
 /// Lines arriving within this window of the first one share a batch; short enough that logs
 /// still look live.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
-/// Lines buffered between the pipe readers and the sink; when full, readers stop reading and
-/// the command blocks on its pipe, so a slow sink slows the command instead of growing memory.
-const LINE_CHANNEL_CAPACITY: usize = 1024;
-/// Pipe read size.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+/// How the stage's output is batched into `append_logs` calls: stdout and stderr lines share a
+/// batch (each line keeps its stream), so interleaved output costs no extra calls.
+const BATCHING: BatchPolicy = BatchPolicy {
+    window: BATCH_WINDOW,
+    one_stream: false,
+};
 /// After the process group is killed, output still in the pipes is forwarded for at most this
 /// long (a process that escaped the group could hold a pipe open forever).
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
@@ -47,7 +49,7 @@ pub struct StageCommand {
     pub command: String,
     /// Working directory.
     pub dir: PathBuf,
-    /// Extra environment variables (on top of [`INHERITED_ENV_VARS`]).
+    /// Extra environment variables (on top of `INHERITED_ENV_VARS`).
     pub env: Vec<(String, String)>,
     /// Lines longer than this many bytes are cut.
     pub max_line_bytes: usize,
@@ -148,37 +150,52 @@ pub async fn run_stage<S: DeploymentSink>(
     }
 
     let (sender, mut lines) = mpsc::channel(LINE_CHANNEL_CAPACITY);
+    let splitter = || LineSplitter::new(stage.max_line_bytes, Overlong::Cut);
+    // Stage output goes to the deployment's log only.
+    let no_echo = || None::<tokio::io::Sink>;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(read_lines(
+        let reader = read_lines(
             stdout,
+            splitter(),
+            LogStream::Stdout,
             sender.clone(),
-            NewLine::stdout,
-            stage.max_line_bytes,
-        ));
+            no_echo(),
+        );
+        tokio::spawn(reader);
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(read_lines(
+        let reader = read_lines(
             stderr,
+            splitter(),
+            LogStream::Stderr,
             sender.clone(),
-            NewLine::stderr,
-            stage.max_line_bytes,
-        ));
+            no_echo(),
+        );
+        tokio::spawn(reader);
     }
     drop(sender);
 
-    let mut batch = Vec::with_capacity(MAX_BATCH_LINES);
+    let mut batcher = Batcher::new(BATCHING);
+    let mut received = Vec::with_capacity(MAX_BATCH_LINES);
     let mut readers_done = false;
     let ended: Result<StageOutcome, StageError> = loop {
+        let flush_at = batcher.deadline();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Ok(StageOutcome::Cancelled),
             _ = tokio::time::sleep_until(deadline.at) => break Ok(StageOutcome::TimedOut(deadline.kind)),
             status = child.wait() => break status.map(StageOutcome::Exited).map_err(StageError::Wait),
-            received = next_batch(&mut lines, &mut batch), if !readers_done => {
-                if received == 0 {
-                    readers_done = true;
-                } else if let Err(error) = sink.append_logs(std::mem::take(&mut batch)).await {
+            count = lines.recv_many(&mut received, MAX_BATCH_LINES), if !readers_done => {
+                readers_done = count == 0;
+                if let Err(error) = forward(&mut batcher, &mut received, readers_done, sink).await {
                     break Err(StageError::Sink(error));
+                }
+            }
+            () = sleep_until_opt(flush_at) => {
+                if let Some(batch) = batcher.take_due(Instant::now()) {
+                    if let Err(error) = sink.append_logs(batch.lines).await {
+                        break Err(StageError::Sink(error));
+                    }
                 }
             }
         }
@@ -192,138 +209,63 @@ pub async fn run_stage<S: DeploymentSink>(
     }
     let outcome = ended?;
     if !readers_done && !matches!(outcome, StageOutcome::Cancelled) {
-        drain(&mut lines, &mut batch, sink).await?;
+        drain(&mut lines, &mut batcher, sink).await?;
     }
     Ok(outcome)
 }
 
-/// Forwards what is left in the pipes once the group is dead, for at most [`DRAIN_GRACE`].
+/// Forwards what is left in the pipes once the group is dead, for at most [`DRAIN_GRACE`], then
+/// whatever is still pending.
 async fn drain<S: DeploymentSink>(
     lines: &mut mpsc::Receiver<NewLine>,
-    batch: &mut Vec<NewLine>,
+    batcher: &mut Batcher,
     sink: &S,
 ) -> Result<(), SinkError> {
     let stop = Instant::now() + DRAIN_GRACE;
+    let mut received = Vec::with_capacity(MAX_BATCH_LINES);
     loop {
-        match tokio::time::timeout_at(stop, next_batch(lines, batch)).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                sink.append_logs(std::mem::take(batch)).await?;
+        let flush_at = batcher.deadline();
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(stop) => break,
+            count = lines.recv_many(&mut received, MAX_BATCH_LINES) => {
+                forward(batcher, &mut received, count == 0, sink).await?;
+                if count == 0 {
+                    break;
+                }
+            }
+            () = sleep_until_opt(flush_at) => {
+                if let Some(batch) = batcher.take_due(Instant::now()) {
+                    sink.append_logs(batch.lines).await?;
+                }
             }
         }
     }
-    if !batch.is_empty() {
-        sink.append_logs(std::mem::take(batch)).await?;
+    if let Some(batch) = batcher.take() {
+        sink.append_logs(batch.lines).await?;
     }
     Ok(())
 }
 
-/// Waits for at least one line, then gathers more arriving within [`BATCH_WINDOW`], up to
-/// [`MAX_BATCH_LINES`]. Returns how many lines `batch` holds; 0 means every reader is done.
-async fn next_batch(lines: &mut mpsc::Receiver<NewLine>, batch: &mut Vec<NewLine>) -> usize {
-    if batch.is_empty() && lines.recv_many(batch, MAX_BATCH_LINES).await == 0 {
-        return 0;
-    }
-    let window = Instant::now() + BATCH_WINDOW;
-    while batch.len() < MAX_BATCH_LINES {
-        let room = MAX_BATCH_LINES - batch.len();
-        match tokio::time::timeout_at(window, lines.recv_many(batch, room)).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+/// Moves the `received` lines into the batcher, handing every batch that fills to the sink; with
+/// `readers_done` (no more lines will come), the pending batch too.
+async fn forward<S: DeploymentSink>(
+    batcher: &mut Batcher,
+    received: &mut Vec<NewLine>,
+    readers_done: bool,
+    sink: &S,
+) -> Result<(), SinkError> {
+    for line in received.drain(..) {
+        if let Some(batch) = batcher.push(line, Instant::now()) {
+            sink.append_logs(batch.lines).await?;
         }
     }
-    batch.len()
-}
-
-/// Reads `pipe` to its end, sending each line (cut to `max_line_bytes`) as it completes.
-async fn read_lines<R: AsyncRead + Unpin>(
-    mut pipe: R,
-    lines: mpsc::Sender<NewLine>,
-    make: fn(String) -> NewLine,
-    max_line_bytes: usize,
-) {
-    let mut splitter = LineSplitter::new(max_line_bytes);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        for line in splitter.push(&chunk[..n]) {
-            if lines.send(make(line)).await.is_err() {
-                return;
-            }
+    if readers_done {
+        if let Some(batch) = batcher.take() {
+            sink.append_logs(batch.lines).await?;
         }
     }
-    if let Some(line) = splitter.finish() {
-        // The receiver may be gone already; nothing left to do then.
-        lines.send(make(line)).await.ok();
-    }
-}
-
-/// Splits a byte stream into lines without ever buffering more than `max` bytes of one line:
-/// the rest of an overlong line is dropped up to its newline.
-struct LineSplitter {
-    max: usize,
-    current: Vec<u8>,
-    /// The current line was already emitted (cut); skip until the next newline.
-    skipping: bool,
-}
-
-impl LineSplitter {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            current: Vec::new(),
-            skipping: false,
-        }
-    }
-
-    fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let newline = bytes.iter().position(|&b| b == b'\n');
-            let (piece, rest, ended) = match newline {
-                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
-                None => (bytes, &[][..], false),
-            };
-            bytes = rest;
-            if !self.skipping {
-                let room = (self.max + 1).saturating_sub(self.current.len());
-                self.current
-                    .extend_from_slice(&piece[..piece.len().min(room)]);
-                if self.current.len() > self.max {
-                    out.push(cut_line(&self.current, self.max));
-                    self.current.clear();
-                    self.skipping = !ended;
-                } else if ended {
-                    out.push(cut_line(&self.current, self.max));
-                    self.current.clear();
-                }
-            } else if ended {
-                self.skipping = false;
-            }
-        }
-        out
-    }
-
-    fn finish(self) -> Option<String> {
-        (!self.current.is_empty()).then(|| cut_line(&self.current, self.max))
-    }
-}
-
-/// Lossy UTF-8 of `raw` without a trailing `\r`, cut to at most `max` bytes on a char boundary.
-pub fn cut_line(raw: &[u8], max: usize) -> String {
-    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    let mut text = String::from_utf8_lossy(raw).into_owned();
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
+    Ok(())
 }
 
 /// Kills a stage's whole process group when told to and, as a safety net, when dropped (the
@@ -408,26 +350,5 @@ impl<W: io::Write> io::Write for CancellableWriter<'_, W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splitter_keeps_lines_and_cuts_long_ones() {
-        let mut splitter = LineSplitter::new(4);
-        let mut lines = splitter.push(b"ab\ncdefgh");
-        lines.extend(splitter.push(b"ij\nxy\r\nlast"));
-        lines.extend(splitter.finish());
-        assert_eq!(lines, vec!["ab", "cdef", "xy", "last"]);
-    }
-
-    #[test]
-    fn cut_line_respects_char_boundaries_and_invalid_utf8() {
-        assert_eq!(cut_line("héllo".as_bytes(), 2), "h");
-        assert_eq!(cut_line(b"a\xffb", 16), "a\u{fffd}b");
-        assert_eq!(cut_line(b"abc\r", 16), "abc");
     }
 }
