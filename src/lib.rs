@@ -10,3 +10,4 @@ pub mod server;
 pub mod sessions;
 pub mod status;
 pub mod store;
+pub mod ws;
