@@ -221,3 +221,22 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_rendered_once_whoever_asks_and_however_often() {
+        let event = Event::new(AppId::generate(), DeploymentId::generate(), EventKind::New);
+        let renders = std::sync::atomic::AtomicUsize::new(0);
+        let render = || {
+            renders.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![1u8, 2, 3]
+        };
+        let first: *const Vec<u8> = event.render_cache().get_or_init(render);
+        let second: *const Vec<u8> = event.render_cache().get_or_init(render);
+        assert_eq!(renders.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(first, second, "every reader shares the one rendering");
+    }
+}

@@ -443,11 +443,13 @@ mod tests {
         frames_len: usize,
     }
 
+    /// A model record: current status, last line, and every status with its line (truth).
+    type Record = (Status, u64, Vec<(Status, u64)>);
+
     /// The model: a store (records and lines), the hub's status history, the writer's events
     /// not published yet, one subscriber's bounded channel, and what it wrote.
     struct Model {
-        /// Per deployment: current status, last line, and every status with its line (truth).
-        store: BTreeMap<DeploymentId, (Status, u64, Vec<(Status, u64)>)>,
+        store: BTreeMap<DeploymentId, Record>,
         history: BTreeMap<DeploymentId, Vec<(Status, LineNo)>>,
         unpublished: VecDeque<Published>,
         channel: Option<VecDeque<Published>>,

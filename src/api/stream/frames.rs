@@ -56,7 +56,7 @@ impl WireFrames {
     }
 
     /// The encoded bytes of frames `skip..` (empty when `skip >= len`).
-    pub fn from_frame(&self, skip: usize) -> &[u8] {
+    pub fn starting_at(&self, skip: usize) -> &[u8] {
         match self.starts.get(skip) {
             Some(start) => &self.bytes[*start..],
             None => &[],
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(value["at"], "1970-01-01T00:00:00Z");
         let all = log_frames(id, LineNo(41), &view, 0);
         assert_eq!(all.len(), 2);
-        assert_eq!(all.from_frame(1), all.frame(1));
+        assert_eq!(all.starting_at(1), all.frame(1));
         let value: Value = serde_json::from_slice(text_payload(all.frame(0))).unwrap();
         assert_eq!(value["data"]["content"], "a \"quoted\"");
         assert_eq!(value["seq"], 41);

@@ -179,7 +179,7 @@ where
         };
         match self.cursor.on_event(id, live, frames.len()) {
             Step::Skip => Ok(()),
-            Step::Send { skip_frames } => self.feed(frames.from_frame(skip_frames)).await,
+            Step::Send { skip_frames } => self.feed(frames.starting_at(skip_frames)).await,
             Step::CatchUp { announce } => self.catch_up(id, announce).await,
         }
     }
