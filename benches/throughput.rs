@@ -10,8 +10,8 @@
 //!   is skipped (with a message) when the server has no live stream.
 //!
 //! Sample sizes and measurement times are small so that the whole run stays within ~3 minutes
-//! on a 2-core machine; the figures are for comparing changes, `docs/performance.md` has the
-//! release-build figures of `deployd bench` against `deployd serve`.
+//! on a 2-core machine; the figures are for comparing changes, the README's "Performance"
+//! section has the release-build figures of `deployd bench` against `deployd serve`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

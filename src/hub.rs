@@ -12,6 +12,7 @@
 //! deployment (the store keeps only the current status), so that a subscriber catching up after
 //! a lag still sends every status change, at its line number.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -48,8 +49,8 @@ pub struct Event {
     pub app_id: AppId,
     pub deployment_id: DeploymentId,
     pub kind: EventKind,
-    /// The event's WebSocket frames, encoded once for all subscribers on first use.
-    ws_frames: OnceLock<WireFrames>,
+    /// The event rendered for the wire, once for all subscribers, by whoever reads it first.
+    render_cache: RenderCache,
 }
 
 impl Event {
@@ -58,64 +59,43 @@ impl Event {
             app_id,
             deployment_id,
             kind,
-            ws_frames: OnceLock::new(),
+            render_cache: RenderCache::default(),
         }
     }
 
-    /// The frames for this event, rendered by `render` the first time any subscriber asks.
-    pub fn ws_frames(&self, render: impl FnOnce(&Event) -> WireFrames) -> &WireFrames {
-        self.ws_frames.get_or_init(|| render(self))
+    /// Where the event's wire rendering is kept (see [`RenderCache`]).
+    pub fn render_cache(&self) -> &RenderCache {
+        &self.render_cache
     }
 }
 
-/// WebSocket frames encoded for the wire (header and payload), back to back in one buffer, so
-/// that a subscriber sends any suffix of them with one copy into its write buffer.
-#[derive(Debug, Default, Clone)]
-pub struct WireFrames {
-    bytes: Bytes,
-    /// Where each frame starts in `bytes`, in order.
-    starts: Box<[usize]>,
+/// A once-per-event cache of the event's wire rendering, shared by every subscriber of the
+/// event (fan-out to a thousand sockets renders each event once, not a thousand times). Its
+/// concrete type belongs to the stream that renders (`api::stream`), so the hub stays a domain
+/// module that knows nothing of frames.
+///
+/// Invariant: one cache holds one type; every reader asks for the same `T`.
+#[derive(Default)]
+pub struct RenderCache(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl RenderCache {
+    /// The cached value, made by `render` the first time anybody asks.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, render: impl FnOnce() -> T) -> &T {
+        self.0
+            .get_or_init(|| Box::new(render()))
+            .downcast_ref::<T>()
+            .expect("invariant: an event's render cache is read as one type only")
+    }
 }
 
-impl WireFrames {
-    /// `bytes` holds the frames; `starts` where each one begins (increasing, the first at 0).
-    pub fn new(bytes: Bytes, starts: Vec<usize>) -> Self {
-        debug_assert!(starts.first().is_none_or(|s| *s == 0));
-        Self {
-            bytes,
-            starts: starts.into_boxed_slice(),
-        }
-    }
-
-    /// How many frames there are.
-    pub fn len(&self) -> usize {
-        self.starts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
-    }
-
-    /// All the encoded bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// The encoded bytes of frames `skip..` (empty when `skip >= len`).
-    pub fn from_frame(&self, skip: usize) -> &[u8] {
-        match self.starts.get(skip) {
-            Some(start) => &self.bytes[*start..],
-            None => &[],
-        }
-    }
-
-    /// The encoded bytes of frame `i` (empty when there is none).
-    pub fn frame(&self, i: usize) -> &[u8] {
-        let Some(start) = self.starts.get(i) else {
-            return &[];
+impl std::fmt::Debug for RenderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.0.get().is_some() {
+            "rendered"
+        } else {
+            "empty"
         };
-        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
-        &self.bytes[*start..end]
+        f.debug_tuple("RenderCache").field(&state).finish()
     }
 }
 
@@ -239,5 +219,24 @@ impl Hub {
                 .or_insert_with(|| watch::channel(status).0)
                 .send_replace(status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_rendered_once_whoever_asks_and_however_often() {
+        let event = Event::new(AppId::generate(), DeploymentId::generate(), EventKind::New);
+        let renders = std::sync::atomic::AtomicUsize::new(0);
+        let render = || {
+            renders.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![1u8, 2, 3]
+        };
+        let first: *const Vec<u8> = event.render_cache().get_or_init(render);
+        let second: *const Vec<u8> = event.render_cache().get_or_init(render);
+        assert_eq!(renders.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(first, second, "every reader shares the one rendering");
     }
 }

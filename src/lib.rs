@@ -14,3 +14,4 @@ pub mod status;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod ws;

@@ -4,13 +4,14 @@
 //! Layout: [`error`] picks status codes and bodies; [`views`] shapes JSON objects; [`access`]
 //! authenticates callers and resolves the apps they may see; [`users`], [`apps`],
 //! [`deployments`], [`sources`] are the REST resources; [`push`] is the external pushers'
-//! WebSocket; [`stream`] the subscribers' WebSocket and the followed output; [`protocol`] the
-//! push frames shared with the `deployd push` client.
+//! WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and SSE output and
+//! its follow; [`protocol`] the push frames shared with the `deployd push` client.
 
 pub mod access;
 pub mod apps;
 pub mod deployments;
 pub mod error;
+pub mod output;
 pub mod protocol;
 pub mod push;
 pub mod routes;

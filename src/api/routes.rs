@@ -9,7 +9,7 @@
 use axum::http::Method;
 use axum::routing::{delete, get, post, put, MethodRouter};
 
-use super::{apps, deployments, push, sources, stream, users, AppState};
+use super::{apps, deployments, output, push, sources, stream, users, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ pub static ROUTES: &[Route] = &[
         summary: "A deployment's output; followed live with ?follow=true or as SSE",
         auth: Auth::Caller,
         answer: Answer::Output,
-        handler: || get(stream::output),
+        handler: || get(output::output),
     },
     Route {
         method: Method::GET,
@@ -223,7 +223,7 @@ pub static ROUTES: &[Route] = &[
         summary: "A deployment's output by deployment id alone (the spec's links.output)",
         auth: Auth::Caller,
         answer: Answer::Output,
-        handler: || get(stream::output_by_id),
+        handler: || get(output::output_by_id),
     },
     Route {
         method: Method::GET,

@@ -1,0 +1,396 @@
+//! Deployment output over HTTP: the plain-text `/output`, optionally followed live, as text or
+//! as Server-Sent Events.
+//!
+//! A followed output follows the stream's rule (DESIGN.md, "Hub and the live stream"): it
+//! subscribes to the app's hub channel FIRST, then reads what the store has; hub events only
+//! say when to read again, so lines always come from the store, in store order, each once, and
+//! a slow reader simply reads more per round. Memory per follower is bounded: at most
+//! [`FOLLOW_CHUNKS_IN_FLIGHT`] chunks of ≤ [`MAX_READ_BYTES`] (plus one line).
+//!
+//! It renders text only; the WebSocket stream is `api::stream`'s, and this module never writes.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::access::Caller;
+use super::deployments::find_deployment;
+use super::stream::MAX_READ_BYTES;
+use super::{ApiError, AppState};
+use crate::model::{Deployment, DeploymentId, LineNo};
+use crate::status::Status;
+use crate::store::codec::SegmentView;
+use crate::store::{Store, StoreError};
+
+/// Segments read per blocking store call while streaming output.
+const OUTPUT_SEGMENTS_PER_READ: usize = 64;
+
+/// Chunks a followed output may have produced ahead of the client reading them.
+const FOLLOW_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// `GET /v1/apps/{app}/deployments/{id}/output`: `text/plain` whatever `Accept` says, streamed
+/// from the store segment by segment; 404 JSON when there is no output. With `?follow=true`
+/// the body stays open until the deployment reaches a terminal status; with
+/// `Accept: text/event-stream` it is Server-Sent Events. `?after=N`, `Last-Event-ID: N` or
+/// `Range: lines=M-` start after line N (resp. at line M).
+pub async fn output(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let request = OutputRequest::parse(query.as_deref(), &headers)?;
+    let (app, _) = caller.app(&state, &app).await?;
+    let deployment = find_deployment(&state, &app, &id).await?;
+    respond_output(state, deployment, request)
+}
+
+/// `GET /v1/deployments/{id}/output`: the same, for the `links.output` shape of the spec's
+/// example object.
+pub async fn output_by_id(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let request = OutputRequest::parse(query.as_deref(), &headers)?;
+    let id: DeploymentId = id.parse().map_err(|_| ApiError::NotFound("deployment"))?;
+    let deployment = state
+        .read(move |store| store.deployment(id))
+        .await?
+        .ok_or(ApiError::NotFound("deployment"))?;
+    caller
+        .app(&state, &deployment.app_id.to_string())
+        .await
+        .map_err(|_| ApiError::NotFound("deployment"))?;
+    respond_output(state, deployment, request)
+}
+
+/// What an `/output` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OutputRequest {
+    follow: bool,
+    sse: bool,
+    after: LineNo,
+}
+
+impl OutputRequest {
+    fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let sse = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
+        let mut follow = sse;
+        let mut after = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "follow" => {
+                    follow = match value {
+                        "" | "true" | "1" => true,
+                        "false" | "0" => sse,
+                        _ => {
+                            return Err(ApiError::BadRequest(format!(
+                                "follow must be true or false, got {value:?}"
+                            )))
+                        }
+                    }
+                }
+                "after" => {
+                    after = Some(value.parse::<u64>().map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "after must be a line number (0 or more), got {value:?}"
+                        ))
+                    })?)
+                }
+                _ => {}
+            }
+        }
+        if after.is_none() {
+            if let Some(value) = headers.get("last-event-id") {
+                let text = value.to_str().unwrap_or("").trim();
+                after = Some(text.parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "Last-Event-ID must be a line number, got {text:?}"
+                    ))
+                })?);
+            }
+        }
+        if after.is_none() {
+            if let Some(value) = headers.get(header::RANGE) {
+                let text = value.to_str().unwrap_or("").trim();
+                let first = text
+                    .strip_prefix("lines=")
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "Range must be lines=N- (from line N on), got {text:?}"
+                        ))
+                    })?;
+                after = Some(first.saturating_sub(1));
+            }
+        }
+        Ok(Self {
+            follow,
+            sse,
+            after: LineNo(after.unwrap_or(0)),
+        })
+    }
+}
+
+fn respond_output(
+    state: AppState,
+    deployment: Deployment,
+    request: OutputRequest,
+) -> Result<Response, ApiError> {
+    if !request.follow {
+        if deployment.last_line == LineNo(0) {
+            return Err(ApiError::NotFound("output"));
+        }
+        let body = Body::from_stream(stored_text(state, deployment.id, request.after));
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(FOLLOW_CHUNKS_IN_FLIGHT);
+    let format = if request.sse {
+        FollowFormat::Sse
+    } else {
+        FollowFormat::Text
+    };
+    tokio::spawn(follow(state, deployment, request.after, format, tx));
+    let body = Body::from_stream(stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(Ok::<_, std::io::Error>))
+    }));
+    let content_type = match format {
+        FollowFormat::Sse => "text/event-stream",
+        FollowFormat::Text => "text/plain; charset=utf-8",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowFormat {
+    Text,
+    Sse,
+}
+
+/// Feeds a followed output into `tx` until the deployment ends, the client goes away or the
+/// server shuts down. Lines come from the store; hub events only say when to read again, so a
+/// slow reader simply reads more per round.
+async fn follow(
+    state: AppState,
+    deployment: Deployment,
+    after: LineNo,
+    format: FollowFormat,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let id = deployment.id;
+    let mut live = state.hub.subscribe(deployment.app_id);
+    let mut cursor = after;
+    let mut told: Option<Status> = None;
+    loop {
+        let record = match state.read(move |store| store.deployment(id)).await {
+            Ok(Some(record)) => record,
+            _ => return,
+        };
+        while cursor < record.last_line {
+            let store = state.store.clone();
+            let from = cursor;
+            let read = tokio::task::spawn_blocking(move || match format {
+                FollowFormat::Text => read_text_chunk(&store, id, from),
+                FollowFormat::Sse => read_sse_chunk(&store, id, from),
+            })
+            .await;
+            let Ok(Ok((chunk, last))) = read else {
+                return;
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            cursor = last;
+            if !send_chunk(&state, &tx, Bytes::from(chunk)).await {
+                return;
+            }
+        }
+        if format == FollowFormat::Sse && told != Some(record.status) {
+            told = Some(record.status);
+            let event = format!(
+                "event: status\ndata: {}\n\n",
+                serde_json::json!({"status": record.status.as_str(), "seq": cursor.0})
+            );
+            if !send_chunk(&state, &tx, Bytes::from(event)).await {
+                return;
+            }
+        }
+        if record.status.is_terminal() {
+            // No line is appended after a terminal status: everything was sent.
+            return;
+        }
+        // Wait until something happens to this deployment (or we fell behind), then read again.
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) if event.deployment_id == id => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                () = tx.closed() => return,
+                () = state.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Sends one chunk of a followed output; false when the client or the server went away.
+async fn send_chunk(state: &AppState, tx: &mpsc::Sender<Bytes>, chunk: Bytes) -> bool {
+    tokio::select! {
+        sent = tx.send(chunk) => sent.is_ok(),
+        () = state.shutdown.cancelled() => false,
+    }
+}
+
+/// The stored text of a deployment after line `after`, read in chunks off the executor.
+pub fn stored_text(
+    state: AppState,
+    id: DeploymentId,
+    after: LineNo,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    stream::try_unfold(Some(after), move |cursor| {
+        let state = state.clone();
+        async move {
+            let Some(after) = cursor else {
+                return Ok(None);
+            };
+            let store = state.store.clone();
+            let (chunk, last) =
+                tokio::task::spawn_blocking(move || read_text_chunk(&store, id, after))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some((Bytes::from(chunk), Some(last))))
+        }
+    })
+}
+
+/// Renders the lines after `after`, from up to [`OUTPUT_SEGMENTS_PER_READ`] segments and until
+/// the output holds [`MAX_READ_BYTES`]; returns the output and the last line number rendered.
+/// `render(segment, skip, out)` appends the segment's lines from the `skip`-th on and returns
+/// how many it rendered (fewer when `out` reached its bound).
+fn read_chunk(
+    store: &Store,
+    id: DeploymentId,
+    after: LineNo,
+    mut render: impl FnMut(&SegmentView<'_>, LineNo, usize, &mut Vec<u8>) -> u64,
+) -> Result<(Vec<u8>, LineNo), StoreError> {
+    let mut out = Vec::new();
+    let mut last = after;
+    for entry in store
+        .segments_after(id, after)
+        .take(OUTPUT_SEGMENTS_PER_READ)
+    {
+        let (first, bytes) = entry?;
+        let view = SegmentView::parse(&bytes)?;
+        let end = first.0 + view.line_count() as u64 - 1;
+        if end <= last.0 {
+            continue;
+        }
+        let skip = last.0.saturating_sub(first.0 - 1);
+        let rendered = render(&view, first, skip as usize, &mut out);
+        last = LineNo(first.0 - 1 + skip + rendered);
+        if out.len() >= MAX_READ_BYTES {
+            break;
+        }
+    }
+    Ok((out, last))
+}
+
+/// The plain text after line `after` (see [`read_chunk`]): a copy of the segments' text.
+fn read_text_chunk(
+    store: &Store,
+    id: DeploymentId,
+    after: LineNo,
+) -> Result<(Vec<u8>, LineNo), StoreError> {
+    read_chunk(store, id, after, |view, _, skip, out| {
+        out.extend_from_slice(view.text_from_line(skip));
+        (view.line_count() - skip) as u64
+    })
+}
+
+/// Like [`read_text_chunk`], as Server-Sent Events: one event per line, `id:` = line number.
+/// A `\r` inside a line would end an SSE line, so the line is split there into several `data:`
+/// fields (which SSE clients join with `\n`).
+fn read_sse_chunk(
+    store: &Store,
+    id: DeploymentId,
+    after: LineNo,
+) -> Result<(Vec<u8>, LineNo), StoreError> {
+    read_chunk(store, id, after, |view, first, skip, out| {
+        let mut rendered = 0;
+        for (i, (_, line)) in view.lines().enumerate().skip(skip) {
+            let number = first.0 + i as u64;
+            out.extend_from_slice(format!("id: {number}\n").as_bytes());
+            for piece in line.split('\r') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(piece.as_bytes());
+                out.push(b'\n');
+            }
+            out.push(b'\n');
+            rendered += 1;
+            if out.len() >= MAX_READ_BYTES {
+                break;
+            }
+        }
+        rendered
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn output_request_resume_sources() {
+        let none = HeaderMap::new();
+        let r = OutputRequest::parse(Some("follow=true&after=7"), &none).unwrap();
+        assert_eq!((r.follow, r.sse, r.after), (true, false, LineNo(7)));
+        let r = OutputRequest::parse(None, &headers(&[("range", "lines=5-")])).unwrap();
+        assert_eq!(r.after, LineNo(4));
+        let r = OutputRequest::parse(
+            None,
+            &headers(&[("accept", "text/event-stream"), ("last-event-id", "12")]),
+        )
+        .unwrap();
+        assert_eq!((r.follow, r.sse, r.after), (true, true, LineNo(12)));
+        assert!(OutputRequest::parse(Some("after=x"), &none).is_err());
+        assert!(OutputRequest::parse(None, &headers(&[("range", "bytes=0-")])).is_err());
+    }
+}

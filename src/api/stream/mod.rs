@@ -1,0 +1,398 @@
+//! The subscribers' WebSocket at `/apps/{app}`: the live deployments stream.
+//!
+//! It follows DESIGN.md's rule ("Hub and the live stream"): subscribe to the app's hub channel
+//! FIRST, then read from the store what is already there, then take live events, dropping what
+//! was already sent (per deployment: log lines by line number, statuses by `Status`'s order,
+//! since statuses only move forward). A subscriber that falls behind the channel (`Lagged`) or
+//! sees a gap catches up from the store the same way and rejoins live. So no line is lost or
+//! repeated, whatever the subscriber's speed, and the wire order is the store order.
+//!
+//! Layout: this module upgrades the connection, authenticates the first frame and closes with
+//! the right code; [`conn`] reads client frames and buffers server frames; [`frames`] renders
+//! what is sent; [`cursor`] (pure) decides what each subscriber still needs; [`subscriber`] is
+//! the I/O loop doing what the cursor decides. Bytes on the wire are `crate::ws`'s. The plain
+//! and SSE `/output` is `api::output`'s.
+//!
+//! Memory per subscriber is bounded: the hub's channel and its rendered frames are shared (at
+//! most [`MAX_RENDERED_EVENT_BYTES`] of frames per event); a subscriber holds at most one store
+//! read (≤ [`MAX_READ_BYTES`] of frames, from ≤ [`CATCH_UP_SEGMENTS_PER_READ`] segments) plus
+//! the socket's write buffer. See the README ("Memory bound").
+//!
+//! WebSocket protocol (spec + compat.md), server frames, one JSON object per text frame:
+//! `{"type":"log","id":D,"data":{"content":L},"seq":N,"at":T}`,
+//! `{"type":"status","id":D,"data":{"status":S},"seq":N}`, `{"type":"new","data":{"deployment":D}}`,
+//! `{"type":"ping","data":{"ts":U}}`. `seq` and `at` are extras that spec clients ignore.
+
+mod conn;
+mod cursor;
+mod frames;
+mod subscriber;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::close_code;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use self::conn::{ClientMessage, Conn, ReadError};
+use self::subscriber::Subscriber;
+use super::access::find_app;
+use super::{ApiError, AppState};
+use crate::model::{AppId, DeploymentId, LineNo};
+use crate::ws;
+
+/// A subscriber socket's read buffer (it grows for a bigger frame, up to
+/// [`MAX_SUBSCRIBER_FRAME_BYTES`]): subscribers send one small auth frame.
+const SUBSCRIBER_READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Segments read per blocking store call when a subscriber replays or catches up (the read also
+/// stops at [`MAX_READ_BYTES`] of frames); the next read waits until these frames are handed to
+/// the socket.
+pub const CATCH_UP_SEGMENTS_PER_READ: usize = 16;
+
+/// A replay or catch-up read stops once it rendered this much (at least one line), and a
+/// followed output's chunk once it holds this much: per-subscriber memory stays bounded even
+/// for segments of a million tiny lines.
+pub const MAX_READ_BYTES: usize = 1024 * 1024;
+
+/// A hub event whose frames would take more than this (a huge segment of tiny lines) is not
+/// rendered for everyone: each subscriber reads it from the store in bounded pieces instead. So
+/// the hub's cached frames take at most this per event.
+pub const MAX_RENDERED_EVENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest frame a subscriber may send. Subscribers only send the auth frame, which is tiny;
+/// a bigger frame closes the socket with 1009.
+pub const MAX_SUBSCRIBER_FRAME_BYTES: usize = 64 * 1024;
+
+/// Resume entries accepted in one auth frame.
+const MAX_RESUME_ENTRIES: usize = 64;
+
+/// Close codes sent to subscribers (4000–4999 are the application's range).
+pub mod close {
+    /// The auth frame's token is invalid, expired or revoked.
+    pub const BAD_TOKEN: u16 = 4001;
+    /// The app does not exist or the token's user may not see it (one answer for both).
+    pub const APP_NOT_FOUND: u16 = 4004;
+    /// No auth frame within the auth timeout.
+    pub const AUTH_TIMEOUT: u16 = 4008;
+    /// The first frame was not an auth frame (not JSON, another type, no token).
+    pub const POLICY: u16 = super::close_code::POLICY;
+    /// A binary frame before auth.
+    pub const UNSUPPORTED: u16 = super::close_code::UNSUPPORTED;
+    /// A frame larger than `MAX_SUBSCRIBER_FRAME_BYTES`.
+    pub const TOO_BIG: u16 = super::close_code::SIZE;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = super::close_code::AWAY;
+    /// The store failed.
+    pub const INTERNAL: u16 = super::close_code::ERROR;
+}
+
+/// `GET /apps/{app}` (the URL of `links.deployments_stream`): the live deployments stream. No
+/// credentials on the upgrade (compat.md); the first frame authenticates. Query parameters
+/// `deployment=D&after=N` resume deployment D after line N.
+///
+/// The handshake and the framing are done here rather than by tungstenite: live frames are
+/// encoded once per event for every subscriber (see `frames::WireFrames`) and a subscriber copies
+/// them into its write buffer, one socket write per flush. Per-subscriber framing and the
+/// split sink's lock were most of the server's CPU with 1000 subscribers.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    RawQuery(query): RawQuery,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let resume = parse_resume_query(query.as_deref())?;
+    let not_websocket = |why: &str| {
+        ApiError::BadRequest(format!("this is the deployments WebSocket stream: {why}"))
+    };
+    let headers = request.headers();
+    if request.method() != Method::GET {
+        return Err(not_websocket("the upgrade must be a GET"));
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err(not_websocket("the Connection header must contain upgrade"));
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(not_websocket("the Upgrade header must be websocket"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(not_websocket("Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(not_websocket("Sec-WebSocket-Key is missing"));
+    };
+    let accept = ws::accept_key(key.as_bytes());
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return Err(not_websocket("this connection cannot be upgraded"));
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let conn = Conn::new(TokioIo::new(upgraded));
+                run_socket(state, app, resume, conn).await;
+            }
+            Err(err) => tracing::debug!(error = %err, "stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .map_err(|err| ApiError::Internal(err.to_string()))
+}
+
+/// Resume points: deployment id → last line the client has.
+type Resume = BTreeMap<DeploymentId, LineNo>;
+
+fn parse_resume_query(query: Option<&str>) -> Result<Resume, ApiError> {
+    let mut deployment = None;
+    let mut after = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "deployment" => {
+                deployment = Some(value.parse::<DeploymentId>().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "deployment must be a deployment id, got {value:?}"
+                    ))
+                })?)
+            }
+            "after" => {
+                after = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest(format!("after must be a line number, got {value:?}"))
+                })?)
+            }
+            _ => {}
+        }
+    }
+    let mut resume = Resume::new();
+    match (deployment, after) {
+        (Some(id), after) => {
+            resume.insert(id, LineNo(after.unwrap_or(0)));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "after needs deployment=<id> (the deployment to resume)".into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    Ok(resume)
+}
+
+/// Why a subscriber's stream ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed or the connection broke.
+    ClientGone,
+    /// The server is shutting down.
+    Shutdown,
+    /// The socket accepted nothing for [`WRITE_STALL_TIMEOUT`].
+    Stalled,
+    /// A store read failed.
+    Store(String),
+    /// The client must be closed with this code and reason.
+    Refused(u16, &'static str),
+}
+
+impl From<ApiError> for End {
+    fn from(err: ApiError) -> Self {
+        End::Store(err.to_string())
+    }
+}
+
+async fn run_socket<IO>(state: AppState, app: String, resume: Resume, mut conn: Conn<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let outcome = async {
+        let (app_id, resume) = authenticate(&state, &app, resume, &mut conn).await?;
+        let live = state.hub.subscribe(app_id);
+        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut conn);
+        subscriber.run(live, resume).await
+    }
+    .await;
+    let close = match outcome {
+        Ok(()) | Err(End::ClientGone) | Err(End::Stalled) => None,
+        Err(End::Shutdown) => Some((close::GOING_AWAY, "deployd is shutting down")),
+        Err(End::Refused(code, reason)) => Some((code, reason)),
+        Err(End::Store(err)) => {
+            tracing::error!(error = %err, app, "deployments stream ended by a store error");
+            Some((close::INTERNAL, "internal error"))
+        }
+    };
+    if let Some((code, reason)) = close {
+        let mut frame = Vec::with_capacity(4 + reason.len());
+        ws::encode_close(&mut frame, code, reason);
+        conn.queue(&frame);
+    }
+    // Best effort, bounded: what is queued (a pong, the close reply, a close frame) goes out
+    // unless the peer is gone or not reading.
+    if conn.buffered() > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.write_out()).await;
+    }
+}
+
+/// Waits for the auth frame; returns the app and the resume points (query ∪ auth frame).
+async fn authenticate<IO>(
+    state: &AppState,
+    app: &str,
+    mut resume: Resume,
+    conn: &mut Conn<IO>,
+) -> Result<(AppId, Resume), End>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + state.config.stream.auth_timeout;
+    let text = loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, conn.next_message()) => next,
+            () = state.shutdown.cancelled() => return Err(End::Shutdown),
+        };
+        match next {
+            Err(_) => {
+                return Err(End::Refused(
+                    close::AUTH_TIMEOUT,
+                    "no auth frame received in time",
+                ))
+            }
+            Ok(Ok(None)) | Ok(Ok(Some(ClientMessage::Close))) => return Err(End::ClientGone),
+            Ok(Err(err)) => return Err(read_error(err)),
+            Ok(Ok(Some(ClientMessage::Text(text)))) => break text,
+            Ok(Ok(Some(ClientMessage::Ping))) => {
+                match tokio::time::timeout_at(deadline, conn.write_out()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(End::ClientGone),
+                    Err(_) => {
+                        return Err(End::Refused(
+                            close::AUTH_TIMEOUT,
+                            "no auth frame received in time",
+                        ))
+                    }
+                }
+            }
+            Ok(Ok(Some(ClientMessage::Binary))) => {
+                return Err(End::Refused(
+                    close::UNSUPPORTED,
+                    "binary frames are not supported; send a JSON auth frame",
+                ))
+            }
+        }
+    };
+    let frame = AuthFrame::parse(&text).ok_or(End::Refused(
+        close::POLICY,
+        r#"the first frame must be {"type":"auth","data":{"token":"..."}}"#,
+    ))?;
+    for (id, after) in frame.resume {
+        resume.insert(id, after);
+    }
+    let caller = super::access::authenticate_token(state, &frame.token)
+        .await
+        .map_err(|err| match err {
+            ApiError::Unauthorized(_) => End::Refused(close::BAD_TOKEN, "invalid token"),
+            other => End::from(other),
+        })?;
+    let user = caller.user;
+    let name = app.to_owned();
+    let found = state
+        .read(move |store| find_app(store, &user, &name))
+        .await?;
+    let Some((app, _)) = found else {
+        return Err(End::Refused(close::APP_NOT_FOUND, "app not found"));
+    };
+    Ok((app.id, resume))
+}
+
+/// Maps a read error: a too-big frame gets 1009, anything else means the client is gone.
+fn read_error(err: ReadError) -> End {
+    match err {
+        ReadError::TooBig => End::Refused(close::TOO_BIG, "frame too large"),
+        ReadError::Broken => End::ClientGone,
+    }
+}
+
+/// A parsed auth frame.
+#[derive(Debug, PartialEq)]
+struct AuthFrame {
+    token: String,
+    resume: Resume,
+}
+
+impl AuthFrame {
+    /// `{"type":"auth","data":{"token":"…","resume":{"<deployment id>":N,…}}}`; also
+    /// `"deployment":"<id>","after":N` in `data` for one deployment. Invalid or too many resume
+    /// entries make the whole frame invalid (`None`), like a missing token.
+    fn parse(text: &str) -> Option<Self> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        if value.get("type")?.as_str()? != "auth" {
+            return None;
+        }
+        let data = value.get("data")?;
+        let token = data.get("token")?.as_str()?.to_owned();
+        let mut resume = Resume::new();
+        if let Some(map) = data.get("resume") {
+            let map = map.as_object()?;
+            if map.len() > MAX_RESUME_ENTRIES {
+                return None;
+            }
+            for (id, after) in map {
+                resume.insert(id.parse().ok()?, LineNo(after.as_u64()?));
+            }
+        }
+        if let Some(id) = data.get("deployment") {
+            let after = match data.get("after") {
+                Some(after) => after.as_u64()?,
+                None => 0,
+            };
+            resume.insert(id.as_str()?.parse().ok()?, LineNo(after));
+        }
+        Some(Self { token, resume })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_frame_parsing() {
+        let id = DeploymentId::generate();
+        let frame = AuthFrame::parse(&format!(
+            r#"{{"type":"auth","data":{{"token":"t","resume":{{"{id}":3}}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(frame.token, "t");
+        assert_eq!(frame.resume.get(&id), Some(&LineNo(3)));
+        let frame = AuthFrame::parse(&format!(
+            r#"{{"type":"auth","data":{{"token":"t","deployment":"{id}","after":9}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(frame.resume.get(&id), Some(&LineNo(9)));
+        assert!(AuthFrame::parse(r#"{"type":"ping"}"#).is_none());
+        assert!(AuthFrame::parse("not json").is_none());
+        assert!(AuthFrame::parse(r#"{"type":"auth","data":{}}"#).is_none());
+        assert!(
+            AuthFrame::parse(r#"{"type":"auth","data":{"token":"t","resume":{"x":1}}}"#).is_none()
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! One authenticated subscriber's I/O loop: it takes live hub events, replays and catches up
+//! from the store, and writes frames to its socket, doing what its [`Cursor`] decides.
+//!
+//! Writes are paced ([`FLUSH_INTERVAL`]) and batched ([`MAX_EVENTS_PER_FLUSH`]); a socket that
+//! accepts nothing for [`WRITE_STALL_TIMEOUT`] is dropped. It holds at most one store read
+//! (≤ [`MAX_READ_BYTES`] of frames) plus the socket's write buffer. It decides nothing about
+//! deduplication itself (that is `cursor`'s, which is pure and tested apart) and renders no frame
+//! (that is `frames`'s).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
+use super::cursor::{CatchUpStep, Cursor, Live, Step};
+use super::frames::{event_frames, new_text, ping_frame, read_log_frames, status_text, text_frame};
+#[cfg(doc)]
+use super::MAX_READ_BYTES;
+use super::{read_error, End, Resume};
+use crate::api::AppState;
+use crate::hub::{Event, EventKind};
+use crate::model::{AppId, DeploymentId, LineNo};
+use crate::store::codec::SegmentView;
+
+/// While events keep coming, a subscriber writes to its socket at most once per this interval
+/// (the first event after a quiet spell goes out at once). Each write and wakeup costs a few
+/// microseconds here whatever it carries, so at 1000 one-line events per second and 1000
+/// subscribers, writing each event on its own is a million writes per second: more than two
+/// cores. Pacing makes it 200 000, for at most this much added latency.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Newest deployments of the app looked at for the replay after auth. There is at most one
+/// running deployment per app (plus the queued ones behind it), so this is plenty.
+const REPLAY_SCAN_LIMIT: u64 = 32;
+
+/// Live events written to the socket before one flush: batching writes is what makes fan-out to
+/// thousands of sockets cheap, and this bounds the latency a batch adds.
+const MAX_EVENTS_PER_FLUSH: usize = 64;
+
+/// A subscriber whose socket accepts no byte for this long is disconnected (a dead peer, or a
+/// client that stopped reading for good). Until then it only costs its bounded buffers.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One authenticated subscriber: writes replay, catch-up and live frames to its socket.
+pub(super) struct Subscriber<'a, IO> {
+    state: AppState,
+    app: AppId,
+    conn: &'a mut Conn<IO>,
+    cursor: Cursor,
+}
+
+impl<'a, IO> Subscriber<'a, IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(super) fn new(state: AppState, app: AppId, conn: &'a mut Conn<IO>) -> Self {
+        Self {
+            state,
+            app,
+            conn,
+            cursor: Cursor::default(),
+        }
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut live: broadcast::Receiver<Arc<Event>>,
+        resume: Resume,
+    ) -> Result<(), End> {
+        // Resume points first, so the replay sends only what follows them.
+        for (id, after) in &resume {
+            self.cursor.resume(*id, *after);
+        }
+        self.catch_up_app(&resume, false).await?;
+        self.flush().await?;
+        let period = self.state.config.stream.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.state.shutdown.clone();
+        // Made once: each new `cancelled()` registered with (and left) the token's shared lock.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
+        // While events keep coming, the socket is written at most once per
+        // FLUSH_INTERVAL: between writes the task sleeps instead of waking for every event, then
+        // takes everything that gathered. The first event after a quiet spell goes out at once.
+        // One timer, reset at each write (a new one per wait cost a registration each time).
+        let mut paced = false;
+        let pace = tokio::time::sleep(FLUSH_INTERVAL);
+        tokio::pin!(pace);
+        loop {
+            tokio::select! {
+                received = live.recv(), if !paced => {
+                    self.on_received(received).await?;
+                    self.drain(&mut live).await?;
+                    self.flush().await?;
+                    pace.as_mut().reset(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                    paced = true;
+                }
+                () = pace.as_mut(), if paced => {
+                    if self.drain(&mut live).await? == 0 {
+                        paced = false;
+                    } else {
+                        self.flush().await?;
+                        pace.as_mut().reset(tokio::time::Instant::now() + FLUSH_INTERVAL);
+                    }
+                }
+                _ = ping.tick() => {
+                    self.feed(&ping_frame()).await?;
+                    self.flush().await?;
+                }
+                message = self.conn.next_message() => match message {
+                    // After auth, client frames (a second auth, unknown types, binary) are
+                    // ignored; only a close or a broken connection ends the stream.
+                    Ok(Some(ClientMessage::Close)) | Ok(None) => return Err(End::ClientGone),
+                    Ok(Some(ClientMessage::Ping)) => self.flush().await?,
+                    Ok(Some(_)) => {}
+                    Err(err) => return Err(read_error(err)),
+                },
+                () = &mut shutdown => return Err(End::Shutdown),
+            }
+        }
+    }
+
+    /// Takes what is already in the channel (at most [`MAX_EVENTS_PER_FLUSH`] events, so one
+    /// write stays bounded); returns how many it took.
+    async fn drain(&mut self, live: &mut broadcast::Receiver<Arc<Event>>) -> Result<usize, End> {
+        let mut taken = 0;
+        while taken < MAX_EVENTS_PER_FLUSH {
+            match live.try_recv() {
+                Ok(event) => self.on_received(Ok(event)).await?,
+                Err(TryRecvError::Lagged(n)) => self.on_received(Err(RecvError::Lagged(n))).await?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return Err(End::Shutdown),
+            }
+            taken += 1;
+        }
+        Ok(taken)
+    }
+
+    async fn on_received(&mut self, received: Result<Arc<Event>, RecvError>) -> Result<(), End> {
+        match received {
+            Ok(event) => self.on_event(&event).await,
+            // Fell behind the channel: what was skipped is in the store.
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::debug!(app = %self.app, skipped, "subscriber lagged; catching up from the store");
+                self.catch_up_app(&Resume::new(), true).await
+            }
+            // The hub never drops a channel with receivers; treat it as the end of the server.
+            Err(RecvError::Closed) => Err(End::Shutdown),
+        }
+    }
+
+    async fn on_event(&mut self, event: &Event) -> Result<(), End> {
+        if event.app_id != self.app {
+            return Ok(());
+        }
+        let id = event.deployment_id;
+        let frames = event_frames(event);
+        let live = match &event.kind {
+            EventKind::New => Live::New,
+            EventKind::Status { status, seq } => Live::Status {
+                status: *status,
+                seq: *seq,
+            },
+            // Every line is rendered, unless the event was too big (then none is).
+            EventKind::Logs { first, segment } => Live::Logs {
+                first: *first,
+                count: if frames.is_empty() {
+                    SegmentView::parse(segment).map_or(0, |v| v.line_count()) as u64
+                } else {
+                    frames.len() as u64
+                },
+            },
+        };
+        match self.cursor.on_event(id, live, frames.len()) {
+            Step::Skip => Ok(()),
+            Step::Send { skip_frames } => self.feed(frames.starting_at(skip_frames)).await,
+            Step::CatchUp { announce } => self.catch_up(id, announce).await,
+        }
+    }
+
+    /// Replays (or, after a lag, catches up) every deployment of the app that is running, just
+    /// finished, or named in `resume`, oldest first. `announce`: send `new` for deployments this
+    /// socket did not know yet.
+    async fn catch_up_app(&mut self, resume: &Resume, announce: bool) -> Result<(), End> {
+        let app = self.app;
+        let window = self.state.config.stream.replay_window;
+        let resumed: Vec<DeploymentId> = resume.keys().copied().collect();
+        let mut ids = self
+            .state
+            .read(move |store| {
+                let cutoff = OffsetDateTime::now_utc() - window;
+                let mut ids = Vec::new();
+                for id in store.deployment_ids(app, 0, REPLAY_SCAN_LIMIT)? {
+                    if let Some(d) = store.deployment(id)? {
+                        if d.finished_at.is_none_or(|at| at >= cutoff) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Ok(ids)
+            })
+            .await?;
+        for id in resumed {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        // UUIDv7: id order is creation order.
+        ids.sort();
+        for id in ids {
+            // Finished deployments were sent whole; the others are caught up.
+            if let Some(announce) = self.cursor.replay(id, announce) {
+                self.catch_up(id, announce).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the store has of one deployment beyond what was sent: its lines (up to the
+    /// last line stored when its record was read), each status change it missed at its line
+    /// number (from the hub's status history), and its current status (see
+    /// [`Cursor::catch_up`]).
+    async fn catch_up(&mut self, id: DeploymentId, announce: bool) -> Result<(), End> {
+        let record = self.state.read(move |store| store.deployment(id)).await?;
+        let Some(record) = record.filter(|d| d.app_id == self.app) else {
+            // Deleted, or another app's (a bad resume id): nothing to send.
+            self.cursor.forget(id);
+            return Ok(());
+        };
+        if self.cursor.begin_catch_up(id, announce) {
+            self.feed(&text_frame(&new_text(id))).await?;
+        }
+        // Read after the record: the history holds at least the record's status, if any.
+        let history = self.state.hub.status_history(id);
+        let steps = self
+            .cursor
+            .catch_up(id, history, record.status, record.last_line, announce);
+        for step in steps {
+            match step {
+                CatchUpStep::Lines { until } => self.send_lines(id, until).await?,
+                CatchUpStep::Status(status) => {
+                    let line = self.sent_line(id);
+                    self.feed(&text_frame(&status_text(id, status, line)))
+                        .await?;
+                    self.cursor.sent_status(id, status);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the stored lines of `id` after the last one sent, up to `until` included.
+    async fn send_lines(&mut self, id: DeploymentId, until: LineNo) -> Result<(), End> {
+        loop {
+            let from = self.sent_line(id);
+            if from >= until {
+                return Ok(());
+            }
+            let (frames, last) = self
+                .state
+                .read(move |store| read_log_frames(store, id, from, until))
+                .await?;
+            if frames.is_empty() {
+                return Ok(());
+            }
+            self.feed(frames.bytes()).await?;
+            self.cursor.sent_lines(id, last);
+        }
+    }
+
+    /// The last line of `id` sent (0 when none, or unknown).
+    fn sent_line(&self, id: DeploymentId) -> LineNo {
+        self.cursor.sent(id).unwrap_or_default().line
+    }
+
+    /// Queues encoded frames, writing them out once [`WRITE_BUFFER_BYTES`] are waiting.
+    /// Big slices (a store read, a big event) go out in pieces: the buffer stays under twice
+    /// [`WRITE_BUFFER_BYTES`].
+    async fn feed(&mut self, frames: &[u8]) -> Result<(), End> {
+        for piece in frames.chunks(WRITE_BUFFER_BYTES) {
+            self.conn.queue(piece);
+            if self.conn.buffered() >= WRITE_BUFFER_BYTES {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        let write = self.conn.write_out();
+        guard_write(&self.state, write).await
+    }
+}
+
+/// Runs a socket write, ending on shutdown or when the socket stalls.
+async fn guard_write(
+    state: &AppState,
+    write: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), End> {
+    tokio::select! {
+        // The write first: it usually completes at once, and then the shutdown token (a lock
+        // shared by every subscriber) is not even looked at.
+        biased;
+        written = tokio::time::timeout(WRITE_STALL_TIMEOUT, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => Err(End::Stalled),
+        },
+        () = state.shutdown.cancelled() => Err(End::Shutdown),
+    }
+}

@@ -1,0 +1,359 @@
+//! `deployd bench`: a load tool that drives a running deployd over its real protocols (like
+//! `redis-benchmark` for Redis) and prints what it measured.
+//!
+//! Three scenarios, each a public async function so `benches/throughput.rs` can call them
+//! against an in-process server:
+//!
+//! - [`ingest`]: P pushers, each with its own app and deployment, send N lines of S bytes in
+//!   batches of B over the push protocol (`api::protocol`), keeping up to W batches
+//!   unacknowledged. Lines/s and MB/s count only *acknowledged* (durable) lines; the ack latency
+//!   is measured from the batch's send to its `ack` frame.
+//! - [`fanout`]: K WebSocket subscribers on one app's stream (`/apps/{app}`), one pusher sending
+//!   N lines at R lines/s. Each line's content starts with its 0-based index (10 digits), so a
+//!   subscriber checks it got every line once and in order, and the latency from the batch's
+//!   ack (as seen by the pusher) to the line's arrival at each subscriber.
+//! - [`read`]: one deployment of N lines, then its `/output` read R times; MB/s of body.
+//!
+//! The tool must not be the bottleneck: frames are built by copying a pre-serialised line
+//! template (only the line index and batch number change), each socket is driven by one task,
+//! and subscribers find the line index in a frame by a substring search instead of parsing JSON.
+//!
+//! Every run is bounded: counts are capped ([`MAX_TOTAL_LINES`], …) and the whole scenario by
+//! `--timeout`. Only loopback servers are driven unless `--allow-remote` is given. Apps created
+//! by a run (`bench-<scenario>-…`) are kept, so their size on disk can be inspected.
+//!
+//! Layout: this module holds the arguments, limits, errors and [`run_bench`]; `report` the
+//! results and their rendering; `client` the HTTP and push-protocol client the scenarios share;
+//! `ingest`, `fanout` and `read` one scenario each. WebSocket frames are parsed by `crate::ws`,
+//! the codec the server uses.
+
+mod client;
+mod fanout;
+mod ingest;
+mod read;
+mod report;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tokio::time::Instant;
+
+pub use fanout::fanout;
+pub use ingest::ingest;
+pub use read::read;
+pub use report::{FanoutReport, Histogram, IngestReport, Latency, ReadReport, Violations};
+
+/// Most lines one scenario sends in total (all pushers): bounds the run's time and memory.
+pub const MAX_TOTAL_LINES: u64 = 100_000_000;
+/// Most pushers in `ingest`.
+pub const MAX_PUSHERS: usize = 256;
+/// Most subscribers in `fanout`.
+pub const MAX_SUBSCRIBERS: usize = 10_000;
+/// Most `/output` reads in `read`.
+pub const MAX_READS: u32 = 10_000;
+/// Longest line; the server cuts longer ones (`store::writer::MAX_LINE_BYTES`).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Fanout lines start with their index: 10 digits and a space.
+const INDEX_DIGITS: usize = 10;
+/// Shortest line in `fanout` (the index prefix plus a little text).
+pub const MIN_FANOUT_LINE_BYTES: usize = 16;
+/// Most batches in flight per pusher (the server reads at most `api::push::MAX_BATCHES_IN_FLIGHT`).
+pub const MAX_WINDOW: usize = 64;
+/// Room left in a frame for everything but the lines' text.
+const FRAME_OVERHEAD_BYTES: usize = 128;
+
+/// How long to wait for a connection or an HTTP answer during setup.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long fanout waits for every subscriber to see the new deployment before sending anyway
+/// (a subscriber that missed it gets the lines from the stream's replay, with more latency).
+const SUBSCRIBERS_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Subscribers connecting at once: enough to set up 1000 quickly without a SYN flood.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Bytes in a MB (decimal, like disk and network figures).
+const MB: f64 = 1_000_000.0;
+
+/// Arguments of `deployd bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Base URL of the deployd server
+    #[arg(
+        long,
+        env = "DEPLOYD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// API token of a user allowed to create apps
+    #[arg(long, env = "DEPLOYD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the result as JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Drive a server that is not on a loopback address
+    #[arg(long, global = true)]
+    pub allow_remote: bool,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 120, value_name = "SECS", global = true)]
+    pub timeout: u64,
+    /// Also report the CPU time the server process (this pid, on this machine) used during the
+    /// run, beside the tool's own: on a small machine both share the cores, and this says which
+    /// side a figure is bound by
+    #[arg(long, value_name = "PID", global = true)]
+    pub server_pid: Option<u32>,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The scenarios of `deployd bench`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// P pushers send N lines each over the push protocol; lines/s on durable acks.
+    Ingest(IngestOptions),
+    /// K stream subscribers on one app, one pusher; deliveries/s and ack-to-arrival latency.
+    Fanout(FanoutOptions),
+    /// Read one deployment's /output R times; MB/s.
+    Read(ReadOptions),
+}
+
+/// `deployd bench ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestOptions {
+    /// Concurrent pushers, each with its own app and deployment
+    #[arg(long, default_value_t = 4)]
+    pub pushers: usize,
+    /// Lines sent by each pusher
+    #[arg(long, default_value_t = 250_000)]
+    pub lines: u64,
+    /// Bytes of each line (without the newline)
+    #[arg(long, default_value_t = 100)]
+    pub line_bytes: usize,
+    /// Lines per `logs` frame
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Batches a pusher keeps unacknowledged
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+}
+
+/// `deployd bench fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutOptions {
+    /// WebSocket subscribers on the app's stream
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Lines per second the pusher sends (0: as fast as acks allow)
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Lines sent
+    #[arg(long, default_value_t = 20_000)]
+    pub lines: u64,
+    /// Bytes of each line (at least 16: it starts with its index)
+    #[arg(long, default_value_t = 100)]
+    pub line_bytes: usize,
+    /// Lines per `logs` frame (0: one batch per millisecond at --rate, else 1000)
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
+    /// Batches the pusher keeps unacknowledged
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+}
+
+/// `deployd bench read`.
+#[derive(Debug, Clone, Args)]
+pub struct ReadOptions {
+    /// Lines in the deployment read
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lines: u64,
+    /// Bytes of each line (without the newline)
+    #[arg(long, default_value_t = 100)]
+    pub line_bytes: usize,
+    /// Times /output is read
+    #[arg(long, default_value_t = 10)]
+    pub reads: u32,
+}
+
+/// The server a scenario drives.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL (`http://127.0.0.1:8080`).
+    pub url: String,
+    /// API token (sent as `Basic base64(":" + token)`, and in the stream's auth frame).
+    pub token: String,
+}
+
+/// Why a scenario could not run or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Http(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("the run did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+fn protocol(what: impl std::fmt::Display) -> BenchError {
+    BenchError::Protocol(what.to_string())
+}
+
+/// Runs `deployd bench` and returns the process exit code: 0 when the run finished (and, for
+/// fanout, every subscriber got every line once, in order), 1 when fanout saw violations, 2 on
+/// a usage, connection or protocol error.
+pub async fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
+    let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
+        eprintln!("deployd bench: --token (or DEPLOYD_TOKEN) is required");
+        return Ok(super::EXIT_USAGE_OR_AUTH);
+    };
+    if let Err(err) = check_loopback(&args.url, args.allow_remote) {
+        eprintln!("deployd bench: {err}");
+        return Ok(super::EXIT_USAGE_OR_AUTH);
+    }
+    let target = Target {
+        url: args.url.clone(),
+        token,
+    };
+    let limit = Duration::from_secs(args.timeout.max(1));
+    let cpu_before = CpuTimes::take(args.server_pid);
+    let outcome = match &args.scenario {
+        Scenario::Ingest(options) => bounded(limit, ingest(&target, options))
+            .await
+            .map(|r| (r.render(), serde_json::to_value(&r), true)),
+        Scenario::Fanout(options) => bounded(limit, fanout(&target, options)).await.map(|r| {
+            (
+                r.render(),
+                serde_json::to_value(&r),
+                r.violations.is_clean(),
+            )
+        }),
+        Scenario::Read(options) => bounded(limit, read(&target, options))
+            .await
+            .map(|r| (r.render(), serde_json::to_value(&r), true)),
+    };
+    match outcome {
+        Ok((table, json, clean)) => {
+            let cpu = CpuTimes::take(args.server_pid).since(&cpu_before);
+            if args.json {
+                let mut json = json?;
+                if let (Some(cpu), Some(object)) = (&cpu, json.as_object_mut()) {
+                    object.insert("cpu".into(), serde_json::to_value(cpu)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                print!("{table}");
+                if let Some(cpu) = &cpu {
+                    println!(
+                        "  cpu (s)      server {:.2}, bench tool {:.2}, over {:.2} s of wall time",
+                        cpu.server_secs, cpu.tool_secs, cpu.wall_secs
+                    );
+                }
+            }
+            Ok(if clean {
+                super::EXIT_SUCCESS
+            } else {
+                super::EXIT_DEPLOYMENT_FAILED
+            })
+        }
+        Err(err) => {
+            eprintln!("deployd bench: {err}");
+            Ok(super::EXIT_USAGE_OR_AUTH)
+        }
+    }
+}
+
+/// CPU seconds used so far by the server (from `/proc/PID/stat`) and by this process.
+struct CpuTimes {
+    server: Option<f64>,
+    tool: f64,
+    at: Instant,
+}
+
+/// CPU used during a run.
+#[derive(Debug, Clone, serde::Serialize)]
+struct CpuUsed {
+    server_secs: f64,
+    tool_secs: f64,
+    wall_secs: f64,
+}
+
+impl CpuTimes {
+    fn take(server_pid: Option<u32>) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let of = |path: String| -> Option<f64> {
+            let stat = std::fs::read_to_string(path).ok()?;
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            // utime and stime are fields 14 and 15 (the 12th and 13th after the command name).
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks)
+        };
+        Self {
+            server: server_pid.and_then(|pid| of(format!("/proc/{pid}/stat"))),
+            tool: of("/proc/self/stat".into()).unwrap_or(0.0),
+            at: Instant::now(),
+        }
+    }
+
+    fn since(&self, before: &CpuTimes) -> Option<CpuUsed> {
+        Some(CpuUsed {
+            server_secs: self.server? - before.server?,
+            tool_secs: self.tool - before.tool,
+            wall_secs: (self.at - before.at).as_secs_f64(),
+        })
+    }
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    run: impl std::future::Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| BenchError::Timeout(limit))?
+}
+
+/// Refuses a URL whose host is not loopback (`127.0.0.0/8`, `::1`, `localhost`) unless allowed:
+/// a load tool pointed at someone else's server by a typo is an attack.
+pub fn check_loopback(url: &str, allow_remote: bool) -> Result<(), BenchError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| BenchError::Usage(format!("bad URL {url}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(BenchError::Usage(format!(
+            "server URL {url:?} must start with http:// or https://"
+        )));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if loopback || allow_remote {
+        Ok(())
+    } else {
+        Err(BenchError::Usage(format!(
+            "{url} is not a loopback address; pass --allow-remote to drive it anyway"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_servers_are_driven_by_default() {
+        assert!(check_loopback("http://127.0.0.1:8080", false).is_ok());
+        assert!(check_loopback("http://localhost:8080", false).is_ok());
+        assert!(check_loopback("http://[::1]:8080", false).is_ok());
+        assert!(check_loopback("http://10.0.0.1:8080", false).is_err());
+        assert!(check_loopback("https://example.com", false).is_err());
+        assert!(check_loopback("https://example.com", true).is_ok());
+        assert!(check_loopback("ftp://127.0.0.1", true).is_err());
+    }
+}
