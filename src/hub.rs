@@ -37,8 +37,9 @@ pub const MAX_FINISHED_HISTORIES: usize = 4096;
 pub enum EventKind {
     /// A deployment was created.
     New,
-    /// The deployment moved to `status`; `seq` is its last line number at that moment.
-    Status { status: Status, seq: LineNo },
+    /// The deployment moved to `status`; `last_line` is its last line number at that moment
+    /// (the stream spells it `seq` on the wire).
+    Status { status: Status, last_line: LineNo },
     /// A committed segment: lines `first..first + count` (the segment's encoded bytes).
     Logs { first: LineNo, segment: Bytes },
 }
@@ -154,12 +155,12 @@ impl Hub {
             .lock()
             .expect("invariant: hub lock not poisoned");
         for event in events {
-            if let EventKind::Status { status, seq } = event.kind {
+            if let EventKind::Status { status, last_line } = event.kind {
                 histories
                     .by_deployment
                     .entry(event.deployment_id)
                     .or_default()
-                    .push((status, seq));
+                    .push((status, last_line));
                 if status.is_terminal() {
                     histories.finished.push_back(event.deployment_id);
                     while histories.finished.len() > MAX_FINISHED_HISTORIES {
@@ -204,7 +205,7 @@ impl Hub {
     /// Records a committed status (the writer calls it for every unfinished deployment it
     /// creates or recovers, and for every change). A terminal status drops the watch: receivers
     /// keep the last value and see the channel closed.
-    pub fn set_status(&self, id: DeploymentId, status: Status) {
+    pub fn record_status(&self, id: DeploymentId, status: Status) {
         let mut statuses = self
             .statuses
             .lock()

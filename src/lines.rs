@@ -52,10 +52,6 @@ const MAX_CONTINUATION_BYTES: usize = 3;
 // A batch that is cut because a new line does not fit must leave room for that line, and
 // after such a cut the pending batch holds one line, which cannot fill it.
 const _: () = assert!(MAX_BATCH_LINES > 1 && MAX_LINE_BYTES <= MAX_BATCH_BYTES);
-// Until the store writer and `deployd bench` use `MAX_LINE_BYTES` from here, their copies must
-// agree with it: a pusher must never send a line the store would cut again.
-const _: () = assert!(crate::store::writer::MAX_LINE_BYTES == MAX_LINE_BYTES);
-const _: () = assert!(crate::cli::bench::MAX_LINE_BYTES == MAX_LINE_BYTES);
 
 /// What a [`LineSplitter`] does with the bytes of a line beyond its limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

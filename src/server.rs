@@ -52,6 +52,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The served state, weakly: the writer thread ends when the last strong handle is gone.
+    state: std::sync::Weak<Shared>,
 }
 
 impl RunningServer {
@@ -69,6 +71,15 @@ impl RunningServer {
     /// A handle that triggers shutdown (for signal handlers).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// The router this server serves, over the same state, to call without a socket (tests use
+    /// `tower::ServiceExt::oneshot`). `None` once the server stopped. Drop it before
+    /// [`Self::shutdown`]: the writer drains only when the last handle on the state is gone.
+    pub fn router(&self) -> Option<axum::Router> {
+        self.state
+            .upgrade()
+            .map(|shared| api::router(AppState(shared)))
     }
 }
 
@@ -144,6 +155,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     }
 
     let router = api::router(state.clone());
+    let weak_state = Arc::downgrade(&state.0);
     // `stop` is what callers cancel; `state.shutdown` (what sessions and streams watch) follows
     // once the writer stopped promoting queued deployments, so that they survive the restart.
     let stop = CancellationToken::new();
@@ -182,6 +194,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         addr,
         shutdown: stop,
         task,
+        state: weak_state,
     })
 }
 

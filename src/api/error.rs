@@ -44,10 +44,13 @@ pub enum ApiError {
     },
 }
 
-/// The source of an internal error that has only a message.
+/// An internal error's source with what we were doing when it happened.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Detail(String);
+#[error("{what}: {source}")]
+struct Context {
+    what: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
 
 impl ApiError {
     /// A 422 for one field.
@@ -55,13 +58,17 @@ impl ApiError {
         ApiError::Unprocessable(vec![(field.into(), message.into())])
     }
 
-    /// An internal error with only a message (`ApiError::Internal(format!(…))` at call sites
-    /// that had no error value to keep). Spelled like the variant so those call sites read the
-    /// same; an error value converts with `From` or `ApiError::Internal { source }`.
-    #[allow(non_snake_case)]
-    pub fn Internal(detail: String) -> Self {
+    /// An internal error: `source` (an error value, or a message) and what we were doing
+    /// (`"storing the upload"`), kept for the one log line; the client sees neither.
+    pub fn internal(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         ApiError::Internal {
-            source: Box::new(Detail(detail)),
+            source: Box::new(Context {
+                what: what.into(),
+                source: source.into(),
+            }),
         }
     }
 
@@ -120,7 +127,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(text),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::field("body", text),
             StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(text),
-            s if s.is_server_error() => ApiError::Internal(text),
+            s if s.is_server_error() => ApiError::internal("a rejection of the router", text),
             _ => ApiError::BadRequest(text),
         }
     }
@@ -194,7 +201,7 @@ mod tests {
         );
         assert_eq!(ApiError::Conflict("x".into()).body(), json!({"error": "x"}));
         assert_eq!(
-            ApiError::Internal("secret detail".into()).body(),
+            ApiError::internal("testing", "secret detail").body(),
             json!({"error": "internal server error"})
         );
     }

@@ -73,7 +73,7 @@ impl AppState {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| ApiError::Internal(format!("store read task: {e}")))?
+            .map_err(|e| ApiError::internal("store read task", e))?
             .map_err(ApiError::from)
     }
 }

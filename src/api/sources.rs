@@ -86,12 +86,12 @@ pub async fn upload(
     let dir = state.sources.dir().to_path_buf();
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
+        .map_err(|e| ApiError::internal(format!("creating {}", dir.display()), e))?;
     let final_path = state.sources.archive_path(id);
     let partial = final_path.with_extension("partial");
     let mut file = tokio::fs::File::create(&partial)
         .await
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", partial.display())))?;
+        .map_err(|e| ApiError::internal(format!("creating {}", partial.display()), e))?;
     let mut body = request.into_body().into_data_stream();
     let mut written: u64 = 0;
     let outcome: Result<(), ApiError> = async {
@@ -106,11 +106,11 @@ pub async fn upload(
             }
             file.write_all(&chunk)
                 .await
-                .map_err(|e| ApiError::Internal(format!("writing the upload: {e}")))?;
+                .map_err(|e| ApiError::internal("writing the upload", e))?;
         }
         file.sync_all()
             .await
-            .map_err(|e| ApiError::Internal(format!("syncing the upload: {e}")))
+            .map_err(|e| ApiError::internal("syncing the upload", e))
     }
     .await;
     if let Err(err) = outcome {
@@ -119,7 +119,7 @@ pub async fn upload(
     }
     tokio::fs::rename(&partial, &final_path)
         .await
-        .map_err(|e| ApiError::Internal(format!("storing the upload: {e}")))?;
+        .map_err(|e| ApiError::internal("storing the upload", e))?;
     record.uploaded = true;
     state.writer.put_source(record).await?;
     Ok((StatusCode::OK, Json(json!({}))))

@@ -83,6 +83,15 @@ impl TestServer {
         }
     }
 
+    /// The server's router, to call with `tower::ServiceExt::oneshot` (no socket). Drop it
+    /// before [`TestServer::stop`].
+    pub fn router(&self) -> axum::Router {
+        self.running
+            .as_ref()
+            .and_then(RunningServer::router)
+            .expect("the server is running")
+    }
+
     /// Graceful shutdown: sessions end, the writer drains, everything is on disk on return.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {

@@ -33,8 +33,8 @@ pub(super) struct Sent {
 pub(super) enum Live {
     /// The deployment was created.
     New,
-    /// The deployment moved to `status` after line `seq`.
-    Status { status: Status, seq: LineNo },
+    /// The deployment moved to `status` after line `last_line`.
+    Status { status: Status, last_line: LineNo },
     /// Lines `first..first + count` were stored.
     Logs { first: LineNo, count: u64 },
 }
@@ -101,8 +101,8 @@ impl Cursor {
         };
         match live {
             Live::New => Step::Skip,
-            Live::Status { status, seq } => {
-                if seq > sent.line {
+            Live::Status { status, last_line } => {
+                if last_line > sent.line {
                     // Lines before this status are missing: the store has them, and the status.
                     return Step::CatchUp { announce: false };
                 }
@@ -280,9 +280,9 @@ mod tests {
             Step::Send { skip_frames: 0 }
         );
         assert_eq!(cursor.on_event(id(1), Live::New, 1), Step::Skip);
-        let status = |status, seq| Live::Status {
+        let status = |status, last_line| Live::Status {
             status,
-            seq: LineNo(seq),
+            last_line: LineNo(last_line),
         };
         assert_eq!(
             cursor.on_event(id(1), status(Status::Building, 0), 1),
@@ -478,7 +478,14 @@ mod tests {
                     self.store.insert(id, (status, 0, vec![(status, 0)]));
                     self.commit(id, Live::New, 1);
                     let seq = LineNo(0);
-                    self.commit(id, Live::Status { status, seq }, 1);
+                    self.commit(
+                        id,
+                        Live::Status {
+                            status,
+                            last_line: seq,
+                        },
+                        1,
+                    );
                 }
                 Op::Append {
                     which,
@@ -516,13 +523,24 @@ mod tests {
                     record.0 = status;
                     record.2.push((status, last));
                     let seq = LineNo(last);
-                    self.commit(id, Live::Status { status, seq }, 1);
+                    self.commit(
+                        id,
+                        Live::Status {
+                            status,
+                            last_line: seq,
+                        },
+                        1,
+                    );
                 }
                 Op::Publish => {
                     let Some(event) = self.unpublished.pop_front() else {
                         return;
                     };
-                    if let Live::Status { status, seq } = event.live {
+                    if let Live::Status {
+                        status,
+                        last_line: seq,
+                    } = event.live
+                    {
                         self.history
                             .entry(event.id)
                             .or_default()
@@ -567,7 +585,10 @@ mod tests {
                 Step::Skip => {}
                 Step::Send { skip_frames } => match event.live {
                     Live::New => self.wire.push(Wire::New(id)),
-                    Live::Status { status, seq } => self.wire.push(Wire::Status(id, status, seq)),
+                    Live::Status {
+                        status,
+                        last_line: seq,
+                    } => self.wire.push(Wire::Status(id, status, seq)),
                     Live::Logs { first, count } => {
                         for n in first.0 + skip_frames as u64..first.0 + count {
                             self.wire.push(Wire::Line(id, n));

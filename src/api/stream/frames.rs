@@ -198,8 +198,8 @@ fn single_frame(text: &str) -> WireFrames {
 fn render_event(event: &Event) -> WireFrames {
     match &event.kind {
         EventKind::New => single_frame(&new_text(event.deployment_id)),
-        EventKind::Status { status, seq } => {
-            single_frame(&status_text(event.deployment_id, *status, *seq))
+        EventKind::Status { status, last_line } => {
+            single_frame(&status_text(event.deployment_id, *status, *last_line))
         }
         EventKind::Logs { first, segment } => match SegmentView::parse(segment) {
             // Too big to cache for everyone: subscribers read it from the store (see on_event).

@@ -158,7 +158,7 @@ pub async fn upgrade(
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
-        .map_err(|err| ApiError::Internal(err.to_string()))
+        .map_err(|err| ApiError::internal("the 101 response", err))
 }
 
 /// Resume points: deployment id → last line the client has.

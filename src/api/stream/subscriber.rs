@@ -163,9 +163,9 @@ where
         let frames = event_frames(event);
         let live = match &event.kind {
             EventKind::New => Live::New,
-            EventKind::Status { status, seq } => Live::Status {
+            EventKind::Status { status, last_line } => Live::Status {
                 status: *status,
-                seq: *seq,
+                last_line: *last_line,
             },
             // Every line is rendered, unless the event was too big (then none is).
             EventKind::Logs { first, segment } => Live::Logs {

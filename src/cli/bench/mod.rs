@@ -51,8 +51,8 @@ pub const MAX_PUSHERS: usize = 256;
 pub const MAX_SUBSCRIBERS: usize = 10_000;
 /// Most `/output` reads in `read`.
 pub const MAX_READS: u32 = 10_000;
-/// Longest line; the server cuts longer ones (`store::writer::MAX_LINE_BYTES`).
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest line; the server cuts longer ones.
+pub use crate::lines::MAX_LINE_BYTES;
 /// Fanout lines start with their index: 10 digits and a space.
 const INDEX_DIGITS: usize = 10;
 /// Shortest line in `fanout` (the index prefix plus a little text).

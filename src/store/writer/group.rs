@@ -176,7 +176,7 @@ impl WriterState {
         for done in group.done {
             if failure.is_none() {
                 for (id, status) in &done.statuses {
-                    self.hub.set_status(*id, *status);
+                    self.hub.record_status(*id, *status);
                     if status.is_terminal() {
                         self.appender.close(*id);
                     }
@@ -346,7 +346,7 @@ impl WriterState {
             id,
             EventKind::Status {
                 status: record.status,
-                seq: record.last_line,
+                last_line: record.last_line,
             },
         );
         match &change {

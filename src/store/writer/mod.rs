@@ -44,9 +44,6 @@ pub const MAX_GROUP_COMMANDS: usize = 4096;
 /// At most this many bytes of log text in one group commit.
 pub const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
 
-/// Longest stored log line in bytes; longer lines are cut on a char boundary.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
-
 /// Why a write was refused or failed. Refusals change nothing stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {

@@ -72,10 +72,10 @@ impl WriterState {
             }
         }
         for (id, status) in &outcome.statuses {
-            self.hub.set_status(*id, *status);
+            self.hub.record_status(*id, *status);
         }
         for deployment in self.lifecycle.live() {
-            self.hub.set_status(deployment.id, deployment.status);
+            self.hub.record_status(deployment.id, deployment.status);
             if matches!(deployment.driver, Driver::Executor { .. }) {
                 recovery.to_execute.push(deployment.clone());
             }

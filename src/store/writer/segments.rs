@@ -9,8 +9,8 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::group::{put, Group};
-use super::MAX_LINE_BYTES;
 use crate::hub::{Event, EventKind};
+use crate::lines::{self, MAX_LINE_BYTES};
 use crate::model::{AppId, DeploymentId, LineNo, LogStream, NewLine};
 use crate::store::{codec, MAX_SEGMENT_BYTES};
 
@@ -20,18 +20,6 @@ pub(crate) fn line_count(lines: &[NewLine]) -> u64 {
         .iter()
         .map(|line| line.text.split('\n').count() as u64)
         .sum()
-}
-
-/// Cuts `text` to at most `max` bytes on a char boundary.
-fn truncate_on_char_boundary(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Splits `lines` into stored lines numbered from `first` ([`line_count`] of them), encodes
@@ -46,13 +34,7 @@ pub(crate) fn append_segments(
     group: &mut Group,
 ) -> Vec<Event> {
     let pieces = lines.iter().flat_map(|line| {
-        line.text.split('\n').map(move |piece| {
-            let piece = piece.strip_suffix('\r').unwrap_or(piece);
-            (
-                line.stream,
-                truncate_on_char_boundary(piece, MAX_LINE_BYTES),
-            )
-        })
+        lines::split_text(&line.text, MAX_LINE_BYTES).map(move |piece| (line.stream, piece))
     });
     let mut next_line = first;
     let mut events = Vec::new();
@@ -138,7 +120,7 @@ mod tests {
     #[test]
     fn long_lines_are_cut_on_a_char_boundary() {
         let text = "é".repeat(MAX_LINE_BYTES);
-        let cut = truncate_on_char_boundary(&text, MAX_LINE_BYTES - 1);
+        let cut = lines::cut(&text, MAX_LINE_BYTES - 1);
         assert_eq!(cut.len(), MAX_LINE_BYTES - 2);
     }
 }
