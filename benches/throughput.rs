@@ -252,10 +252,7 @@ fn store(c: &mut Criterion) {
             let mut bytes = 0;
             for entry in store.segments_after(read, LineNo(0)) {
                 let (_, segment) = entry.expect("segment");
-                bytes += SegmentView::parse(&segment)
-                    .expect("parse")
-                    .text_from_line(0)
-                    .len();
+                bytes += segment.view().expect("parse").text_from_line(0).len();
             }
             bytes
         })

@@ -1,6 +1,7 @@
 //! The hub: live fan-out of committed events, one broadcast channel per app.
 //!
-//! The writer publishes here only after a commit, so a subscriber never sees an event that is
+//! The writer publishes here (through `store::events::Publish`, which the hub implements, so
+//! that the store does not depend on the hub) only after a commit, so a subscriber never sees an event that is
 //! not stored, and events arrive in store order. Publishing never blocks: a `tokio::broadcast`
 //! channel keeps the last [`APP_CHANNEL_CAPACITY`] events and a subscriber that falls further
 //! behind gets `Lagged`, after which it catches up from the store by line number (see
@@ -12,15 +13,15 @@
 //! deployment (the store keeps only the current status), so that a subscriber catching up after
 //! a lag still sends every status change, at its line number.
 
-use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::model::{AppId, DeploymentId, LineNo};
 use crate::status::Status;
+use crate::store::events::Publish;
+pub use crate::store::events::{Event, EventKind, RenderCache};
 
 /// Events kept per app for subscribers that are behind. With segments capped at
 /// `store::MAX_SEGMENT_BYTES` (1 MiB), an app's channel holds at most 256 MiB of log text in
@@ -31,74 +32,6 @@ pub const APP_CHANNEL_CAPACITY: usize = 256;
 /// needs the history only while catching up on a deployment that just changed, so this is
 /// generous; it costs at most a few hundred KiB.
 pub const MAX_FINISHED_HISTORIES: usize = 4096;
-
-/// What happened, as stored.
-#[derive(Debug, Clone)]
-pub enum EventKind {
-    /// A deployment was created.
-    New,
-    /// The deployment moved to `status`; `last_line` is its last line number at that moment
-    /// (the stream spells it `seq` on the wire).
-    Status { status: Status, last_line: LineNo },
-    /// A committed segment: lines `first..first + count` (the segment's encoded bytes).
-    Logs { first: LineNo, segment: Bytes },
-}
-
-/// One committed event of one deployment.
-#[derive(Debug)]
-pub struct Event {
-    pub app_id: AppId,
-    pub deployment_id: DeploymentId,
-    pub kind: EventKind,
-    /// The event rendered for the wire, once for all subscribers, by whoever reads it first.
-    render_cache: RenderCache,
-}
-
-impl Event {
-    pub fn new(app_id: AppId, deployment_id: DeploymentId, kind: EventKind) -> Self {
-        Self {
-            app_id,
-            deployment_id,
-            kind,
-            render_cache: RenderCache::default(),
-        }
-    }
-
-    /// Where the event's wire rendering is kept (see [`RenderCache`]).
-    pub fn render_cache(&self) -> &RenderCache {
-        &self.render_cache
-    }
-}
-
-/// A once-per-event cache of the event's wire rendering, shared by every subscriber of the
-/// event (fan-out to a thousand sockets renders each event once, not a thousand times). Its
-/// concrete type belongs to the stream that renders (`api::stream`), so the hub stays a domain
-/// module that knows nothing of frames.
-///
-/// Invariant: one cache holds one type; every reader asks for the same `T`.
-#[derive(Default)]
-pub struct RenderCache(OnceLock<Box<dyn Any + Send + Sync>>);
-
-impl RenderCache {
-    /// The cached value, made by `render` the first time anybody asks.
-    pub fn get_or_init<T: Any + Send + Sync>(&self, render: impl FnOnce() -> T) -> &T {
-        self.0
-            .get_or_init(|| Box::new(render()))
-            .downcast_ref::<T>()
-            .expect("invariant: an event's render cache is read as one type only")
-    }
-}
-
-impl std::fmt::Debug for RenderCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = if self.0.get().is_some() {
-            "rendered"
-        } else {
-            "empty"
-        };
-        f.debug_tuple("RenderCache").field(&state).finish()
-    }
-}
 
 /// Per-app broadcast channels and per-deployment status watches.
 #[derive(Default)]
@@ -220,6 +153,16 @@ impl Hub {
                 .or_insert_with(|| watch::channel(status).0)
                 .send_replace(status);
         }
+    }
+}
+
+impl Publish for Hub {
+    fn publish(&self, app: AppId, events: Vec<Event>) {
+        Hub::publish(self, app, events);
+    }
+
+    fn record_status(&self, id: DeploymentId, status: Status) {
+        Hub::record_status(self, id, status);
     }
 }
 

@@ -309,8 +309,8 @@ fn read_chunk(
         .segments_after(id, after)
         .take(OUTPUT_SEGMENTS_PER_READ)
     {
-        let (first, bytes) = entry?;
-        let view = SegmentView::parse(&bytes)?;
+        let (first, segment) = entry?;
+        let view = segment.view()?;
         let end = first.0 + view.line_count() as u64 - 1;
         if end <= last.0 {
             continue;

@@ -166,17 +166,17 @@ impl Appender {
     }
 
     /// Writes one group's appends, in order, then makes every touched file durable.
-    /// `appends`: (deployment, offset, bytes); the first append of a deployment in the group
+    /// `appends`: (deployment, offset, segment); the first append of a deployment in the group
     /// starts at its indexed end.
     pub fn write_durably(
         &mut self,
         logs: &LogFiles,
-        appends: &[(DeploymentId, u64, bytes::Bytes)],
+        appends: &[(DeploymentId, u64, super::Segment)],
     ) -> io::Result<()> {
         let mut touched: Vec<DeploymentId> = Vec::new();
-        for (id, offset, bytes) in appends {
+        for (id, offset, segment) in appends {
             let file = self.open(logs, *id, *offset)?;
-            logs.write_at(file, bytes, *offset)?;
+            logs.write_at(file, segment.as_bytes(), *offset)?;
             if !touched.contains(id) {
                 touched.push(*id);
             }
@@ -210,8 +210,8 @@ mod tests {
             .write_durably(
                 &logs,
                 &[
-                    (id, 0, bytes::Bytes::from_static(b"abc")),
-                    (id, 3, bytes::Bytes::from_static(b"de")),
+                    (id, 0, crate::store::Segment::from_stored(&b"abc"[..])),
+                    (id, 3, crate::store::Segment::from_stored(&b"de"[..])),
                 ],
             )
             .expect("write");
@@ -221,13 +221,19 @@ mod tests {
         std::fs::write(logs.path(id), b"abcdeTORN").expect("tear");
         let mut appender = Appender::default();
         appender
-            .write_durably(&logs, &[(id, 5, bytes::Bytes::from_static(b"f"))])
+            .write_durably(
+                &logs,
+                &[(id, 5, crate::store::Segment::from_stored(&b"f"[..]))],
+            )
             .expect("write");
         assert_eq!(std::fs::read(logs.path(id)).expect("read"), b"abcdef");
         // An index pointing past the file is an error, not silent loss.
         let mut appender = Appender::default();
         assert!(appender
-            .write_durably(&logs, &[(id, 10, bytes::Bytes::from_static(b"x"))])
+            .write_durably(
+                &logs,
+                &[(id, 10, crate::store::Segment::from_stored(&b"x"[..]))]
+            )
             .is_err());
         logs.remove(id);
         assert!(!logs.path(id).exists());

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod engine;
+pub mod events;
 #[cfg(test)]
 pub(crate) mod faults;
 pub mod logs;
@@ -23,6 +24,50 @@ use engine::{prefix_end, Engine, EngineError};
 /// Largest log segment the writer builds. A bigger batch is split over several segments, so
 /// one hub event and one read stay bounded.
 pub const MAX_SEGMENT_BYTES: usize = 1024 * 1024;
+
+/// One encoded log segment (its layout is in [`codec`]), shared without copying: the group
+/// commit writes it to the log file and hands the same bytes to the hub event, and a read
+/// returns it as read. Only [`Segment::view`] interprets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment(bytes::Bytes);
+
+impl Segment {
+    /// Encodes lines that contain no `\n` (see [`codec::encode_segment`]).
+    pub fn encode<'a>(
+        stored_at: time::OffsetDateTime,
+        lines: impl ExactSizeIterator<Item = (crate::model::LogStream, &'a str)> + Clone,
+        text_len: usize,
+    ) -> Segment {
+        Segment(bytes::Bytes::from(codec::encode_segment(
+            stored_at, lines, text_len,
+        )))
+    }
+
+    /// Bytes read back from a log file, as the index says a segment lies there; not checked
+    /// until [`Segment::view`].
+    pub fn from_stored(bytes: impl Into<bytes::Bytes>) -> Segment {
+        Segment(bytes.into())
+    }
+
+    /// The decoded header, stream codes and text, borrowing the bytes.
+    pub fn view(&self) -> Result<codec::SegmentView<'_>, CodecError> {
+        codec::SegmentView::parse(&self.0)
+    }
+
+    /// The encoded bytes (what the log file holds).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Encoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// A read failure.
 #[derive(Debug, thiserror::Error)]
@@ -263,13 +308,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The segments holding lines after `after`, in order: `(first line, segment bytes)`.
+    /// The segments holding lines after `after`, in order: `(first line, segment)`.
     /// The first segment may start at or before `after`; callers skip what they already have.
     pub fn segments_after(
         &self,
         id: DeploymentId,
         after: LineNo,
-    ) -> impl Iterator<Item = Result<(LineNo, Vec<u8>), StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<(LineNo, Segment), StoreError>> + '_ {
         let prefix = codec::segments_prefix(id);
         let end = prefix_end(&prefix);
         // The segment holding line after+1 starts at or before it: find the last such key.
@@ -290,7 +335,7 @@ impl Store {
                 slot => slot.insert(self.logs.open_for_read(id)?),
             };
             let bytes = logs::LogFiles::read_at(file, segment.offset, segment.len as usize)?;
-            Ok((first, bytes))
+            Ok((first, Segment::from_stored(bytes)))
         })
     }
 

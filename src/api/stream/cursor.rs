@@ -227,6 +227,16 @@ impl Cursor {
     }
 }
 
+/// Whether a deployment belongs in the replay after auth: it is not finished, or it finished
+/// at most `window` before `now` (DESIGN: "not finished or finished in the last few minutes").
+pub fn in_replay_window(
+    finished_at: Option<time::OffsetDateTime>,
+    now: time::OffsetDateTime,
+    window: std::time::Duration,
+) -> bool {
+    finished_at.is_none_or(|at| at >= now - window)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;

@@ -201,7 +201,7 @@ fn render_event(event: &Event) -> WireFrames {
         EventKind::Status { status, last_line } => {
             single_frame(&status_text(event.deployment_id, *status, *last_line))
         }
-        EventKind::Logs { first, segment } => match SegmentView::parse(segment) {
+        EventKind::Logs { first, segment } => match segment.view() {
             // Too big to cache for everyone: subscribers read it from the store (see on_event).
             Ok(view)
                 if view.text.len() + view.line_count() * LOG_FRAME_OVERHEAD
@@ -245,11 +245,11 @@ pub(super) fn read_log_frames(
         .segments_after(id, after)
         .take(CATCH_UP_SEGMENTS_PER_READ)
     {
-        let (first, bytes) = entry?;
+        let (first, segment) = entry?;
         if first > until {
             break;
         }
-        let view = SegmentView::parse(&bytes)?;
+        let view = segment.view()?;
         let end = first.0 + view.line_count() as u64 - 1;
         if end <= last.0 {
             continue;

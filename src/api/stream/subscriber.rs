@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
-use super::cursor::{CatchUpStep, Cursor, Live, Step};
+use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Step};
 use super::frames::{event_frames, new_text, ping_frame, read_log_frames, status_text, text_frame};
 #[cfg(doc)]
 use super::MAX_READ_BYTES;
@@ -25,7 +25,6 @@ use super::{read_error, End, Resume};
 use crate::api::AppState;
 use crate::hub::{Event, EventKind};
 use crate::model::{AppId, DeploymentId, LineNo};
-use crate::store::codec::SegmentView;
 
 /// While events keep coming, a subscriber writes to its socket at most once per this interval
 /// (the first event after a quiet spell goes out at once). Each write and wakeup costs a few
@@ -171,7 +170,7 @@ where
             EventKind::Logs { first, segment } => Live::Logs {
                 first: *first,
                 count: if frames.is_empty() {
-                    SegmentView::parse(segment).map_or(0, |v| v.line_count()) as u64
+                    segment.view().map_or(0, |v| v.line_count()) as u64
                 } else {
                     frames.len() as u64
                 },
@@ -194,11 +193,11 @@ where
         let mut ids = self
             .state
             .read(move |store| {
-                let cutoff = OffsetDateTime::now_utc() - window;
+                let now = OffsetDateTime::now_utc();
                 let mut ids = Vec::new();
                 for id in store.deployment_ids(app, 0, REPLAY_SCAN_LIMIT)? {
                     if let Some(d) = store.deployment(id)? {
-                        if d.finished_at.is_none_or(|at| at >= cutoff) {
+                        if in_replay_window(d.finished_at, now, window) {
                             ids.push(id);
                         }
                     }

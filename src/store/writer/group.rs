@@ -18,15 +18,15 @@ use super::handle::{Command, Reply};
 use super::lifecycle::{Change, Lifecycle, Refusal};
 use super::segments::{append_segments, line_count};
 use super::{Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
-use crate::hub::{Event, EventKind, Hub};
 use crate::model::{
     AppId, Deployment, DeploymentId, Driver, LastDeployment, LineNo, NewLine, Pusher,
 };
 use crate::status::{Status, TransitionError};
 use crate::store::codec;
 use crate::store::engine::{BatchOp, Engine};
+use crate::store::events::{Event, EventKind, Publish};
 use crate::store::logs::{Appender, LogFiles};
-use crate::store::Store;
+use crate::store::{Segment, Store};
 
 /// What a validated command does once its group is durable.
 struct Done {
@@ -69,7 +69,7 @@ impl<T> Outcome<T> {
 pub(crate) struct Group {
     /// Segments to append to log files: (deployment, file offset, bytes), written and synced
     /// before `ops` (which hold their index entries) are committed.
-    pub(crate) appends: Vec<(DeploymentId, u64, Bytes)>,
+    pub(crate) appends: Vec<(DeploymentId, u64, Segment)>,
     /// Log files to remove once `ops` (which drop their index) are committed.
     pub(super) removals: Vec<DeploymentId>,
     pub(crate) ops: Vec<BatchOp>,
@@ -93,14 +93,14 @@ pub(super) struct WriterState {
     pub(super) appender: Appender,
     /// Per unfinished deployment, the end of its log file's indexed part.
     pub(super) log_ends: HashMap<DeploymentId, u64>,
-    pub(super) hub: Arc<Hub>,
+    pub(super) hub: Arc<dyn Publish>,
     pub(super) lifecycle: Lifecycle,
     /// Set when a commit failed: memory may no longer match the disk, so refuse everything.
     failed: Option<String>,
 }
 
 impl WriterState {
-    pub(super) fn new(store: Store, hub: Arc<Hub>) -> Self {
+    pub(super) fn new(store: Store, hub: Arc<dyn Publish>) -> Self {
         Self {
             engine: store.engine().clone(),
             logs: store.logs().clone(),

@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::group::WriterState;
 use super::{Recovery, Target, WriteError, WRITER_QUEUE_CAPACITY};
-use crate::hub::Hub;
 use crate::model::{
     App, AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher, Token, TokenId, User,
     UserId,
 };
+use crate::store::events::Publish;
 use crate::store::{codec, Store, StoreError};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
@@ -121,7 +121,7 @@ impl Writer {
     /// Recovers unfinished deployments, then starts the writer thread.
     pub fn start(
         store: Store,
-        hub: Arc<Hub>,
+        hub: Arc<dyn Publish>,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
         let mut state = WriterState::new(store, hub);
         let recovery = state.recover()?;

@@ -5,14 +5,13 @@
 //! It numbers lines from the `first` it is given and never decides which lines a deployment may
 //! take (that is `lifecycle`); it does no I/O (the group commit writes what it adds).
 
-use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::group::{put, Group};
-use crate::hub::{Event, EventKind};
 use crate::lines::{self, MAX_LINE_BYTES};
 use crate::model::{AppId, DeploymentId, LineNo, LogStream, NewLine};
-use crate::store::{codec, MAX_SEGMENT_BYTES};
+use crate::store::events::{Event, EventKind};
+use crate::store::{codec, Segment, MAX_SEGMENT_BYTES};
 
 /// How many stored lines `lines` make (one per `\n`-separated piece).
 pub(crate) fn line_count(lines: &[NewLine]) -> u64 {
@@ -46,11 +45,7 @@ pub(crate) fn append_segments(
                 return;
             }
             let first = next_line;
-            let segment = Bytes::from(codec::encode_segment(
-                stored_at,
-                chunk.iter().copied(),
-                *chunk_bytes,
-            ));
+            let segment = Segment::encode(stored_at, chunk.iter().copied(), *chunk_bytes);
             group.text_bytes += *chunk_bytes;
             let reference = codec::SegmentRef {
                 offset: *log_end,
@@ -113,7 +108,7 @@ mod tests {
         let (_, offset, segment) = &group.appends[0];
         assert_eq!(*offset, 10);
         assert_eq!(log_end, 10 + segment.len() as u64);
-        let view = codec::SegmentView::parse(segment).expect("segment");
+        let view = segment.view().expect("segment");
         assert_eq!(view.text, b"a\nb\nc\n");
     }
 

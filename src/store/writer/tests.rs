@@ -137,10 +137,7 @@ fn stored_text(store: &Store, id: DeploymentId) -> String {
         .segments_after(id, LineNo(0))
         .flat_map(|s| {
             let (_, bytes) = s.expect("segment");
-            codec::SegmentView::parse(&bytes)
-                .expect("parse")
-                .text
-                .to_vec()
+            bytes.view().expect("parse").text.to_vec()
         })
         .collect();
     String::from_utf8(text).expect("utf8")
