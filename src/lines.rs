@@ -337,6 +337,7 @@ impl Batcher {
     }
 
     /// Whether no line is pending.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }

@@ -53,10 +53,6 @@ impl Session {
         Ok((Session::new(writer, deployment.id), deployment))
     }
 
-    pub fn deployment(&self) -> DeploymentId {
-        self.deployment
-    }
-
     /// Appends lines; returns the last durable line number.
     pub async fn append_logs(&self, lines: Vec<NewLine>) -> Result<LineNo, WriteError> {
         self.writer.append_logs(self.deployment, lines).await

@@ -153,7 +153,9 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 }
 
 /// Appends one client frame masked with `mask` (RFC 6455, 5.3). `first` is the whole first
-/// byte (FIN and opcode), so that fragments can be written too.
+/// byte (FIN and opcode), so that fragments can be written too. Only tests play the client:
+/// the load tool's sockets use tokio-tungstenite to send.
+#[cfg(test)]
 pub fn encode_client_frame(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: [u8; 4]) {
     out.push(first);
     push_length(out, MASK, payload.len());
