@@ -130,8 +130,8 @@ pub enum ConfigError {
     #[error("invalid public URL {0:?}: it must start with http:// or https://")]
     PublicUrl(String),
     #[error(
-        "[executor] max_line_bytes = {0} is out of range: it must be between 1 and {max} \
-         (the longest line the store keeps)",
+        "[executor] max_line_bytes = {0} is out of range: it must be at most {max} \
+         (the longest line the store keeps; 0 means that limit)",
         max = crate::lines::MAX_LINE_BYTES
     )]
     MaxLineBytes(usize),
@@ -202,11 +202,13 @@ impl Config {
             pipeline.max_archive_entries = v;
         }
         if let Some(v) = e.max_line_bytes {
-            // A longer executor line would be cut again by the store, at another limit.
-            if v == 0 || v > crate::lines::MAX_LINE_BYTES {
-                return Err(ConfigError::MaxLineBytes(v));
-            }
-            pipeline.max_line_bytes = v;
+            // A longer executor line would be cut again by the store, at another limit. As for
+            // every limit, 0 lifts it: lines are then cut only where the store cuts them.
+            pipeline.max_line_bytes = match v {
+                0 => crate::lines::MAX_LINE_BYTES,
+                v if v > crate::lines::MAX_LINE_BYTES => return Err(ConfigError::MaxLineBytes(v)),
+                v => v,
+            };
         }
         if let Some(v) = overrides.allow_private_sources.or(e.allow_private_sources) {
             pipeline.allow_private_sources = v;
@@ -316,11 +318,12 @@ mod tests {
         let max = crate::lines::MAX_LINE_BYTES;
         let at_max = Config::from_parts(file(max), Overrides::default()).expect("config");
         assert_eq!(at_max.pipeline.max_line_bytes, max);
-        for refused in [max + 1, 0] {
-            let error = Config::from_parts(file(refused), Overrides::default()).unwrap_err();
-            assert!(matches!(error, ConfigError::MaxLineBytes(v) if v == refused));
-            assert!(error.to_string().contains("max_line_bytes"), "{error}");
-        }
+        let error = Config::from_parts(file(max + 1), Overrides::default()).unwrap_err();
+        assert!(matches!(error, ConfigError::MaxLineBytes(v) if v == max + 1));
+        assert!(error.to_string().contains("max_line_bytes"), "{error}");
+        // 0 lifts the executor's own limit: lines are cut only at the store's.
+        let unlimited = Config::from_parts(file(0), Overrides::default()).expect("config");
+        assert_eq!(unlimited.pipeline.max_line_bytes, max);
         let defaults = Config::from_parts(FileConfig::default(), Overrides::default());
         assert_eq!(defaults.expect("config").pipeline.max_line_bytes, 16 * 1024);
     }

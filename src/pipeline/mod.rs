@@ -103,7 +103,7 @@ pub struct PipelineConfig {
     pub max_archive_entries: u64,
     /// Longer output lines are cut at this many bytes (on a char boundary; the rest of the line
     /// is dropped). At most [`crate::lines::MAX_LINE_BYTES`], the store's limit (the config
-    /// refuses more).
+    /// refuses more, and takes 0 to mean that limit).
     pub max_line_bytes: usize,
     /// Allow loopback/private source addresses (tests, trusted networks).
     pub allow_private_sources: bool,
