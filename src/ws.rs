@@ -191,20 +191,22 @@ pub fn accept_key(key: &[u8]) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
 }
 
+/// The payload of one encoded unmasked text frame (a test helper for every frame encoder).
+#[cfg(test)]
+pub(crate) fn text_payload(frame: &[u8]) -> &[u8] {
+    assert_eq!(frame[0], 0x81);
+    let header = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[header..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The payload of one encoded unmasked text frame.
-    fn text_payload(frame: &[u8]) -> &[u8] {
-        assert_eq!(frame[0], 0x81);
-        let header = match frame[1] {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        &frame[header..]
-    }
 
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

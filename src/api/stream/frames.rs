@@ -279,17 +279,8 @@ mod tests {
     use super::*;
     use crate::model::LogStream;
     use crate::store::codec::encode_segment;
+    use crate::ws::text_payload;
 
-    /// The payload of one encoded unmasked text frame.
-    fn text_payload(frame: &[u8]) -> &[u8] {
-        assert_eq!(frame[0], 0x81);
-        let header = match frame[1] {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        &frame[header..]
-    }
 
     #[test]
     fn log_frames_escape_and_number_lines() {
