@@ -207,7 +207,6 @@ pub(crate) fn text_payload(frame: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         encode_client_frame(&mut out, first, payload, [1, 2, 3, 4]);

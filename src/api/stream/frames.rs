@@ -281,7 +281,6 @@ mod tests {
     use crate::store::codec::encode_segment;
     use crate::ws::text_payload;
 
-
     #[test]
     fn log_frames_escape_and_number_lines() {
         let lines = [

@@ -13,11 +13,13 @@ use crate::model::{AppId, DeploymentId, LineNo, LogStream, NewLine};
 use crate::store::events::{Event, EventKind};
 use crate::store::{codec, Segment, MAX_SEGMENT_BYTES};
 
-/// How many stored lines `lines` make (one per `\n`-separated piece).
+/// How many stored lines `lines` make (one per `\n`-separated piece). Counted before the
+/// lines are cut into segments (the lifecycle hands out their numbers first), so it is one
+/// SIMD scan per line rather than a second split.
 pub(crate) fn line_count(lines: &[NewLine]) -> u64 {
     lines
         .iter()
-        .map(|line| line.text.split('\n').count() as u64)
+        .map(|line| 1 + memchr::memchr_iter(b'\n', line.text.as_bytes()).count() as u64)
         .sum()
 }
 
