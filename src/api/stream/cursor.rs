@@ -180,8 +180,8 @@ impl Cursor {
             statuses.push((current, last_line));
         }
         let mut steps = Vec::with_capacity(2 * statuses.len() + 2);
-        for (status, seq) in statuses {
-            steps.push(CatchUpStep::Lines { until: seq });
+        for (status, at_line) in statuses {
+            steps.push(CatchUpStep::Lines { until: at_line });
             if status == current {
                 // The current status goes after every line stored when it was read.
                 steps.push(CatchUpStep::Lines { until: last_line });

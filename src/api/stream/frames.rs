@@ -170,11 +170,12 @@ pub(super) fn text_frame(text: &str) -> Vec<u8> {
     out
 }
 
-pub(super) fn status_text(deployment: DeploymentId, status: Status, seq: LineNo) -> String {
+/// A `status` frame's JSON; `last_line` goes on the wire as `seq`.
+pub(super) fn status_text(deployment: DeploymentId, status: Status, last_line: LineNo) -> String {
     format!(
         r#"{{"type":"status","id":"{deployment}","data":{{"status":"{}"}},"seq":{}}}"#,
         status.as_str(),
-        seq.0
+        last_line.0
     )
 }
 
