@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::model::{LogStream, NewLine};
 
 /// Longest line in bytes anywhere: what a pusher sends, what the store keeps. Longer lines are
-/// cut (or split, see [`Overlong`]) on a char boundary. 64 KiB holds any line a human reads and
+/// cut (or split, see `Overlong`) on a char boundary. 64 KiB holds any line a human reads and
 /// most minified bundles' lines, while bounding what one line costs every subscriber.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 

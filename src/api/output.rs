@@ -5,7 +5,7 @@
 //! subscribes to the app's hub channel FIRST, then reads what the store has; hub events only
 //! say when to read again, so lines always come from the store, in store order, each once, and
 //! a slow reader simply reads more per round. Memory per follower is bounded: at most
-//! [`FOLLOW_CHUNKS_IN_FLIGHT`] chunks of ≤ [`MAX_READ_BYTES`] (plus one line).
+//! `FOLLOW_CHUNKS_IN_FLIGHT` chunks of ≤ `MAX_READ_BYTES` (plus one line).
 //!
 //! It renders text only; the WebSocket stream is `api::stream`'s, and this module never writes.
 

@@ -1,7 +1,7 @@
 //! The external pushers' WebSocket, `GET /v1/apps/{app}/push` (frames in `api::protocol`).
 //!
 //! One connection is one pusher session. The connection task reads frames, turns them into the
-//! [`Session`]'s calls (`create`, `queue_append`, `transition`, `set_image_size`, and `lost` when
+//! `Session`'s calls (`create`, `queue_append`, `transition`, `set_image_size`, and `lost` when
 //! the socket ends early; it never writes through anything else), and answers each: `ack` with the last durable
 //! line, `status` when the status changed (also when the writer promoted a queued deployment),
 //! `error` for a refused frame (nothing changed). Several log batches may be in flight at once

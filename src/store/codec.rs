@@ -488,7 +488,7 @@ pub struct StoredDeployment {
     pub id: [u8; 16],
     pub app_id: [u8; 16],
     pub created_at: i64,
-    /// [`Status::code`].
+    /// The status's code ([`status_code`]).
     pub status: u8,
     pub finished_at: Option<i64>,
     pub git_ref: String,

@@ -9,10 +9,10 @@
 //!
 //! Crash safety: the writer writes and syncs the files *before* it commits the index entries
 //! that point into them. After a crash a file may hold a torn tail no index entry points to; the
-//! writer cuts it off ([`Appender::open`]) before it appends again, and readers never read past
+//! writer cuts it off (`Appender::open`) before it appends again, and readers never read past
 //! an indexed segment.
 //!
-//! Only the writer thread appends ([`Appender`]); readers ([`LogFiles::read`]) read any time.
+//! Only the writer thread appends (`Appender`); readers (`LogFiles::read`) read any time.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

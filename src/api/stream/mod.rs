@@ -8,8 +8,8 @@
 //! repeated, whatever the subscriber's speed, and the wire order is the store order.
 //!
 //! Layout: this module upgrades the connection, authenticates the first frame and closes with
-//! the right code; [`conn`] reads client frames and buffers server frames; [`frames`] renders
-//! what is sent; [`cursor`] (pure) decides what each subscriber still needs; [`subscriber`] is
+//! the right code; `conn` reads client frames and buffers server frames; `frames` renders
+//! what is sent; `cursor` (pure) decides what each subscriber still needs; `subscriber` is
 //! the I/O loop doing what the cursor decides. Bytes on the wire are `crate::ws`'s. The plain
 //! and SSE `/output` is `api::output`'s.
 //!

@@ -18,7 +18,7 @@
 //! Each command's stdout and stderr are read concurrently, echoed (byte for byte) to our own
 //! stdout/stderr, split into lines of at most [`MAX_LINE_BYTES`] (longer lines are split, not
 //! cut: the store keeps lines of that size) and sent in numbered `logs` batches by a
-//! [`Batcher`] (both from [`crate::lines`]). An `AckWindow` bounds
+//! `Batcher` (both from `crate::lines`). An `AckWindow` bounds
 //! the batches not yet acknowledged (durable) by the server: when it is full we stop reading
 //! the command's pipes, so a slow server slows the build down instead of growing our memory.
 //! Before any status change every batch must be acknowledged, so a status is never stored
@@ -36,7 +36,6 @@
 //! and turns how the session ended into an exit code.
 //!
 //! [`MAX_LINE_BYTES`]: crate::lines::MAX_LINE_BYTES
-//! [`Batcher`]: crate::lines::Batcher
 
 mod session;
 
