@@ -77,9 +77,12 @@ impl RunningServer {
     /// `tower::ServiceExt::oneshot`). `None` once the server stopped. Drop it before
     /// [`Self::shutdown`]: the writer drains only when the last handle on the state is gone.
     pub fn router(&self) -> Option<axum::Router> {
-        self.state
-            .upgrade()
-            .map(|shared| api::router(AppState(shared)))
+        self.state().map(api::router)
+    }
+
+    /// The served state (for the crate's own tests); `None` once the server stopped.
+    pub(crate) fn state(&self) -> Option<AppState> {
+        self.state.upgrade().map(AppState)
     }
 }
 

@@ -314,3 +314,69 @@ async fn guard_write(
         () = state.shutdown.cancelled() => Err(End::Shutdown),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, FileConfig, Overrides};
+
+    /// A server in this test's runtime, on a temporary data directory (the subscriber needs
+    /// its state: store reads, the hub, the configuration).
+    async fn start_server() -> (tempfile::TempDir, crate::server::RunningServer, AppState) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::from_parts(
+            FileConfig::default(),
+            Overrides {
+                listen: Some("127.0.0.1:0".parse().expect("address")),
+                data_dir: Some(dir.path().join("data")),
+                admin_token: Some("stall-test-admin-token-0123456789".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("config");
+        let running = crate::server::start(config).await.expect("server");
+        let state = running.state().expect("running");
+        (dir, running, state)
+    }
+
+    /// Paused time and an in-memory socket (no real I/O, so the clock moves only for the
+    /// subscriber's own timers): a client that never reads is dropped once its socket accepted
+    /// nothing for `WRITE_STALL_TIMEOUT` (5 minutes, as the README says), and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_is_dropped_once_its_socket_accepted_nothing_for_the_stall_timeout(
+    ) {
+        assert_eq!(
+            WRITE_STALL_TIMEOUT,
+            Duration::from_secs(300),
+            "the README says 5 minutes"
+        );
+        let (_dir, running, state) = start_server().await;
+        let ping_interval = state.config.stream.ping_interval;
+        let app = AppId::generate();
+        // 64 bytes: one ping frame (42 bytes) fits, the second one does not.
+        let (server_side, _client_side) = tokio::io::duplex(64);
+        let mut conn = Conn::new(server_side);
+        let live = state.hub.subscribe(app);
+        let started = tokio::time::Instant::now();
+        let end = tokio::time::timeout(
+            WRITE_STALL_TIMEOUT + 10 * ping_interval,
+            Subscriber::new(state.clone(), app, &mut conn).run(live, Resume::new()),
+        )
+        .await
+        .expect("the stalled client was never dropped");
+        let waited = started.elapsed();
+        assert!(matches!(end, Err(End::Stalled)), "{end:?}");
+        // The write that stalls is the second ping's, one ping interval in.
+        assert!(
+            waited >= WRITE_STALL_TIMEOUT + ping_interval,
+            "dropped after {waited:?}, before the stall timeout"
+        );
+        assert!(
+            waited <= WRITE_STALL_TIMEOUT + 2 * ping_interval,
+            "dropped late, after {waited:?}"
+        );
+        drop(conn);
+        drop(state);
+        running.shutdown().await;
+    }
+}
