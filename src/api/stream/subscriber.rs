@@ -379,4 +379,65 @@ mod tests {
         drop(state);
         running.shutdown().await;
     }
+
+    /// Paused time and an in-memory socket: the first event after a quiet spell is written at
+    /// once; events that follow it within `FLUSH_INTERVAL` wait and go out together, one write
+    /// one interval later (what keeps fan-out to thousands of sockets cheap).
+    #[tokio::test(start_paused = true)]
+    async fn the_first_event_goes_out_at_once_and_the_next_ones_together_one_flush_interval_later()
+    {
+        use tokio::io::AsyncReadExt;
+
+        let (_dir, running, state) = start_server().await;
+        let app = AppId::generate();
+        let (server_side, mut client) = tokio::io::duplex(64 * 1024);
+        let live = state.hub.subscribe(app);
+        let subscriber_state = state.clone();
+        let subscriber = tokio::spawn(async move {
+            let mut conn = Conn::new(server_side);
+            let _ = Subscriber::new(subscriber_state, app, &mut conn)
+                .run(live, Resume::new())
+                .await;
+        });
+        // Let the subscriber finish its (empty) replay and wait for events.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let ids: Vec<DeploymentId> = (0..3).map(|_| DeploymentId::generate()).collect();
+        let announce = |id: DeploymentId| Event::new(app, id, EventKind::New);
+        let started = tokio::time::Instant::now();
+        state.hub.publish(app, vec![announce(ids[0])]);
+        let mut received = Vec::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        let n = client.read(&mut buffer).await.expect("read");
+        received.extend_from_slice(&buffer[..n]);
+        assert!(
+            started.elapsed() < FLUSH_INTERVAL,
+            "the first event waited {:?}",
+            started.elapsed()
+        );
+        let text = String::from_utf8_lossy(&received).to_string();
+        assert!(text.contains(&ids[0].to_string()), "{text}");
+
+        // Two more right behind it: held back until the interval since the last write passed.
+        state
+            .hub
+            .publish(app, vec![announce(ids[1]), announce(ids[2])]);
+        let n = client.read(&mut buffer).await.expect("read");
+        let waited = started.elapsed();
+        let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+        assert!(
+            waited >= FLUSH_INTERVAL,
+            "the next events went out after {waited:?}, inside the flush interval"
+        );
+        assert!(
+            text.contains(&ids[1].to_string()) && text.contains(&ids[2].to_string()),
+            "both in one write: {text}"
+        );
+
+        subscriber.abort();
+        let _ = subscriber.await;
+        drop(state);
+        running.shutdown().await;
+    }
 }
