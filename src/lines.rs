@@ -352,6 +352,25 @@ pub async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// The fullest batch `policy` cuts: lines of [`MAX_LINE_BYTES`] pushed until the byte limit
+/// forces a cut (it checks that nothing is cut earlier, and that the cut holds every line that
+/// fit). Shared by the batcher's tests and the push client's frame-size test.
+#[cfg(test)]
+pub(crate) fn fullest_cut_batch(policy: BatchPolicy) -> Batch {
+    let now = Instant::now();
+    let mut batcher = Batcher::new(policy);
+    let line = "x".repeat(MAX_LINE_BYTES);
+    let per_batch = MAX_BATCH_BYTES / MAX_LINE_BYTES;
+    for _ in 0..per_batch {
+        assert_eq!(batcher.push(NewLine::stdout(line.clone()), now), None);
+    }
+    let cut = batcher
+        .push(NewLine::stdout(line), now)
+        .expect("a cut once the bytes are full");
+    assert_eq!(cut.lines.len(), per_batch);
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,15 +636,7 @@ mod tests {
 
     #[test]
     fn batcher_cuts_before_exceeding_bytes() {
-        let now = t0();
-        let mut batcher = Batcher::new(ONE_STREAM);
-        let line = "x".repeat(MAX_LINE_BYTES);
-        let per_batch = MAX_BATCH_BYTES / MAX_LINE_BYTES;
-        for _ in 0..per_batch {
-            assert_eq!(batcher.push(NewLine::stdout(line.clone()), now), None);
-        }
-        let cut = batcher.push(NewLine::stdout(line.clone()), now).unwrap();
-        assert_eq!(cut.lines.len(), per_batch);
+        let cut = fullest_cut_batch(ONE_STREAM);
         assert!(cut.lines.iter().map(|l| l.text.len()).sum::<usize>() <= MAX_BATCH_BYTES);
     }
 }

@@ -477,23 +477,10 @@ fn shell(command_line: &str) -> Command {
 mod tests {
     use super::*;
     use crate::api::protocol::MAX_PUSH_FRAME_BYTES;
-    use crate::lines::MAX_BATCH_BYTES;
-
-    fn t0() -> Instant {
-        Instant::now()
-    }
 
     #[test]
     fn a_batch_cut_before_exceeding_its_bytes_fits_one_frame() {
-        let now = t0();
-        let mut batcher = Batcher::new(PUSH_BATCHING);
-        let line = "x".repeat(MAX_LINE_BYTES);
-        let per_batch = MAX_BATCH_BYTES / MAX_LINE_BYTES;
-        for _ in 0..per_batch {
-            assert_eq!(batcher.push(NewLine::stdout(line.clone()), now), None);
-        }
-        let cut = batcher.push(NewLine::stdout(line.clone()), now).unwrap();
-        assert_eq!(cut.lines.len(), per_batch);
+        let cut = crate::lines::fullest_cut_batch(PUSH_BATCHING);
         let frame = serde_json::to_string(&logs_frame(cut)).unwrap();
         assert!(frame.len() < MAX_PUSH_FRAME_BYTES);
     }
