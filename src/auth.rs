@@ -24,6 +24,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::model::Grant;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Prefix of every API token, so a leaked token is recognisable (secret scanners, logs).
@@ -72,6 +74,14 @@ pub struct JwtClaims {
     pub iat: i64,
     /// Expires at, unix seconds; the JWT is valid while `now < exp`.
     pub exp: i64,
+    /// The scope of the token it was exchanged from (`read`, `deploy`, `full`), so that a
+    /// client can see what it holds. Absent in JWTs issued before scopes (they act as their
+    /// token does). The API takes the narrower of this and the token's stored scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The ids of the apps that token is limited to, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<String>>,
 }
 
 impl JwtClaims {
@@ -82,7 +92,19 @@ impl JwtClaims {
             tid: token_id.into(),
             iat: now_unix,
             exp: now_unix.saturating_add(JWT_LIFETIME_SECS),
+            scope: None,
+            apps: None,
         }
+    }
+
+    /// The same claims, stating the token's scope and app list.
+    pub fn with_grant(mut self, grant: &Grant) -> Self {
+        self.scope = Some(grant.scope.as_str().to_owned());
+        self.apps = grant
+            .apps
+            .as_ref()
+            .map(|apps| apps.iter().map(ToString::to_string).collect());
+        self
     }
 }
 
@@ -295,6 +317,26 @@ mod tests {
             verify_jwt(SECRET, &jwt, NOW + JWT_LIFETIME_SECS - 1).unwrap(),
             claims()
         );
+    }
+
+    #[test]
+    fn jwt_claims_carry_the_scope_and_apps_of_their_token() {
+        let app = crate::model::AppId::from_bytes([1; 16]);
+        let grant = Grant {
+            scope: crate::model::Scope::Deploy,
+            apps: Some(vec![app]),
+        };
+        let claims = claims().with_grant(&grant);
+        let jwt = issue_jwt(SECRET, &claims);
+        let verified = verify_jwt(SECRET, &jwt, NOW).unwrap();
+        assert_eq!(verified.scope.as_deref(), Some("deploy"));
+        assert_eq!(verified.apps, Some(vec![app.to_string()]));
+        // A JWT from before scopes has neither claim and still verifies.
+        let plain = issue_jwt(SECRET, &self::claims());
+        let payload = plain.split('.').nth(1).unwrap();
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(!text.contains("scope"), "{text}");
+        assert_eq!(verify_jwt(SECRET, &plain, NOW).unwrap().scope, None);
     }
 
     #[test]

@@ -47,6 +47,20 @@ pub struct StreamConfig {
     /// After auth, finished deployments are replayed if they ended less than this ago (5 min):
     /// long enough for `scalingo deploy`, which opens the socket after creating the deployment.
     pub replay_window: Duration,
+    /// What a `new` event carries (`[stream] new_event`): the deployment's id (default).
+    pub new_event: NewEventForm,
+}
+
+/// The form of the stream's `new` event's `data.deployment` (compat.md: the spec page and
+/// scalingo.js have the id; Scalingo's Go CLI decodes the object and drops anything else, so
+/// `deployment-follow` prints its `[NEW]` line only with `object`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NewEventForm {
+    /// `"data":{"deployment":"<id>"}`, as the spec page shows.
+    #[default]
+    Id,
+    /// `"data":{"deployment":{…the deployment object…}}`, as the Go CLI reads it.
+    Object,
 }
 
 /// Size limits on what clients send.
@@ -76,6 +90,8 @@ pub struct FileStream {
     pub ping_interval_secs: Option<u64>,
     pub auth_timeout_secs: Option<u64>,
     pub replay_window_secs: Option<u64>,
+    /// `"id"` (default) or `"object"`: see [`NewEventForm`].
+    pub new_event: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +151,8 @@ pub enum ConfigError {
         max = crate::lines::MAX_LINE_BYTES
     )]
     MaxLineBytes(usize),
+    #[error("[stream] new_event = {0:?} is not a form: it must be \"id\" (the default) or \"object\"")]
+    NewEvent(String),
 }
 
 impl Config {
@@ -169,6 +187,11 @@ impl Config {
             ping_interval: secs(file.stream.ping_interval_secs.unwrap_or(30).max(1)),
             auth_timeout: secs(file.stream.auth_timeout_secs.unwrap_or(10).max(1)),
             replay_window: secs(file.stream.replay_window_secs.unwrap_or(300)),
+            new_event: match file.stream.new_event.as_deref() {
+                None | Some("id") => NewEventForm::Id,
+                Some("object") => NewEventForm::Object,
+                Some(other) => return Err(ConfigError::NewEvent(other.to_owned())),
+            },
         };
         let limits = Limits {
             max_json_body_bytes: file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
@@ -308,6 +331,27 @@ mod tests {
             },
         );
         assert!(matches!(bad, Err(ConfigError::PublicUrl(_))));
+    }
+
+    #[test]
+    fn the_new_event_form_is_the_id_unless_object_is_asked_and_nothing_else_is_taken() {
+        let form = |toml_text: &str| {
+            let file: FileConfig = toml::from_str(toml_text).expect("toml");
+            Config::from_parts(file, Overrides::default()).map(|c| c.stream.new_event)
+        };
+        assert_eq!(form("").expect("default"), NewEventForm::Id);
+        assert_eq!(
+            form("[stream]\nnew_event = \"id\"\n").expect("id"),
+            NewEventForm::Id
+        );
+        assert_eq!(
+            form("[stream]\nnew_event = \"object\"\n").expect("object"),
+            NewEventForm::Object
+        );
+        assert!(matches!(
+            form("[stream]\nnew_event = \"Object\"\n"),
+            Err(ConfigError::NewEvent(_))
+        ));
     }
 
     #[test]

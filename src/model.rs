@@ -107,6 +107,74 @@ pub struct Token {
     pub created_at: OffsetDateTime,
 }
 
+/// What an API token may do. Ordered: each scope allows everything the ones before it do.
+///
+/// The route table (`api::routes::ROUTES`) names the scope each route needs; a token without a
+/// stored scope (every token made before scopes existed) is [`Scope::Full`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Sees everything its user sees (within its apps), changes nothing.
+    Read,
+    /// `Read`, and pushes, triggers and cancels deployments (what a CI job holds).
+    Deploy,
+    /// Everything its user may do.
+    Full,
+}
+
+impl Scope {
+    /// The wire name (`read`, `deploy`, `full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Deploy => "deploy",
+            Scope::Full => "full",
+        }
+    }
+
+    /// Inverse of [`Scope::as_str`].
+    pub fn parse(name: &str) -> Option<Scope> {
+        [Scope::Read, Scope::Deploy, Scope::Full]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+}
+
+/// A token's scope and the apps it is limited to.
+///
+/// Invariant: a [`Scope::Deploy`] grant always has `apps` (a deploy token names what it
+/// deploys); `apps: None` means every app the user may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub scope: Scope,
+    pub apps: Option<Vec<AppId>>,
+}
+
+impl Grant {
+    /// What a token without a stored scope may do: everything.
+    pub fn full() -> Grant {
+        Grant {
+            scope: Scope::Full,
+            apps: None,
+        }
+    }
+
+    /// Whether the grant covers `app` (its app list, when it has one, names it).
+    pub fn covers(&self, app: AppId) -> bool {
+        self.apps.as_ref().is_none_or(|apps| apps.contains(&app))
+    }
+
+    /// Whether `other` asks for nothing this grant does not allow: the same or a narrower scope,
+    /// and apps within this grant's apps.
+    pub fn includes(&self, other: &Grant) -> bool {
+        other.scope <= self.scope
+            && match (&self.apps, &other.apps) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(mine), Some(theirs)) => theirs.iter().all(|app| mine.contains(app)),
+            }
+    }
+}
+
 /// An app: a named target of deployments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct App {
@@ -120,12 +188,26 @@ pub struct App {
     pub last_deployment: Option<LastDeployment>,
 }
 
-/// What the app object says about its most recent deployment.
+/// What the app object says about its most recent *successful* deployment (Scalingo's
+/// `last_deployed_*`): set when a deployment reaches `success`, never by a failed one.
+/// (Records written before that rule kept the most recently created deployment here.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastDeployment {
     pub id: DeploymentId,
     pub at: OffsetDateTime,
     pub by: String,
+}
+
+/// A user's collaboration on an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collaborator {
+    /// The collaboration's id (what `/collaborators/{id}` takes, besides the user id).
+    pub id: Uuid,
+    pub user: User,
+    pub since: OffsetDateTime,
+    /// A limited collaborator reads and deploys, but manages nothing (collaborators,
+    /// notifiers, the app's name, its deletion).
+    pub is_limited: bool,
 }
 
 /// The user who pushed a deployment, as embedded in it (a snapshot taken at creation).

@@ -180,6 +180,7 @@ impl Executors {
             };
             let job = Job {
                 app_name,
+                app_id: deployment.app_id,
                 deployment_id: deployment.id,
                 git_ref: deployment.git_ref.clone(),
                 source,

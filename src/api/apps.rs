@@ -1,4 +1,6 @@
-//! Apps and their collaborators.
+//! Apps and their collaborators: create, show, rename, delete; add, list, update (limited or
+//! not) and remove collaborators. Who may do what is decided here from `access::Role`; the
+//! token's scope was checked by the route's guard before any of these run.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,11 +10,14 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::access::{find_app, Caller, Role};
+use super::access::{Caller, Role};
 use super::views::{rfc3339, AppView, CollaboratorView};
 use super::{ApiError, AppState, JsonBody};
-use crate::model::{App, AppId, User};
+use crate::model::{App, AppId, Collaborator, User};
 use crate::store::{Store, StoreError};
+
+/// What [`valid_app_name`] asks, as a 422 message.
+const APP_NAME_RULE: &str = "must be 3-48 lowercase letters, digits and hyphens, and not a UUID";
 
 /// Longest `git_source` URL accepted.
 const MAX_GIT_SOURCE_BYTES: usize = 2048;
@@ -55,6 +60,9 @@ pub async fn list(
         .read(move |store| {
             let mut views = Vec::new();
             for app in store.all_apps()? {
+                if !caller.grant.covers(app.id) {
+                    continue;
+                }
                 if app.owner == caller.user.id || store.is_collaborator(app.id, caller.user.id)? {
                     views.push(app_view(store, &app, &public_url)?);
                 }
@@ -83,16 +91,14 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateAppBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require_every_app("create apps")?;
     let fields = body
         .app
         .ok_or_else(|| ApiError::field("app", "is required"))?;
     let name = fields.name.unwrap_or_default();
     let mut errors = Vec::new();
     if !valid_app_name(&name) {
-        errors.push((
-            "name".to_string(),
-            "must be 3-48 lowercase letters, digits and hyphens, and not a UUID".to_string(),
-        ));
+        errors.push(("name".to_string(), APP_NAME_RULE.to_string()));
     }
     if let Some(source) = &fields.git_source {
         if source.len() > MAX_GIT_SOURCE_BYTES
@@ -132,7 +138,7 @@ pub async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let public_url = state.config.public_url.clone();
     let view = state
-        .read(move |store| match find_app(store, &caller.user, &app)? {
+        .read(move |store| match caller.find_app(store, &app)? {
             Some((app, _)) => Ok(Some(app_view(store, &app, &public_url)?)),
             None => Ok(None),
         })
@@ -155,23 +161,79 @@ pub async fn destroy(
         ));
     }
     state.writer.delete_app(app.id).await?;
+    super::caches::remove_app_cache(&state, app.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn collaborator_view(
-    app: AppId,
-    id: uuid::Uuid,
-    user: &User,
-    since: OffsetDateTime,
-) -> CollaboratorView {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RenameBody {
+    current_name: Option<String>,
+    new_name: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/rename`: `{"current_name","new_name"}` → 200 `{"app"}` (the owner and
+/// collaborators that are not limited). `current_name` must be the app's name (as for
+/// delete, a guard against renaming the wrong app), `new_name` valid and free (422 otherwise).
+/// The id never changes; links are built from the name, so they follow, and the old name
+/// answers 404 from then on.
+pub async fn rename(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<RenameBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, role) = caller.app(&state, &app).await?;
+    role.refuse_management("rename the app")?;
+    let mut errors = Vec::new();
+    match body.current_name.as_deref() {
+        None => errors.push(("current_name".to_string(), "is required".to_string())),
+        Some(current) if current != app.name => errors.push((
+            "current_name".to_string(),
+            "must be the app's current name".to_string(),
+        )),
+        Some(_) => {}
+    }
+    let new_name = body.new_name.unwrap_or_default();
+    if !valid_app_name(&new_name) {
+        errors.push(("new_name".to_string(), APP_NAME_RULE.to_string()));
+    } else if new_name == app.name {
+        errors.push((
+            "new_name".to_string(),
+            "is the app's current name".to_string(),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Unprocessable(errors));
+    }
+    let renamed = state
+        .writer
+        .rename_app(app.id, new_name)
+        .await
+        .map_err(|err| match err {
+            crate::store::writer::WriteError::AppNameTaken(_) => {
+                ApiError::field("new_name", "is already taken")
+            }
+            other => other.into(),
+        })?;
+    let public_url = state.config.public_url.clone();
+    let view = state
+        .read(move |store| app_view(store, &renamed, &public_url))
+        .await?;
+    Ok(Json(json!({ "app": view })))
+}
+
+fn collaborator_view(app: AppId, collaborator: &Collaborator) -> CollaboratorView {
+    let user = &collaborator.user;
     CollaboratorView {
-        id: id.to_string(),
+        id: collaborator.id.to_string(),
         app_id: app.to_string(),
         user_id: user.id.to_string(),
         username: user.username.clone(),
         email: user.email.clone(),
         status: "accepted",
-        created_at: rfc3339(since),
+        is_limited: collaborator.is_limited,
+        created_at: rfc3339(collaborator.since),
     }
 }
 
@@ -186,7 +248,7 @@ pub async fn list_collaborators(
     let collaborators = state.read(move |store| store.collaborators(app_id)).await?;
     let views: Vec<_> = collaborators
         .iter()
-        .map(|(id, user, since)| collaborator_view(app_id, *id, user, *since))
+        .map(|collaborator| collaborator_view(app_id, collaborator))
         .collect();
     Ok(Json(json!({ "collaborators": views })))
 }
@@ -231,7 +293,13 @@ pub async fn add_collaborator(
     }
     let id = uuid::Uuid::now_v7();
     state.writer.add_collaborator(app.id, user.id, id).await?;
-    let view = collaborator_view(app.id, id, &user, OffsetDateTime::now_utc());
+    let collaborator = Collaborator {
+        id,
+        user,
+        since: OffsetDateTime::now_utc(),
+        is_limited: false,
+    };
+    let view = collaborator_view(app.id, &collaborator);
     Ok((StatusCode::CREATED, Json(json!({ "collaborator": view }))))
 }
 
@@ -243,12 +311,8 @@ pub async fn remove_collaborator(
     Path((app, collaborator)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, role) = caller.app(&state, &app).await?;
-    let app_id = app.id;
-    let collaborators = state.read(move |store| store.collaborators(app_id)).await?;
-    let (_, user, _) = collaborators
-        .iter()
-        .find(|(id, user, _)| id.to_string() == collaborator || user.id.to_string() == collaborator)
-        .ok_or(ApiError::NotFound("collaborator"))?;
+    let found = find_collaborator(&state, app.id, &collaborator).await?;
+    let user = &found.user;
     if role != Role::Owner && user.id != caller.user.id {
         return Err(ApiError::Forbidden(
             "only the owner may remove collaborators".into(),
@@ -256,6 +320,60 @@ pub async fn remove_collaborator(
     }
     state.writer.remove_collaborator(app.id, user.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The collaborator `{id}` names on `app`: its collaboration id or its user id (404 otherwise).
+async fn find_collaborator(
+    state: &AppState,
+    app: AppId,
+    id: &str,
+) -> Result<Collaborator, ApiError> {
+    let collaborators = state.read(move |store| store.collaborators(app)).await?;
+    collaborators
+        .into_iter()
+        .find(|c| c.id.to_string() == id || c.user.id.to_string() == id)
+        .ok_or(ApiError::NotFound("collaborator"))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateCollaboratorBody {
+    collaborator: Option<UpdateCollaboratorFields>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct UpdateCollaboratorFields {
+    is_limited: Option<bool>,
+}
+
+/// `PATCH /v1/apps/{app}/collaborators/{id}`: `{"collaborator":{"is_limited":bool}}` → 200
+/// `{"collaborator"}` (owner only, what `scalingo collaborators-update --limited` sends).
+pub async fn update_collaborator(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((app, collaborator)): Path<(String, String)>,
+    JsonBody(body): JsonBody<UpdateCollaboratorBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, role) = caller.app(&state, &app).await?;
+    if role != Role::Owner {
+        return Err(ApiError::Forbidden(
+            "only the owner may change a collaborator's role".into(),
+        ));
+    }
+    let is_limited = body
+        .collaborator
+        .ok_or_else(|| ApiError::field("collaborator", "is required"))?
+        .is_limited
+        .ok_or_else(|| ApiError::field("is_limited", "is required"))?;
+    let mut found = find_collaborator(&state, app.id, &collaborator).await?;
+    state
+        .writer
+        .set_collaborator_limited(app.id, found.user.id, is_limited)
+        .await?;
+    found.is_limited = is_limited;
+    Ok(Json(
+        json!({ "collaborator": collaborator_view(app.id, &found) }),
+    ))
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! live deployments stream.
 //!
 //! Layout: [`error`] picks status codes and bodies; [`views`] shapes JSON objects; [`access`]
-//! authenticates callers and resolves the apps they may see; [`users`], [`apps`],
-//! [`deployments`], [`sources`] are the REST resources; [`push`] is the external pushers'
-//! WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and SSE output and
-//! its follow; [`protocol`] the push frames shared with the `deployd push` client.
+//! authenticates callers, enforces token scopes and resolves the apps they may see; [`users`],
+//! [`apps`], [`deployments`], [`sources`], [`caches`] are the REST resources; [`push`] is the
+//! external pushers' WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and
+//! SSE output and its follow; [`protocol`] the push frames shared with the `deployd push` client.
 
 pub mod access;
 pub mod apps;
+pub mod caches;
 pub mod deployments;
 pub mod error;
 pub mod output;
@@ -84,7 +85,20 @@ pub fn router(state: AppState) -> Router {
     routes::ROUTES
         .iter()
         .fold(Router::new(), |router, route| {
-            router.route(route.path, (route.handler)())
+            let handler = (route.handler)();
+            // The row's scope is enforced here, for every row that authenticates a caller.
+            let handler = match route.auth {
+                routes::Auth::Caller => handler
+                    .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
+                        state.clone(),
+                        access::guard,
+                    ))
+                    .layer::<_, std::convert::Infallible>(axum::Extension(
+                        access::RequiredScope(route.scope),
+                    )),
+                _ => handler,
+            };
+            router.route(route.path, handler)
         })
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(|| async {

@@ -7,9 +7,10 @@
 //! the handlers' (and `error`'s, `access`'s) business.
 
 use axum::http::Method;
-use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
-use super::{apps, deployments, output, push, sources, stream, users, AppState};
+use super::{apps, caches, deployments, output, push, sources, stream, users, AppState};
+use crate::model::Scope;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,11 @@ pub struct Route {
     /// One line for people.
     pub summary: &'static str,
     pub auth: Auth,
+    /// The narrowest token scope that may call the route (`access::guard` enforces it for
+    /// `Auth::Caller` rows): `Read` for what only reads, `Deploy` for pushing, triggering and
+    /// cancelling deployments (and what they need: sources, narrower tokens), `Full` for the
+    /// rest. Rows of other `auth` kinds say `Read`: their own credential decides.
+    pub scope: Scope,
     pub answer: Answer,
     /// The handler, mounted for `method` only.
     pub handler: fn() -> MethodRouter<AppState>,
@@ -60,6 +66,7 @@ pub static ROUTES: &[Route] = &[
         operation: "exchangeToken",
         summary: "Exchange an API token (Basic auth password) for a one-hour JWT",
         auth: Auth::Public,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || post(users::exchange_token),
     },
@@ -69,6 +76,7 @@ pub static ROUTES: &[Route] = &[
         operation: "createToken",
         summary: "Create an API token for the caller; its secret is shown once",
         auth: Auth::Caller,
+        scope: Scope::Deploy,
         answer: Answer::Json,
         handler: || post(users::create_token),
     },
@@ -78,6 +86,7 @@ pub static ROUTES: &[Route] = &[
         operation: "listTokens",
         summary: "List the caller's API tokens (never their secrets)",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(users::list_tokens),
     },
@@ -87,6 +96,7 @@ pub static ROUTES: &[Route] = &[
         operation: "revokeToken",
         summary: "Revoke one of the caller's API tokens",
         auth: Auth::Caller,
+        scope: Scope::Full,
         answer: Answer::Json,
         handler: || delete(users::revoke_token),
     },
@@ -96,6 +106,7 @@ pub static ROUTES: &[Route] = &[
         operation: "showSelf",
         summary: "The calling user",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(users::show_self),
     },
@@ -105,6 +116,7 @@ pub static ROUTES: &[Route] = &[
         operation: "createUser",
         summary: "Create a user and its first API token (admins only)",
         auth: Auth::Caller,
+        scope: Scope::Full,
         answer: Answer::Json,
         handler: || post(users::create_user),
     },
@@ -114,6 +126,7 @@ pub static ROUTES: &[Route] = &[
         operation: "listRegions",
         summary: "The one region, whose API is this server",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(users::regions),
     },
@@ -123,6 +136,7 @@ pub static ROUTES: &[Route] = &[
         operation: "listApps",
         summary: "The apps the caller owns or collaborates on",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(apps::list),
     },
@@ -132,6 +146,7 @@ pub static ROUTES: &[Route] = &[
         operation: "createApp",
         summary: "Create an app owned by the caller",
         auth: Auth::Caller,
+        scope: Scope::Full,
         answer: Answer::Json,
         handler: || post(apps::create),
     },
@@ -141,6 +156,7 @@ pub static ROUTES: &[Route] = &[
         operation: "showApp",
         summary: "One app, by name or id",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(apps::show),
     },
@@ -150,6 +166,7 @@ pub static ROUTES: &[Route] = &[
         operation: "deleteApp",
         summary: "Delete an app and everything it holds (owner only)",
         auth: Auth::Caller,
+        scope: Scope::Full,
         answer: Answer::Json,
         handler: || delete(apps::destroy),
     },
@@ -159,6 +176,7 @@ pub static ROUTES: &[Route] = &[
         operation: "listCollaborators",
         summary: "The app's collaborators",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(apps::list_collaborators),
     },
@@ -168,6 +186,7 @@ pub static ROUTES: &[Route] = &[
         operation: "addCollaborator",
         summary: "Add an existing user as a collaborator (owner only)",
         auth: Auth::Caller,
+        scope: Scope::Full,
         answer: Answer::Json,
         handler: || post(apps::add_collaborator),
     },
@@ -177,6 +196,7 @@ pub static ROUTES: &[Route] = &[
         operation: "removeCollaborator",
         summary: "Remove a collaborator (owner only)",
         auth: Auth::Caller,
+        scope: Scope::Full,
         answer: Answer::Json,
         handler: || delete(apps::remove_collaborator),
     },
@@ -186,6 +206,7 @@ pub static ROUTES: &[Route] = &[
         operation: "listDeployments",
         summary: "The app's deployments, newest first, paginated",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(deployments::list),
     },
@@ -195,6 +216,7 @@ pub static ROUTES: &[Route] = &[
         operation: "triggerDeployment",
         summary: "Deploy a source archive with the built-in executor",
         auth: Auth::Caller,
+        scope: Scope::Deploy,
         answer: Answer::Json,
         handler: || post(deployments::trigger),
     },
@@ -204,6 +226,7 @@ pub static ROUTES: &[Route] = &[
         operation: "showDeployment",
         summary: "One deployment",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(deployments::show),
     },
@@ -213,6 +236,7 @@ pub static ROUTES: &[Route] = &[
         operation: "deploymentOutput",
         summary: "A deployment's output; followed live with ?follow=true or as SSE",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Output,
         handler: || get(output::output),
     },
@@ -222,6 +246,7 @@ pub static ROUTES: &[Route] = &[
         operation: "deploymentOutputById",
         summary: "A deployment's output by deployment id alone (the spec's links.output)",
         auth: Auth::Caller,
+        scope: Scope::Read,
         answer: Answer::Output,
         handler: || get(output::output_by_id),
     },
@@ -231,6 +256,7 @@ pub static ROUTES: &[Route] = &[
         operation: "pushSession",
         summary: "An external pusher's session (WebSocket, see the push protocol)",
         auth: Auth::Caller,
+        scope: Scope::Deploy,
         answer: Answer::WebSocket,
         handler: || get(push::upgrade),
     },
@@ -240,6 +266,7 @@ pub static ROUTES: &[Route] = &[
         operation: "deploymentsStream",
         summary: "The app's live deployments stream (WebSocket, auth frame first)",
         auth: Auth::AuthFrame,
+        scope: Scope::Read,
         answer: Answer::WebSocket,
         handler: || get(stream::upgrade),
     },
@@ -249,6 +276,7 @@ pub static ROUTES: &[Route] = &[
         operation: "createSource",
         summary: "Pre-authenticated upload and download URLs for a source archive",
         auth: Auth::Caller,
+        scope: Scope::Deploy,
         answer: Answer::Json,
         handler: || post(sources::create),
     },
@@ -258,6 +286,7 @@ pub static ROUTES: &[Route] = &[
         operation: "uploadSource",
         summary: "Upload the archive to a signed upload URL",
         auth: Auth::SignedUrl,
+        scope: Scope::Read,
         answer: Answer::Json,
         handler: || put(sources::upload),
     },
@@ -267,8 +296,39 @@ pub static ROUTES: &[Route] = &[
         operation: "downloadSource",
         summary: "Download the archive from a signed download URL",
         auth: Auth::SignedUrl,
+        scope: Scope::Read,
         answer: Answer::Archive,
         handler: || get(sources::download),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/apps/{app}/rename",
+        operation: "renameApp",
+        summary: "Rename an app; its id, deployments and links follow (owner or collaborator)",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Json,
+        handler: || post(apps::rename),
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/v1/apps/{app}/collaborators/{collaborator}",
+        operation: "updateCollaborator",
+        summary: "Make a collaborator limited or not (owner only)",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Json,
+        handler: || patch(apps::update_collaborator),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/apps/{app}/caches/deployment",
+        operation: "resetDeploymentCache",
+        summary: "Empty the app's build cache (DEPLOYD_CACHE_DIR of the built-in executor)",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Json,
+        handler: || delete(caches::reset_deployment_cache),
     },
 ];
 
@@ -294,6 +354,20 @@ mod tests {
                 "{} twice",
                 route.operation
             );
+        }
+    }
+
+    #[test]
+    fn only_reads_are_open_to_read_tokens() {
+        for route in ROUTES.iter().filter(|r| r.auth == Auth::Caller) {
+            if route.method != Method::GET {
+                assert!(
+                    route.scope > Scope::Read,
+                    "{} {} changes something but read tokens may call it",
+                    route.method,
+                    route.path
+                );
+            }
         }
     }
 

@@ -31,7 +31,8 @@ pub async fn exchange_token(
         })?;
     let caller = authenticate(&state, header).await?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let claims = JwtClaims::new(caller.user.id.to_string(), caller.token_id.to_string(), now);
+    let claims = JwtClaims::new(caller.user.id.to_string(), caller.token_id.to_string(), now)
+        .with_grant(&caller.grant);
     Ok(Json(
         json!({ "token": auth::issue_jwt(&state.secret, &claims) }),
     ))
@@ -47,6 +48,10 @@ pub struct CreateTokenBody {
 #[serde(default)]
 pub struct CreateTokenFields {
     name: Option<String>,
+    /// `read`, `deploy` or `full` (default: the caller's own scope, `full` for a full token).
+    scope: Option<String>,
+    /// Names or ids of the caller's apps the token is limited to (required for `deploy`).
+    apps: Option<Vec<String>>,
 }
 
 /// `POST /v1/tokens`: a new API token for the caller, shown once.
@@ -62,6 +67,8 @@ pub async fn create_token(
             format!("is longer than {MAX_NAME_BYTES} bytes"),
         ));
     }
+    let grant = super::access::requested_grant(&state, &caller, body.token.scope, body.token.apps)
+        .await?;
     let secret = auth::generate_api_token();
     let token = Token {
         id: TokenId::generate(),
@@ -71,12 +78,14 @@ pub async fn create_token(
     };
     state
         .writer
-        .create_token(token.clone(), auth::hash_api_token(&secret))
+        .create_scoped_token(token.clone(), auth::hash_api_token(&secret), grant.clone())
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token_json(&token, Some(&secret)) })),
-    ))
+    let mut shown = token_json(&token, Some(&secret));
+    shown["scope"] = json!(grant.scope.as_str());
+    shown["apps"] = json!(grant
+        .apps
+        .map(|apps| apps.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    Ok((StatusCode::CREATED, Json(json!({ "token": shown }))))
 }
 
 fn token_json(token: &Token, secret: Option<&str>) -> serde_json::Value {
@@ -160,6 +169,7 @@ pub async fn create_user(
     if !caller.user.is_admin {
         return Err(ApiError::Forbidden("only an admin may create users".into()));
     }
+    caller.require_every_app("create users")?;
     let fields = body
         .user
         .ok_or_else(|| ApiError::field("user", "is required"))?;

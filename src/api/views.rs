@@ -107,6 +107,8 @@ pub struct CollaboratorView {
     pub username: String,
     pub email: String,
     pub status: &'static str,
+    /// A limited collaborator reads and deploys but manages nothing (Scalingo's field).
+    pub is_limited: bool,
     pub created_at: String,
 }
 

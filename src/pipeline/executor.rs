@@ -150,6 +150,12 @@ impl<S: DeploymentSink> Run<'_, S> {
             return Ok(());
         };
         let env = self.stage_env(&source_dir);
+        // The cache is kept between the app's deployments; a reset renames it away, so it may
+        // be missing here (the first deployment, or just after a reset).
+        let cache = absolute(&self.config.app_cache_dir(self.job.app_id));
+        if let Err(err) = tokio::fs::create_dir_all(&cache).await {
+            self.system(format!("warning: no build cache ({err})")).await?;
+        }
         if !self.build(&source_dir, &env).await? {
             return Ok(());
         }
@@ -461,6 +467,12 @@ impl<S: DeploymentSink> Run<'_, S> {
                 self.image_path().display().to_string(),
             ),
             ("DEPLOYD_URL".to_owned(), self.config.public_url.clone()),
+            (
+                "DEPLOYD_CACHE_DIR".to_owned(),
+                absolute(&self.config.app_cache_dir(self.job.app_id))
+                    .display()
+                    .to_string(),
+            ),
             ("PORT".to_owned(), port),
         ]
     }
@@ -561,6 +573,7 @@ mod tests {
         fn job(&self, source: SourceLocation) -> Job {
             Job {
                 app_name: "my-app".to_owned(),
+                app_id: crate::model::AppId::generate(),
                 deployment_id: DeploymentId::generate(),
                 git_ref: "main".to_owned(),
                 source,

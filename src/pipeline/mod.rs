@@ -28,7 +28,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::model::{DeploymentId, LineNo, NewLine};
+use crate::model::{AppId, DeploymentId, LineNo, NewLine};
 use crate::status::Status;
 
 /// What a pipeline reports to. Implemented by the service's pusher session; every call goes
@@ -63,6 +63,8 @@ pub enum SourceLocation {
 #[derive(Clone, Debug)]
 pub struct Job {
     pub app_name: String,
+    /// The app's id: its build cache is [`PipelineConfig::app_cache_dir`] of it.
+    pub app_id: AppId,
     pub deployment_id: DeploymentId,
     pub git_ref: String,
     pub source: SourceLocation,
@@ -111,6 +113,9 @@ pub struct PipelineConfig {
     pub work_dir: PathBuf,
     /// Where the default push stage writes images.
     pub image_dir: PathBuf,
+    /// The apps' build caches, one directory per app ([`PipelineConfig::app_cache_dir`]), kept
+    /// between deployments and emptied by `DELETE /v1/apps/{app}/caches/deployment`.
+    pub cache_dir: PathBuf,
     /// The server's own public URL (`DEPLOYD_URL` for stages).
     pub public_url: String,
 }
@@ -136,7 +141,7 @@ impl PipelineConfig {
 
     /// The defaults for a server whose data lives in `data_dir`: no stage command overrides,
     /// the `DEFAULT_*` limits, private sources refused, `work_dir = data_dir/work` and
-    /// `image_dir = data_dir/images`.
+    /// `image_dir = data_dir/images`, `cache_dir = data_dir/cache`.
     pub fn for_data_dir(data_dir: &Path, public_url: &str) -> Self {
         Self {
             build_cmd: None,
@@ -154,7 +159,13 @@ impl PipelineConfig {
             allow_private_sources: false,
             work_dir: data_dir.join("work"),
             image_dir: data_dir.join("images"),
+            cache_dir: data_dir.join("cache"),
             public_url: public_url.to_owned(),
         }
+    }
+
+    /// An app's build cache directory (`DEPLOYD_CACHE_DIR`): by id, so that a rename keeps it.
+    pub fn app_cache_dir(&self, app: AppId) -> PathBuf {
+        self.cache_dir.join(app.to_string())
     }
 }

@@ -13,12 +13,13 @@
 //! | `0x05` token ids | token id (16) | SHA-256 of the secret (32) |
 //! | `0x06` apps | app id (16) | [`StoredApp`] |
 //! | `0x07` app names | app name (UTF-8) | app id (16) |
-//! | `0x08` collaborators | app id (16) ++ user id (16) | [`StoredCollaborator`] |
+//! | `0x08` collaborators | app id (16) ++ user id (16) | [`StoredCollaborator`] (v1) or [`StoredCollaboratorV2`] |
 //! | `0x09` deployments | deployment id (16) | [`StoredDeployment`] |
 //! | `0x0A` app deployments | app id (16) ++ deployment id (16) | empty (index; iterate in reverse for newest first) |
 //! | `0x0B` log segment index | deployment id (16) ++ first line number (u64) | segment reference (below) |
 //! | `0x0C` meta | name (UTF-8) | raw bytes (`install-secret`: 32 bytes, the JWT and source URL key) |
 //! | `0x0D` sources | source id (16) | [`StoredSource`] |
+//! | `0x17` token scopes | token id (16) | [`StoredGrant`]; absent: the token is `full` on every app |
 //!
 //! Reserved for the features that come next, so that they can be built side by side without
 //! two of them taking the same byte. Nothing writes these yet; each line names the feature that
@@ -36,13 +37,14 @@
 //! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ delivery id (16) | one attempt: status, code, duration |
 //! | `0x15` events | parity (events timeline) | app id (16) ++ event id (16, UUIDv7) | the event |
 //! | `0x16` user events index | parity (`GET /v1/events`) | user id (16) ++ event id (16) | app id (16) |
-//! | `0x17` token scopes | operability (scoped tokens, e.g. metrics) | token id (16) | the token's scopes |
+//! | `0x17` token scopes | in use (the first table; parity's scoped tokens) | token id (16) | the token's scope |
 //! | `0x18` node leases | cluster mode (embedded store: unused) | node id (16) | lease expiry |
 //!
-//! Record format versions: every stored struct is at `FORMAT_V1` today. A struct that gains a
-//! field gets a new version byte, and the decoder keeps reading every older one. Planned:
-//! `StoredCollaborator` v2 with a role (`is_limited`; parity), `StoredDeployment` v2 with the
-//! cancel, image and driving-node fields (control, cluster mode).
+//! Record format versions: every stored struct is at `FORMAT_V1`, except collaborators, written
+//! as `FORMAT_V2` ([`StoredCollaboratorV2`]: v1 and a role, `is_limited`) since limited
+//! collaborators; v1 collaborators still read back (not limited). A struct that gains a field
+//! gets a new version byte, and the decoder keeps reading every older one. Planned:
+//! `StoredDeployment` v2 with the cancel, image and driving-node fields (control, cluster mode).
 //!
 //! Record values are `FORMAT_V1` (one byte) followed by the bincode 1.3 (fixint, little-endian,
 //! the crate's default `bincode::serialize`) encoding of the stored struct. Timestamps are Unix
@@ -74,8 +76,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::model::{
-    App, AppId, Deployment, DeploymentId, Driver, LastDeployment, LineNo, LogStream, Pusher, Token,
-    TokenId, User, UserId,
+    App, AppId, Deployment, DeploymentId, Driver, Grant, LastDeployment, LineNo, LogStream, Pusher,
+    Scope, Token, TokenId, User, UserId,
 };
 use crate::status::Status;
 
@@ -136,6 +138,8 @@ pub const ALL_TAGS: [u8; 24] = [
 
 /// Format byte of every record value.
 pub const FORMAT_V1: u8 = 1;
+/// Format byte of a record's second version (so far only [`StoredCollaboratorV2`]).
+pub const FORMAT_V2: u8 = 2;
 /// Format byte of a log segment.
 pub const SEGMENT_V1: u8 = 1;
 const SEGMENT_HEADER: usize = 13;
@@ -302,6 +306,9 @@ pub fn meta_key(name: &str) -> Vec<u8> {
 }
 pub fn source_key(id: uuid::Uuid) -> Vec<u8> {
     key(TAG_SOURCE, &[id.as_bytes()])
+}
+pub fn token_scope_key(id: TokenId) -> Vec<u8> {
+    key(TAG_TOKEN_SCOPES, &[id.as_bytes()])
 }
 
 /// The id in the last 16 bytes of a key (index keys end with the id they point to).
@@ -558,16 +565,94 @@ pub fn decode_deployment(bytes: &[u8]) -> Result<Deployment, CodecError> {
     })
 }
 
-pub fn encode_collaborator(id: uuid::Uuid, created_at: OffsetDateTime) -> Vec<u8> {
-    encode(&StoredCollaborator {
-        id: *id.as_bytes(),
-        created_at: nanos(created_at),
+/// A collaboration with its role (the v2 collaborator record).
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredCollaboratorV2 {
+    pub id: [u8; 16],
+    pub created_at: i64,
+    pub is_limited: bool,
+}
+
+/// A decoded collaborator record, whichever version it was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollaboratorRecord {
+    pub id: uuid::Uuid,
+    pub since: OffsetDateTime,
+    pub is_limited: bool,
+}
+
+/// Encodes a collaborator record (always v2).
+pub fn encode_collaborator(record: &CollaboratorRecord) -> Vec<u8> {
+    let mut out = vec![FORMAT_V2];
+    bincode::serialize_into(
+        &mut out,
+        &StoredCollaboratorV2 {
+            id: *record.id.as_bytes(),
+            created_at: nanos(record.since),
+            is_limited: record.is_limited,
+        },
+    )
+    .expect("invariant: bincode to a Vec cannot fail");
+    out
+}
+
+/// Decodes a v1 (never limited) or v2 collaborator record.
+pub fn decode_collaborator(bytes: &[u8]) -> Result<CollaboratorRecord, CodecError> {
+    let (id, created_at, is_limited) = match bytes.first() {
+        Some(&FORMAT_V2) => {
+            let s: StoredCollaboratorV2 = bincode::deserialize(&bytes[1..])?;
+            (s.id, s.created_at, s.is_limited)
+        }
+        _ => {
+            let s: StoredCollaborator = decode(bytes)?;
+            (s.id, s.created_at, false)
+        }
+    };
+    Ok(CollaboratorRecord {
+        id: uuid::Uuid::from_bytes(id),
+        since: from_nanos(created_at)?,
+        is_limited,
     })
 }
 
-pub fn decode_collaborator(bytes: &[u8]) -> Result<(uuid::Uuid, OffsetDateTime), CodecError> {
-    let s: StoredCollaborator = decode(bytes)?;
-    Ok((uuid::Uuid::from_bytes(s.id), from_nanos(s.created_at)?))
+/// A token's scope (`0x17`): the scope's code ([`scope_code`]) and the apps it is limited to.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StoredGrant {
+    pub scope: u8,
+    pub apps: Option<Vec<[u8; 16]>>,
+}
+
+/// The one-byte code of a scope in [`StoredGrant`]. Never renumber.
+pub fn scope_code(scope: Scope) -> u8 {
+    match scope {
+        Scope::Read => 0,
+        Scope::Deploy => 1,
+        Scope::Full => 2,
+    }
+}
+
+pub fn encode_grant(grant: &Grant) -> Vec<u8> {
+    encode(&StoredGrant {
+        scope: scope_code(grant.scope),
+        apps: grant
+            .apps
+            .as_ref()
+            .map(|apps| apps.iter().map(|app| *app.as_bytes()).collect()),
+    })
+}
+
+pub fn decode_grant(bytes: &[u8]) -> Result<Grant, CodecError> {
+    let s: StoredGrant = decode(bytes)?;
+    let scope = [Scope::Read, Scope::Deploy, Scope::Full]
+        .into_iter()
+        .find(|scope| scope_code(*scope) == s.scope)
+        .ok_or(CodecError::Corrupt("scope code"))?;
+    Ok(Grant {
+        scope,
+        apps: s
+            .apps
+            .map(|apps| apps.into_iter().map(AppId::from_bytes).collect()),
+    })
 }
 
 /// An uploaded source archive (`POST /v1/sources`).
@@ -794,6 +879,47 @@ mod tests {
             },
             last_line: LineNo(0),
         }
+    }
+
+    #[test]
+    fn a_v1_collaborator_reads_back_as_not_limited_and_v2_keeps_the_role() {
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend([4u8; 16]);
+        v1.extend(5i64.to_le_bytes());
+        let record = decode_collaborator(&v1).expect("v1");
+        assert_eq!(record.id, uuid::Uuid::from_bytes([4; 16]));
+        assert_eq!(record.since, at(5));
+        assert!(!record.is_limited);
+        let limited = CollaboratorRecord {
+            is_limited: true,
+            ..record
+        };
+        let bytes = encode_collaborator(&limited);
+        let mut expected = v1.clone();
+        expected[0] = FORMAT_V2;
+        expected.push(1);
+        assert_eq!(bytes, expected);
+        assert_eq!(decode_collaborator(&bytes).expect("v2"), limited);
+        assert!(decode_collaborator(&[3, 0]).is_err());
+    }
+
+    #[test]
+    fn grants_round_trip_with_stable_scope_codes() {
+        let codes: Vec<u8> = [Scope::Read, Scope::Deploy, Scope::Full]
+            .into_iter()
+            .map(scope_code)
+            .collect();
+        assert_eq!(codes, vec![0, 1, 2]);
+        for grant in [
+            Grant::full(),
+            Grant {
+                scope: Scope::Deploy,
+                apps: Some(vec![AppId::from_bytes([8; 16])]),
+            },
+        ] {
+            assert_eq!(decode_grant(&encode_grant(&grant)).expect("decode"), grant);
+        }
+        assert!(decode_grant(&[FORMAT_V1, 9, 0]).is_err());
     }
 
     #[test]

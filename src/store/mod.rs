@@ -17,7 +17,9 @@ pub mod writer;
 
 use std::sync::Arc;
 
-use crate::model::{App, AppId, Deployment, DeploymentId, LineNo, Token, TokenId, User, UserId};
+use crate::model::{
+    App, AppId, Collaborator, Deployment, DeploymentId, Grant, LineNo, Token, TokenId, User, UserId,
+};
 use codec::CodecError;
 use engine::{prefix_end, Engine, EngineError};
 
@@ -211,22 +213,43 @@ impl Store {
             .is_some())
     }
 
-    /// The collaborators of an app: (collaboration id, user, since).
-    pub fn collaborators(
-        &self,
-        app: AppId,
-    ) -> Result<Vec<(uuid::Uuid, User, time::OffsetDateTime)>, StoreError> {
+    /// The collaborators of an app (users since deleted are left out).
+    pub fn collaborators(&self, app: AppId) -> Result<Vec<Collaborator>, StoreError> {
         let prefix = codec::collaborators_prefix(app);
         let mut out = Vec::new();
         for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
             let (key, value) = entry?;
             let user_id = UserId::from_bytes(codec::trailing_id(&key)?);
-            let (id, since) = codec::decode_collaborator(&value)?;
+            let record = codec::decode_collaborator(&value)?;
             if let Some(user) = self.user(user_id)? {
-                out.push((id, user, since));
+                out.push(Collaborator {
+                    id: record.id,
+                    user,
+                    since: record.since,
+                    is_limited: record.is_limited,
+                });
             }
         }
         Ok(out)
+    }
+
+    /// `user`'s collaboration record on `app`, if any.
+    pub fn collaboration(
+        &self,
+        app: AppId,
+        user: UserId,
+    ) -> Result<Option<codec::CollaboratorRecord>, StoreError> {
+        self.get_with(
+            &codec::collaborator_key(app, user),
+            codec::decode_collaborator,
+        )
+    }
+
+    /// A token's scope; a token without a stored one is [`Grant::full`].
+    pub fn token_grant(&self, id: TokenId) -> Result<Grant, StoreError> {
+        Ok(self
+            .get_with(&codec::token_scope_key(id), codec::decode_grant)?
+            .unwrap_or_else(Grant::full))
     }
 
     /// A deployment with `last_line` filled in from its last segment.

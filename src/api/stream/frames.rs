@@ -1,5 +1,5 @@
-//! What subscribers are sent, as WebSocket frames: the JSON texts (`log`, `status`, `new`,
-//! `ping`), a hub event's frames ([`event_frames`], rendered once per event for every
+//! What subscribers are sent, as WebSocket frames: the JSON texts (`log`, `status`, `new` in
+//! either form of `[stream] new_event`, `ping`), a hub event's frames ([`event_frames`], rendered once per event for every
 //! subscriber and cached in the event), and the frames of stored lines read for a replay or a
 //! catch-up ([`read_log_frames`]).
 //!
@@ -11,9 +11,10 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::{CATCH_UP_SEGMENTS_PER_READ, MAX_READ_BYTES, MAX_RENDERED_EVENT_BYTES};
-use crate::api::views::rfc3339;
+use crate::api::views::{rfc3339, DeploymentView};
+use crate::config::NewEventForm;
 use crate::hub::{Event, EventKind};
-use crate::model::{DeploymentId, LineNo};
+use crate::model::{Deployment, DeploymentId, LineNo};
 use crate::status::Status;
 use crate::store::codec::SegmentView;
 use crate::store::{Store, StoreError};
@@ -179,8 +180,26 @@ pub(super) fn status_text(deployment: DeploymentId, status: Status, last_line: L
     )
 }
 
+/// A `new` event in the spec's form: `data.deployment` is the id. The hub's events render it
+/// (once for everyone); for the object form see [`new_frame`].
 pub(super) fn new_text(deployment: DeploymentId) -> String {
     format!(r#"{{"type":"new","data":{{"deployment":"{deployment}"}}}}"#)
+}
+
+/// The encoded `new` frame of `deployment` in `form`: the id, or the deployment object as the
+/// REST API shows it (`api::views::DeploymentView`, the shape Scalingo's Go CLI decodes there).
+pub(super) fn new_frame(form: NewEventForm, deployment: &Deployment, public_url: &str) -> Vec<u8> {
+    match form {
+        NewEventForm::Id => text_frame(&new_text(deployment.id)),
+        NewEventForm::Object => {
+            let event = serde_json::json!({
+                "type": "new",
+                "id": deployment.id.to_string(),
+                "data": { "deployment": DeploymentView::new(deployment, public_url) },
+            });
+            text_frame(&event.to_string())
+        }
+    }
 }
 
 pub(super) fn ping_frame() -> Vec<u8> {

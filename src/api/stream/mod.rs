@@ -43,7 +43,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::conn::{ClientMessage, Conn, ReadError};
 use self::subscriber::Subscriber;
-use super::access::find_app;
 use super::{ApiError, AppState};
 use crate::model::{AppId, DeploymentId, LineNo};
 use crate::ws;
@@ -312,10 +311,9 @@ where
             ApiError::Unauthorized(_) => End::Refused(close::BAD_TOKEN, "invalid token"),
             other => End::from(other),
         })?;
-    let user = caller.user;
     let name = app.to_owned();
     let found = state
-        .read(move |store| find_app(store, &user, &name))
+        .read(move |store| caller.find_app(store, &name))
         .await?;
     let Some((app, _)) = found else {
         return Err(End::Refused(close::APP_NOT_FOUND, "app not found"));

@@ -18,13 +18,14 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
 use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Step};
-use super::frames::{event_frames, new_text, ping_frame, read_log_frames, status_text, text_frame};
+use super::frames::{event_frames, new_frame, ping_frame, read_log_frames, status_text, text_frame};
 #[cfg(doc)]
 use super::MAX_READ_BYTES;
 use super::{read_error, End, Resume};
 use crate::api::AppState;
 use crate::hub::{Event, EventKind};
-use crate::model::{AppId, DeploymentId, LineNo};
+use crate::config::NewEventForm;
+use crate::model::{AppId, Deployment, DeploymentId, LineNo};
 
 /// While events keep coming, a subscriber writes to its socket at most once per this interval
 /// (the first event after a quiet spell goes out at once). Each write and wakeup costs a few
@@ -178,6 +179,16 @@ where
         };
         match self.cursor.on_event(id, live, frames.len()) {
             Step::Skip => Ok(()),
+            // The object form needs the record: read per subscriber (one `new` per deployment).
+            Step::Send { skip_frames: 0 }
+                if matches!(event.kind, EventKind::New)
+                    && self.state.config.stream.new_event == NewEventForm::Object =>
+            {
+                match self.state.read(move |store| store.deployment(id)).await? {
+                    Some(record) => self.feed(&self.new_frame(&record)).await,
+                    None => Ok(()),
+                }
+            }
             Step::Send { skip_frames } => self.feed(frames.starting_at(skip_frames)).await,
             Step::CatchUp { announce } => self.catch_up(id, announce).await,
         }
@@ -233,7 +244,7 @@ where
             return Ok(());
         };
         if self.cursor.begin_catch_up(id, announce) {
-            self.feed(&text_frame(&new_text(id))).await?;
+            self.feed(&self.new_frame(&record)).await?;
         }
         // Read after the record: the history holds at least the record's status, if any.
         let history = self.state.hub.status_history(id);
@@ -281,6 +292,12 @@ where
     /// Queues encoded frames, writing them out once [`WRITE_BUFFER_BYTES`] are waiting.
     /// Big slices (a store read, a big event) go out in pieces: the buffer stays under twice
     /// [`WRITE_BUFFER_BYTES`].
+    /// The `new` frame of a deployment, in the configured form.
+    fn new_frame(&self, record: &Deployment) -> Vec<u8> {
+        let config = &self.state.config;
+        new_frame(config.stream.new_event, record, &config.public_url)
+    }
+
     async fn feed(&mut self, frames: &[u8]) -> Result<(), End> {
         for piece in frames.chunks(WRITE_BUFFER_BYTES) {
             self.conn.queue(piece);

@@ -16,11 +16,10 @@ use tokio::sync::mpsc;
 
 use super::handle::{Command, Reply};
 use super::lifecycle::{Change, Lifecycle, Refusal};
+use super::records::record_success;
 use super::segments::{append_segments, line_count};
 use super::{Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
-use crate::model::{
-    AppId, Deployment, DeploymentId, Driver, LastDeployment, LineNo, NewLine, Pusher,
-};
+use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::status::{Status, TransitionError};
 use crate::store::codec;
 use crate::store::engine::{BatchOp, Engine};
@@ -235,7 +234,11 @@ impl WriterState {
                 }
                 g.ops.push(put(
                     codec::collaborator_key(app, user),
-                    codec::encode_collaborator(id, now()),
+                    codec::encode_collaborator(&codec::CollaboratorRecord {
+                        id,
+                        since: now(),
+                        is_limited: false,
+                    }),
                 ));
                 Ok(Outcome::quiet(()))
             }),
@@ -295,6 +298,27 @@ impl WriterState {
                     codec::encode_source(&source),
                 ));
                 Ok(Outcome::quiet(()))
+            }),
+            Command::CreateScopedToken {
+                token,
+                token_hash,
+                grant,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.create_scoped_token(&token, &token_hash, &grant, g)
+            }),
+            Command::RenameApp {
+                app,
+                new_name,
+                reply,
+            } => self.answer(group, reply, |s, g| s.rename_app(app, new_name, g)),
+            Command::SetCollaboratorLimited {
+                app,
+                user,
+                is_limited,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.set_collaborator_limited(app, user, is_limited, g)
             }),
         }
     }
@@ -408,6 +432,7 @@ impl WriterState {
         group: &mut Group,
     ) -> Result<Outcome<Deployment>, WriteError> {
         let mut app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        // `last_deployment` is the last successful one (see `record_success`).
         let previous_git_ref = match &app.last_deployment {
             Some(last) => self.store.deployment(last.id)?.map(|d| d.git_ref),
             None => None,
@@ -428,11 +453,6 @@ impl WriterState {
             last_line: LineNo(0),
         });
         let deployment = change.record().clone();
-        app.last_deployment = Some(LastDeployment {
-            id: deployment.id,
-            at: created_at,
-            by: deployment.pusher.username.clone(),
-        });
         app.updated_at = created_at;
         let mut outcome = Outcome::of_app(deployment, app_id);
         self.stage(change, group, &mut outcome);
@@ -475,6 +495,11 @@ impl WriterState {
     ) -> Result<Outcome<Deployment>, WriteError> {
         let note = note.map(|line| [line]);
         let note_lines = note.as_ref().map_or(0, |note| line_count(note));
+        // Read before the lifecycle moves, so that a failed read refuses the whole command.
+        let app_on_success = match target {
+            Target::Status(Status::Success) => self.app_of(deployment, group)?,
+            _ => None,
+        };
         let now = now();
         let moved = self
             .lifecycle
@@ -492,6 +517,9 @@ impl WriterState {
                 now,
                 group,
             ));
+        }
+        if let (Status::Success, Some(app)) = (outcome.value.status, app_on_success) {
+            record_success(app, &outcome.value, group);
         }
         for change in moved.changes {
             self.stage(change, group, &mut outcome);

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::group::WriterState;
 use super::{Recovery, Target, WriteError, WRITER_QUEUE_CAPACITY};
 use crate::model::{
-    App, AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher, Token, TokenId, User,
-    UserId,
+    App, AppId, Deployment, DeploymentId, Driver, Grant, LineNo, NewLine, Pusher, Token, TokenId,
+    User, UserId,
 };
 use crate::store::events::Publish;
 use crate::store::{codec, Store, StoreError};
@@ -88,6 +88,26 @@ pub enum Command {
     },
     PutSource {
         source: codec::StoredSource,
+        reply: Reply<()>,
+    },
+    /// A token with a scope (`POST /v1/tokens` with `scope`/`apps`), written with its grant.
+    CreateScopedToken {
+        token: Token,
+        token_hash: [u8; 32],
+        grant: Grant,
+        reply: Reply<()>,
+    },
+    /// Renames an app: its id, deployments and collaborators stay; the old name is freed.
+    RenameApp {
+        app: AppId,
+        new_name: String,
+        reply: Reply<App>,
+    },
+    /// Makes a collaborator limited or not.
+    SetCollaboratorLimited {
+        app: AppId,
+        user: UserId,
+        is_limited: bool,
         reply: Reply<()>,
     },
     /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
@@ -206,4 +226,15 @@ commands! {
     /// See [`Command::StopPromoting`].
     fn stop_promoting() -> () = StopPromoting;
     fn put_source(source: codec::StoredSource) -> () = PutSource;
+    /// Creates a token limited to `grant` (stored under `0x17`; revoking the token drops it).
+    fn create_scoped_token(token: Token, token_hash: [u8; 32], grant: Grant) -> ()
+        = CreateScopedToken;
+    /// Renames an app; refused (`AppNameTaken`) when another app has the name, `NotFound`
+    /// when the app is gone. Returns the app as stored. The timeline's `rename_app` event
+    /// (`old_name`, `new_name`) belongs in this command's commit.
+    fn rename_app(app: AppId, new_name: String) -> App = RenameApp;
+    /// Sets a collaborator's role; `NotFound("collaborator")` unless `user` collaborates on
+    /// `app`. The timeline's `change_collaborator_role` event belongs in this commit.
+    fn set_collaborator_limited(app: AppId, user: UserId, is_limited: bool) -> ()
+        = SetCollaboratorLimited;
 }

@@ -1,12 +1,13 @@
-//! Writes of the named records: users and their tokens, apps (and everything under an app when
-//! it is deleted). Each checks uniqueness or existence against committed state, which holds
+//! Writes of the named records: users and their tokens (and token scopes), apps (and
+//! everything under an app when it is deleted, its name when it is renamed, what it says about
+//! its last successful deployment), collaborators' roles. Each checks uniqueness or existence against committed state, which holds
 //! because these commands are committed alone (see `Command::commits_alone`).
 //!
 //! Runs on the writer thread inside a group; it adds ops to the group and never commits.
 
 use super::group::{put, Group, Outcome, WriterState};
 use super::WriteError;
-use crate::model::{App, AppId, Token, TokenId, User, UserId};
+use crate::model::{App, AppId, Deployment, DeploymentId, Grant, LastDeployment, Token, TokenId, User, UserId};
 use crate::status::Status;
 use crate::store::codec;
 use crate::store::engine::{prefix_end, BatchOp};
@@ -66,6 +67,7 @@ impl WriterState {
         }
         group.ops.push(BatchOp::Delete(codec::token_key(&hash)));
         group.ops.push(BatchOp::Delete(codec::token_id_key(token)));
+        group.ops.push(BatchOp::Delete(codec::token_scope_key(token)));
         Ok(Outcome::quiet(()))
     }
 
@@ -121,4 +123,108 @@ impl WriterState {
         }
         Ok(outcome)
     }
+
+    pub(super) fn create_scoped_token(
+        &mut self,
+        token: &Token,
+        token_hash: &[u8; 32],
+        grant: &Grant,
+        group: &mut Group,
+    ) -> Result<Outcome<()>, WriteError> {
+        group.ops.push(put(
+            codec::token_key(token_hash),
+            codec::encode_token(token),
+        ));
+        group
+            .ops
+            .push(put(codec::token_id_key(token.id), token_hash.to_vec()));
+        group.ops.push(put(
+            codec::token_scope_key(token.id),
+            codec::encode_grant(grant),
+        ));
+        Ok(Outcome::quiet(()))
+    }
+
+    pub(super) fn rename_app(
+        &mut self,
+        app_id: AppId,
+        new_name: String,
+        group: &mut Group,
+    ) -> Result<Outcome<App>, WriteError> {
+        let mut app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        if app.name == new_name {
+            return Ok(Outcome::quiet(app));
+        }
+        if self.store.app_by_name(&new_name)?.is_some() {
+            return Err(WriteError::AppNameTaken(new_name));
+        }
+        group
+            .ops
+            .push(BatchOp::Delete(codec::app_name_key(&app.name)));
+        group.ops.push(put(
+            codec::app_name_key(&new_name),
+            app.id.as_bytes().to_vec(),
+        ));
+        app.name = new_name;
+        app.updated_at = super::group::now();
+        group
+            .ops
+            .push(put(codec::app_key(app_id), codec::encode_app(&app)));
+        Ok(Outcome::quiet(app))
+    }
+
+    pub(super) fn set_collaborator_limited(
+        &mut self,
+        app: AppId,
+        user: UserId,
+        is_limited: bool,
+        group: &mut Group,
+    ) -> Result<Outcome<()>, WriteError> {
+        let mut record = self
+            .store
+            .collaboration(app, user)?
+            .ok_or(WriteError::NotFound("collaborator"))?;
+        record.is_limited = is_limited;
+        group.ops.push(put(
+            codec::collaborator_key(app, user),
+            codec::encode_collaborator(&record),
+        ));
+        Ok(Outcome::quiet(()))
+    }
+
+    /// The app of a deployment as this group leaves it: the newest version staged in `group`,
+    /// else the stored one. (Transitions are grouped, so an earlier one in the same group may
+    /// already have rewritten the app.) `None` when the deployment or its app is gone.
+    pub(super) fn app_of(
+        &self,
+        deployment: DeploymentId,
+        group: &Group,
+    ) -> Result<Option<App>, WriteError> {
+        let Some(record) = self.store.deployment(deployment)? else {
+            return Ok(None);
+        };
+        let key = codec::app_key(record.app_id);
+        let staged = group.ops.iter().rev().find_map(|op| match op {
+            BatchOp::Put(k, value) if *k == key => Some(value.clone()),
+            _ => None,
+        });
+        match staged {
+            Some(value) => Ok(Some(codec::decode_app(&value).map_err(StoreError::from)?)),
+            None => Ok(self.store.app(record.app_id)?),
+        }
+    }
+}
+
+/// Points `app`'s `last_deployment` at `deployment`, which just succeeded, in `group`: the app
+/// object's `status` (`running`), `last_deployed_*`, and the next deployment's
+/// `previous_git_ref` follow successful deployments only.
+pub(super) fn record_success(mut app: App, deployment: &Deployment, group: &mut Group) {
+    app.last_deployment = Some(LastDeployment {
+        id: deployment.id,
+        at: deployment.created_at,
+        by: deployment.pusher.username.clone(),
+    });
+    group
+        .ops
+        .push(put(codec::app_key(app.id), codec::encode_app(&app)));
 }
