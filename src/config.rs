@@ -151,7 +151,9 @@ pub enum ConfigError {
         max = crate::lines::MAX_LINE_BYTES
     )]
     MaxLineBytes(usize),
-    #[error("[stream] new_event = {0:?} is not a form: it must be \"id\" (the default) or \"object\"")]
+    #[error(
+        "[stream] new_event = {0:?} is not a form: it must be \"id\" (the default) or \"object\""
+    )]
     NewEvent(String),
 }
 

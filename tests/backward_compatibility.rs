@@ -106,7 +106,11 @@ fn assert_shown_as_before(now: &Value, before: &Value, path: &str) {
             }
         }
         (Value::Array(now), Value::Array(before)) => {
-            assert_eq!(now.len(), before.len(), "{path}: a different number of items");
+            assert_eq!(
+                now.len(),
+                before.len(),
+                "{path}: a different number of items"
+            );
             for (i, (is, was)) in now.iter().zip(before).enumerate() {
                 assert_shown_as_before(is, was, &format!("{path}[{i}]"));
             }

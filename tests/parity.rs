@@ -178,7 +178,10 @@ async fn renaming_an_app_keeps_its_id_moves_its_links_and_frees_the_old_name() {
     let mut ws = subscriber::subscribe(app, &server.admin_token, json!({})).await;
     let live = push::start(&server.url, "store", &server.admin_token, "v2").await;
     let events = subscriber::events_until_status(&mut ws, &live.id(), "building").await;
-    assert!(events.iter().any(|e| e["id"] == live.id().as_str()), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["id"] == live.id().as_str()),
+        "{events:?}"
+    );
     let mut old = subscriber::subscribe(&created, &server.admin_token, json!({})).await;
     let (code, reason) = subscriber::expect_close(&mut old).await;
     assert_ne!(code, 1000, "{code} {reason}");
@@ -188,12 +191,24 @@ async fn renaming_an_app_keeps_its_id_moves_its_links_and_frees_the_old_name() {
 
     // Bad input changes nothing.
     for (body, field) in [
-        (json!({"current_name": "shop", "new_name": "x-store"}), "current_name"),
+        (
+            json!({"current_name": "shop", "new_name": "x-store"}),
+            "current_name",
+        ),
         (json!({"new_name": "x-store"}), "current_name"),
-        (json!({"current_name": "store", "new_name": "Bad_Name"}), "new_name"),
+        (
+            json!({"current_name": "store", "new_name": "Bad_Name"}),
+            "new_name",
+        ),
         (json!({"current_name": "store"}), "new_name"),
-        (json!({"current_name": "store", "new_name": "taken"}), "new_name"),
-        (json!({"current_name": "store", "new_name": "store"}), "new_name"),
+        (
+            json!({"current_name": "store", "new_name": "taken"}),
+            "new_name",
+        ),
+        (
+            json!({"current_name": "store", "new_name": "store"}),
+            "new_name",
+        ),
         (json!({"current_name": "store", "new_name": 5}), "new_name"),
         (
             json!({"current_name": "store", "new_name": "0190a7e2-0000-7000-8000-000000000000"}),
@@ -242,7 +257,10 @@ async fn a_limited_collaborator_reads_and_deploys_but_manages_nothing() {
         .await;
     assert_eq!(status, 201, "{added}");
     assert_eq!(added["collaborator"]["is_limited"], false);
-    let id = added["collaborator"]["id"].as_str().expect("id").to_string();
+    let id = added["collaborator"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let user_id = added["collaborator"]["user_id"]
         .as_str()
         .expect("user id")
@@ -305,8 +323,12 @@ async fn a_limited_collaborator_reads_and_deploys_but_manages_nothing() {
         json!({}),
         json!({"collaborator": "limited"}),
     ] {
-        let (status, answer) =
-            patch(&admin, &format!("/v1/apps/shop/collaborators/{id}"), body.clone()).await;
+        let (status, answer) = patch(
+            &admin,
+            &format!("/v1/apps/shop/collaborators/{id}"),
+            body.clone(),
+        )
+        .await;
         assert_eq!(status, 422, "{body}: {answer}");
         assert!(answer["errors"].is_object(), "{answer}");
     }
@@ -328,6 +350,31 @@ async fn a_limited_collaborator_reads_and_deploys_but_manages_nothing() {
     let (_, list) = admin.get("/v1/apps/shop/collaborators").await;
     assert_eq!(list["collaborators"][0]["is_limited"], true);
 
+    // Added limited at once (what `collaborators-add` sends, with `is_limited`).
+    let (status, body) = admin
+        .post(
+            "/v1/apps/shop/collaborators",
+            json!({"collaborator": {"email": "carol@example.com", "is_limited": "yes"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = admin
+        .post(
+            "/v1/apps/shop/collaborators",
+            json!({"collaborator": {"email": "carol@example.com", "is_limited": true}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["collaborator"]["is_limited"], true);
+    let (status, body) = server
+        .client(&carol_token)
+        .post(
+            "/v1/apps/shop/rename",
+            json!({"current_name": "shop", "new_name": "carols"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
     // Lifted (by user id this time), and kept across a restart: bob may rename again.
     let (status, body) = patch(
         &admin,
@@ -339,7 +386,18 @@ async fn a_limited_collaborator_reads_and_deploys_but_manages_nothing() {
     let server = server.restart();
     let bob = server.client(&bob_token);
     let (_, list) = server.admin().get("/v1/apps/shop/collaborators").await;
-    assert_eq!(list["collaborators"][0]["is_limited"], false);
+    let limited: Vec<(&str, bool)> = list["collaborators"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| {
+            (
+                c["username"].as_str().expect("name"),
+                c["is_limited"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(limited, [("bob", false), ("carol", true)]);
     let (status, body) = bob
         .post(
             "/v1/apps/shop/rename",
@@ -362,7 +420,10 @@ async fn cached_build(client: &Client, app: &str, url: &str, git_ref: &str) -> S
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    let id = created["deployment"]["id"].as_str().expect("id").to_string();
+    let id = created["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let done = common::wait_finished(client, app, &id, FINISH).await;
     assert_eq!(done["status"], "success", "{done}");
     let (status, _, text) = client
@@ -381,7 +442,9 @@ async fn the_build_cache_is_kept_between_deployments_and_emptied_by_delete_cache
     let blog = server.create_app(&admin, "blog").await;
     let url = files.serve("/shop.tar.gz", testing::app(CACHING_BUILD, "true"));
 
-    assert!(cached_build(&admin, "shop", &url, "v1").await.contains("cache miss"));
+    assert!(cached_build(&admin, "shop", &url, "v1")
+        .await
+        .contains("cache miss"));
     let second = cached_build(&admin, "shop", &url, "v2").await;
     assert!(second.contains("cache hit: v1"), "{second}");
     let cache = server
@@ -390,12 +453,16 @@ async fn the_build_cache_is_kept_between_deployments_and_emptied_by_delete_cache
         .join(app["id"].as_str().expect("id"));
     assert!(cache.join("deps").is_file(), "{}", cache.display());
     // Another app has its own cache.
-    assert!(cached_build(&admin, "blog", &url, "b1").await.contains("cache miss"));
+    assert!(cached_build(&admin, "blog", &url, "b1")
+        .await
+        .contains("cache miss"));
 
     let (status, body) = admin.delete("/v1/apps/shop/caches/deployment").await;
     assert_eq!(status, 204, "{body}");
     assert!(!cache.join("deps").exists());
-    assert!(cached_build(&admin, "shop", &url, "v3").await.contains("cache miss"));
+    assert!(cached_build(&admin, "shop", &url, "v3")
+        .await
+        .contains("cache miss"));
     // Kept by id: a rename keeps it.
     let (status, body) = admin
         .post(
@@ -406,7 +473,9 @@ async fn the_build_cache_is_kept_between_deployments_and_emptied_by_delete_cache
     assert_eq!(status, 200, "{body}");
     let after = cached_build(&admin, "store", &url, "v4").await;
     assert!(after.contains("cache hit: v3"), "{after}");
-    assert!(cached_build(&admin, "blog", &url, "b2").await.contains("cache hit: b1"));
+    assert!(cached_build(&admin, "blog", &url, "b2")
+        .await
+        .contains("cache hit: b1"));
 
     // Resetting an app that never built is fine; unknown and foreign apps are 404s.
     server.create_app(&admin, "fresh").await;
@@ -459,7 +528,10 @@ async fn a_build_running_while_its_cache_is_reset_finishes_and_the_next_build_st
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    let id = created["deployment"]["id"].as_str().expect("id").to_string();
+    let id = created["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let (status, _, _) = common::eventually(FINISH, || async {
         let (status, kind, text) = admin
             .get_text(&format!("/v1/apps/shop/deployments/{id}/output"))

@@ -43,7 +43,13 @@ fn fill(path: &str, app: &str) -> String {
 
 /// Calls `method path` with `token` (Basic, as `curl -u` does) and a `{}` body; `(status,
 /// body)`. A WebSocket route is upgraded for real: `(101, Null)` when it was accepted.
-async fn call(server: &Server, method: &str, path: &str, token: &str, answer: Answer) -> (u16, Value) {
+async fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    answer: Answer,
+) -> (u16, Value) {
     let authorization = format!("Basic {}", b64(&format!(":{token}")));
     if answer == Answer::WebSocket {
         let url = format!("{}{path}", server.url.replacen("http", "ws", 1));
@@ -90,7 +96,11 @@ async fn every_route_refuses_a_token_narrower_than_its_row_with_a_json_403_and_a
     server.create_app(&admin, "shop").await;
     let read = secret(&create_token(&admin, json!({"name": "r", "scope": "read"})).await);
     let deploy = secret(
-        &create_token(&admin, json!({"name": "d", "scope": "deploy", "apps": ["shop"]})).await,
+        &create_token(
+            &admin,
+            json!({"name": "d", "scope": "deploy", "apps": ["shop"]}),
+        )
+        .await,
     );
     let mut checked = 0;
     for route in ROUTES.iter().filter(|r| r.auth == Auth::Caller) {
@@ -117,7 +127,10 @@ async fn every_route_refuses_a_token_narrower_than_its_row_with_a_json_403_and_a
             "full token refused by {method} {path}: {status} {body}"
         );
     }
-    assert!(checked >= 2 * 20, "only {checked} calls: the table lost its rows?");
+    assert!(
+        checked >= 2 * 20,
+        "only {checked} calls: the table lost its rows?"
+    );
     // What the refused calls would have changed is unchanged.
     let (_, apps) = admin.get("/v1/apps").await;
     let names: Vec<&str> = apps["apps"]
@@ -141,8 +154,11 @@ async fn a_read_token_sees_everything_its_user_sees_and_changes_nothing() {
     let server = Server::start();
     let admin = server.admin();
     server.create_app(&admin, "shop").await;
-    let id = push::start(&server.url, "shop", &server.admin_token, "v1").await.id();
-    let read_secret = secret(&create_token(&admin, json!({"name": "dashboard", "scope": "read"})).await);
+    let id = push::start(&server.url, "shop", &server.admin_token, "v1")
+        .await
+        .id();
+    let read_secret =
+        secret(&create_token(&admin, json!({"name": "dashboard", "scope": "read"})).await);
     let read = server.client(&read_secret);
     let (status, body) = read.get("/v1/apps").await;
     assert_eq!(status, 200, "{body}");
@@ -150,25 +166,35 @@ async fn a_read_token_sees_everything_its_user_sees_and_changes_nothing() {
     let (status, body) = read.get(&format!("/v1/apps/shop/deployments/{id}")).await;
     assert_eq!(status, 200, "{body}");
     let refusals = [
-        read.post("/v1/apps", json!({"app": {"name": "other"}})).await,
+        read.post("/v1/apps", json!({"app": {"name": "other"}}))
+            .await,
         read.post(
             "/v1/apps/shop/deployments",
             json!({"deployment": {"source_url": "https://example.com/a.tar.gz"}}),
         )
         .await,
         read.delete("/v1/apps/shop").await,
-        read.post("/v1/tokens", json!({"token": {"name": "more", "scope": "read"}}))
-            .await,
+        read.post(
+            "/v1/tokens",
+            json!({"token": {"name": "more", "scope": "read"}}),
+        )
+        .await,
         read.post("/v1/sources", json!({})).await,
     ];
     for (status, body) in refusals {
         assert_eq!(status, 403, "{body}");
-        assert!(body["error"].as_str().expect("error").contains("read"), "{body}");
+        assert!(
+            body["error"].as_str().expect("error").contains("read"),
+            "{body}"
+        );
     }
     let (_, apps) = admin.get("/v1/apps").await;
     assert_eq!(apps["apps"].as_array().expect("apps").len(), 1);
     let (_, deployments) = admin.get("/v1/apps/shop/deployments").await;
-    assert_eq!(deployments["deployments"].as_array().expect("list").len(), 1);
+    assert_eq!(
+        deployments["deployments"].as_array().expect("list").len(),
+        1
+    );
     // A read token follows the live stream (the replay shows the running deployment).
     let (_, app) = read.get("/v1/apps/shop").await;
     let mut ws = subscriber::subscribe(&app["app"], &read_secret, json!({})).await;
@@ -195,6 +221,17 @@ async fn a_deploy_token_deploys_its_apps_only_and_other_apps_answer_404() {
     assert_eq!(token["apps"], json!([shop_id]));
     let ci_token = secret(&token);
     let ci = server.client(&ci_token);
+    let (_, listed) = admin.get("/v1/tokens").await;
+    let shown = listed["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["id"] == token["id"])
+        .expect("listed")
+        .clone();
+    assert_eq!(shown["scope"], "deploy", "{shown}");
+    assert_eq!(shown["apps"], json!([shop_id]), "{shown}");
+    assert!(shown["token"].is_null(), "never the secret: {shown}");
 
     let mut pusher = push::start(&server.url, "shop", &ci_token, "v1").await;
     pusher.finish("success").await;
@@ -216,7 +253,10 @@ async fn a_deploy_token_deploys_its_apps_only_and_other_apps_answer_404() {
         )
         .await;
     assert_eq!(status, 404, "{body}");
-    assert_eq!(push::connect(&server.url, "blog", &ci_token).await.err(), Some(404));
+    assert_eq!(
+        push::connect(&server.url, "blog", &ci_token).await.err(),
+        Some(404)
+    );
     let mut ws = subscriber::subscribe(&blog, &ci_token, json!({})).await;
     let (code, reason) = subscriber::expect_close(&mut ws).await;
     assert_ne!(code, 1000, "{code} {reason}");
@@ -238,7 +278,10 @@ async fn a_deploy_token_deploys_its_apps_only_and_other_apps_answer_404() {
     let ci = server.client(&ci_token);
     assert_eq!(ci.get("/v1/apps/blog").await.0, 404);
     let token_id = token["id"].as_str().expect("id");
-    let (status, _) = server.admin().delete(&format!("/v1/tokens/{token_id}")).await;
+    let (status, _) = server
+        .admin()
+        .delete(&format!("/v1/tokens/{token_id}"))
+        .await;
     assert_eq!(status, 204);
     assert_eq!(ci.get("/v1/apps/shop").await.0, 401);
 }
@@ -258,16 +301,28 @@ async fn tokens_create_only_same_or_narrower_tokens_and_bad_requests_create_noth
         (json!({"name": "ci", "scope": "admin"}), "scope"),
         (json!({"name": "ci", "scope": 5}), "scope"),
         (json!({"name": "ci", "scope": "read", "apps": []}), "apps"),
-        (json!({"name": "ci", "scope": "read", "apps": "shop"}), "apps"),
+        (
+            json!({"name": "ci", "scope": "read", "apps": "shop"}),
+            "apps",
+        ),
         (json!({"name": "ci", "scope": "read", "apps": [7]}), "apps"),
-        (json!({"name": "ci", "scope": "deploy", "apps": ["nope"]}), "apps"),
-        (json!({"name": "ci", "scope": "deploy", "apps": ["alices"]}), "apps"),
+        (
+            json!({"name": "ci", "scope": "deploy", "apps": ["nope"]}),
+            "apps",
+        ),
+        (
+            json!({"name": "ci", "scope": "deploy", "apps": ["alices"]}),
+            "apps",
+        ),
     ] {
         let (status, body) = admin.post("/v1/tokens", json!({ "token": fields })).await;
         assert_eq!(status, 422, "{fields}: {body}");
         let errors = body["errors"].as_object().expect("errors");
         // A wrong item type names the item (`apps[0]`).
-        assert!(errors.keys().any(|k| k.starts_with(field)), "{fields}: {body}");
+        assert!(
+            errors.keys().any(|k| k.starts_with(field)),
+            "{fields}: {body}"
+        );
     }
     let (_, after) = admin.get("/v1/tokens").await;
     assert_eq!(before, after, "refused requests created no token");
@@ -290,7 +345,10 @@ async fn tokens_create_only_same_or_narrower_tokens_and_bad_requests_create_noth
     assert_eq!(same["scope"], "deploy");
     assert_eq!(same["apps"].as_array().expect("apps").len(), 2);
     // Wider: refused.
-    for fields in [json!({"scope": "full"}), json!({"scope": "full", "apps": ["shop"]})] {
+    for fields in [
+        json!({"scope": "full"}),
+        json!({"scope": "full", "apps": ["shop"]}),
+    ] {
         let (status, body) = deploy.post("/v1/tokens", json!({ "token": fields })).await;
         assert_eq!(status, 403, "{fields}: {body}");
     }
@@ -307,7 +365,10 @@ async fn tokens_create_only_same_or_narrower_tokens_and_bad_requests_create_noth
     ));
     for (path, body) in [
         ("/v1/apps", json!({"app": {"name": "sneaky"}})),
-        ("/v1/users", json!({"user": {"username": "sneaky", "email": "s@x.y"}})),
+        (
+            "/v1/users",
+            json!({"user": {"username": "sneaky", "email": "s@x.y"}}),
+        ),
     ] {
         let (status, answer) = limited_full.post(path, body).await;
         assert_eq!(status, 403, "{path}: {answer}");
@@ -320,7 +381,9 @@ async fn a_jwt_exchanged_from_a_scoped_token_carries_its_scope_and_acts_with_it(
     let admin = server.admin();
     server.create_app(&admin, "shop").await;
     let read = secret(&create_token(&admin, json!({"scope": "read", "apps": ["shop"]})).await);
-    let exchanger = server.anonymous().with_auth(&format!("Basic {}", b64(&format!(":{read}"))));
+    let exchanger = server
+        .anonymous()
+        .with_auth(&format!("Basic {}", b64(&format!(":{read}"))));
     let (status, body) = exchanger.post("/v1/tokens/exchange", json!({})).await;
     assert_eq!(status, 200, "{body}");
     let jwt = body["token"].as_str().expect("jwt").to_string();
@@ -332,21 +395,36 @@ async fn a_jwt_exchanged_from_a_scoped_token_carries_its_scope_and_acts_with_it(
     )
     .expect("claims");
     assert_eq!(claims["scope"], "read", "{claims}");
-    assert_eq!(claims["apps"].as_array().expect("apps").len(), 1, "{claims}");
+    assert_eq!(
+        claims["apps"].as_array().expect("apps").len(),
+        1,
+        "{claims}"
+    );
     assert!(claims["exp"].is_i64(), "{claims}");
 
     let bearer = server.anonymous().with_auth(&format!("Bearer {jwt}"));
     let (status, body) = bearer.get("/v1/apps/shop").await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = bearer.post("/v1/apps", json!({"app": {"name": "other"}})).await;
+    let (status, body) = bearer
+        .post("/v1/apps", json!({"app": {"name": "other"}}))
+        .await;
     assert_eq!(status, 403, "{body}");
     // A full token's JWT says so.
     let (_, body) = server
         .admin()
-        .with_auth(&format!("Basic {}", b64(&format!(":{}", server.admin_token))))
+        .with_auth(&format!(
+            "Basic {}",
+            b64(&format!(":{}", server.admin_token))
+        ))
         .post("/v1/tokens/exchange", json!({}))
         .await;
-    let payload = body["token"].as_str().expect("jwt").split('.').nth(1).expect("payload").to_string();
+    let payload = body["token"]
+        .as_str()
+        .expect("jwt")
+        .split('.')
+        .nth(1)
+        .expect("payload")
+        .to_string();
     let claims: Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(payload)

@@ -262,10 +262,12 @@ pub struct AddCollaboratorBody {
 #[serde(default)]
 pub struct AddCollaboratorFields {
     email: Option<String>,
+    /// Scalingo's CLI sends it (false); true adds a limited collaborator.
+    is_limited: Option<bool>,
 }
 
-/// `POST /v1/apps/{app}/collaborators`: `{"collaborator":{"email"}}` of an existing user (owner
-/// only) → 201.
+/// `POST /v1/apps/{app}/collaborators`: `{"collaborator":{"email","is_limited"?}}` of an
+/// existing user (owner only) → 201.
 pub async fn add_collaborator(
     State(state): State<AppState>,
     caller: Caller,
@@ -278,9 +280,11 @@ pub async fn add_collaborator(
             "only the owner may add collaborators".into(),
         ));
     }
-    let email = body
+    let fields = body
         .collaborator
-        .ok_or_else(|| ApiError::field("collaborator", "is required"))?
+        .ok_or_else(|| ApiError::field("collaborator", "is required"))?;
+    let is_limited = fields.is_limited.unwrap_or(false);
+    let email = fields
         .email
         .ok_or_else(|| ApiError::field("email", "is required"))?;
     let lookup = email.clone();
@@ -292,12 +296,15 @@ pub async fn add_collaborator(
         return Err(ApiError::field("email", "is the owner of the app"));
     }
     let id = uuid::Uuid::now_v7();
-    state.writer.add_collaborator(app.id, user.id, id).await?;
+    state
+        .writer
+        .add_collaborator_as(app.id, user.id, id, is_limited)
+        .await?;
     let collaborator = Collaborator {
         id,
         user,
         since: OffsetDateTime::now_utc(),
-        is_limited: false,
+        is_limited,
     };
     let view = collaborator_view(app.id, &collaborator);
     Ok((StatusCode::CREATED, Json(json!({ "collaborator": view }))))

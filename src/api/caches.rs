@@ -125,6 +125,8 @@ mod tests {
         assert!(root.path().join(other.to_string()).exists());
         // Nothing to reset is not an error, nor is a missing cache root.
         assert!(move_aside(root.path(), app).unwrap().is_empty());
-        assert!(move_aside(&root.path().join("none"), app).unwrap().is_empty());
+        assert!(move_aside(&root.path().join("none"), app)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -93,9 +93,9 @@ pub fn router(state: AppState) -> Router {
                         state.clone(),
                         access::guard,
                     ))
-                    .layer::<_, std::convert::Infallible>(axum::Extension(
-                        access::RequiredScope(route.scope),
-                    )),
+                    .layer::<_, std::convert::Infallible>(axum::Extension(access::RequiredScope(
+                        route.scope,
+                    ))),
                 _ => handler,
             };
             router.route(route.path, handler)

@@ -13,7 +13,7 @@ use super::access::{authenticate, Caller};
 use super::views::{rfc3339, UserView};
 use super::{ApiError, AppState, JsonBody};
 use crate::auth::{self, JwtClaims};
-use crate::model::{new_user, Token, TokenId};
+use crate::model::{new_user, Grant, Token, TokenId};
 
 /// Longest username, email or token name accepted.
 const MAX_NAME_BYTES: usize = 128;
@@ -67,8 +67,8 @@ pub async fn create_token(
             format!("is longer than {MAX_NAME_BYTES} bytes"),
         ));
     }
-    let grant = super::access::requested_grant(&state, &caller, body.token.scope, body.token.apps)
-        .await?;
+    let grant =
+        super::access::requested_grant(&state, &caller, body.token.scope, body.token.apps).await?;
     let secret = auth::generate_api_token();
     let token = Token {
         id: TokenId::generate(),
@@ -80,11 +80,7 @@ pub async fn create_token(
         .writer
         .create_scoped_token(token.clone(), auth::hash_api_token(&secret), grant.clone())
         .await?;
-    let mut shown = token_json(&token, Some(&secret));
-    shown["scope"] = json!(grant.scope.as_str());
-    shown["apps"] = json!(grant
-        .apps
-        .map(|apps| apps.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    let shown = scoped_token_json(&token, Some(&secret), &grant);
     Ok((StatusCode::CREATED, Json(json!({ "token": shown }))))
 }
 
@@ -100,14 +96,33 @@ fn token_json(token: &Token, secret: Option<&str>) -> serde_json::Value {
     value
 }
 
+/// [`token_json`] with the token's `scope` and `apps` (ids; `null`: every app).
+fn scoped_token_json(token: &Token, secret: Option<&str>, grant: &Grant) -> serde_json::Value {
+    let mut value = token_json(token, secret);
+    value["scope"] = json!(grant.scope.as_str());
+    value["apps"] = json!(grant
+        .apps
+        .as_ref()
+        .map(|apps| apps.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    value
+}
+
 /// `GET /v1/tokens`: the caller's tokens (never their secrets).
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = caller.user.id;
-    let tokens = state.read(move |store| store.tokens_of(user)).await?;
-    let tokens: Vec<_> = tokens.iter().map(|t| token_json(t, None)).collect();
+    let tokens = state
+        .read(move |store| {
+            let mut shown = Vec::new();
+            for token in store.tokens_of(user)? {
+                let grant = store.token_grant(token.id)?;
+                shown.push(scoped_token_json(&token, None, &grant));
+            }
+            Ok(shown)
+        })
+        .await?;
     Ok(Json(json!({ "tokens": tokens })))
 }
 

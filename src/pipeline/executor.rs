@@ -154,7 +154,8 @@ impl<S: DeploymentSink> Run<'_, S> {
         // be missing here (the first deployment, or just after a reset).
         let cache = absolute(&self.config.app_cache_dir(self.job.app_id));
         if let Err(err) = tokio::fs::create_dir_all(&cache).await {
-            self.system(format!("warning: no build cache ({err})")).await?;
+            self.system(format!("warning: no build cache ({err})"))
+                .await?;
         }
         if !self.build(&source_dir, &env).await? {
             return Ok(());

@@ -18,13 +18,15 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
 use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Step};
-use super::frames::{event_frames, new_frame, ping_frame, read_log_frames, status_text, text_frame};
+use super::frames::{
+    event_frames, new_frame, ping_frame, read_log_frames, status_text, text_frame,
+};
 #[cfg(doc)]
 use super::MAX_READ_BYTES;
 use super::{read_error, End, Resume};
 use crate::api::AppState;
-use crate::hub::{Event, EventKind};
 use crate::config::NewEventForm;
+use crate::hub::{Event, EventKind};
 use crate::model::{AppId, Deployment, DeploymentId, LineNo};
 
 /// While events keep coming, a subscriber writes to its socket at most once per this interval

@@ -227,6 +227,7 @@ impl WriterState {
                 app,
                 user,
                 id,
+                is_limited,
                 reply,
             } => self.answer(group, reply, |s, g| {
                 if s.store.is_collaborator(app, user)? {
@@ -237,7 +238,7 @@ impl WriterState {
                     codec::encode_collaborator(&codec::CollaboratorRecord {
                         id,
                         since: now(),
-                        is_limited: false,
+                        is_limited,
                     }),
                 ));
                 Ok(Outcome::quiet(()))

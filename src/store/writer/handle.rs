@@ -50,6 +50,8 @@ pub enum Command {
         app: AppId,
         user: UserId,
         id: uuid::Uuid,
+        /// The role it starts with (`scalingo collaborators-add` sends `is_limited`).
+        is_limited: bool,
         reply: Reply<()>,
     },
     RemoveCollaborator {
@@ -181,6 +183,38 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Adds a collaborator that is not limited; refused when the user already is a
+    /// collaborator.
+    pub async fn add_collaborator(
+        &self,
+        app: AppId,
+        user: UserId,
+        id: uuid::Uuid,
+    ) -> Result<(), WriteError> {
+        self.add_collaborator_as(app, user, id, false).await
+    }
+
+    /// Adds a collaborator with its role, in one commit (a limited collaborator is never
+    /// stored, even briefly, as a full one).
+    pub async fn add_collaborator_as(
+        &self,
+        app: AppId,
+        user: UserId,
+        id: uuid::Uuid,
+        is_limited: bool,
+    ) -> Result<(), WriteError> {
+        self.call(|reply| Command::AddCollaborator {
+            app,
+            user,
+            id,
+            is_limited,
+            reply,
+        })
+        .await
+    }
+}
+
 /// One `Writer` method per command: sends `Command::$variant` with the arguments as its fields
 /// and awaits the reply.
 macro_rules! commands {
@@ -210,8 +244,6 @@ commands! {
     /// Deletes an app with its collaborators, deployments and log files; its unfinished
     /// deployments end (their sessions see the status watch close).
     fn delete_app(app: AppId) -> () = DeleteApp;
-    /// Refused when the user already is a collaborator.
-    fn add_collaborator(app: AppId, user: UserId, id: uuid::Uuid) -> () = AddCollaborator;
     fn remove_collaborator(app: AppId, user: UserId) -> () = RemoveCollaborator;
     /// Creates a deployment: `building`, or `queued` when the app has one in progress.
     fn create_deployment(app: AppId, git_ref: String, pusher: Pusher, driver: Driver) -> Deployment

@@ -7,7 +7,9 @@
 
 use super::group::{put, Group, Outcome, WriterState};
 use super::WriteError;
-use crate::model::{App, AppId, Deployment, DeploymentId, Grant, LastDeployment, Token, TokenId, User, UserId};
+use crate::model::{
+    App, AppId, Deployment, DeploymentId, Grant, LastDeployment, Token, TokenId, User, UserId,
+};
 use crate::status::Status;
 use crate::store::codec;
 use crate::store::engine::{prefix_end, BatchOp};
@@ -67,7 +69,9 @@ impl WriterState {
         }
         group.ops.push(BatchOp::Delete(codec::token_key(&hash)));
         group.ops.push(BatchOp::Delete(codec::token_id_key(token)));
-        group.ops.push(BatchOp::Delete(codec::token_scope_key(token)));
+        group
+            .ops
+            .push(BatchOp::Delete(codec::token_scope_key(token)));
         Ok(Outcome::quiet(()))
     }
 
