@@ -560,7 +560,12 @@ async fn the_new_event_carries_the_deployment_object_only_when_configured() {
         });
         let admin = server.admin();
         let app = server.create_app(&admin, "shop").await;
+        // A finished deployment, whose replay proves the subscription is live (the server
+        // subscribes before it replays, and a replay announces nothing) before the one under
+        // test starts.
+        let earlier = pushed(&server, "shop", &server.admin_token, "v0", "success").await;
         let mut ws = subscriber::subscribe(&app, &server.admin_token, json!({})).await;
+        subscriber::events_until_status(&mut ws, &earlier, "success").await;
         let mut live = push::start(&server.url, "shop", &server.admin_token, "v1").await;
         let id = live.id();
         let new = loop {
