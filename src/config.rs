@@ -35,6 +35,33 @@ pub struct Config {
     pub stream: StreamConfig,
     pub limits: Limits,
     pub pipeline: PipelineConfig,
+    pub notifications: NotificationsConfig,
+}
+
+/// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
+#[derive(Clone, Debug)]
+pub struct NotificationsConfig {
+    /// One attempt's whole time limit (10 s: a receiver should answer at once and work later).
+    pub request_timeout: Duration,
+    /// Delay before the first retry (5 s, so the first retry comes within 10 s even with
+    /// jitter); each next delay doubles, with jitter, up to `max_retry_delay`.
+    pub first_retry_delay: Duration,
+    /// Longest delay between two attempts (1 h).
+    pub max_retry_delay: Duration,
+    /// A delivery is retried until it is this old (24 h), then given up.
+    pub retry_for: Duration,
+    /// How often the outbox is looked at for due deliveries (1 s; the outbox is written by
+    /// the writer thread, which never waits for the worker).
+    pub poll_interval: Duration,
+    /// Deliveries in flight at once over all notifiers (32; 0 = unlimited). Each notifier has
+    /// at most one in flight, so a dead webhook holds one slot at a time.
+    pub max_concurrent: usize,
+    /// Events, outbox entries and delivery records older than this are pruned (90 days;
+    /// `None`, from 0, keeps them forever).
+    pub events_max_age: Option<Duration>,
+    /// Loopback and private webhook addresses are allowed (the executor's
+    /// `allow_private_sources`, the same rule as for source URLs).
+    pub allow_private: bool,
 }
 
 /// The live stream's timings.
@@ -68,6 +95,25 @@ pub struct FileConfig {
     pub stream: FileStream,
     pub limits: FileLimits,
     pub executor: FileExecutor,
+    pub notifications: FileNotifications,
+    pub retention: FileRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileNotifications {
+    pub request_timeout_ms: Option<u64>,
+    pub first_retry_delay_ms: Option<u64>,
+    pub max_retry_delay_secs: Option<u64>,
+    pub retry_for_hours: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+    pub max_concurrent_deliveries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRetention {
+    pub events_max_age_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +259,22 @@ impl Config {
         if let Some(v) = overrides.allow_private_sources.or(e.allow_private_sources) {
             pipeline.allow_private_sources = v;
         }
+        let n = file.notifications;
+        let ms = Duration::from_millis;
+        let notifications = NotificationsConfig {
+            // 0 means unlimited for the time limit (reqwest then waits as long as it takes).
+            request_timeout: ms(n.request_timeout_ms.unwrap_or(10_000)),
+            first_retry_delay: ms(n.first_retry_delay_ms.unwrap_or(5_000).max(1)),
+            max_retry_delay: secs(n.max_retry_delay_secs.unwrap_or(3600).max(1)),
+            retry_for: secs(n.retry_for_hours.unwrap_or(24).saturating_mul(3600)),
+            poll_interval: ms(n.poll_interval_ms.unwrap_or(1000).max(1)),
+            max_concurrent: n.max_concurrent_deliveries.unwrap_or(32),
+            events_max_age: match file.retention.events_max_age_days.unwrap_or(90) {
+                0 => None,
+                days => Some(secs(days.saturating_mul(86_400))),
+            },
+            allow_private: pipeline.allow_private_sources,
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -222,6 +284,7 @@ impl Config {
             stream,
             limits,
             pipeline,
+            notifications,
         })
     }
 

@@ -254,7 +254,10 @@ pub async fn remove_collaborator(
             "only the owner may remove collaborators".into(),
         ));
     }
-    state.writer.remove_collaborator(app.id, user.id).await?;
+    state
+        .writer
+        .remove_collaborator(app.id, user.id, caller.user.id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,7 +16,7 @@ use crate::model::{
     UserId,
 };
 use crate::store::events::Publish;
-use crate::store::{codec, Store, StoreError};
+use crate::store::{codec, timeline_codec, Store, StoreError};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
@@ -55,6 +55,8 @@ pub enum Command {
     RemoveCollaborator {
         app: AppId,
         user: UserId,
+        /// Who removed them (the owner, or the collaborator itself), for the timeline.
+        by: UserId,
         reply: Reply<()>,
     },
     CreateDeployment {
@@ -88,6 +90,36 @@ pub enum Command {
     },
     PutSource {
         source: codec::StoredSource,
+        reply: Reply<()>,
+    },
+    /// Creates (`created`) or replaces a notifier; recorded with its timeline event.
+    PutNotifier {
+        notifier: timeline_codec::StoredNotifier,
+        actor: Pusher,
+        created: bool,
+        reply: Reply<()>,
+    },
+    DeleteNotifier {
+        app: AppId,
+        id: uuid::Uuid,
+        actor: Pusher,
+        reply: Reply<()>,
+    },
+    /// Records one timeline event (and its outbox entries) in a commit of its own.
+    RecordEvent {
+        event: crate::timeline::TimelineEvent,
+        reply: Reply<()>,
+    },
+    /// One delivery attempt's result (`notify`'s worker).
+    FinishDelivery {
+        entry: timeline_codec::StoredOutbox,
+        delivery: Option<timeline_codec::StoredDelivery>,
+        next: Option<timeline_codec::StoredOutbox>,
+        reply: Reply<()>,
+    },
+    /// Deletes expired timeline, outbox and delivery keys (retention).
+    Prune {
+        keys: Vec<Vec<u8>>,
         reply: Reply<()>,
     },
     /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
@@ -192,7 +224,7 @@ commands! {
     fn delete_app(app: AppId) -> () = DeleteApp;
     /// Refused when the user already is a collaborator.
     fn add_collaborator(app: AppId, user: UserId, id: uuid::Uuid) -> () = AddCollaborator;
-    fn remove_collaborator(app: AppId, user: UserId) -> () = RemoveCollaborator;
+    fn remove_collaborator(app: AppId, user: UserId, by: UserId) -> () = RemoveCollaborator;
     /// Creates a deployment: `building`, or `queued` when the app has one in progress.
     fn create_deployment(app: AppId, git_ref: String, pusher: Pusher, driver: Driver) -> Deployment
         = CreateDeployment;
@@ -206,4 +238,21 @@ commands! {
     /// See [`Command::StopPromoting`].
     fn stop_promoting() -> () = StopPromoting;
     fn put_source(source: codec::StoredSource) -> () = PutSource;
+    /// Creates or (not `created`) replaces a notifier, with its timeline event in the same
+    /// commit; replacing a missing one is refused (not found).
+    fn put_notifier(notifier: timeline_codec::StoredNotifier, actor: Pusher, created: bool) -> ()
+        = PutNotifier;
+    /// Deletes a notifier and its delivery records; refused (not found) when missing.
+    fn delete_notifier(app: AppId, id: uuid::Uuid, actor: Pusher) -> () = DeleteNotifier;
+    /// Records a timeline event of an existing app, with the outbox entries of the notifiers
+    /// that select it, in one commit. The one call for events not recorded by another write
+    /// (e.g. `rename_app`, `change_collaborator_role`).
+    fn record_event(event: crate::timeline::TimelineEvent) -> () = RecordEvent;
+    fn finish_delivery(
+        entry: timeline_codec::StoredOutbox,
+        delivery: Option<timeline_codec::StoredDelivery>,
+        next: Option<timeline_codec::StoredOutbox>
+    ) -> () = FinishDelivery;
+    /// At most `notify::MAX_PRUNE_KEYS` keys, all of tags 0x13–0x16.
+    fn prune(keys: Vec<Vec<u8>>) -> () = Prune;
 }

@@ -84,6 +84,7 @@ impl WriterState {
             codec::app_name_key(&app.name),
             app.id.as_bytes().to_vec(),
         ));
+        self.record_new_app(app, group)?;
         Ok(Outcome::quiet(()))
     }
 
@@ -93,6 +94,15 @@ impl WriterState {
         group: &mut Group,
     ) -> Result<Outcome<()>, WriteError> {
         let app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        // Read before the deletes below are staged; the event outlives the app in `/v1/events`.
+        self.record_by(
+            app_id,
+            app.owner,
+            "delete_app",
+            serde_json::json!({}),
+            false,
+            group,
+        )?;
         group.ops.push(BatchOp::Delete(codec::app_key(app_id)));
         group
             .ops
@@ -106,6 +116,7 @@ impl WriterState {
             Ok(())
         };
         delete_prefix(codec::collaborators_prefix(app_id), &mut group.ops)?;
+        self.delete_timeline_of(app_id, &mut group.ops)?;
         let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
         delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
         for id in ids {
