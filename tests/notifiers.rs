@@ -599,3 +599,68 @@ async fn a_delivery_survives_a_kill_9_between_attempts_with_the_same_delivery_id
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn a_hanging_webhook_holds_back_neither_ingest_nor_another_apps_deliveries() {
+    // Accepts connections and never answers (kept open for the whole test).
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let receiver = Receiver::start(&[]).await;
+    let mut options = fast_retries();
+    // No time limit on an attempt: the stuck one stays stuck for the whole test.
+    options.config_toml.push_str("request_timeout_ms = 0\n");
+    let server = Server::start_with(options);
+    let admin = server.admin();
+    server.create_app(&admin, "stuck").await;
+    server.create_app(&admin, "fine").await;
+    let mut ids = Vec::new();
+    for (app, url) in [("stuck", &hanging_url), ("fine", &receiver.url)] {
+        let (status, created) = admin
+            .post(
+                &format!("/v1/apps/{app}/notifiers"),
+                cli_body(url, &[], true),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["notifier"]["id"].as_str().expect("id").to_string());
+    }
+    // Two events for the stuck notifier: one in flight, one waiting behind it.
+    for name in ["one", "two"] {
+        let (status, body) = Client::send_json(
+            &admin,
+            reqwest::Method::PATCH,
+            &format!("/v1/apps/stuck/notifiers/{}", ids[0]),
+            json!({"notifier": {"name": name}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Ingest on the stuck app goes on.
+    let mut pusher = push::start(&server.url, "stuck", &server.admin_token, "v1").await;
+    assert_eq!(pusher.logs(&["a", "b"]).await, 2);
+    pusher.finish("success").await;
+    // And the other app's notifier gets its event.
+    let (status, body) = Client::send_json(
+        &admin,
+        reqwest::Method::PATCH,
+        &format!("/v1/apps/fine/notifiers/{}", ids[1]),
+        json!({"notifier": {"name": "renamed"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got = eventually(WAIT, || {
+        let r = receiver.received();
+        async move { (!r.is_empty()).then_some(r) }
+    })
+    .await;
+    assert_eq!(got[0].json()["app_name"], "fine");
+    assert!(deliveries(&admin, "stuck", &ids[0]).await.is_empty());
+}

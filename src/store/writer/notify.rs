@@ -371,3 +371,91 @@ fn tc_nanos(at: OffsetDateTime) -> i64 {
     // i64 nanoseconds cover 1677..2262 (as in `codec`).
     at.unix_timestamp_nanos() as i64
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::hub::Hub;
+    use crate::model::{App, AppId, Pusher, Token, TokenId, User, UserId};
+    use crate::store::codec::{TAG_APP, TAG_EVENT, TAG_USER_EVENT};
+    use crate::store::engine::MemoryEngine;
+    use crate::store::logs::LogFiles;
+    use crate::store::writer::Writer;
+    use crate::store::Store;
+    use crate::timeline::TimelineEvent;
+
+    #[tokio::test]
+    async fn retention_prunes_only_events_older_than_the_cutoff_and_nothing_but_timeline_keys() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(
+            Arc::new(MemoryEngine::default()),
+            LogFiles::open(scratch.path()).expect("logs"),
+        );
+        let (writer, _, _thread) =
+            Writer::start(store.clone(), Arc::new(Hub::default())).expect("writer");
+        let now = time::OffsetDateTime::now_utc();
+        let user = User {
+            id: UserId::generate(),
+            username: "u".into(),
+            email: "u@example.com".into(),
+            fullname: String::new(),
+            is_admin: false,
+            created_at: now,
+        };
+        let token = Token {
+            id: TokenId::generate(),
+            user_id: user.id,
+            name: "t".into(),
+            created_at: now,
+        };
+        writer
+            .create_user(user.clone(), token, [7; 32])
+            .await
+            .expect("user");
+        let app = App {
+            id: AppId::generate(),
+            name: "app".into(),
+            owner: user.id,
+            git_source: None,
+            created_at: now,
+            updated_at: now,
+            last_deployment: None,
+        };
+        writer.create_app(app.clone()).await.expect("app");
+        let actor = Pusher {
+            id: user.id,
+            username: user.username.clone(),
+            email: user.email.clone(),
+        };
+        let mut old = TimelineEvent::new(
+            app.id,
+            "app",
+            actor,
+            "edit_notifier",
+            serde_json::json!({}),
+            now,
+        );
+        // Made 100 days ago, as its UUIDv7 says.
+        let old_secs = (now.unix_timestamp() - 100 * 86_400) as u64;
+        old.id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, old_secs, 0));
+        writer.record_event(old.clone()).await.expect("record");
+        let cutoff_ms = (now.unix_timestamp() as u64 - 90 * 86_400) * 1000;
+        let mut pruned = 0;
+        for tag in [TAG_EVENT, TAG_USER_EVENT] {
+            let keys = store.expired_keys(tag, cutoff_ms, 100).expect("scan");
+            assert_eq!(keys.len(), 1, "tag {tag}: only the old event");
+            pruned += keys.len();
+            writer.prune(keys).await.expect("prune");
+        }
+        assert_eq!(pruned, 2);
+        let (events, total) = store.app_events(app.id, 0, 10).expect("events");
+        assert_eq!(total, 1, "the new_app event stays");
+        assert_eq!(events[0].kind, "new_app");
+        assert_eq!(store.user_events(user.id, 0, 10).expect("events").1, 1);
+
+        let refused = writer.prune(vec![vec![TAG_APP]]).await;
+        assert!(refused.is_err(), "a prune never deletes other records");
+        assert!(store.app(app.id).expect("read").is_some());
+    }
+}
