@@ -361,6 +361,29 @@ mod tests {
     }
 
     #[test]
+    fn notification_and_retention_keys_have_defaults_and_zero_lifts_their_limits() {
+        let defaults = Config::from_parts(FileConfig::default(), Overrides::default())
+            .expect("config")
+            .notifications;
+        assert_eq!(defaults.first_retry_delay, Duration::from_secs(5));
+        assert_eq!(defaults.retry_for, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            defaults.events_max_age,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        let file: FileConfig = toml::from_str(
+            "[notifications]\nrequest_timeout_ms = 0\nretry_for_hours = 0\nfirst_retry_delay_ms = 200\n[retention]\nevents_max_age_days = 0\n",
+        )
+        .expect("toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("config");
+        let n = config.notifications;
+        assert!(n.request_timeout.is_zero() && n.retry_for.is_zero());
+        assert_eq!(n.first_retry_delay, Duration::from_millis(200));
+        assert_eq!(n.events_max_age, None);
+        assert!(toml::from_str::<FileConfig>("[notifications]\nretries = 3\n").is_err());
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
         let bad = Config::from_parts(
