@@ -664,3 +664,106 @@ async fn a_hanging_webhook_holds_back_neither_ingest_nor_another_apps_deliveries
     assert_eq!(got[0].json()["app_name"], "fine");
     assert!(deliveries(&admin, "stuck", &ids[0]).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_and_a_name_resolving_to_loopback_is_refused_for_good() {
+    // A port nothing listens on any more: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("http://{}/hook", closed.local_addr().expect("addr"));
+    drop(closed);
+    let server = Server::start_with(fast_retries());
+    let admin = server.admin();
+    server.create_app(&admin, "refused").await;
+    let (status, created) = admin
+        .post(
+            "/v1/apps/refused/notifiers",
+            cli_body(&closed_url, &[], true),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["notifier"]["id"].as_str().expect("id").to_string();
+    let path = format!("/v1/apps/refused/notifiers/{id}");
+    let (status, _) = Client::send_json(
+        &admin,
+        reqwest::Method::PATCH,
+        &path,
+        json!({"notifier": {"name": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let attempts = eventually(WAIT, || {
+        let admin = admin.clone();
+        let id = id.clone();
+        async move {
+            let d = deliveries(&admin, "refused", &id).await;
+            (d.len() >= 2).then_some(d)
+        }
+    })
+    .await;
+    for attempt in &attempts {
+        assert_eq!(attempt["status"], "retrying", "{attempt}");
+        assert!(attempt["status_code"].is_null(), "{attempt}");
+        assert!(attempt["error"].is_string(), "{attempt}");
+    }
+
+    // Without private addresses allowed, `localhost` passes creation (a name) and is refused
+    // when resolved at the attempt: final, and nothing reaches the receiver.
+    let receiver = Receiver::start(&[]).await;
+    let strict = Server::start_with(Options {
+        allow_private_sources: Some(false),
+        ..fast_retries()
+    });
+    let admin = strict.admin();
+    strict.create_app(&admin, "private").await;
+    let url = receiver.url.replace("127.0.0.1", "localhost");
+    let (status, created) = admin
+        .post("/v1/apps/private/notifiers", cli_body(&url, &[], true))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["notifier"]["id"].as_str().expect("id").to_string();
+    let path = format!("/v1/apps/private/notifiers/{id}");
+    let (status, _) = Client::send_json(
+        &admin,
+        reqwest::Method::PATCH,
+        &path,
+        json!({"notifier": {"name": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let attempts = eventually(WAIT, || {
+        let admin = admin.clone();
+        let id = id.clone();
+        async move {
+            let d = deliveries(&admin, "private", &id).await;
+            (!d.is_empty()).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(attempts[0]["status"], "failed");
+    let error = attempts[0]["error"].as_str().expect("error");
+    assert!(error.contains("non-public"), "{error}");
+    // Not retried: the next event's attempt comes, and the first delivery has no second one.
+    let (status, _) = Client::send_json(
+        &admin,
+        reqwest::Method::PATCH,
+        &path,
+        json!({"notifier": {"name": "y"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let attempts = eventually(WAIT, || {
+        let admin = admin.clone();
+        let id = id.clone();
+        async move {
+            let d = deliveries(&admin, "private", &id).await;
+            (d.len() >= 2).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_ne!(attempts[0]["delivery_id"], attempts[1]["delivery_id"]);
+    assert!(attempts
+        .iter()
+        .all(|a| a["status"] == "failed" && a["attempt"] == 1));
+    assert!(receiver.received().is_empty());
+}

@@ -27,6 +27,15 @@ pub fn verdict_for_status(status: u16) -> Verdict {
     }
 }
 
+/// The verdict once the delivery's age is known: a retry past `retry_for` (0: forever) is
+/// final, so a dead receiver is given up after that long.
+pub fn within_retry_window(verdict: Verdict, age: Duration, retry_for: Duration) -> Verdict {
+    match verdict {
+        Verdict::Retry if !retry_for.is_zero() && age >= retry_for => Verdict::Final,
+        verdict => verdict,
+    }
+}
+
 /// The delay before the retry after `failures` failed attempts (`failures >= 1`); `jitter`
 /// is a draw in `[0, 1)`.
 pub fn retry_delay(failures: u32, first: Duration, max: Duration, jitter: f64) -> Duration {
@@ -54,6 +63,28 @@ mod tests {
     fn the_first_retry_comes_within_ten_seconds_by_default() {
         let d = retry_delay(1, Duration::from_secs(5), Duration::from_secs(3600), 0.999);
         assert!(d <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_delivery_is_given_up_once_older_than_the_retry_window_unless_it_is_unlimited() {
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            within_retry_window(Verdict::Retry, hour, day),
+            Verdict::Retry
+        );
+        assert_eq!(
+            within_retry_window(Verdict::Retry, day, day),
+            Verdict::Final
+        );
+        assert_eq!(
+            within_retry_window(Verdict::Retry, 30 * day, Duration::ZERO),
+            Verdict::Retry
+        );
+        assert_eq!(
+            within_retry_window(Verdict::Delivered, 2 * day, day),
+            Verdict::Delivered
+        );
     }
 
     #[test]

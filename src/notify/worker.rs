@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::schedule::{retry_delay, verdict_for_status, Verdict};
+use super::schedule::{retry_delay, verdict_for_status, within_retry_window, Verdict};
 use super::{signing, ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER};
 use crate::config::NotificationsConfig;
 use crate::model::AppId;
@@ -167,12 +167,9 @@ async fn attempt(
     )
     .await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let expired = !config.retry_for.is_zero()
-        && now_nanos().saturating_sub(entry.created_at) >= nanos(config.retry_for);
-    let verdict = match sent.verdict {
-        Verdict::Retry if expired => Verdict::Final,
-        verdict => verdict,
-    };
+    let age_nanos = now_nanos().saturating_sub(entry.created_at).max(0);
+    let age = Duration::from_nanos(u64::try_from(age_nanos).unwrap_or(0));
+    let verdict = within_retry_window(sent.verdict, age, config.retry_for);
     let next = (verdict == Verdict::Retry).then(|| {
         let delay = retry_delay(
             number,
