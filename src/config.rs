@@ -35,6 +35,33 @@ pub struct Config {
     pub stream: StreamConfig,
     pub limits: Limits,
     pub pipeline: PipelineConfig,
+    pub notifications: NotificationsConfig,
+}
+
+/// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
+#[derive(Clone, Debug)]
+pub struct NotificationsConfig {
+    /// One attempt's whole time limit (10 s: a receiver should answer at once and work later).
+    pub request_timeout: Duration,
+    /// Delay before the first retry (5 s, so the first retry comes within 10 s even with
+    /// jitter); each next delay doubles, with jitter, up to `max_retry_delay`.
+    pub first_retry_delay: Duration,
+    /// Longest delay between two attempts (1 h).
+    pub max_retry_delay: Duration,
+    /// A delivery is retried until it is this old (24 h), then given up.
+    pub retry_for: Duration,
+    /// How often the outbox is looked at for due deliveries (1 s; the outbox is written by
+    /// the writer thread, which never waits for the worker).
+    pub poll_interval: Duration,
+    /// Deliveries in flight at once over all notifiers (32; 0 = unlimited). Each notifier has
+    /// at most one in flight, so a dead webhook holds one slot at a time.
+    pub max_concurrent: usize,
+    /// Events, outbox entries and delivery records older than this are pruned (90 days;
+    /// `None`, from 0, keeps them forever).
+    pub events_max_age: Option<Duration>,
+    /// Loopback and private webhook addresses are allowed (the executor's
+    /// `allow_private_sources`, the same rule as for source URLs).
+    pub allow_private: bool,
 }
 
 /// The live stream's timings.
@@ -82,6 +109,25 @@ pub struct FileConfig {
     pub stream: FileStream,
     pub limits: FileLimits,
     pub executor: FileExecutor,
+    pub notifications: FileNotifications,
+    pub retention: FileRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileNotifications {
+    pub request_timeout_ms: Option<u64>,
+    pub first_retry_delay_ms: Option<u64>,
+    pub max_retry_delay_secs: Option<u64>,
+    pub retry_for_hours: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+    pub max_concurrent_deliveries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRetention {
+    pub events_max_age_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +284,22 @@ impl Config {
         if let Some(v) = overrides.allow_private_sources.or(e.allow_private_sources) {
             pipeline.allow_private_sources = v;
         }
+        let n = file.notifications;
+        let ms = Duration::from_millis;
+        let notifications = NotificationsConfig {
+            // 0 means unlimited for the time limit (reqwest then waits as long as it takes).
+            request_timeout: ms(n.request_timeout_ms.unwrap_or(10_000)),
+            first_retry_delay: ms(n.first_retry_delay_ms.unwrap_or(5_000).max(1)),
+            max_retry_delay: secs(n.max_retry_delay_secs.unwrap_or(3600).max(1)),
+            retry_for: secs(n.retry_for_hours.unwrap_or(24).saturating_mul(3600)),
+            poll_interval: ms(n.poll_interval_ms.unwrap_or(1000).max(1)),
+            max_concurrent: n.max_concurrent_deliveries.unwrap_or(32),
+            events_max_age: match file.retention.events_max_age_days.unwrap_or(90) {
+                0 => None,
+                days => Some(secs(days.saturating_mul(86_400))),
+            },
+            allow_private: pipeline.allow_private_sources,
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -247,6 +309,7 @@ impl Config {
             stream,
             limits,
             pipeline,
+            notifications,
         })
     }
 
@@ -320,6 +383,29 @@ mod tests {
         assert_eq!(config.public_url, "https://x.example");
         assert_eq!(config.pipeline.start_timeout, Duration::from_secs(5));
         assert!(config.pipeline.allow_private_sources);
+    }
+
+    #[test]
+    fn notification_and_retention_keys_have_defaults_and_zero_lifts_their_limits() {
+        let defaults = Config::from_parts(FileConfig::default(), Overrides::default())
+            .expect("config")
+            .notifications;
+        assert_eq!(defaults.first_retry_delay, Duration::from_secs(5));
+        assert_eq!(defaults.retry_for, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            defaults.events_max_age,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        let file: FileConfig = toml::from_str(
+            "[notifications]\nrequest_timeout_ms = 0\nretry_for_hours = 0\nfirst_retry_delay_ms = 200\n[retention]\nevents_max_age_days = 0\n",
+        )
+        .expect("toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("config");
+        let n = config.notifications;
+        assert!(n.request_timeout.is_zero() && n.retry_for.is_zero());
+        assert_eq!(n.first_retry_delay, Duration::from_millis(200));
+        assert_eq!(n.events_max_age, None);
+        assert!(toml::from_str::<FileConfig>("[notifications]\nretries = 3\n").is_err());
     }
 
     #[test]

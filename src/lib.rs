@@ -36,6 +36,9 @@
 //!   cutting and batching output lines, one `MAX_LINE_BYTES`, for the executor, `deployd push`
 //!   and the store. `ws`: the RFC 6455 codec shared by the stream and `deployd bench`. `auth`:
 //!   tokens and JWTs, pure. `sources`: signed source URLs (no HTTP).
+//! - [`timeline`]: the events timeline's types and event object, pure; the writer records
+//!   events in the commit of what they describe. `notify`: webhook notifiers' delivery worker
+//!   (outbox, signing, retries, retention), which writes only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
 //!   from a `Config`, recovers, serves, shuts down. [`cli`]: `deployd push`, `follow` and
 //!   `bench`, clients of the HTTP and WebSocket protocols; they never touch the store.
@@ -50,6 +53,7 @@ pub mod config;
 pub mod hub;
 mod lines;
 pub mod model;
+mod notify;
 mod pipeline;
 pub mod server;
 mod sessions;
@@ -58,4 +62,5 @@ pub mod status;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod timeline;
 mod ws;

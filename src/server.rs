@@ -157,6 +157,12 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         }
     }
 
+    let notify_worker = crate::notify::spawn(
+        state.store.clone(),
+        state.writer.clone(),
+        state.config.notifications.clone(),
+        state.shutdown.clone(),
+    );
     let router = api::router(state.clone());
     let weak_state = Arc::downgrade(&state.0);
     // `stop` is what callers cancel; `state.shutdown` (what sessions and streams watch) follows
@@ -189,6 +195,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         }
         // Executors end their deployments (processes killed, status written) before we go.
         state.executors.close_and_wait().await;
+        // The notification worker holds a writer handle; it stops with `state.shutdown`.
+        let _ = notify_worker.await;
         drop(state);
         // The writer thread ends when the last handle is gone; every commit is already synced.
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;

@@ -61,7 +61,8 @@ fn is_route_not_found(body: &Value) -> bool {
 async fn every_route_of_the_table_is_mounted_and_refuses_a_stranger_with_a_json_error() {
     let server = TestServer::start().await;
     let router = server.router();
-    for route in ROUTES {
+    // Open routes are public catalogues: they answer anyone (tests/notifiers.rs).
+    for route in ROUTES.iter().filter(|r| r.auth != Auth::Open) {
         let uri = fill(route.path, "nope");
         let (status, body) = call(&router, route.method.clone(), &uri, None, "").await;
         let what = format!("{} {uri}: {status} {body}", route.method);

@@ -208,7 +208,7 @@ pub async fn rename(
     }
     let renamed = state
         .writer
-        .rename_app(app.id, new_name)
+        .rename_app(app.id, new_name, caller.user.id)
         .await
         .map_err(|err| match err {
             crate::store::writer::WriteError::AppNameTaken(_) => {
@@ -325,7 +325,10 @@ pub async fn remove_collaborator(
             "only the owner may remove collaborators".into(),
         ));
     }
-    state.writer.remove_collaborator(app.id, user.id).await?;
+    state
+        .writer
+        .remove_collaborator(app.id, user.id, caller.user.id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -375,7 +378,7 @@ pub async fn update_collaborator(
     let mut found = find_collaborator(&state, app.id, &collaborator).await?;
     state
         .writer
-        .set_collaborator_limited(app.id, found.user.id, is_limited)
+        .set_collaborator_limited(app.id, found.user.id, is_limited, caller.user.id)
         .await?;
     found.is_limited = is_limited;
     Ok(Json(

@@ -5,19 +5,22 @@
 //! authenticates callers, enforces token scopes and resolves the apps they may see; [`users`],
 //! [`apps`], [`deployments`], [`sources`], [`caches`] are the REST resources; [`push`] is the
 //! external pushers' WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and
-//! SSE output and its follow; [`protocol`] the push frames shared with the `deployd push` client.
+//! SSE output and its follow; [`protocol`] the push frames shared with the `deployd push` client;
+//! [`notifiers`] the notification catalogues and webhook notifiers; [`timeline`] the events.
 
 pub mod access;
 pub mod apps;
 pub mod caches;
 pub mod deployments;
 pub mod error;
+pub mod notifiers;
 pub mod output;
 pub mod protocol;
 pub mod push;
 pub mod routes;
 pub mod sources;
 pub mod stream;
+pub mod timeline;
 pub mod users;
 pub mod views;
 

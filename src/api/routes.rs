@@ -9,7 +9,9 @@
 use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
-use super::{apps, caches, deployments, output, push, sources, stream, users, AppState};
+use super::{
+    apps, caches, deployments, notifiers, output, push, sources, stream, timeline, users, AppState,
+};
 use crate::model::Scope;
 
 /// Who may call a route.
@@ -17,6 +19,9 @@ use crate::model::Scope;
 pub enum Auth {
     /// Anyone: the route authenticates the caller itself (token exchange with Basic auth).
     Public,
+    /// Anyone, with no credentials at all: read-only public catalogues (notification
+    /// platforms, event types), as on Scalingo.
+    Open,
     /// A Bearer JWT or an API token (`access::Caller`), for the caller's own apps only.
     Caller,
     /// The WebSocket's first frame carries the token (the live stream's auth frame).
@@ -329,6 +334,126 @@ pub static ROUTES: &[Route] = &[
         scope: Scope::Full,
         answer: Answer::Json,
         handler: || delete(caches::reset_deployment_cache),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/notification_platforms",
+        operation: "listNotificationPlatforms",
+        summary: "The notification platforms (webhook)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::platforms),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/notification_platforms/search",
+        operation: "searchNotificationPlatforms",
+        summary: "The notification platforms of a name (?name=webhook)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::search_platforms),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/event_types",
+        operation: "listEventTypes",
+        summary: "The timeline's event types, with their stable ids",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::event_types),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/event_categories",
+        operation: "listEventCategories",
+        summary: "The event types' categories",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::event_categories),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/apps/{app}/notifiers",
+        operation: "listNotifiers",
+        summary: "The app's notifiers",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::list),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/apps/{app}/notifiers",
+        operation: "createNotifier",
+        summary: "Add a webhook notifier; its signing secret is in the answer",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Json,
+        handler: || post(notifiers::create),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/apps/{app}/notifiers/{notifier}",
+        operation: "showNotifier",
+        summary: "One notifier, with its signing secret",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::show),
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/v1/apps/{app}/notifiers/{notifier}",
+        operation: "updateNotifier",
+        summary: "Change the fields given of a notifier",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Json,
+        handler: || patch(notifiers::update),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/apps/{app}/notifiers/{notifier}",
+        operation: "deleteNotifier",
+        summary: "Remove a notifier and its delivery records",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Json,
+        handler: || delete(notifiers::destroy),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/apps/{app}/notifiers/{notifier}/deliveries",
+        operation: "listNotifierDeliveries",
+        summary: "A notifier's last delivery attempts, newest first",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(notifiers::deliveries),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/apps/{app}/events",
+        operation: "listAppEvents",
+        summary: "The app's events timeline, newest first, paginated",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(timeline::app_events),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/events",
+        operation: "listUserEvents",
+        summary: "The events of the caller's apps (deleted ones included), paginated",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(timeline::user_events),
     },
 ];
 

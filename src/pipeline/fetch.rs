@@ -192,7 +192,10 @@ async fn stream_to_file(
 
 /// Checks `url`'s scheme and host and returns a client that will connect only to the address
 /// that was checked.
-async fn pinned_client(url: &Url, allow_private: bool) -> Result<reqwest::Client, FetchError> {
+pub(crate) async fn pinned_client(
+    url: &Url,
+    allow_private: bool,
+) -> Result<reqwest::Client, FetchError> {
     match url.scheme() {
         "http" | "https" => {}
         other => return Err(FetchError::Scheme(other.to_owned())),

@@ -33,12 +33,14 @@
 //! | `0x10` app status index | control (filters) | app id (16) ++ status code (1) ++ deployment id (16) | empty |
 //! | `0x11` unfinished index | control (filters, `GET /v1/deployments?status=unfinished`) | deployment id (16) | app id (16) |
 //! | `0x12` notifiers | parity (notifiers) | app id (16) ++ notifier id (16) | the notifier |
-//! | `0x13` outbox | parity (notifications) | outbox sequence, u64 big-endian | the event to deliver and its target |
-//! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ delivery id (16) | one attempt: status, code, duration |
+//! | `0x13` outbox | parity (notifications) | delivery id (16, UUIDv7: creation order) | the event to deliver and its target |
+//! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ attempt id (16, UUIDv7) | one attempt: status, code, duration |
 //! | `0x15` events | parity (events timeline) | app id (16) ++ event id (16, UUIDv7) | the event |
-//! | `0x16` user events index | parity (`GET /v1/events`) | user id (16) ++ event id (16) | app id (16) |
+//! | `0x16` user events index | parity (`GET /v1/events`) | user id (16) ++ event id (16) | a copy of the event (it outlives a deleted app) |
 //! | `0x17` token scopes | in use (the first table; parity's scoped tokens) | token id (16) | the token's scope |
 //! | `0x18` node leases | cluster mode (embedded store: unused) | node id (16) | lease expiry |
+//!
+//! `0x12`–`0x16` are in use: their keys and records are in `store::timeline_codec`.
 //!
 //! Record format versions: every stored struct is at `FORMAT_V1`, except collaborators, written
 //! as `FORMAT_V2` ([`StoredCollaboratorV2`]: v1 and a role, `is_limited`) since limited
@@ -337,13 +339,13 @@ pub fn id_value(value: &[u8]) -> Result<[u8; 16], CodecError> {
 
 // ---- records -------------------------------------------------------------------------------
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_V1];
     bincode::serialize_into(&mut out, value).expect("invariant: bincode to a Vec cannot fail");
     out
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.first() {
         None => Err(CodecError::Empty),
         Some(&FORMAT_V1) => Ok(bincode::deserialize(&bytes[1..])?),
@@ -351,12 +353,12 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
-fn nanos(at: OffsetDateTime) -> i64 {
+pub(super) fn nanos(at: OffsetDateTime) -> i64 {
     // i64 nanoseconds cover 1677..2262: wider than any time deployd records.
     at.unix_timestamp_nanos() as i64
 }
 
-fn from_nanos(ns: i64) -> Result<OffsetDateTime, CodecError> {
+pub(super) fn from_nanos(ns: i64) -> Result<OffsetDateTime, CodecError> {
     OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
         .map_err(|_| CodecError::Corrupt("timestamp"))
 }

@@ -13,6 +13,8 @@ pub mod events;
 #[cfg(test)]
 pub(crate) mod faults;
 pub mod logs;
+pub mod timeline_codec;
+mod timeline_reads;
 pub mod writer;
 
 use std::sync::Arc;

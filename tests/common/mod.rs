@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 mod in_process;
+/// A recording webhook receiver (notifier tests).
+pub mod webhook;
 
 // Not every test binary uses both harnesses.
 #[allow(unused_imports)]
@@ -307,6 +309,21 @@ impl Client {
                 .unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"))
         };
         (status, value)
+    }
+
+    /// Any method with a JSON body (PATCH, or a body on GET/DELETE that routes ignore).
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        Client::send(
+            self.request(method, path)
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -241,15 +241,20 @@ impl WriterState {
                         is_limited,
                     }),
                 ));
+                s.record_collaborator_event(app, user, None, "new_collaborator", g)?;
                 Ok(Outcome::quiet(()))
             }),
-            Command::RemoveCollaborator { app, user, reply } => {
-                self.answer(group, reply, |_, g| {
-                    g.ops
-                        .push(BatchOp::Delete(codec::collaborator_key(app, user)));
-                    Ok(Outcome::quiet(()))
-                })
-            }
+            Command::RemoveCollaborator {
+                app,
+                user,
+                by,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                g.ops
+                    .push(BatchOp::Delete(codec::collaborator_key(app, user)));
+                s.record_collaborator_event(app, user, Some(by), "delete_collaborator", g)?;
+                Ok(Outcome::quiet(()))
+            }),
             Command::CreateDeployment {
                 app,
                 git_ref,
@@ -311,16 +316,45 @@ impl WriterState {
             Command::RenameApp {
                 app,
                 new_name,
+                by,
                 reply,
-            } => self.answer(group, reply, |s, g| s.rename_app(app, new_name, g)),
+            } => self.answer(group, reply, |s, g| s.rename_app(app, new_name, by, g)),
             Command::SetCollaboratorLimited {
                 app,
                 user,
                 is_limited,
+                by,
                 reply,
             } => self.answer(group, reply, |s, g| {
-                s.set_collaborator_limited(app, user, is_limited, g)
+                s.set_collaborator_limited(app, user, is_limited, by, g)
             }),
+            Command::PutNotifier {
+                notifier,
+                actor,
+                created,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.put_notifier(&notifier, &actor, created, g)
+            }),
+            Command::DeleteNotifier {
+                app,
+                id,
+                actor,
+                reply,
+            } => self.answer(group, reply, |s, g| s.delete_notifier(app, id, &actor, g)),
+            Command::RecordEvent { event, reply } => self.answer(group, reply, |s, g| {
+                s.record_event(&event, true, g)?;
+                Ok(Outcome::quiet(()))
+            }),
+            Command::FinishDelivery {
+                entry,
+                delivery,
+                next,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.finish_delivery(&entry, delivery.as_ref(), next.as_ref(), g)
+            }),
+            Command::Prune { keys, reply } => self.answer(group, reply, |s, g| s.prune(keys, g)),
         }
     }
 
@@ -387,6 +421,7 @@ impl WriterState {
             Change::Moved(record) => {
                 if record.status.is_terminal() {
                     self.log_ends.remove(&id);
+                    self.record_deployment_event(record, group);
                 }
                 outcome.events.push(status_event);
                 outcome.statuses.push((id, record.status));

@@ -16,7 +16,7 @@ use crate::model::{
     User, UserId,
 };
 use crate::store::events::Publish;
-use crate::store::{codec, Store, StoreError};
+use crate::store::{codec, timeline_codec, Store, StoreError};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
@@ -57,6 +57,8 @@ pub enum Command {
     RemoveCollaborator {
         app: AppId,
         user: UserId,
+        /// Who removed them (the owner, or the collaborator itself), for the timeline.
+        by: UserId,
         reply: Reply<()>,
     },
     CreateDeployment {
@@ -103,6 +105,8 @@ pub enum Command {
     RenameApp {
         app: AppId,
         new_name: String,
+        /// Who renamed it (the timeline's `rename_app` event).
+        by: UserId,
         reply: Reply<App>,
     },
     /// Makes a collaborator limited or not.
@@ -110,6 +114,38 @@ pub enum Command {
         app: AppId,
         user: UserId,
         is_limited: bool,
+        /// Who changed the role (the timeline's `change_collaborator_role` event).
+        by: UserId,
+        reply: Reply<()>,
+    },
+    /// Creates (`created`) or replaces a notifier; recorded with its timeline event.
+    PutNotifier {
+        notifier: timeline_codec::StoredNotifier,
+        actor: Pusher,
+        created: bool,
+        reply: Reply<()>,
+    },
+    DeleteNotifier {
+        app: AppId,
+        id: uuid::Uuid,
+        actor: Pusher,
+        reply: Reply<()>,
+    },
+    /// Records one timeline event (and its outbox entries) in a commit of its own.
+    RecordEvent {
+        event: crate::timeline::TimelineEvent,
+        reply: Reply<()>,
+    },
+    /// One delivery attempt's result (`notify`'s worker).
+    FinishDelivery {
+        entry: timeline_codec::StoredOutbox,
+        delivery: Option<timeline_codec::StoredDelivery>,
+        next: Option<timeline_codec::StoredOutbox>,
+        reply: Reply<()>,
+    },
+    /// Deletes expired timeline, outbox and delivery keys (retention).
+    Prune {
+        keys: Vec<Vec<u8>>,
         reply: Reply<()>,
     },
     /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
@@ -244,7 +280,7 @@ commands! {
     /// Deletes an app with its collaborators, deployments and log files; its unfinished
     /// deployments end (their sessions see the status watch close).
     fn delete_app(app: AppId) -> () = DeleteApp;
-    fn remove_collaborator(app: AppId, user: UserId) -> () = RemoveCollaborator;
+    fn remove_collaborator(app: AppId, user: UserId, by: UserId) -> () = RemoveCollaborator;
     /// Creates a deployment: `building`, or `queued` when the app has one in progress.
     fn create_deployment(app: AppId, git_ref: String, pusher: Pusher, driver: Driver) -> Deployment
         = CreateDeployment;
@@ -263,10 +299,27 @@ commands! {
         = CreateScopedToken;
     /// Renames an app; refused (`AppNameTaken`) when another app has the name, `NotFound`
     /// when the app is gone. Returns the app as stored. The timeline's `rename_app` event
-    /// (`old_name`, `new_name`) belongs in this command's commit.
-    fn rename_app(app: AppId, new_name: String) -> App = RenameApp;
+    /// (`old_name`, `new_name`) is recorded in this command's commit.
+    fn rename_app(app: AppId, new_name: String, by: UserId) -> App = RenameApp;
     /// Sets a collaborator's role; `NotFound("collaborator")` unless `user` collaborates on
-    /// `app`. The timeline's `change_collaborator_role` event belongs in this commit.
-    fn set_collaborator_limited(app: AppId, user: UserId, is_limited: bool) -> ()
+    /// `app`. The timeline's `change_collaborator_role` event is recorded in this commit.
+    fn set_collaborator_limited(app: AppId, user: UserId, is_limited: bool, by: UserId) -> ()
         = SetCollaboratorLimited;
+    /// Creates or (not `created`) replaces a notifier, with its timeline event in the same
+    /// commit; replacing a missing one is refused (not found).
+    fn put_notifier(notifier: timeline_codec::StoredNotifier, actor: Pusher, created: bool) -> ()
+        = PutNotifier;
+    /// Deletes a notifier and its delivery records; refused (not found) when missing.
+    fn delete_notifier(app: AppId, id: uuid::Uuid, actor: Pusher) -> () = DeleteNotifier;
+    /// Records a timeline event of an existing app, with the outbox entries of the notifiers
+    /// that select it, in one commit. The one call for events not recorded by another write
+    /// (e.g. `rename_app`, `change_collaborator_role`).
+    fn record_event(event: crate::timeline::TimelineEvent) -> () = RecordEvent;
+    fn finish_delivery(
+        entry: timeline_codec::StoredOutbox,
+        delivery: Option<timeline_codec::StoredDelivery>,
+        next: Option<timeline_codec::StoredOutbox>
+    ) -> () = FinishDelivery;
+    /// At most `notify::MAX_PRUNE_KEYS` keys, all of tags 0x13–0x16.
+    fn prune(keys: Vec<Vec<u8>>) -> () = Prune;
 }

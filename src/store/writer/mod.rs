@@ -21,6 +21,7 @@
 mod group;
 mod handle;
 mod lifecycle;
+mod notify;
 mod records;
 mod recovery;
 mod segments;
@@ -29,6 +30,7 @@ mod segments;
 mod tests;
 
 pub use handle::{Command, Writer};
+pub use notify::MAX_PRUNE_KEYS;
 
 use super::StoreError;
 use crate::model::{Deployment, DeploymentId};

@@ -90,6 +90,7 @@ impl WriterState {
             codec::app_name_key(&app.name),
             app.id.as_bytes().to_vec(),
         ));
+        self.record_new_app(app, group)?;
         Ok(Outcome::quiet(()))
     }
 
@@ -99,6 +100,15 @@ impl WriterState {
         group: &mut Group,
     ) -> Result<Outcome<()>, WriteError> {
         let app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
+        // Read before the deletes below are staged; the event outlives the app in `/v1/events`.
+        self.record_by(
+            app_id,
+            app.owner,
+            "delete_app",
+            serde_json::json!({}),
+            false,
+            group,
+        )?;
         group.ops.push(BatchOp::Delete(codec::app_key(app_id)));
         group
             .ops
@@ -112,6 +122,7 @@ impl WriterState {
             Ok(())
         };
         delete_prefix(codec::collaborators_prefix(app_id), &mut group.ops)?;
+        self.delete_timeline_of(app_id, &mut group.ops)?;
         let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
         delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
         for id in ids {
@@ -153,6 +164,7 @@ impl WriterState {
         &mut self,
         app_id: AppId,
         new_name: String,
+        by: UserId,
         group: &mut Group,
     ) -> Result<Outcome<App>, WriteError> {
         let mut app = self.store.app(app_id)?.ok_or(WriteError::NotFound("app"))?;
@@ -169,11 +181,21 @@ impl WriterState {
             codec::app_name_key(&new_name),
             app.id.as_bytes().to_vec(),
         ));
-        app.name = new_name;
+        let old_name = std::mem::replace(&mut app.name, new_name);
         app.updated_at = super::group::now();
         group
             .ops
             .push(put(codec::app_key(app_id), codec::encode_app(&app)));
+        // Built with the new name: `record_by` would read the committed (old) one.
+        let event = crate::timeline::TimelineEvent::new(
+            app_id,
+            &app.name,
+            self.actor(by)?,
+            "rename_app",
+            serde_json::json!({ "old_name": old_name, "new_name": app.name }),
+            app.updated_at,
+        );
+        self.record_event(&event, true, group)?;
         Ok(Outcome::quiet(app))
     }
 
@@ -182,6 +204,7 @@ impl WriterState {
         app: AppId,
         user: UserId,
         is_limited: bool,
+        by: UserId,
         group: &mut Group,
     ) -> Result<Outcome<()>, WriteError> {
         let mut record = self
@@ -193,6 +216,7 @@ impl WriterState {
             codec::collaborator_key(app, user),
             codec::encode_collaborator(&record),
         ));
+        self.record_collaborator_event(app, user, Some(by), "change_collaborator_role", group)?;
         Ok(Outcome::quiet(()))
     }
 
