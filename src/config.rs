@@ -35,6 +35,23 @@ pub struct Config {
     pub stream: StreamConfig,
     pub limits: Limits,
     pub pipeline: PipelineConfig,
+    pub push: PushConfig,
+}
+
+/// The external pushers' session limits (`[push]`; `0` turns a limit off).
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// After a cancel, the pusher has this long to end the deployment before the server ends
+    /// it itself (`cancel_grace_secs`, 10 s: enough to kill a build and send one frame).
+    pub cancel_grace: Option<Duration>,
+    /// A pusher that sends no frame (pongs included) for this long is lost
+    /// (`idle_timeout_secs`, 120 s: six unanswered pings).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl PushConfig {
+    pub const DEFAULT_CANCEL_GRACE_SECS: u64 = 10;
+    pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
 }
 
 /// The live stream's timings.
@@ -68,6 +85,14 @@ pub struct FileConfig {
     pub stream: FileStream,
     pub limits: FileLimits,
     pub executor: FileExecutor,
+    pub push: FilePush,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilePush {
+    pub cancel_grace_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +199,19 @@ impl Config {
             max_json_body_bytes: file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
             max_upload_bytes: file.limits.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
         };
+        let limit = |secs_value: u64| (secs_value > 0).then(|| secs(secs_value));
+        let push = PushConfig {
+            cancel_grace: limit(
+                file.push
+                    .cancel_grace_secs
+                    .unwrap_or(PushConfig::DEFAULT_CANCEL_GRACE_SECS),
+            ),
+            idle_timeout: limit(
+                file.push
+                    .idle_timeout_secs
+                    .unwrap_or(PushConfig::DEFAULT_IDLE_TIMEOUT_SECS),
+            ),
+        };
         let mut pipeline = PipelineConfig::for_data_dir(&data_dir, &public_url);
         let e = file.executor;
         pipeline.build_cmd = e.build_cmd.or(pipeline.build_cmd);
@@ -222,6 +260,7 @@ impl Config {
             stream,
             limits,
             pipeline,
+            push,
         })
     }
 

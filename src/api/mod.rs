@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod apps;
+pub mod control;
 pub mod deployments;
 pub mod error;
 pub mod output;

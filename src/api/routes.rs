@@ -9,7 +9,7 @@
 use axum::http::Method;
 use axum::routing::{delete, get, post, put, MethodRouter};
 
-use super::{apps, deployments, output, push, sources, stream, users, AppState};
+use super::{apps, control, deployments, output, push, sources, stream, users, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +269,15 @@ pub static ROUTES: &[Route] = &[
         auth: Auth::SignedUrl,
         answer: Answer::Archive,
         handler: || get(sources::download),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/apps/{app}/deployments/{deployment}/cancel",
+        operation: "cancelDeployment",
+        summary: "Cancel a deployment: queued ones end at once, running ones are stopped",
+        auth: Auth::Caller,
+        answer: Answer::Json,
+        handler: || post(control::cancel),
     },
 ];
 

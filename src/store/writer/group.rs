@@ -56,7 +56,7 @@ impl<T> Outcome<T> {
         }
     }
 
-    fn of_app(value: T, app: AppId) -> Self {
+    pub(super) fn of_app(value: T, app: AppId) -> Self {
         Self {
             app: Some(app),
             ..Self::quiet(value)
@@ -268,6 +268,11 @@ impl WriterState {
             } => self.answer(group, reply, |s, g| {
                 s.transition(deployment, target, note, g)
             }),
+            Command::Cancel {
+                deployment,
+                by,
+                reply,
+            } => self.answer(group, reply, |s, g| s.cancel(deployment, &by, g)),
             Command::SetImageSize {
                 deployment,
                 bytes,
@@ -381,6 +386,7 @@ impl WriterState {
     ) -> WriteError {
         match refusal {
             Refusal::Queued => WriteError::Queued,
+            Refusal::Cancelling(by) => WriteError::Cancelling { by },
             Refusal::Illegal(err) => err.into(),
             Refusal::NotLive => match self.store.deployment(deployment) {
                 Ok(Some(stored)) => match target {

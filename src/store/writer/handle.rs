@@ -76,6 +76,12 @@ pub enum Command {
         note: Option<NewLine>,
         reply: Reply<Deployment>,
     },
+    /// Cancels a deployment on behalf of `by` (see [`super::CancelReply`]).
+    Cancel {
+        deployment: DeploymentId,
+        by: String,
+        reply: Reply<super::CancelReply>,
+    },
     SetImageSize {
         deployment: DeploymentId,
         bytes: u64,
@@ -102,7 +108,10 @@ impl Command {
     pub(super) fn commits_alone(&self) -> bool {
         !matches!(
             self,
-            Command::AppendLogs { .. } | Command::Transition { .. } | Command::SetImageSize { .. }
+            Command::AppendLogs { .. }
+                | Command::Transition { .. }
+                | Command::Cancel { .. }
+                | Command::SetImageSize { .. }
         )
     }
 }
@@ -202,6 +211,10 @@ commands! {
     fn transition(deployment: DeploymentId, target: Target, note: Option<NewLine>) -> Deployment
         = Transition;
     fn set_image_size(deployment: DeploymentId, bytes: u64) -> () = SetImageSize;
+    /// Cancels a deployment: a queued one ends `aborted` in this commit; a running one gets a
+    /// pending request its session must honour. Either way the line `!     Cancelled by <by>`
+    /// is stored in this commit (once: a repeated cancel changes nothing).
+    fn cancel(deployment: DeploymentId, by: String) -> super::CancelReply = Cancel;
     fn put_meta(name: String, value: Vec<u8>) -> () = PutMeta;
     /// See [`Command::StopPromoting`].
     fn stop_promoting() -> () = StopPromoting;

@@ -46,6 +46,9 @@ pub(crate) enum Refusal {
     Queued,
     /// The state machine forbids the move.
     Illegal(TransitionError),
+    /// A cancel is pending (by this user): the session may only end the deployment the way a
+    /// cancel ends it (`aborted`, or `timeout-error` from `starting`).
+    Cancelling(String),
 }
 
 /// Line numbers given to one append.
@@ -80,6 +83,23 @@ pub(crate) struct Lifecycle {
     queues: HashMap<AppId, VecDeque<DeploymentId>>,
     /// Set at shutdown: queued deployments are no longer promoted.
     draining: bool,
+    /// Running deployments whose cancel is pending, with who asked (until they end).
+    cancels: HashMap<DeploymentId, String>,
+}
+
+/// What a cancel did.
+#[derive(Debug)]
+pub(crate) enum Cancel {
+    /// The deployment was queued: it ended `aborted` at once (the note is before the status).
+    Ended(Transitioned),
+    /// The deployment runs: the request is now pending, its session must honour it. The note
+    /// (who cancelled) takes the lines from `note_first`.
+    Requested {
+        note_first: LineNo,
+        record: Deployment,
+    },
+    /// A cancel was already pending: nothing changed.
+    Repeated(Deployment),
 }
 
 impl Lifecycle {
@@ -141,6 +161,11 @@ impl Lifecycle {
                 .on_session_lost()
                 .expect("invariant: live deployments are unfinished"),
         };
+        if let Some(by) = self.cancels.get(&id) {
+            if Some(to) != from.on_session_lost() {
+                return Err(Refusal::Cancelling(by.clone()));
+            }
+        }
         if from == Status::Queued && to != Status::Aborted {
             // Only the writer promotes a queued deployment, when the app's running one ends;
             // until then its session may only give up. Any other move is "wait", not "illegal"
@@ -156,6 +181,31 @@ impl Lifecycle {
             record,
             changes,
         })
+    }
+
+    /// Cancels a deployment on behalf of `by`, with a note of `note_lines` lines: a queued one
+    /// ends `aborted` now; a running one gets a pending request that only lets its session end
+    /// it (see [`Refusal::Cancelling`]); a repeated cancel changes nothing.
+    pub(crate) fn cancel(
+        &mut self,
+        id: DeploymentId,
+        by: &str,
+        note_lines: u64,
+        now: OffsetDateTime,
+    ) -> Result<Cancel, Refusal> {
+        let record = self.live.get_mut(&id).ok_or(Refusal::NotLive)?;
+        if record.status == Status::Queued {
+            return self
+                .transition(id, Target::Status(Status::Aborted), note_lines, now)
+                .map(Cancel::Ended);
+        }
+        if self.cancels.contains_key(&id) {
+            return Ok(Cancel::Repeated(record.clone()));
+        }
+        let note_first = advance(record, note_lines).first;
+        let record = record.clone();
+        self.cancels.insert(id, by.to_owned());
+        Ok(Cancel::Requested { note_first, record })
     }
 
     /// Records a deployment's image size.
@@ -180,6 +230,7 @@ impl Lifecycle {
         removed.sort();
         for id in &removed {
             self.live.remove(id);
+            self.cancels.remove(id);
         }
         self.running.remove(&app);
         self.queues.remove(&app);
@@ -252,6 +303,7 @@ impl Lifecycle {
         if to.is_terminal() {
             let app = snapshot.app_id;
             self.live.remove(&id);
+            self.cancels.remove(&id);
             if from == Status::Queued {
                 if let Some(queue) = self.queues.get_mut(&app) {
                     queue.retain(|queued| *queued != id);

@@ -18,6 +18,7 @@
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
 //! `recovery` ends what a crash left unfinished.
 
+mod control;
 mod group;
 mod handle;
 mod lifecycle;
@@ -28,6 +29,7 @@ mod segments;
 #[cfg(test)]
 mod tests;
 
+pub use control::CancelReply;
 pub use handle::{Command, Writer};
 
 use super::StoreError;
@@ -67,6 +69,9 @@ pub enum WriteError {
     Transition(#[from] TransitionError),
     #[error("the deployment is queued behind another deployment of the app; wait until it starts")]
     Queued,
+    /// A cancel is pending: the deployment may only end as cancelled.
+    #[error("the deployment is being cancelled (by {by}); it can only end aborted")]
+    Cancelling { by: String },
     /// The store failed (or failed earlier: the writer then refuses everything), or the writer
     /// has stopped.
     #[error("the store is unavailable: {0}")]
