@@ -90,8 +90,8 @@ impl Session {
     }
 
     /// Ends the deployment because its session is gone, with a log line saying why. A deployment
-    /// that already ended is left alone.
-    pub async fn lost(&self, why: &str) {
+    /// that already ended is left alone. Returns the status it ended in, when this ended it.
+    pub async fn lost(&self, why: &str) -> Option<Status> {
         let note = NewLine::system(format!("!     {why}"));
         match self
             .writer
@@ -100,10 +100,12 @@ impl Session {
         {
             Ok(record) => {
                 tracing::info!(deployment = %self.deployment, status = %record.status, why, "session lost");
+                Some(record.status)
             }
-            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => {}
+            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => None,
             Err(err) => {
-                tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session")
+                tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session");
+                None
             }
         }
     }
@@ -112,8 +114,8 @@ impl Session {
 impl Session {
     /// Ends the deployment after a cancel its session honoured: `aborted`, or `timeout-error`
     /// from `starting` (who cancelled was logged by the cancel's own commit). A deployment that
-    /// already ended is left alone.
-    pub async fn end_cancelled(&self) {
+    /// already ended is left alone. Returns the status it ended in, when this ended it.
+    pub async fn end_cancelled(&self) -> Option<Status> {
         match self
             .writer
             .transition(self.deployment, Target::SessionLost, None)
@@ -121,10 +123,12 @@ impl Session {
         {
             Ok(record) => {
                 tracing::info!(deployment = %self.deployment, status = %record.status, "cancelled");
+                Some(record.status)
             }
-            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => {}
+            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => None,
             Err(err) => {
-                tracing::warn!(deployment = %self.deployment, error = %err, "ending a cancelled deployment")
+                tracing::warn!(deployment = %self.deployment, error = %err, "ending a cancelled deployment");
+                None
             }
         }
     }
@@ -317,7 +321,7 @@ impl Executors {
             if !status.is_terminal() {
                 // The run may have stopped on the writer's refusal before the signal came.
                 if cancelled_by.or_else(|| control.requested()).is_some() {
-                    session.end_cancelled().await;
+                    let _ = session.end_cancelled().await;
                     return;
                 }
                 let why = if cancel.is_cancelled() {
@@ -325,7 +329,7 @@ impl Executors {
                 } else {
                     "the executor stopped before the deployment finished"
                 };
-                session.lost(why).await;
+                let _ = session.lost(why).await;
             }
         });
     }

@@ -44,7 +44,7 @@ pub async fn cancel(
     if reply.pending && !state.executors.controls().cancel(deployment.id, &by) {
         // No session drives it (its pusher's socket is already going away): nobody else can
         // honour the request, so the server ends the deployment itself.
-        Session::new(state.writer.clone(), deployment.id)
+        let _ = Session::new(state.writer.clone(), deployment.id)
             .end_cancelled()
             .await;
     }

@@ -220,6 +220,7 @@ mod tests {
             r#"{"type":"logs","stream":"stderr","lines":[]}"#,
             r#"{"type":"status","status":"pushing"}"#,
             r#"{"type":"image_size","bytes":12}"#,
+            r#"{"type":"pong"}"#,
         ];
         for text in frames {
             let slow: ClientFrame = serde_json::from_str(text).expect(text);
@@ -279,5 +280,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn control_frames_keep_their_wire_spelling() {
+        let cancel = ServerFrame::Cancel { by: "ann".into() };
+        assert_eq!(
+            serde_json::to_string(&cancel).unwrap(),
+            r#"{"type":"cancel","by":"ann"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ServerFrame::Ping).unwrap(),
+            r#"{"type":"ping"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ClientFrame::Pong).unwrap(),
+            r#"{"type":"pong"}"#
+        );
+        // The server's parser (serde's derive lets a unit variant's extra fields through).
+        assert!(ClientFrame::from_json(r#"{"type":"pong","batch":1}"#).is_err());
     }
 }

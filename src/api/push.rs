@@ -364,13 +364,42 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // Let in-flight batches land first: an acknowledged line is never lost, and lines
             // the pusher sent before the break are kept too.
             while pending.next().await.is_some() {}
-            if cancel_told && cancel_deadline.is_none_or(|at| Instant::now() < at) {
+            let ended = if cancel_told && cancel_deadline.is_none_or(|at| Instant::now() < at) {
                 // A cancelled pusher that hung up (or the shutdown) ends it as cancelled.
-                session.end_cancelled().await;
+                session.end_cancelled().await
             } else {
-                session.lost(&why).await;
+                session.lost(&why).await
+            };
+            if let Some(status) = ended {
+                // Tell a pusher still listening how it ended; its later frames find the socket
+                // closed.
+                let _ = tx.send(text(&ServerFrame::Status { status })).await;
             }
             let _ = tx.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_pings_every_interval_and_gives_up_only_after_the_idle_timeout_of_silence() {
+        let start = Instant::now();
+        let idle = Duration::from_secs(120);
+        let mut live = Liveness::new(start, Some(idle));
+        assert_eq!(live.ping_at(), start + PING_INTERVAL);
+        assert_eq!(live.lost_at(), Some(start + idle));
+        live.pinged(start + PING_INTERVAL);
+        assert_eq!(live.ping_at(), start + 2 * PING_INTERVAL);
+        let pong = start + Duration::from_secs(100);
+        live.heard(pong);
+        assert_eq!(
+            live.lost_at(),
+            Some(pong + idle),
+            "any frame resets the clock"
+        );
+        assert_eq!(Liveness::new(start, None).lost_at(), None, "0 turns it off");
     }
 }

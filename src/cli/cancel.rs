@@ -21,7 +21,9 @@ use clap::Args;
 use serde_json::Value;
 
 use super::push::error_message_from_body;
-use super::{encode_path_segment, http_url, EXIT_DEPLOYMENT_FAILED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH};
+use super::{
+    encode_path_segment, http_url, EXIT_DEPLOYMENT_FAILED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH,
+};
 
 /// Every request of this command is small; a server that does not answer in this is down.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +44,9 @@ pub struct CancelArgs {
 
 /// Runs `deployd cancel` and returns the exit code (table in the module doc).
 pub async fn run_cancel(args: CancelArgs) -> anyhow::Result<i32> {
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
     let deployments = format!(
         "/v1/apps/{}/deployments",
         encode_path_segment(&args.target.app)
@@ -56,7 +60,10 @@ pub async fn run_cancel(args: CancelArgs) -> anyhow::Result<i32> {
                 Err(code) => return Ok(code),
             };
             if status != 200 {
-                eprintln!("deployd cancel: GET {path}: HTTP {status}: {}", message(&body));
+                eprintln!(
+                    "deployd cancel: GET {path}: HTTP {status}: {}",
+                    message(&body)
+                );
                 return Ok(EXIT_USAGE_OR_AUTH);
             }
             let running = body["deployments"].as_array().and_then(|list| {
@@ -68,7 +75,10 @@ pub async fn run_cancel(args: CancelArgs) -> anyhow::Result<i32> {
             match running {
                 Some(id) => id,
                 None => {
-                    eprintln!("deployd cancel: app {} has no running deployment", args.target.app);
+                    eprintln!(
+                        "deployd cancel: app {} has no running deployment",
+                        args.target.app
+                    );
                     return Ok(EXIT_DEPLOYMENT_FAILED);
                 }
             }
@@ -94,7 +104,10 @@ pub async fn run_cancel(args: CancelArgs) -> anyhow::Result<i32> {
             EXIT_DEPLOYMENT_FAILED
         }
         _ => {
-            eprintln!("deployd cancel: POST {path}: HTTP {status}: {}", message(&body));
+            eprintln!(
+                "deployd cancel: POST {path}: HTTP {status}: {}",
+                message(&body)
+            );
             EXIT_USAGE_OR_AUTH
         }
     })
@@ -119,9 +132,8 @@ async fn call(
         })?;
     let status = response.status().as_u16();
     let bytes = response.bytes().await.unwrap_or_default();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        Value::String(error_message_from_body(&bytes))
-    });
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(error_message_from_body(&bytes)));
     Ok((status, body))
 }
 

@@ -358,7 +358,9 @@ impl Push {
                     ServerFrame::Error { code, error, .. } => {
                         return Err(protocol(format!("moving to {status}: {code}: {error}")))
                     }
-                    ServerFrame::Deployment { .. } | ServerFrame::Cancel { .. } | ServerFrame::Ping => {}
+                    ServerFrame::Deployment { .. }
+                    | ServerFrame::Cancel { .. }
+                    | ServerFrame::Ping => {}
                 }
             }
         }

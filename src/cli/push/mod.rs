@@ -54,8 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     basic_auth_header, encode_path_segment, ws_url, EXIT_CANCELLED, EXIT_CONNECTION_LOST,
-    EXIT_DEPLOYMENT_FAILED,
-    EXIT_INTERRUPTED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH,
+    EXIT_DEPLOYMENT_FAILED, EXIT_INTERRUPTED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH,
 };
 use crate::status::Status;
 use session::{PushSession, SessionEnd};

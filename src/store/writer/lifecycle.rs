@@ -407,6 +407,49 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_aborts_a_queued_deployment_at_once_and_leaves_a_running_one_only_the_cancel_end() {
+        let mut life = Lifecycle::default();
+        let app = AppId::generate();
+        let running = life.create(draft(app, Driver::External)).record().id;
+        let queued = life.create(draft(app, Driver::External)).record().id;
+        let Cancel::Ended(ended) = life.cancel(queued, "ann", 1, now()).expect("cancel") else {
+            panic!("a queued deployment ends at once");
+        };
+        assert_eq!(ended.record.status, Status::Aborted);
+        assert_eq!(ended.record.last_line, LineNo(1), "the note is stored");
+
+        life.transition(running, Target::Status(Status::Pushing), 0, now())
+            .expect("pushing");
+        let Cancel::Requested { note_first, record } =
+            life.cancel(running, "ann", 1, now()).expect("cancel")
+        else {
+            panic!("a running deployment gets a pending request");
+        };
+        assert_eq!((note_first, record.status), (LineNo(1), Status::Pushing));
+        assert!(matches!(
+            life.cancel(running, "bob", 1, now()),
+            Ok(Cancel::Repeated(record)) if record.last_line == LineNo(1)
+        ));
+        for refused in [Status::Starting, Status::Success] {
+            assert_eq!(
+                life.transition(running, Target::Status(refused), 0, now())
+                    .map(|t| t.record.status),
+                Err(Refusal::Cancelling("ann".into()))
+            );
+        }
+        assert!(life.append(running, 2).is_ok(), "output still drains");
+        let ended = life
+            .transition(running, Target::Status(Status::Aborted), 0, now())
+            .expect("the cancel's end");
+        assert_eq!(ended.record.status, Status::Aborted);
+        assert!(life.cancels.is_empty());
+        assert_eq!(
+            life.cancel(running, "ann", 1, now()).map(|_| ()),
+            Err(Refusal::NotLive)
+        );
+    }
+
+    #[test]
     fn once_draining_an_ended_deployment_promotes_nothing() {
         let mut life = Lifecycle::default();
         let app = AppId::generate();
