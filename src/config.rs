@@ -126,6 +126,8 @@ pub struct FileExecutor {
     pub max_archive_entries: Option<u64>,
     pub max_line_bytes: Option<usize>,
     pub allow_private_sources: Option<bool>,
+    /// Build slots: executor deployments past `queued` at once (default: the CPUs; 0: no limit).
+    pub max_concurrent: Option<usize>,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -247,6 +249,10 @@ impl Config {
                 v if v > crate::lines::MAX_LINE_BYTES => return Err(ConfigError::MaxLineBytes(v)),
                 v => v,
             };
+        }
+        if let Some(v) = e.max_concurrent {
+            // As for every limit, 0 lifts it.
+            pipeline.max_concurrent = (v > 0).then_some(v);
         }
         if let Some(v) = overrides.allow_private_sources.or(e.allow_private_sources) {
             pipeline.allow_private_sources = v;

@@ -132,7 +132,18 @@ impl Writer {
         store: Store,
         hub: Arc<dyn Publish>,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
+        Writer::start_with_build_slots(store, hub, None)
+    }
+
+    /// [`Writer::start`] with at most `max_executors` executor deployments past `queued` at
+    /// once (`[executor] max_concurrent`; `None` or 0: no limit), recovery included.
+    pub fn start_with_build_slots(
+        store: Store,
+        hub: Arc<dyn Publish>,
+        max_executors: Option<usize>,
+    ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
         let mut state = WriterState::new(store, hub);
+        state.lifecycle = super::lifecycle::Lifecycle::with_build_slots(max_executors);
         let recovery = state.recover()?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()

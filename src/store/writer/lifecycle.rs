@@ -85,6 +85,10 @@ pub(crate) struct Lifecycle {
     draining: bool,
     /// Running deployments whose cancel is pending, with who asked (until they end).
     cancels: HashMap<DeploymentId, String>,
+    /// At most this many executor deployments past `queued` at once (`None`: no limit).
+    max_executors: Option<usize>,
+    /// Executor deployments past `queued` now (each is in `running`).
+    executors_running: usize,
 }
 
 /// What a cancel did.
@@ -113,25 +117,68 @@ impl Lifecycle {
         self.live.values()
     }
 
+    /// The lifecycle of a server that runs at most `max_executors` executor deployments past
+    /// `queued` at once (`None`: no limit; `Some(0)` is treated as no limit too).
+    pub(crate) fn with_build_slots(max_executors: Option<usize>) -> Self {
+        Self {
+            max_executors: max_executors.filter(|max| *max > 0),
+            ..Self::default()
+        }
+    }
+
+    /// The build-slot limit, if any.
+    pub(crate) fn max_executors(&self) -> Option<usize> {
+        self.max_executors
+    }
+
     /// Admits a new deployment from `draft`: `building` when its app has none running, else
     /// `queued` behind the others. The draft's status, end and line count are set here.
-    pub(crate) fn create(&mut self, mut draft: Deployment) -> Change {
+    #[cfg(test)]
+    pub(crate) fn create(&mut self, draft: Deployment) -> Change {
+        self.admit(draft, 0).0
+    }
+
+    /// [`Self::create`], and when the deployment must wait for a build slot (its app has none
+    /// running but every slot is taken), gives `slot_note_lines` lines to a note saying so,
+    /// returning the note's first line.
+    pub(crate) fn admit(
+        &mut self,
+        mut draft: Deployment,
+        slot_note_lines: u64,
+    ) -> (Change, Option<LineNo>) {
         let id = draft.id;
         let app = draft.app_id;
-        draft.status = match self.running.entry(app) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.queues.entry(app).or_default().push_back(id);
-                Status::Queued
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(id);
-                Status::Building
-            }
-        };
+        let executor = matches!(draft.driver, Driver::Executor { .. });
         draft.finished_at = None;
         draft.last_line = LineNo(0);
+        let mut note = None;
+        let app_waits = self.queues.get(&app).is_some_and(|queue| !queue.is_empty());
+        if self.running.contains_key(&app) || app_waits {
+            // Creation order within an app: behind its running one, or behind its own
+            // deployments waiting for a build slot.
+            self.queues.entry(app).or_default().push_back(id);
+            draft.status = Status::Queued;
+        } else if executor && !self.slot_free() {
+            // First come, first served across apps: it waits in its app's queue, and the oldest
+            // head of any queue takes the next free slot.
+            self.queues.entry(app).or_default().push_back(id);
+            draft.status = Status::Queued;
+            note = Some(advance(&mut draft, slot_note_lines).first);
+        } else {
+            self.running.insert(app, id);
+            if executor {
+                self.executors_running += 1;
+            }
+            draft.status = Status::Building;
+        }
         self.live.insert(id, draft.clone());
-        Change::Created(draft)
+        (Change::Created(draft), note)
+    }
+
+    /// Whether one more executor deployment may start.
+    fn slot_free(&self) -> bool {
+        self.max_executors
+            .is_none_or(|max| self.executors_running < max)
     }
 
     /// Gives the next `count` line numbers to a deployment's output. Refused when it is not
@@ -228,6 +275,17 @@ impl Lifecycle {
             .map(|d| d.id)
             .collect();
         removed.sort();
+        if let Some(running) = self.running.get(&app) {
+            if self
+                .live
+                .get(running)
+                .is_some_and(|d| matches!(d.driver, Driver::Executor { .. }))
+            {
+                // Its slot is free again; the oldest waiting deployment takes it at the next
+                // deployment's end (the delete's commit announces only its own app).
+                self.executors_running = self.executors_running.saturating_sub(1);
+            }
+        }
         for id in &removed {
             self.live.remove(id);
             self.cancels.remove(id);
@@ -267,16 +325,11 @@ impl Lifecycle {
         lost
     }
 
-    /// Starts the oldest queued deployment of every app that has none running.
+    /// Starts the oldest queued deployment of every app that has none running (executor ones
+    /// while build slots are free).
     pub(crate) fn promote_waiting(&mut self, now: OffsetDateTime) -> Vec<Change> {
-        let mut apps: Vec<AppId> = self.queues.keys().copied().collect();
-        apps.sort();
         let mut changes = Vec::new();
-        for app in apps {
-            if !self.running.contains_key(&app) {
-                self.promote_next(app, now, &mut changes);
-            }
-        }
+        self.promote_all(now, &mut changes);
         changes
     }
 
@@ -310,21 +363,46 @@ impl Lifecycle {
                 }
             } else if self.running.get(&app) == Some(&id) {
                 self.running.remove(&app);
-                self.promote_next(app, now, changes);
+                if matches!(snapshot.driver, Driver::Executor { .. }) {
+                    self.executors_running = self.executors_running.saturating_sub(1);
+                }
+                self.promote_all(now, changes);
             }
         }
         snapshot
     }
 
-    fn promote_next(&mut self, app: AppId, now: OffsetDateTime, changes: &mut Vec<Change>) {
+    /// Starts the head of every app's queue whose app has none running, oldest (lowest id:
+    /// ids rise in creation order) first, so build slots go first come, first served across
+    /// apps; an executor head waits while no slot is free, an external pusher's takes none.
+    fn promote_all(&mut self, now: OffsetDateTime, changes: &mut Vec<Change>) {
         if self.draining {
             return;
         }
-        let Some(next) = self.queues.get_mut(&app).and_then(VecDeque::pop_front) else {
-            return;
-        };
-        self.running.insert(app, next);
-        self.set_status(next, Status::Building, now, changes);
+        let mut heads: Vec<(DeploymentId, AppId)> = self
+            .queues
+            .iter()
+            .filter(|(app, _)| !self.running.contains_key(app))
+            .filter_map(|(app, queue)| queue.front().map(|id| (*id, *app)))
+            .collect();
+        heads.sort();
+        for (next, app) in heads {
+            let executor = self
+                .live
+                .get(&next)
+                .is_some_and(|d| matches!(d.driver, Driver::Executor { .. }));
+            if executor && !self.slot_free() {
+                continue;
+            }
+            if let Some(queue) = self.queues.get_mut(&app) {
+                queue.pop_front();
+            }
+            self.running.insert(app, next);
+            if executor {
+                self.executors_running += 1;
+            }
+            self.set_status(next, Status::Building, now, changes);
+        }
     }
 }
 
@@ -447,6 +525,50 @@ mod tests {
             life.cancel(running, "ann", 1, now()).map(|_| ()),
             Err(Refusal::NotLive)
         );
+    }
+
+    #[test]
+    fn build_slots_go_first_come_first_served_across_apps_and_pushers_take_none() {
+        let mut life = Lifecycle::with_build_slots(Some(1));
+        let (a, b, c) = (AppId::generate(), AppId::generate(), AppId::generate());
+        let (first, note) = life.admit(draft(a, executor()), 1);
+        assert_eq!((first.record().status, note), (Status::Building, None));
+        let (waiting_b, note) = life.admit(draft(b, executor()), 1);
+        assert_eq!(waiting_b.record().status, Status::Queued);
+        assert_eq!(note, Some(LineNo(1)), "it says why it waits");
+        let (waiting_c, _) = life.admit(draft(c, executor()), 1);
+        assert_eq!(waiting_c.record().status, Status::Queued);
+        let pusher = life.create(draft(c, Driver::External));
+        assert_eq!(
+            pusher.record().status,
+            Status::Queued,
+            "behind its app's own"
+        );
+        let other_pusher = life.create(draft(AppId::generate(), Driver::External));
+        assert_eq!(
+            other_pusher.record().status,
+            Status::Building,
+            "no slot needed"
+        );
+
+        let ended = life
+            .transition(
+                first.record().id,
+                Target::Status(Status::BuildError),
+                0,
+                now(),
+            )
+            .expect("end");
+        let started: Vec<_> = ended.changes[1..].iter().map(|c| c.record().id).collect();
+        assert_eq!(
+            started,
+            vec![waiting_b.record().id],
+            "the oldest waiter only"
+        );
+        let ended = life
+            .transition(waiting_b.record().id, Target::SessionLost, 0, now())
+            .expect("end");
+        assert_eq!(ended.changes[1].record().id, waiting_c.record().id);
     }
 
     #[test]
