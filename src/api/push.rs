@@ -45,7 +45,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// When a push session pings and when it gives its pusher up. Pure: the caller passes `now`.
 #[derive(Debug, Clone)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     idle_timeout: Option<Duration>,
     last_heard: Instant,
     next_ping: Instant,
@@ -53,7 +53,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// A session that just heard from its pusher at `now`.
-    pub fn new(now: Instant, idle_timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(now: Instant, idle_timeout: Option<Duration>) -> Self {
         Self {
             idle_timeout,
             last_heard: now,
@@ -62,22 +62,22 @@ impl Liveness {
     }
 
     /// The pusher proved it is alive (it sent a frame, or we are the ones not reading).
-    pub fn heard(&mut self, now: Instant) {
+    pub(crate) fn heard(&mut self, now: Instant) {
         self.last_heard = now;
     }
 
     /// When the next `ping` is due.
-    pub fn ping_at(&self) -> Instant {
+    pub(crate) fn ping_at(&self) -> Instant {
         self.next_ping
     }
 
     /// A ping was sent at `now`.
-    pub fn pinged(&mut self, now: Instant) {
+    pub(crate) fn pinged(&mut self, now: Instant) {
         self.next_ping = now + PING_INTERVAL;
     }
 
     /// When the pusher counts as lost if nothing is heard before; `None` without a timeout.
-    pub fn lost_at(&self) -> Option<Instant> {
+    pub(crate) fn lost_at(&self) -> Option<Instant> {
         self.idle_timeout.map(|timeout| self.last_heard + timeout)
     }
 }
