@@ -8,6 +8,11 @@
 //! (they are committed in order by the writer, possibly in one group); a status frame waits for
 //! the batches before it, so the store order is the pusher's order. If the socket ends before a
 //! terminal status, the deployment is ended as a lost session.
+//!
+//! Control: the session registers in `sessions::Controls`; a cancel is forwarded as a `cancel`
+//! frame, and a pusher that has not ended the deployment within `[push] cancel_grace_secs` is
+//! ended here. Liveness: a `ping` frame every [`PING_INTERVAL`]; a pusher heard from (any
+//! frame) less recently than `[push] idle_timeout_secs` is lost (`Liveness`).
 
 use std::collections::VecDeque;
 use std::future::Future;
