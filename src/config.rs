@@ -36,6 +36,7 @@ pub struct Config {
     pub limits: Limits,
     pub pipeline: PipelineConfig,
     pub notifications: NotificationsConfig,
+    pub push: PushConfig,
 }
 
 /// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
@@ -62,6 +63,22 @@ pub struct NotificationsConfig {
     /// Loopback and private webhook addresses are allowed (the executor's
     /// `allow_private_sources`, the same rule as for source URLs).
     pub allow_private: bool,
+}
+
+/// The external pushers' session limits (`[push]`; `0` turns a limit off).
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// After a cancel, the pusher has this long to end the deployment before the server ends
+    /// it itself (`cancel_grace_secs`, 10 s: enough to kill a build and send one frame).
+    pub cancel_grace: Option<Duration>,
+    /// A pusher that sends no frame (pongs included) for this long is lost
+    /// (`idle_timeout_secs`, 120 s: six unanswered pings).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl PushConfig {
+    pub const DEFAULT_CANCEL_GRACE_SECS: u64 = 10;
+    pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
 }
 
 /// The live stream's timings.
@@ -111,6 +128,7 @@ pub struct FileConfig {
     pub executor: FileExecutor,
     pub notifications: FileNotifications,
     pub retention: FileRetention,
+    pub push: FilePush,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +146,13 @@ pub struct FileNotifications {
 #[serde(default, deny_unknown_fields)]
 pub struct FileRetention {
     pub events_max_age_days: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilePush {
+    pub cancel_grace_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +188,8 @@ pub struct FileExecutor {
     pub max_archive_entries: Option<u64>,
     pub max_line_bytes: Option<usize>,
     pub allow_private_sources: Option<bool>,
+    /// Build slots: executor deployments past `queued` at once (default: the CPUs; 0: no limit).
+    pub max_concurrent: Option<usize>,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -245,6 +272,19 @@ impl Config {
             max_json_body_bytes: file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
             max_upload_bytes: file.limits.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
         };
+        let limit = |secs_value: u64| (secs_value > 0).then(|| secs(secs_value));
+        let push = PushConfig {
+            cancel_grace: limit(
+                file.push
+                    .cancel_grace_secs
+                    .unwrap_or(PushConfig::DEFAULT_CANCEL_GRACE_SECS),
+            ),
+            idle_timeout: limit(
+                file.push
+                    .idle_timeout_secs
+                    .unwrap_or(PushConfig::DEFAULT_IDLE_TIMEOUT_SECS),
+            ),
+        };
         let mut pipeline = PipelineConfig::for_data_dir(&data_dir, &public_url);
         let e = file.executor;
         pipeline.build_cmd = e.build_cmd.or(pipeline.build_cmd);
@@ -281,6 +321,10 @@ impl Config {
                 v => v,
             };
         }
+        if let Some(v) = e.max_concurrent {
+            // As for every limit, 0 lifts it.
+            pipeline.max_concurrent = (v > 0).then_some(v);
+        }
         if let Some(v) = overrides.allow_private_sources.or(e.allow_private_sources) {
             pipeline.allow_private_sources = v;
         }
@@ -310,6 +354,7 @@ impl Config {
             limits,
             pipeline,
             notifications,
+            push,
         })
     }
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use deployd::cli::bench::{run_bench, BenchArgs};
+use deployd::cli::cancel::{run_cancel, CancelArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::push::{run_push, PushArgs};
 use deployd::config::{Config, Overrides};
@@ -32,6 +33,8 @@ enum Command {
     Follow(FollowArgs),
     /// Load-test a running server over its real protocols (ingest, fanout, read).
     Bench(BenchArgs),
+    /// Cancel a deployment (default: the app's running one); the exit code says what happened.
+    Cancel(CancelArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             Command::Push(args) => run_push(args).await,
             Command::Follow(args) => run_follow(args).await,
             Command::Bench(args) => run_bench(args).await,
+            Command::Cancel(args) => run_cancel(args).await,
         }
     })?;
     drop(runtime);

@@ -106,8 +106,11 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     let hub = Arc::new(Hub::default());
     let recovery_store = store.clone();
     let recovery_hub = hub.clone();
-    let (writer, recovery, writer_thread) =
-        tokio::task::spawn_blocking(move || Writer::start(recovery_store, recovery_hub)).await??;
+    let max_concurrent = config.pipeline.max_concurrent;
+    let (writer, recovery, writer_thread) = tokio::task::spawn_blocking(move || {
+        Writer::start_with_build_slots(recovery_store, recovery_hub, max_concurrent)
+    })
+    .await??;
     for (id, status) in &recovery.ended {
         tracing::warn!(deployment = %id, %status, "ended a deployment left unfinished by the last run");
     }

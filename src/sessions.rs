@@ -8,9 +8,17 @@
 //! the writer, so both kinds obey the same state machine and reach subscribers the same way.
 //! When a session ends before a terminal status, [`Session::lost`] ends the deployment as
 //! `aborted` (or `timeout-error` from `starting`).
+//!
+//! [`Controls`] is how a cancel reaches the session driving a deployment: every session registers
+//! while it runs, and the cancel handler signals it once the writer has committed the request
+//! (DESIGN.md "Control of a running deployment"). A session honours it by stopping its work and
+//! calling [`Session::end_cancelled`].
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,8 +90,8 @@ impl Session {
     }
 
     /// Ends the deployment because its session is gone, with a log line saying why. A deployment
-    /// that already ended is left alone.
-    pub async fn lost(&self, why: &str) {
+    /// that already ended is left alone. Returns the status it ended in, when this ended it.
+    pub async fn lost(&self, why: &str) -> Option<Status> {
         let note = NewLine::system(format!("!     {why}"));
         match self
             .writer
@@ -92,12 +100,111 @@ impl Session {
         {
             Ok(record) => {
                 tracing::info!(deployment = %self.deployment, status = %record.status, why, "session lost");
+                Some(record.status)
             }
-            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => {}
+            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => None,
             Err(err) => {
-                tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session")
+                tracing::warn!(deployment = %self.deployment, error = %err, "ending a lost session");
+                None
             }
         }
+    }
+}
+
+impl Session {
+    /// Ends the deployment after a cancel its session honoured: `aborted`, or `timeout-error`
+    /// from `starting` (who cancelled was logged by the cancel's own commit). A deployment that
+    /// already ended is left alone. Returns the status it ended in, when this ended it.
+    pub async fn end_cancelled(&self) -> Option<Status> {
+        match self
+            .writer
+            .transition(self.deployment, Target::SessionLost, None)
+            .await
+        {
+            Ok(record) => {
+                tracing::info!(deployment = %self.deployment, status = %record.status, "cancelled");
+                Some(record.status)
+            }
+            Err(WriteError::Finished { .. } | WriteError::NotFound(_)) => None,
+            Err(err) => {
+                tracing::warn!(deployment = %self.deployment, error = %err, "ending a cancelled deployment");
+                None
+            }
+        }
+    }
+}
+
+/// The running sessions' cancel signals, by deployment. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Controls {
+    sessions: Arc<Mutex<HashMap<DeploymentId, watch::Sender<Option<String>>>>>,
+}
+
+impl Controls {
+    /// Registers the session driving `deployment` until the returned [`Control`] is dropped.
+    pub fn register(&self, deployment: DeploymentId) -> Control {
+        let (sender, receiver) = watch::channel(None);
+        self.lock().insert(deployment, sender);
+        Control {
+            deployment,
+            receiver,
+            controls: self.clone(),
+        }
+    }
+
+    /// Tells the session of `deployment` that `by` cancelled it. False when no session is
+    /// registered for it (the caller then ends the deployment itself).
+    pub fn cancel(&self, deployment: DeploymentId, by: &str) -> bool {
+        match self.lock().get(&deployment) {
+            Some(sender) => {
+                sender.send_replace(Some(by.to_owned()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<DeploymentId, watch::Sender<Option<String>>>> {
+        // A panic while holding the lock cannot leave the map half-updated (each operation is
+        // one insert, get or remove), so a poisoned lock is still sound to use.
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One session's registration in [`Controls`]; deregisters when dropped.
+pub struct Control {
+    deployment: DeploymentId,
+    receiver: watch::Receiver<Option<String>>,
+    controls: Controls,
+}
+
+impl Control {
+    /// Who cancelled, if a cancel was signalled already.
+    pub fn requested(&self) -> Option<String> {
+        self.receiver.borrow().clone()
+    }
+
+    /// Resolves with who cancelled, once a cancel is signalled (at once if it was already).
+    pub async fn cancelled(&mut self) -> String {
+        loop {
+            if let Some(by) = self.receiver.borrow_and_update().clone() {
+                return by;
+            }
+            if self.receiver.changed().await.is_err() {
+                // The sender lives in the registry until this Control is dropped, so this
+                // cannot happen; never resolving is the safe answer if it did.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        // One session drives a deployment, so the entry under its id is this one.
+        self.controls.lock().remove(&self.deployment);
     }
 }
 
@@ -134,6 +241,8 @@ pub struct Executors {
     shutdown: CancellationToken,
     /// Running sessions, so shutdown can wait for them to end their deployments.
     tracker: TaskTracker,
+    /// Every running session's cancel signal (executor and push sockets alike).
+    controls: Controls,
 }
 
 impl Executors {
@@ -151,7 +260,13 @@ impl Executors {
             sources,
             shutdown,
             tracker: TaskTracker::new(),
+            controls: Controls::default(),
         }
+    }
+
+    /// The cancel signals of every running session (the push sockets register here too).
+    pub fn controls(&self) -> &Controls {
+        &self.controls
     }
 
     /// Starts the built-in executor for a deployment: it waits while the deployment is queued,
@@ -167,6 +282,9 @@ impl Executors {
         };
         let this = self.clone();
         let session = Session::new(self.writer.clone(), deployment.id);
+        // Registered before this returns, so a cancel made as soon as the trigger answered
+        // finds it.
+        let mut control = self.controls.register(deployment.id);
         self.tracker.spawn(async move {
             let cancel = this.shutdown.child_token();
             if !this.wait_until_started(deployment.id, &cancel).await {
@@ -186,14 +304,33 @@ impl Executors {
                 source,
                 postdeploy_hook,
             };
-            let status = pipeline::run(job, &session, &this.pipeline, cancel.clone()).await;
+            let run = pipeline::run(job, &session, &this.pipeline, cancel.clone());
+            tokio::pin!(run);
+            let mut cancelled_by = None;
+            let status = loop {
+                tokio::select! {
+                    status = &mut run => break status,
+                    by = control.cancelled(), if cancelled_by.is_none() => {
+                        // The run kills the stage's process group and removes the work
+                        // directory, then returns; the deployment is ended below.
+                        tracing::info!(deployment = %deployment.id, by, "cancel requested");
+                        cancelled_by = Some(by);
+                        cancel.cancel();
+                    }
+                }
+            };
             if !status.is_terminal() {
+                // The run may have stopped on the writer's refusal before the signal came.
+                if cancelled_by.or_else(|| control.requested()).is_some() {
+                    let _ = session.end_cancelled().await;
+                    return;
+                }
                 let why = if cancel.is_cancelled() {
                     "deployd shut down during the deployment"
                 } else {
                     "the executor stopped before the deployment finished"
                 };
-                session.lost(why).await;
+                let _ = session.lost(why).await;
             }
         });
     }

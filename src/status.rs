@@ -11,6 +11,10 @@
 //!          building → aborted | build-error
 //! queued → aborted
 //! ```
+//!
+//! `queued` means waiting for the app's running deployment or for a build slot
+//! (`[executor] max_concurrent`); a cancel ends a deployment the way a lost session does
+//! ([`Status::on_session_lost`]).
 
 use std::fmt;
 use std::str::FromStr;

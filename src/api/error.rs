@@ -161,9 +161,10 @@ impl From<WriteError> for ApiError {
             WriteError::UsernameTaken(_) => ApiError::field("username", err.to_string()),
             WriteError::EmailTaken(_) => ApiError::field("email", err.to_string()),
             WriteError::AppNameTaken(_) => ApiError::field("name", "is already taken"),
-            WriteError::AlreadyCollaborator | WriteError::Finished { .. } | WriteError::Queued => {
-                ApiError::Conflict(err.to_string())
-            }
+            WriteError::AlreadyCollaborator
+            | WriteError::Finished { .. }
+            | WriteError::Queued
+            | WriteError::Cancelling { .. } => ApiError::Conflict(err.to_string()),
             WriteError::Transition(err) => err.into(),
             WriteError::Unavailable(message) => ApiError::Unavailable(message),
         }

@@ -21,10 +21,10 @@
 //! | client | `{"type":"status","status":"pushing"}` | `status`: a status name | move the deployment, after the batches sent before it are committed |
 //! | server | `{"type":"status","status":"building"}` | `status`: a status name | the status changed: the answer to a client `status`, or a change made by deployd (out of `queued`; ended because the app was deleted) |
 //! | client | `{"type":"image_size","bytes":123}` | `bytes`: integer | record the image size; answered only when refused |
-//! | server | `{"type":"error","code":"…","error":"…","batch":7}` | `code`: `not_started`, `bad_frame`, `already_started`, `queued`, `illegal_transition`, `not_found`, `finished`, `unavailable`; `error`: text for humans; `batch`: the refused batch, absent for other frames | the frame was refused; nothing changed |
-//! | server | `{"type":"cancel","by":"<username>"}` *reserved* | `by`: who cancelled | a user cancelled the deployment: the pusher stops its command |
-//! | server | `{"type":"ping"}` *reserved* | none | liveness check through proxies that swallow WebSocket pings |
-//! | client | `{"type":"pong"}` *reserved* | none | the answer to `ping` |
+//! | server | `{"type":"error","code":"…","error":"…","batch":7}` | `code`: `not_started`, `bad_frame`, `already_started`, `queued`, `illegal_transition`, `not_found`, `finished`, `cancelling`, `unavailable`; `error`: text for humans; `batch`: the refused batch, absent for other frames | the frame was refused; nothing changed |
+//! | server | `{"type":"cancel","by":"<username>"}` | `by`: who cancelled | a user cancelled the deployment (the line `!     Cancelled by <username>` is already stored): the pusher stops its command and ends the deployment `aborted` (`timeout-error` from `starting`); any other status is refused (`cancelling`). Past `[push] cancel_grace_secs` (default 10) the server ends it and closes the socket |
+//! | server | `{"type":"ping"}` | none | sent every 20 s: liveness check through proxies that swallow WebSocket pings |
+//! | client | `{"type":"pong"}` | none | the answer to `ping`. A pusher that sends no frame at all (pongs included) for `[push] idle_timeout_secs` (default 120) is lost: its deployment ends `aborted` (`timeout-error` from `starting`) with a line saying why |
 //! | client | binary `logs` *reserved* | negotiated in `start` / `deployment` | the same append as `logs` without JSON escaping; today a binary message is answered `bad_frame` |
 //!
 //! Logs and status changes are refused (`code: "queued"`) while the deployment is queued: the
@@ -66,6 +66,8 @@ pub enum ClientFrame {
     ImageSize {
         bytes: u64,
     },
+    /// The answer to [`ServerFrame::Ping`].
+    Pong,
 }
 
 impl ClientFrame {
@@ -82,10 +84,11 @@ impl ClientFrame {
             "logs" => &["batch", "stream", "lines"],
             "status" => &["status"],
             "image_size" => &["bytes"],
+            "pong" => &[],
             other => {
                 return Err(serde_json::Error::unknown_variant(
                     other,
-                    &["start", "logs", "status", "image_size"],
+                    &["start", "logs", "status", "image_size", "pong"],
                 ))
             }
         };
@@ -122,6 +125,7 @@ impl ClientFrame {
                     .status
                     .ok_or_else(|| serde_json::Error::missing_field("status"))?,
             },
+            "pong" => ClientFrame::Pong,
             _ => ClientFrame::ImageSize {
                 bytes: flat
                     .bytes
@@ -194,6 +198,12 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
     },
+    /// A user cancelled the deployment: stop the command and end it.
+    Cancel {
+        by: String,
+    },
+    /// Answer with [`ClientFrame::Pong`] (any frame proves liveness).
+    Ping,
 }
 
 #[cfg(test)]
@@ -210,6 +220,7 @@ mod tests {
             r#"{"type":"logs","stream":"stderr","lines":[]}"#,
             r#"{"type":"status","status":"pushing"}"#,
             r#"{"type":"image_size","bytes":12}"#,
+            r#"{"type":"pong"}"#,
         ];
         for text in frames {
             let slow: ClientFrame = serde_json::from_str(text).expect(text);
@@ -269,5 +280,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn control_frames_keep_their_wire_spelling() {
+        let cancel = ServerFrame::Cancel { by: "ann".into() };
+        assert_eq!(
+            serde_json::to_string(&cancel).unwrap(),
+            r#"{"type":"cancel","by":"ann"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ServerFrame::Ping).unwrap(),
+            r#"{"type":"ping"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ClientFrame::Pong).unwrap(),
+            r#"{"type":"pong"}"#
+        );
+        // The server's parser (serde's derive lets a unit variant's extra fields through).
+        assert!(ClientFrame::from_json(r#"{"type":"pong","batch":1}"#).is_err());
     }
 }

@@ -8,11 +8,18 @@
 //! (they are committed in order by the writer, possibly in one group); a status frame waits for
 //! the batches before it, so the store order is the pusher's order. If the socket ends before a
 //! terminal status, the deployment is ended as a lost session.
+//!
+//! Control: the session registers in `sessions::Controls`; a cancel is forwarded as a `cancel`
+//! frame, and a pusher that has not ended the deployment within `[push] cancel_grace_secs` is
+//! ended here. Liveness: a `ping` frame every [`PING_INTERVAL`]; a pusher heard from (any
+//! frame) less recently than `[push] idle_timeout_secs` is lost (`Liveness`).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -36,6 +43,49 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 64;
 
 /// A pusher must send its `start` frame within this.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Interval between `ping` frames: below the idle timeouts of common proxies (60 s), and six
+/// of them fit the default `[push] idle_timeout_secs`.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// When a push session pings and when it gives its pusher up. Pure: the caller passes `now`.
+#[derive(Debug, Clone)]
+pub(crate) struct Liveness {
+    idle_timeout: Option<Duration>,
+    last_heard: Instant,
+    next_ping: Instant,
+}
+
+impl Liveness {
+    /// A session that just heard from its pusher at `now`.
+    pub(crate) fn new(now: Instant, idle_timeout: Option<Duration>) -> Self {
+        Self {
+            idle_timeout,
+            last_heard: now,
+            next_ping: now + PING_INTERVAL,
+        }
+    }
+
+    /// The pusher proved it is alive (it sent a frame, or we are the ones not reading).
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// When the next `ping` is due.
+    pub(crate) fn ping_at(&self) -> Instant {
+        self.next_ping
+    }
+
+    /// A ping was sent at `now`.
+    pub(crate) fn pinged(&mut self, now: Instant) {
+        self.next_ping = now + PING_INTERVAL;
+    }
+
+    /// When the pusher counts as lost if nothing is heard before; `None` without a timeout.
+    pub(crate) fn lost_at(&self) -> Option<Instant> {
+        self.idle_timeout.map(|timeout| self.last_heard + timeout)
+    }
+}
 
 /// `GET /v1/apps/{app}/push`: authenticates (401/404 as JSON before the upgrade), then upgrades.
 /// A request that is not a WebSocket upgrade is a JSON 400 (axum's own rejection is plain text,
@@ -95,6 +145,7 @@ fn write_error_code(err: &WriteError) -> &'static str {
         WriteError::Queued => "queued",
         WriteError::NotFound(_) => "not_found",
         WriteError::Finished { .. } => "finished",
+        WriteError::Cancelling { .. } => "cancelling",
         WriteError::Unavailable(_) => "unavailable",
         // Users, apps and collaborators are not written over the push socket.
         WriteError::UsernameTaken(_)
@@ -159,14 +210,22 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
         session.lost("the pusher's connection was lost").await;
         return;
     }
+    let mut control = state.executors.controls().register(deployment.id);
+    let mut cancel_deadline: Option<Instant> = None;
+    let mut cancel_told = false;
+    let mut liveness = Liveness::new(Instant::now(), state.config.push.idle_timeout);
     let mut status_watch = state.hub.watch_status(deployment.id);
     let mut told = deployment.status;
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut queued_statuses: VecDeque<Status> = VecDeque::new();
 
     // 2. The session loop.
-    let outcome: Result<Status, &'static str> = loop {
+    let outcome: Result<Status, String> = loop {
         let can_read = pending.len() < MAX_BATCHES_IN_FLIGHT && queued_statuses.is_empty();
+        if !can_read {
+            // We are the ones not reading: the pusher is not silent.
+            liveness.heard(Instant::now());
+        }
         tokio::select! {
             // Writer answers to batches, in order.
             Some((batch, result)) = pending.next(), if !pending.is_empty() => {
@@ -175,7 +234,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     Err(err) => error_frame(write_error_code(&err), err.to_string(), Some(batch)),
                 };
                 if tx.send(frame).await.is_err() {
-                    break Err("the pusher's connection was lost");
+                    break Err("the pusher's connection was lost".into());
                 }
             }
             // A status frame waits until the batches before it are committed.
@@ -185,7 +244,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     Ok(record) => {
                         told = record.status;
                         if tx.send(text(&ServerFrame::Status { status: record.status })).await.is_err() {
-                            break Err("the pusher's connection was lost");
+                            break Err("the pusher's connection was lost".into());
                         }
                         if record.status.is_terminal() {
                             break Ok(record.status);
@@ -193,7 +252,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     }
                     Err(err) => {
                         if tx.send(error_frame(write_error_code(&err), err.to_string(), None)).await.is_err() {
-                            break Err("the pusher's connection was lost");
+                            break Err("the pusher's connection was lost".into());
                         }
                         if let WriteError::NotFound(_) = err {
                             break Ok(Status::Aborted);
@@ -207,7 +266,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     Some(now) if now > told => {
                         told = now;
                         if tx.send(text(&ServerFrame::Status { status: now })).await.is_err() {
-                            break Err("the pusher's connection was lost");
+                            break Err("the pusher's connection was lost".into());
                         }
                         if now.is_terminal() {
                             break Ok(now);
@@ -217,16 +276,44 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     None => status_watch = None,
                 }
             }
+            by = control.cancelled(), if !cancel_told => {
+                cancel_told = true;
+                cancel_deadline = state.config.push.cancel_grace.map(|grace| Instant::now() + grace);
+                if tx.send(text(&ServerFrame::Cancel { by })).await.is_err() {
+                    break Err("the pusher's connection was lost".into());
+                }
+            }
+            () = crate::lines::sleep_until_opt(cancel_deadline) => {
+                let grace = state.config.push.cancel_grace.unwrap_or_default();
+                break Err(format!(
+                    "The pusher did not end the cancelled deployment within {} s; deployd ended it",
+                    grace.as_secs()
+                ));
+            }
+            () = tokio::time::sleep_until(liveness.ping_at()) => {
+                liveness.pinged(Instant::now());
+                if tx.send(text(&ServerFrame::Ping)).await.is_err() {
+                    break Err("the pusher's connection was lost".into());
+                }
+            }
+            () = crate::lines::sleep_until_opt(liveness.lost_at()), if can_read => {
+                let timeout = state.config.push.idle_timeout.unwrap_or_default();
+                break Err(format!(
+                    "The pusher sent nothing and answered no ping for {} s; its session is lost",
+                    timeout.as_secs()
+                ));
+            }
             message = rx.next(), if can_read => {
                 let Some(Ok(message)) = message else {
-                    break Err("the pusher's connection was lost");
+                    break Err("the pusher's connection was lost".into());
                 };
+                liveness.heard(Instant::now());
                 let body = match message {
                     Message::Text(body) => body,
-                    Message::Close(_) => break Err("the pusher closed the connection before the deployment finished"),
+                    Message::Close(_) => break Err("the pusher closed the connection before the deployment finished".into()),
                     Message::Binary(_) => {
                         if tx.send(error_frame("bad_frame", "binary frames are not supported", None)).await.is_err() {
-                            break Err("the pusher's connection was lost");
+                            break Err("the pusher's connection was lost".into());
                         }
                         continue;
                     }
@@ -249,23 +336,24 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     Ok(ClientFrame::ImageSize { bytes }) => {
                         if let Err(err) = session.set_image_size(bytes).await {
                             if tx.send(error_frame(write_error_code(&err), err.to_string(), None)).await.is_err() {
-                                break Err("the pusher's connection was lost");
+                                break Err("the pusher's connection was lost".into());
                             }
                         }
                     }
+                    Ok(ClientFrame::Pong) => {}
                     Ok(ClientFrame::Start { .. }) => {
                         if tx.send(error_frame("already_started", "this connection already started a deployment", None)).await.is_err() {
-                            break Err("the pusher's connection was lost");
+                            break Err("the pusher's connection was lost".into());
                         }
                     }
                     Err(err) => {
                         if tx.send(error_frame("bad_frame", format!("invalid frame: {err}"), None)).await.is_err() {
-                            break Err("the pusher's connection was lost");
+                            break Err("the pusher's connection was lost".into());
                         }
                     }
                 }
             }
-            () = state.shutdown.cancelled() => break Err("deployd shut down during the deployment"),
+            () = state.shutdown.cancelled() => break Err("deployd shut down during the deployment".into()),
         }
     };
     match outcome {
@@ -281,8 +369,42 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // Let in-flight batches land first: an acknowledged line is never lost, and lines
             // the pusher sent before the break are kept too.
             while pending.next().await.is_some() {}
-            session.lost(why).await;
+            let ended = if cancel_told && cancel_deadline.is_none_or(|at| Instant::now() < at) {
+                // A cancelled pusher that hung up (or the shutdown) ends it as cancelled.
+                session.end_cancelled().await
+            } else {
+                session.lost(&why).await
+            };
+            if let Some(status) = ended {
+                // Tell a pusher still listening how it ended; its later frames find the socket
+                // closed.
+                let _ = tx.send(text(&ServerFrame::Status { status })).await;
+            }
             let _ = tx.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_pings_every_interval_and_gives_up_only_after_the_idle_timeout_of_silence() {
+        let start = Instant::now();
+        let idle = Duration::from_secs(120);
+        let mut live = Liveness::new(start, Some(idle));
+        assert_eq!(live.ping_at(), start + PING_INTERVAL);
+        assert_eq!(live.lost_at(), Some(start + idle));
+        live.pinged(start + PING_INTERVAL);
+        assert_eq!(live.ping_at(), start + 2 * PING_INTERVAL);
+        let pong = start + Duration::from_secs(100);
+        live.heard(pong);
+        assert_eq!(
+            live.lost_at(),
+            Some(pong + idle),
+            "any frame resets the clock"
+        );
+        assert_eq!(Liveness::new(start, None).lost_at(), None, "0 turns it off");
     }
 }

@@ -10,7 +10,8 @@ use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
 use super::{
-    apps, caches, deployments, notifiers, output, push, sources, stream, timeline, users, AppState,
+    apps, caches, control, deployments, notifiers, output, push, sources, stream, timeline, users,
+    AppState,
 };
 use crate::model::Scope;
 
@@ -454,6 +455,16 @@ pub static ROUTES: &[Route] = &[
         scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(timeline::user_events),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/apps/{app}/deployments/{deployment}/cancel",
+        operation: "cancelDeployment",
+        summary: "Cancel a deployment: queued ones end at once, running ones are stopped",
+        auth: Auth::Caller,
+        scope: Scope::Deploy,
+        answer: Answer::Json,
+        handler: || post(control::cancel),
     },
 ];
 

@@ -14,9 +14,11 @@
 //! | 1 | the deployment ended in another terminal status (printed), or the server refused a frame |
 //! | 2 | usage, authentication, HTTP or connection-refused error: nothing was (or could be) followed |
 //! | 3 | the connection was lost before the deployment finished |
+//! | 4 | `push`: a user cancelled the deployment; the command was stopped and the deployment ended `aborted` (`timeout-error` from `starting`) |
 //! | 130 | interrupted (Ctrl-C); `push` marks the deployment `aborted` first when it can |
 
 pub mod bench;
+pub mod cancel;
 pub mod follow;
 pub mod push;
 
@@ -42,6 +44,8 @@ pub const EXIT_DEPLOYMENT_FAILED: i32 = 1;
 pub const EXIT_USAGE_OR_AUTH: i32 = 2;
 /// The connection broke before the deployment finished.
 pub const EXIT_CONNECTION_LOST: i32 = 3;
+/// A user cancelled the deployment (`push`: the command was stopped).
+pub const EXIT_CANCELLED: i32 = 4;
 /// Interrupted by Ctrl-C (128 + SIGINT, what shells report).
 pub const EXIT_INTERRUPTED: i32 = 130;
 

@@ -118,6 +118,9 @@ pub struct PipelineConfig {
     pub cache_dir: PathBuf,
     /// The server's own public URL (`DEPLOYD_URL` for stages).
     pub public_url: String,
+    /// At most this many executor deployments past `queued` at once, across apps (`None`: no
+    /// limit); the others wait `queued`, first come first served. Enforced by the writer.
+    pub max_concurrent: Option<usize>,
 }
 
 impl PipelineConfig {
@@ -139,9 +142,14 @@ impl PipelineConfig {
     /// may raise it up to that limit, not past it.
     pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024;
 
+    /// One build per CPU: builds are CPU-bound, and more at once only makes each slower.
+    pub fn default_max_concurrent() -> Option<usize> {
+        Some(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+    }
+
     /// The defaults for a server whose data lives in `data_dir`: no stage command overrides,
-    /// the `DEFAULT_*` limits, private sources refused, `work_dir = data_dir/work` and
-    /// `image_dir = data_dir/images`, `cache_dir = data_dir/cache`.
+    /// the `DEFAULT_*` limits, private sources refused, `work_dir = data_dir/work`,
+    /// `image_dir = data_dir/images`, `cache_dir = data_dir/cache` and one build slot per CPU.
     pub fn for_data_dir(data_dir: &Path, public_url: &str) -> Self {
         Self {
             build_cmd: None,
@@ -161,6 +169,7 @@ impl PipelineConfig {
             image_dir: data_dir.join("images"),
             cache_dir: data_dir.join("cache"),
             public_url: public_url.to_owned(),
+            max_concurrent: Self::default_max_concurrent(),
         }
     }
 

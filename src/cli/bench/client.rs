@@ -335,7 +335,10 @@ impl Push {
                         "the server refused batch {batch:?}: {code}: {error}"
                     )))
                 }
-                ServerFrame::Status { .. } | ServerFrame::Deployment { .. } => {}
+                ServerFrame::Status { .. }
+                | ServerFrame::Deployment { .. }
+                | ServerFrame::Cancel { .. }
+                | ServerFrame::Ping => {}
             }
         }
         Ok((latency, started))
@@ -355,7 +358,9 @@ impl Push {
                     ServerFrame::Error { code, error, .. } => {
                         return Err(protocol(format!("moving to {status}: {code}: {error}")))
                     }
-                    ServerFrame::Deployment { .. } => {}
+                    ServerFrame::Deployment { .. }
+                    | ServerFrame::Cancel { .. }
+                    | ServerFrame::Ping => {}
                 }
             }
         }

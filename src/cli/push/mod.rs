@@ -27,6 +27,10 @@
 //! Ctrl-C kills the running command and marks the deployment `aborted` (when the state machine
 //! allows it: from `starting` it cannot, and the server turns the lost session into
 //! `timeout-error`). A lost connection kills the command; the server aborts the deployment.
+//! Each command runs in its own process group. A `cancel` frame (a user cancelled the
+//! deployment) kills the running command's whole group and ends the deployment `aborted`
+//! (`timeout-error` from `starting`); the exit code is then `EXIT_CANCELLED` (4). `ping` frames
+//! are answered with `pong`.
 //! Exit codes are those of [`crate::cli`].
 //!
 //! An `https://` server URL is reached over `wss://` (rustls, with the webpki root certificates
@@ -49,8 +53,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    basic_auth_header, encode_path_segment, ws_url, EXIT_CONNECTION_LOST, EXIT_DEPLOYMENT_FAILED,
-    EXIT_INTERRUPTED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH,
+    basic_auth_header, encode_path_segment, ws_url, EXIT_CANCELLED, EXIT_CONNECTION_LOST,
+    EXIT_DEPLOYMENT_FAILED, EXIT_INTERRUPTED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH,
 };
 use crate::status::Status;
 use session::{PushSession, SessionEnd};
@@ -165,6 +169,14 @@ async fn push(args: &PushArgs, interrupt: CancellationToken, echo: Echo) -> i32 
         Err(SessionEnd::Protocol(why)) => {
             eprintln!("deployd push: protocol error: {why}");
             EXIT_DEPLOYMENT_FAILED
+        }
+        Err(SessionEnd::Cancelled(by)) => {
+            eprintln!("-----> Cancelled by {by}; the command was stopped");
+            match session.end_cancelled().await {
+                Some(status) => eprintln!("-----> Deployment ended: {status}"),
+                None => eprintln!("-----> The server ends the deployment"),
+            }
+            EXIT_CANCELLED
         }
     };
     session.close().await;
@@ -404,7 +416,7 @@ mod tests {
                         status = to;
                         ServerFrame::Status { status }
                     }
-                    ClientFrame::ImageSize { .. } => continue,
+                    ClientFrame::ImageSize { .. } | ClientFrame::Pong => continue,
                 };
                 send(&mut ws, &answer).await;
                 if status.is_terminal() {

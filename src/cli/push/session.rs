@@ -88,6 +88,8 @@ pub(super) enum SessionEnd {
     Refused(String),
     /// The server sent something the protocol does not allow here.
     Protocol(String),
+    /// A user cancelled the deployment (the server's `cancel` frame): the command was killed.
+    Cancelled(String),
 }
 
 /// One pusher connection: sends frames, reads and books the server's answers, runs commands.
@@ -101,6 +103,8 @@ pub(super) struct PushSession<S> {
     acks: AckWindow,
     interrupt: CancellationToken,
     echo: Echo,
+    /// The server sent a `ping` not answered yet.
+    pong_due: bool,
 }
 
 type WsResult = Result<Message, tungstenite::Error>;
@@ -117,6 +121,7 @@ where
             acks: AckWindow::default(),
             interrupt,
             echo,
+            pong_due: false,
         }
     }
 
@@ -161,8 +166,10 @@ where
         let deployment = loop {
             match self.recv().await? {
                 ServerFrame::Deployment { deployment } => break deployment,
-                ServerFrame::Status { .. } | ServerFrame::Ack { .. } => {}
-                ServerFrame::Error { .. } => unreachable_error_frame()?,
+                ServerFrame::Status { .. } | ServerFrame::Ack { .. } | ServerFrame::Ping => {}
+                ServerFrame::Error { .. } | ServerFrame::Cancel { .. } => {
+                    unreachable_error_frame()?
+                }
             }
         };
         let id = deployment
@@ -208,6 +215,8 @@ where
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a cancel or Ctrl-C stops everything it started.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -217,6 +226,7 @@ where
                 return Ok(false);
             }
         };
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
         let (tx, mut rx) = mpsc::channel(LINE_CHANNEL_CAPACITY);
         let splitter = || LineSplitter::new(MAX_LINE_BYTES, Overlong::Split);
         let echo_on = self.echo == Echo::On;
@@ -249,6 +259,9 @@ where
                 _ = interrupt.cancelled() => break Err(SessionEnd::Interrupted),
                 message = self.ws.next() => {
                     if let Err(end) = self.on_message(message) {
+                        break Err(end);
+                    }
+                    if let Err(end) = self.answer_ping().await {
                         break Err(end);
                     }
                     if self.status.is_terminal() {
@@ -301,8 +314,18 @@ where
             }
         };
         if outcome.is_err() {
-            // Best effort: the command may already be gone.
+            // Best effort: the command may already be gone. Its whole group goes while the
+            // leader is unreaped (so the group id cannot have been reused).
+            if exited_ok.is_none() {
+                if let Some(pgid) = pgid {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe {
+                        libc::kill(-pgid, libc::SIGKILL);
+                    }
+                }
+            }
             let _ = child.start_kill();
+            let _ = child.wait().await;
         }
         for reader in readers {
             reader.abort();
@@ -353,12 +376,21 @@ where
     /// After Ctrl-C: marks the deployment `aborted` if it may be, and waits a little for the
     /// confirmation. Returns the status the server confirmed, if any.
     pub(super) async fn abort(&mut self) -> Option<Status> {
-        check_transition(self.status, Status::Aborted).ok()?;
-        self.send(&ClientFrame::Status {
-            status: Status::Aborted,
-        })
-        .await
-        .ok()?;
+        self.end_as(Status::Aborted).await
+    }
+
+    /// After a cancel: ends the deployment as a cancel ends it (`aborted`, `timeout-error` from
+    /// `starting`) and waits a little for the confirmation.
+    pub(super) async fn end_cancelled(&mut self) -> Option<Status> {
+        let to = self.status.on_session_lost()?;
+        self.end_as(to).await
+    }
+
+    /// Sends `to` if the state machine allows it and waits a little for the server to confirm
+    /// a terminal status.
+    async fn end_as(&mut self, to: Status) -> Option<Status> {
+        check_transition(self.status, to).ok()?;
+        self.send(&ClientFrame::Status { status: to }).await.ok()?;
         let confirmation = async {
             loop {
                 let message = self.ws.next().await;
@@ -366,7 +398,7 @@ where
                     Ok(Some(ServerFrame::Status { status })) if status.is_terminal() => {
                         return Some(status)
                     }
-                    Ok(_) => {}
+                    Ok(_) | Err(SessionEnd::Cancelled(_)) => {}
                     Err(_) => return None,
                 }
             }
@@ -415,7 +447,9 @@ where
                 _ = interrupt.cancelled() => return Err(SessionEnd::Interrupted),
                 message = self.ws.next() => message,
             };
-            if let Some(frame) = self.on_message(message)? {
+            let frame = self.on_message(message)?;
+            self.answer_ping().await?;
+            if let Some(frame) = frame {
                 return Ok(frame);
             }
         }
@@ -456,9 +490,22 @@ where
                 let batch = batch.map(|b| format!(" (batch {b})")).unwrap_or_default();
                 return Err(SessionEnd::Refused(format!("{code}: {error}{batch}")));
             }
+            ServerFrame::Cancel { by } => return Err(SessionEnd::Cancelled(by.clone())),
+            ServerFrame::Ping => {
+                self.pong_due = true;
+                return Ok(None);
+            }
             ServerFrame::Deployment { .. } => {}
         }
         Ok(Some(frame))
+    }
+
+    /// Answers the server's `ping`, if one came.
+    async fn answer_ping(&mut self) -> Result<(), SessionEnd> {
+        if std::mem::take(&mut self.pong_due) {
+            self.send(&ClientFrame::Pong).await?;
+        }
+        Ok(())
     }
 }
 

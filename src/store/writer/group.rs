@@ -55,7 +55,7 @@ impl<T> Outcome<T> {
         }
     }
 
-    fn of_app(value: T, app: AppId) -> Self {
+    pub(super) fn of_app(value: T, app: AppId) -> Self {
         Self {
             app: Some(app),
             ..Self::quiet(value)
@@ -277,6 +277,11 @@ impl WriterState {
             } => self.answer(group, reply, |s, g| {
                 s.transition(deployment, target, note, g)
             }),
+            Command::Cancel {
+                deployment,
+                by,
+                reply,
+            } => self.answer(group, reply, |s, g| s.cancel(deployment, &by, g)),
             Command::SetImageSize {
                 deployment,
                 bytes,
@@ -441,6 +446,7 @@ impl WriterState {
     ) -> WriteError {
         match refusal {
             Refusal::Queued => WriteError::Queued,
+            Refusal::Cancelling(by) => WriteError::Cancelling { by },
             Refusal::Illegal(err) => err.into(),
             Refusal::NotLive => match self.store.deployment(deployment) {
                 Ok(Some(stored)) => match target {
@@ -474,24 +480,40 @@ impl WriterState {
             None => None,
         };
         let created_at = now();
-        let change = self.lifecycle.create(Deployment {
-            id: DeploymentId::generate(),
-            app_id,
-            created_at,
-            // Chosen by the lifecycle: building, or queued behind the app's running one.
-            status: Status::Queued,
-            finished_at: None,
-            git_ref,
-            previous_git_ref,
-            pusher,
-            image_size: 0,
-            driver,
-            last_line: LineNo(0),
+        let slot_note = self.lifecycle.max_executors().map(|max| {
+            [NewLine::system(format!(
+                "-----> Waiting for a build slot: {max} deployments are running \
+                 ([executor] max_concurrent = {max})"
+            ))]
         });
+        let note_lines = slot_note.as_ref().map_or(0, |note| line_count(note));
+        let (change, note_first) = self.lifecycle.admit(
+            Deployment {
+                id: DeploymentId::generate(),
+                app_id,
+                created_at,
+                // Chosen by the lifecycle: building, or queued behind the app's running one.
+                status: Status::Queued,
+                finished_at: None,
+                git_ref,
+                previous_git_ref,
+                pusher,
+                image_size: 0,
+                driver,
+                last_line: LineNo(0),
+            },
+            note_lines,
+        );
         let deployment = change.record().clone();
         app.updated_at = created_at;
         let mut outcome = Outcome::of_app(deployment, app_id);
+        let id = change.record().id;
         self.stage(change, group, &mut outcome);
+        if let (Some(first), Some(note)) = (note_first, &slot_note) {
+            let log_end = self.log_ends.entry(id).or_default();
+            let events = append_segments((app_id, id), first, log_end, note, created_at, group);
+            outcome.events.extend(events);
+        }
         group
             .ops
             .push(put(codec::app_key(app_id), codec::encode_app(&app)));

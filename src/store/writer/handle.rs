@@ -80,6 +80,12 @@ pub enum Command {
         note: Option<NewLine>,
         reply: Reply<Deployment>,
     },
+    /// Cancels a deployment on behalf of `by` (see [`super::CancelReply`]).
+    Cancel {
+        deployment: DeploymentId,
+        by: String,
+        reply: Reply<super::CancelReply>,
+    },
     SetImageSize {
         deployment: DeploymentId,
         bytes: u64,
@@ -160,7 +166,10 @@ impl Command {
     pub(super) fn commits_alone(&self) -> bool {
         !matches!(
             self,
-            Command::AppendLogs { .. } | Command::Transition { .. } | Command::SetImageSize { .. }
+            Command::AppendLogs { .. }
+                | Command::Transition { .. }
+                | Command::Cancel { .. }
+                | Command::SetImageSize { .. }
         )
     }
 }
@@ -181,7 +190,18 @@ impl Writer {
         store: Store,
         hub: Arc<dyn Publish>,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
+        Writer::start_with_build_slots(store, hub, None)
+    }
+
+    /// [`Writer::start`] with at most `max_executors` executor deployments past `queued` at
+    /// once (`[executor] max_concurrent`; `None` or 0: no limit), recovery included.
+    pub fn start_with_build_slots(
+        store: Store,
+        hub: Arc<dyn Publish>,
+        max_executors: Option<usize>,
+    ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
         let mut state = WriterState::new(store, hub);
+        state.lifecycle = super::lifecycle::Lifecycle::with_build_slots(max_executors);
         let recovery = state.recover()?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()
@@ -290,6 +310,10 @@ commands! {
     fn transition(deployment: DeploymentId, target: Target, note: Option<NewLine>) -> Deployment
         = Transition;
     fn set_image_size(deployment: DeploymentId, bytes: u64) -> () = SetImageSize;
+    /// Cancels a deployment: a queued one ends `aborted` in this commit; a running one gets a
+    /// pending request its session must honour. Either way the line `!     Cancelled by <by>`
+    /// is stored in this commit (once: a repeated cancel changes nothing).
+    fn cancel(deployment: DeploymentId, by: String) -> super::CancelReply = Cancel;
     fn put_meta(name: String, value: Vec<u8>) -> () = PutMeta;
     /// See [`Command::StopPromoting`].
     fn stop_promoting() -> () = StopPromoting;

@@ -46,6 +46,9 @@ pub(crate) enum Refusal {
     Queued,
     /// The state machine forbids the move.
     Illegal(TransitionError),
+    /// A cancel is pending (by this user): the session may only end the deployment the way a
+    /// cancel ends it (`aborted`, or `timeout-error` from `starting`).
+    Cancelling(String),
 }
 
 /// Line numbers given to one append.
@@ -80,6 +83,27 @@ pub(crate) struct Lifecycle {
     queues: HashMap<AppId, VecDeque<DeploymentId>>,
     /// Set at shutdown: queued deployments are no longer promoted.
     draining: bool,
+    /// Running deployments whose cancel is pending, with who asked (until they end).
+    cancels: HashMap<DeploymentId, String>,
+    /// At most this many executor deployments past `queued` at once (`None`: no limit).
+    max_executors: Option<usize>,
+    /// Executor deployments past `queued` now (each is in `running`).
+    executors_running: usize,
+}
+
+/// What a cancel did.
+#[derive(Debug)]
+pub(crate) enum Cancel {
+    /// The deployment was queued: it ended `aborted` at once (the note is before the status).
+    Ended(Transitioned),
+    /// The deployment runs: the request is now pending, its session must honour it. The note
+    /// (who cancelled) takes the lines from `note_first`.
+    Requested {
+        note_first: LineNo,
+        record: Deployment,
+    },
+    /// A cancel was already pending: nothing changed.
+    Repeated(Deployment),
 }
 
 impl Lifecycle {
@@ -93,25 +117,68 @@ impl Lifecycle {
         self.live.values()
     }
 
+    /// The lifecycle of a server that runs at most `max_executors` executor deployments past
+    /// `queued` at once (`None`: no limit; `Some(0)` is treated as no limit too).
+    pub(crate) fn with_build_slots(max_executors: Option<usize>) -> Self {
+        Self {
+            max_executors: max_executors.filter(|max| *max > 0),
+            ..Self::default()
+        }
+    }
+
+    /// The build-slot limit, if any.
+    pub(crate) fn max_executors(&self) -> Option<usize> {
+        self.max_executors
+    }
+
     /// Admits a new deployment from `draft`: `building` when its app has none running, else
     /// `queued` behind the others. The draft's status, end and line count are set here.
-    pub(crate) fn create(&mut self, mut draft: Deployment) -> Change {
+    #[cfg(test)]
+    pub(crate) fn create(&mut self, draft: Deployment) -> Change {
+        self.admit(draft, 0).0
+    }
+
+    /// [`Self::create`], and when the deployment must wait for a build slot (its app has none
+    /// running but every slot is taken), gives `slot_note_lines` lines to a note saying so,
+    /// returning the note's first line.
+    pub(crate) fn admit(
+        &mut self,
+        mut draft: Deployment,
+        slot_note_lines: u64,
+    ) -> (Change, Option<LineNo>) {
         let id = draft.id;
         let app = draft.app_id;
-        draft.status = match self.running.entry(app) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.queues.entry(app).or_default().push_back(id);
-                Status::Queued
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(id);
-                Status::Building
-            }
-        };
+        let executor = matches!(draft.driver, Driver::Executor { .. });
         draft.finished_at = None;
         draft.last_line = LineNo(0);
+        let mut note = None;
+        let app_waits = self.queues.get(&app).is_some_and(|queue| !queue.is_empty());
+        if self.running.contains_key(&app) || app_waits {
+            // Creation order within an app: behind its running one, or behind its own
+            // deployments waiting for a build slot.
+            self.queues.entry(app).or_default().push_back(id);
+            draft.status = Status::Queued;
+        } else if executor && !self.slot_free() {
+            // First come, first served across apps: it waits in its app's queue, and the oldest
+            // head of any queue takes the next free slot.
+            self.queues.entry(app).or_default().push_back(id);
+            draft.status = Status::Queued;
+            note = Some(advance(&mut draft, slot_note_lines).first);
+        } else {
+            self.running.insert(app, id);
+            if executor {
+                self.executors_running += 1;
+            }
+            draft.status = Status::Building;
+        }
         self.live.insert(id, draft.clone());
-        Change::Created(draft)
+        (Change::Created(draft), note)
+    }
+
+    /// Whether one more executor deployment may start.
+    fn slot_free(&self) -> bool {
+        self.max_executors
+            .is_none_or(|max| self.executors_running < max)
     }
 
     /// Gives the next `count` line numbers to a deployment's output. Refused when it is not
@@ -141,6 +208,11 @@ impl Lifecycle {
                 .on_session_lost()
                 .expect("invariant: live deployments are unfinished"),
         };
+        if let Some(by) = self.cancels.get(&id) {
+            if Some(to) != from.on_session_lost() {
+                return Err(Refusal::Cancelling(by.clone()));
+            }
+        }
         if from == Status::Queued && to != Status::Aborted {
             // Only the writer promotes a queued deployment, when the app's running one ends;
             // until then its session may only give up. Any other move is "wait", not "illegal"
@@ -156,6 +228,31 @@ impl Lifecycle {
             record,
             changes,
         })
+    }
+
+    /// Cancels a deployment on behalf of `by`, with a note of `note_lines` lines: a queued one
+    /// ends `aborted` now; a running one gets a pending request that only lets its session end
+    /// it (see [`Refusal::Cancelling`]); a repeated cancel changes nothing.
+    pub(crate) fn cancel(
+        &mut self,
+        id: DeploymentId,
+        by: &str,
+        note_lines: u64,
+        now: OffsetDateTime,
+    ) -> Result<Cancel, Refusal> {
+        let record = self.live.get_mut(&id).ok_or(Refusal::NotLive)?;
+        if record.status == Status::Queued {
+            return self
+                .transition(id, Target::Status(Status::Aborted), note_lines, now)
+                .map(Cancel::Ended);
+        }
+        if self.cancels.contains_key(&id) {
+            return Ok(Cancel::Repeated(record.clone()));
+        }
+        let note_first = advance(record, note_lines).first;
+        let record = record.clone();
+        self.cancels.insert(id, by.to_owned());
+        Ok(Cancel::Requested { note_first, record })
     }
 
     /// Records a deployment's image size.
@@ -178,8 +275,20 @@ impl Lifecycle {
             .map(|d| d.id)
             .collect();
         removed.sort();
+        if let Some(running) = self.running.get(&app) {
+            if self
+                .live
+                .get(running)
+                .is_some_and(|d| matches!(d.driver, Driver::Executor { .. }))
+            {
+                // Its slot is free again; the oldest waiting deployment takes it at the next
+                // deployment's end (the delete's commit announces only its own app).
+                self.executors_running = self.executors_running.saturating_sub(1);
+            }
+        }
         for id in &removed {
             self.live.remove(id);
+            self.cancels.remove(id);
         }
         self.running.remove(&app);
         self.queues.remove(&app);
@@ -216,16 +325,11 @@ impl Lifecycle {
         lost
     }
 
-    /// Starts the oldest queued deployment of every app that has none running.
+    /// Starts the oldest queued deployment of every app that has none running (executor ones
+    /// while build slots are free).
     pub(crate) fn promote_waiting(&mut self, now: OffsetDateTime) -> Vec<Change> {
-        let mut apps: Vec<AppId> = self.queues.keys().copied().collect();
-        apps.sort();
         let mut changes = Vec::new();
-        for app in apps {
-            if !self.running.contains_key(&app) {
-                self.promote_next(app, now, &mut changes);
-            }
-        }
+        self.promote_all(now, &mut changes);
         changes
     }
 
@@ -252,27 +356,53 @@ impl Lifecycle {
         if to.is_terminal() {
             let app = snapshot.app_id;
             self.live.remove(&id);
+            self.cancels.remove(&id);
             if from == Status::Queued {
                 if let Some(queue) = self.queues.get_mut(&app) {
                     queue.retain(|queued| *queued != id);
                 }
             } else if self.running.get(&app) == Some(&id) {
                 self.running.remove(&app);
-                self.promote_next(app, now, changes);
+                if matches!(snapshot.driver, Driver::Executor { .. }) {
+                    self.executors_running = self.executors_running.saturating_sub(1);
+                }
+                self.promote_all(now, changes);
             }
         }
         snapshot
     }
 
-    fn promote_next(&mut self, app: AppId, now: OffsetDateTime, changes: &mut Vec<Change>) {
+    /// Starts the head of every app's queue whose app has none running, oldest (lowest id:
+    /// ids rise in creation order) first, so build slots go first come, first served across
+    /// apps; an executor head waits while no slot is free, an external pusher's takes none.
+    fn promote_all(&mut self, now: OffsetDateTime, changes: &mut Vec<Change>) {
         if self.draining {
             return;
         }
-        let Some(next) = self.queues.get_mut(&app).and_then(VecDeque::pop_front) else {
-            return;
-        };
-        self.running.insert(app, next);
-        self.set_status(next, Status::Building, now, changes);
+        let mut heads: Vec<(DeploymentId, AppId)> = self
+            .queues
+            .iter()
+            .filter(|(app, _)| !self.running.contains_key(app))
+            .filter_map(|(app, queue)| queue.front().map(|id| (*id, *app)))
+            .collect();
+        heads.sort();
+        for (next, app) in heads {
+            let executor = self
+                .live
+                .get(&next)
+                .is_some_and(|d| matches!(d.driver, Driver::Executor { .. }));
+            if executor && !self.slot_free() {
+                continue;
+            }
+            if let Some(queue) = self.queues.get_mut(&app) {
+                queue.pop_front();
+            }
+            self.running.insert(app, next);
+            if executor {
+                self.executors_running += 1;
+            }
+            self.set_status(next, Status::Building, now, changes);
+        }
     }
 }
 
@@ -352,6 +482,93 @@ mod tests {
             Err(Refusal::NotLive),
             "a finished deployment takes no output"
         );
+    }
+
+    #[test]
+    fn a_cancel_aborts_a_queued_deployment_at_once_and_leaves_a_running_one_only_the_cancel_end() {
+        let mut life = Lifecycle::default();
+        let app = AppId::generate();
+        let running = life.create(draft(app, Driver::External)).record().id;
+        let queued = life.create(draft(app, Driver::External)).record().id;
+        let Cancel::Ended(ended) = life.cancel(queued, "ann", 1, now()).expect("cancel") else {
+            panic!("a queued deployment ends at once");
+        };
+        assert_eq!(ended.record.status, Status::Aborted);
+        assert_eq!(ended.record.last_line, LineNo(1), "the note is stored");
+
+        life.transition(running, Target::Status(Status::Pushing), 0, now())
+            .expect("pushing");
+        let Cancel::Requested { note_first, record } =
+            life.cancel(running, "ann", 1, now()).expect("cancel")
+        else {
+            panic!("a running deployment gets a pending request");
+        };
+        assert_eq!((note_first, record.status), (LineNo(1), Status::Pushing));
+        assert!(matches!(
+            life.cancel(running, "bob", 1, now()),
+            Ok(Cancel::Repeated(record)) if record.last_line == LineNo(1)
+        ));
+        for refused in [Status::Starting, Status::Success] {
+            assert_eq!(
+                life.transition(running, Target::Status(refused), 0, now())
+                    .map(|t| t.record.status),
+                Err(Refusal::Cancelling("ann".into()))
+            );
+        }
+        assert!(life.append(running, 2).is_ok(), "output still drains");
+        let ended = life
+            .transition(running, Target::Status(Status::Aborted), 0, now())
+            .expect("the cancel's end");
+        assert_eq!(ended.record.status, Status::Aborted);
+        assert!(life.cancels.is_empty());
+        assert_eq!(
+            life.cancel(running, "ann", 1, now()).map(|_| ()),
+            Err(Refusal::NotLive)
+        );
+    }
+
+    #[test]
+    fn build_slots_go_first_come_first_served_across_apps_and_pushers_take_none() {
+        let mut life = Lifecycle::with_build_slots(Some(1));
+        let (a, b, c) = (AppId::generate(), AppId::generate(), AppId::generate());
+        let (first, note) = life.admit(draft(a, executor()), 1);
+        assert_eq!((first.record().status, note), (Status::Building, None));
+        let (waiting_b, note) = life.admit(draft(b, executor()), 1);
+        assert_eq!(waiting_b.record().status, Status::Queued);
+        assert_eq!(note, Some(LineNo(1)), "it says why it waits");
+        let (waiting_c, _) = life.admit(draft(c, executor()), 1);
+        assert_eq!(waiting_c.record().status, Status::Queued);
+        let pusher = life.create(draft(c, Driver::External));
+        assert_eq!(
+            pusher.record().status,
+            Status::Queued,
+            "behind its app's own"
+        );
+        let other_pusher = life.create(draft(AppId::generate(), Driver::External));
+        assert_eq!(
+            other_pusher.record().status,
+            Status::Building,
+            "no slot needed"
+        );
+
+        let ended = life
+            .transition(
+                first.record().id,
+                Target::Status(Status::BuildError),
+                0,
+                now(),
+            )
+            .expect("end");
+        let started: Vec<_> = ended.changes[1..].iter().map(|c| c.record().id).collect();
+        assert_eq!(
+            started,
+            vec![waiting_b.record().id],
+            "the oldest waiter only"
+        );
+        let ended = life
+            .transition(waiting_b.record().id, Target::SessionLost, 0, now())
+            .expect("end");
+        assert_eq!(ended.changes[1].record().id, waiting_c.record().id);
     }
 
     #[test]

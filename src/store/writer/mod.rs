@@ -18,6 +18,7 @@
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
 //! `recovery` ends what a crash left unfinished.
 
+mod control;
 mod group;
 mod handle;
 mod lifecycle;
@@ -29,6 +30,7 @@ mod segments;
 #[cfg(test)]
 mod tests;
 
+pub use control::CancelReply;
 pub use handle::{Command, Writer};
 pub use notify::MAX_PRUNE_KEYS;
 
@@ -69,6 +71,9 @@ pub enum WriteError {
     Transition(#[from] TransitionError),
     #[error("the deployment is queued behind another deployment of the app; wait until it starts")]
     Queued,
+    /// A cancel is pending: the deployment may only end as cancelled.
+    #[error("the deployment is being cancelled (by {by}); it can only end aborted")]
+    Cancelling { by: String },
     /// The store failed (or failed earlier: the writer then refuses everything), or the writer
     /// has stopped.
     #[error("the store is unavailable: {0}")]

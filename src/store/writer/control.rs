@@ -1,0 +1,73 @@
+//! The writer's control operations on a running deployment: cancel.
+//!
+//! Owns turning a [`Cancel`] decided by the lifecycle into the group's writes (the note line,
+//! the record, the events). It decides nothing itself (the lifecycle does) and never signals a
+//! session: the caller does that once the commit is durable.
+
+use super::group::{now, Group, Outcome, WriterState};
+use super::lifecycle::Cancel;
+use super::segments::{append_segments, line_count};
+use super::WriteError;
+use crate::model::{Deployment, DeploymentId, NewLine};
+
+/// What a committed cancel did.
+#[derive(Debug, Clone)]
+pub struct CancelReply {
+    /// The deployment as this commit stored it.
+    pub deployment: Deployment,
+    /// True when the deployment runs and its session must now end it (the request is pending);
+    /// false when the cancel ended it here (it was queued).
+    pub pending: bool,
+}
+
+/// The line a cancel stores, once, in the cancel's own commit.
+pub(crate) fn cancelled_note(by: &str) -> NewLine {
+    NewLine::system(format!("!     Cancelled by {by}"))
+}
+
+impl WriterState {
+    pub(super) fn cancel(
+        &mut self,
+        deployment: DeploymentId,
+        by: &str,
+        group: &mut Group,
+    ) -> Result<Outcome<CancelReply>, WriteError> {
+        let note = [cancelled_note(by)];
+        let now = now();
+        let decided = self
+            .lifecycle
+            .cancel(deployment, by, line_count(&note), now)
+            .map_err(|refusal| self.refused(deployment, refusal, None))?;
+        let (note_first, record, changes, pending) = match decided {
+            Cancel::Repeated(record) => {
+                let app = record.app_id;
+                let reply = CancelReply {
+                    deployment: record,
+                    pending: true,
+                };
+                return Ok(Outcome::of_app(reply, app));
+            }
+            Cancel::Ended(moved) => (moved.note_first, moved.record, moved.changes, false),
+            Cancel::Requested { note_first, record } => (note_first, record, Vec::new(), true),
+        };
+        let app = record.app_id;
+        let reply = CancelReply {
+            deployment: record,
+            pending,
+        };
+        let mut outcome = Outcome::of_app(reply, app);
+        let log_end = self.log_ends.entry(deployment).or_default();
+        outcome.events.extend(append_segments(
+            (app, deployment),
+            note_first,
+            log_end,
+            &note,
+            now,
+            group,
+        ));
+        for change in changes {
+            self.stage(change, group, &mut outcome);
+        }
+        Ok(outcome)
+    }
+}
