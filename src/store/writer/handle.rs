@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::group::WriterState;
-use super::{Recovery, Target, WriteError, WRITER_QUEUE_CAPACITY};
+use super::{Appended, Recovery, Target, WriteError, WriterOptions, WRITER_QUEUE_CAPACITY};
 use crate::model::{
     App, AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher, Token, TokenId, User,
     UserId,
@@ -67,7 +67,7 @@ pub enum Command {
     AppendLogs {
         deployment: DeploymentId,
         lines: Vec<NewLine>,
-        reply: Reply<LineNo>,
+        reply: Reply<Appended>,
     },
     Transition {
         deployment: DeploymentId,
@@ -89,6 +89,19 @@ pub enum Command {
     PutSource {
         source: codec::StoredSource,
         reply: Reply<()>,
+    },
+    /// Prunes these finished deployments (`crate::retention` picks them; unfinished or missing
+    /// ones are skipped): record and index entries in one commit, then the log files. Answers
+    /// the ids pruned. Committed alone, in bounded batches, so ingest runs between them.
+    PruneDeployments {
+        ids: Vec<DeploymentId>,
+        reply: Reply<Vec<DeploymentId>>,
+    },
+    /// Deletes these uploaded sources' records, except those an unfinished deployment names;
+    /// answers the ids deleted (their archive files may then go).
+    DeleteSources {
+        ids: Vec<uuid::Uuid>,
+        reply: Reply<Vec<uuid::Uuid>>,
     },
     /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
     /// after the restart instead of starting a session that is about to be cut.
@@ -118,12 +131,23 @@ fn stopped() -> WriteError {
 }
 
 impl Writer {
-    /// Recovers unfinished deployments, then starts the writer thread.
+    /// Recovers unfinished deployments, then starts the writer thread (default options).
     pub fn start(
         store: Store,
         hub: Arc<dyn Publish>,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
+        Self::start_with(store, hub, WriterOptions::default())
+    }
+
+    /// [`Self::start`] with `options`.
+    pub fn start_with(
+        store: Store,
+        hub: Arc<dyn Publish>,
+        options: WriterOptions,
+    ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
         let mut state = WriterState::new(store, hub);
+        state.log_limit = super::log_limit::LogLimit::new(options.max_log_bytes);
+        state.build_status_indexes()?;
         let recovery = state.recover()?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()
@@ -147,7 +171,7 @@ impl Writer {
         deployment: DeploymentId,
         lines: Vec<NewLine>,
     ) -> Result<
-        impl std::future::Future<Output = Result<LineNo, WriteError>> + Send + 'static,
+        impl std::future::Future<Output = Result<Appended, WriteError>> + Send + 'static,
         WriteError,
     > {
         let permit = self.tx.reserve().await.map_err(|_| stopped())?;
@@ -158,6 +182,16 @@ impl Writer {
             reply,
         });
         Ok(async move { rx.await.map_err(|_| stopped())? })
+    }
+
+    /// Appends lines; returns the last line number, durable when this returns (lines past
+    /// `max_log_bytes` are dropped: see [`Self::append`] for how many).
+    pub async fn append_logs(
+        &self,
+        deployment: DeploymentId,
+        lines: Vec<NewLine>,
+    ) -> Result<LineNo, WriteError> {
+        Ok(self.append(deployment, lines).await?.last_line)
     }
 }
 
@@ -196,8 +230,8 @@ commands! {
     /// Creates a deployment: `building`, or `queued` when the app has one in progress.
     fn create_deployment(app: AppId, git_ref: String, pusher: Pusher, driver: Driver) -> Deployment
         = CreateDeployment;
-    /// Appends lines; returns the last line number, durable when this returns.
-    fn append_logs(deployment: DeploymentId, lines: Vec<NewLine>) -> LineNo = AppendLogs;
+    /// Appends lines; durable when this returns. Says how many were dropped (`max_log_bytes`).
+    fn append(deployment: DeploymentId, lines: Vec<NewLine>) -> Appended = AppendLogs;
     /// Moves a deployment through the state machine; durable and broadcast when this returns.
     fn transition(deployment: DeploymentId, target: Target, note: Option<NewLine>) -> Deployment
         = Transition;
@@ -206,4 +240,8 @@ commands! {
     /// See [`Command::StopPromoting`].
     fn stop_promoting() -> () = StopPromoting;
     fn put_source(source: codec::StoredSource) -> () = PutSource;
+    /// See [`Command::PruneDeployments`].
+    fn prune_deployments(ids: Vec<DeploymentId>) -> Vec<DeploymentId> = PruneDeployments;
+    /// See [`Command::DeleteSources`].
+    fn delete_sources(ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> = DeleteSources;
 }

@@ -21,6 +21,8 @@
 mod group;
 mod handle;
 mod lifecycle;
+mod log_limit;
+mod prune;
 mod records;
 mod recovery;
 mod segments;
@@ -29,9 +31,10 @@ mod segments;
 mod tests;
 
 pub use handle::{Command, Writer};
+pub use log_limit::DEFAULT_MAX_LOG_BYTES;
 
 use super::StoreError;
-use crate::model::{Deployment, DeploymentId};
+use crate::model::{Deployment, DeploymentId, LineNo};
 use crate::status::{Status, TransitionError};
 
 /// Commands waiting for the writer. Senders wait (asynchronously) when it is full: that is the
@@ -95,4 +98,28 @@ pub struct Recovery {
     pub ended: Vec<(DeploymentId, Status)>,
     /// Unfinished executor deployments (building or queued) that need an executor again.
     pub to_execute: Vec<Deployment>,
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The deployment's last stored line after the append.
+    pub last_line: LineNo,
+    /// Lines of the append refused because the deployment reached `max_log_bytes`.
+    pub dropped: u64,
+}
+
+/// The writer's settings (from `[retention]`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Most bytes of log one deployment stores; 0: unlimited.
+    pub max_log_bytes: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+        }
+    }
 }
