@@ -36,6 +36,8 @@
 //!   cutting and batching output lines, one `MAX_LINE_BYTES`, for the executor, `deployd push`
 //!   and the store. `ws`: the RFC 6455 codec shared by the stream and `deployd bench`. `auth`:
 //!   tokens and JWTs, pure. `sources`: signed source URLs (no HTTP).
+//! - [`retention`]: the prune pass (policy, scheduling, removal of files the writer does not
+//!   own); it writes the store only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
 //!   from a `Config`, recovers, serves, shuts down. [`cli`]: `deployd push`, `follow` and
 //!   `bench`, clients of the HTTP and WebSocket protocols; they never touch the store.
@@ -51,6 +53,7 @@ pub mod hub;
 mod lines;
 pub mod model;
 mod pipeline;
+pub mod retention;
 pub mod server;
 mod sessions;
 mod sources;

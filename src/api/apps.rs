@@ -155,6 +155,8 @@ pub async fn destroy(
         ));
     }
     state.writer.delete_app(app.id).await?;
+    // The app's files outside the store (work, images, build cache) go in the next pass.
+    state.retention.full_pass_soon();
     Ok(StatusCode::NO_CONTENT)
 }
 

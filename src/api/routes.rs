@@ -270,6 +270,15 @@ pub static ROUTES: &[Route] = &[
         answer: Answer::Archive,
         handler: || get(sources::download),
     },
+    Route {
+        method: Method::GET,
+        path: "/v1/deployments",
+        operation: "listAllDeployments",
+        summary: "Deployments of every app the caller may see (admins: all), filtered by status",
+        auth: Auth::Caller,
+        answer: Answer::Json,
+        handler: || get(deployments::list_all),
+    },
 ];
 
 #[cfg(test)]
