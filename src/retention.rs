@@ -268,8 +268,9 @@ impl Pruner {
             let pruned = self.writer.prune_deployments(batch.to_vec()).await?;
             total += pruned.len();
             let data_dir = self.data_dir.clone();
-            tokio::task::spawn_blocking(move || remove_deployment_files(&data_dir, &pruned))
-                .await?;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || remove_deployment_files(&store, &data_dir, &pruned))
+                .await??;
         }
         Ok(total)
     }
@@ -371,25 +372,37 @@ fn remove_path(path: &Path) {
     }
 }
 
-/// Removes what pruned deployments left outside their log files.
-fn remove_deployment_files(data_dir: &Path, pruned: &[DeploymentId]) {
-    if pruned.is_empty() {
-        return;
+/// Removes what pruned deployments left outside their log files, except an image another
+/// deployment still references (its image record, tag `0x0F`, outlives the deployment).
+fn remove_deployment_files(
+    store: &Store,
+    data_dir: &Path,
+    pruned: &[DeploymentId],
+) -> Result<(), StoreError> {
+    let mut ids = HashSet::new();
+    for id in pruned {
+        if !has_image_record(store, id.0)? {
+            ids.insert(id.0);
+        }
     }
-    let ids: HashSet<uuid::Uuid> = pruned.iter().map(|id| id.0).collect();
-    for dir in DEPLOYMENT_DIRS {
-        remove_entries(&data_dir.join(dir), &ids);
+    if !ids.is_empty() {
+        for dir in DEPLOYMENT_DIRS {
+            remove_entries(&data_dir.join(dir), &ids);
+        }
     }
+    Ok(())
+}
+
+fn has_image_record(store: &Store, id: uuid::Uuid) -> Result<bool, StoreError> {
+    let key = [&[codec::TAG_IMAGE][..], id.as_bytes()].concat();
+    Ok(store.engine().get(&key)?.is_some())
 }
 
 /// Whether a record owns files named after `id`.
 fn is_owned(store: &Store, id: uuid::Uuid) -> Result<bool, StoreError> {
-    let engine = store.engine();
     Ok(store.deployment(DeploymentId(id))?.is_some()
         || store.app(AppId(id))?.is_some()
-        || engine
-            .get(&[&[codec::TAG_IMAGE][..], id.as_bytes()].concat())?
-            .is_some()
+        || has_image_record(store, id)?
         || store.source(id)?.is_some())
 }
 
