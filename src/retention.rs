@@ -269,8 +269,10 @@ impl Pruner {
             total += pruned.len();
             let data_dir = self.data_dir.clone();
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || remove_deployment_files(&store, &data_dir, &pruned))
-                .await??;
+            tokio::task::spawn_blocking(move || {
+                remove_deployment_files(&store, &data_dir, &pruned)
+            })
+            .await??;
         }
         Ok(total)
     }
@@ -426,3 +428,7 @@ pub fn remove_orphans(store: &Store, data_dir: &Path) -> Result<usize, StoreErro
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+mod tests;
