@@ -18,6 +18,10 @@ use crate::pipeline::PipelineConfig;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The data directory when nothing says otherwise (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// `[retention] keep_deployments` by default (see [`RetentionConfig`]).
+pub const DEFAULT_KEEP_DEPLOYMENTS: u64 = 100;
+/// `[retention] prune_interval_secs` by default (see [`RetentionConfig`]).
+pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 600;
 
 /// The whole server configuration.
 #[derive(Clone, Debug)]
@@ -37,6 +41,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub notifications: NotificationsConfig,
     pub push: PushConfig,
+    pub retention: RetentionConfig,
 }
 
 /// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
@@ -79,6 +84,23 @@ pub struct PushConfig {
 impl PushConfig {
     pub const DEFAULT_CANCEL_GRACE_SECS: u64 = 10;
     pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+}
+
+/// How much history is kept (`crate::retention`). Every limit: 0 means unlimited.
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// Finished deployments kept per app, newest first (100: a long history for any app, a
+    /// bounded disk for all of them). Unfinished ones are never pruned and not counted.
+    pub keep_deployments: u64,
+    /// Finished deployments older than this (by their end) are pruned; 0: off (the default:
+    /// the count bounds the disk, and an app deployed rarely keeps its history).
+    pub max_age_days: u64,
+    /// Time between full prune passes (10 minutes: expired sources and ages need a clock;
+    /// pruning by count also runs after each deployment ends). 0: no timed pass (only at
+    /// startup and after each deployment ends).
+    pub prune_interval: Duration,
+    /// Most bytes of log one deployment stores (256 MiB); past it output is dropped.
+    pub max_log_bytes: u64,
 }
 
 /// The live stream's timings.
@@ -145,6 +167,10 @@ pub struct FileNotifications {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileRetention {
+    pub keep_deployments: Option<u64>,
+    pub max_age_days: Option<u64>,
+    pub prune_interval_secs: Option<u64>,
+    pub max_log_bytes: Option<u64>,
     pub events_max_age_days: Option<u64>,
 }
 
@@ -285,6 +311,15 @@ impl Config {
                     .unwrap_or(PushConfig::DEFAULT_IDLE_TIMEOUT_SECS),
             ),
         };
+        let r = &file.retention;
+        let retention = RetentionConfig {
+            keep_deployments: r.keep_deployments.unwrap_or(DEFAULT_KEEP_DEPLOYMENTS),
+            max_age_days: r.max_age_days.unwrap_or(0),
+            prune_interval: secs(r.prune_interval_secs.unwrap_or(DEFAULT_PRUNE_INTERVAL_SECS)),
+            max_log_bytes: r
+                .max_log_bytes
+                .unwrap_or(crate::store::writer::DEFAULT_MAX_LOG_BYTES),
+        };
         let mut pipeline = PipelineConfig::for_data_dir(&data_dir, &public_url);
         let e = file.executor;
         pipeline.build_cmd = e.build_cmd.or(pipeline.build_cmd);
@@ -355,6 +390,7 @@ impl Config {
             pipeline,
             notifications,
             push,
+            retention,
         })
     }
 

@@ -39,6 +39,8 @@
 //! - [`timeline`]: the events timeline's types and event object, pure; the writer records
 //!   events in the commit of what they describe. `notify`: webhook notifiers' delivery worker
 //!   (outbox, signing, retries, retention), which writes only through the writer.
+//! - [`retention`]: the prune pass (policy, scheduling, removal of files the writer does not
+//!   own); it writes the store only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
 //!   from a `Config`, recovers, serves, shuts down. [`cli`]: `deployd push`, `follow` and
 //!   `bench`, clients of the HTTP and WebSocket protocols; they never touch the store.
@@ -55,6 +57,7 @@ mod lines;
 pub mod model;
 mod notify;
 mod pipeline;
+pub mod retention;
 pub mod server;
 mod sessions;
 mod sources;

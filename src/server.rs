@@ -14,10 +14,11 @@ use crate::auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::model::new_user;
+use crate::retention::{Pruner, Retention};
 use crate::sessions::Executors;
 use crate::sources::SourceUrls;
 use crate::store::engine::SledEngine;
-use crate::store::writer::{WriteError, Writer};
+use crate::store::writer::{WriteError, Writer, WriterOptions};
 use crate::store::{Store, StoreError};
 
 /// The meta record holding the install's secret (JWT and source URL signatures).
@@ -105,12 +106,16 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     let store = Store::new(Arc::new(engine), logs);
     let hub = Arc::new(Hub::default());
     let recovery_store = store.clone();
-    let recovery_hub = hub.clone();
-    let max_concurrent = config.pipeline.max_concurrent;
-    let (writer, recovery, writer_thread) = tokio::task::spawn_blocking(move || {
-        Writer::start_with_build_slots(recovery_store, recovery_hub, max_concurrent)
-    })
-    .await??;
+    let options = WriterOptions {
+        max_log_bytes: config.retention.max_log_bytes,
+        max_executors: config.pipeline.max_concurrent,
+    };
+    // The writer publishes through retention's notifier, which wakes the prune pass once a
+    // deployment's end is committed.
+    let (retention, notifier) = Retention::new(hub.clone());
+    let (writer, recovery, writer_thread) =
+        tokio::task::spawn_blocking(move || Writer::start_with(recovery_store, notifier, options))
+            .await??;
     for (id, status) in &recovery.ended {
         tracing::warn!(deployment = %id, %status, "ended a deployment left unfinished by the last run");
     }
@@ -142,6 +147,13 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         sources.clone(),
         shutdown.clone(),
     );
+    let retention_task = retention.spawn(Pruner {
+        store: store.clone(),
+        writer: writer.clone(),
+        data_dir: config.data_dir.clone(),
+        config: config.retention.clone(),
+        stop: shutdown.clone(),
+    });
     let state = AppState(Arc::new(Shared {
         config,
         store,
@@ -151,6 +163,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         sources,
         shutdown: shutdown.clone(),
         executors,
+        retention,
     }));
     for deployment in recovery.to_execute {
         let app_id = deployment.app_id;
@@ -201,6 +214,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         // The notification worker holds a writer handle; it stops with `state.shutdown`.
         let _ = notify_worker.await;
         drop(state);
+        // The prune pass holds a writer handle: it stops (between batches) before the writer.
+        let _ = retention_task.await;
         // The writer thread ends when the last handle is gone; every commit is already synced.
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     });

@@ -28,7 +28,7 @@ use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pus
 use crate::pipeline::{self, DeploymentSink, Job, PipelineConfig, SinkError, SourceLocation};
 use crate::sources::SourceUrls;
 use crate::status::Status;
-use crate::store::writer::{Target, WriteError, Writer};
+use crate::store::writer::{Appended, Target, WriteError, Writer};
 
 /// The writing side of one deployment's session.
 ///
@@ -72,7 +72,8 @@ impl Session {
     pub async fn queue_append(
         &self,
         lines: Vec<NewLine>,
-    ) -> Result<impl Future<Output = Result<LineNo, WriteError>> + Send + 'static, WriteError> {
+    ) -> Result<impl Future<Output = Result<Appended, WriteError>> + Send + 'static, WriteError>
+    {
         self.writer.queue_append(self.deployment, lines).await
     }
 

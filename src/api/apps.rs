@@ -162,6 +162,8 @@ pub async fn destroy(
     }
     state.writer.delete_app(app.id).await?;
     super::caches::remove_app_cache(&state, app.id).await;
+    // The app's files outside the store (work, images, build cache) go in the next pass.
+    state.retention.full_pass_soon();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,5 +1,6 @@
-//! The deployments resource: list (paginated, newest first), show, and trigger (the built-in
-//! executor). Output and its live follow are in `api::stream`.
+//! The deployments resource: list (paginated, newest first, filtered by status), show, and
+//! trigger (the built-in executor); `GET /v1/deployments`, the deployments of every app the
+//! caller may see. Output and its live follow are in `api::stream`.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -11,7 +12,9 @@ use serde_json::json;
 use super::access::Caller;
 use super::views::DeploymentView;
 use super::{ApiError, AppState, JsonBody};
-use crate::model::{App, Deployment, DeploymentId, Driver, Pusher};
+use crate::model::{App, AppId, Deployment, DeploymentId, Driver, Pusher};
+use crate::status::Status;
+use crate::store::{Store, StoreError};
 
 /// Page size when the client gives none (compat.md: 20).
 pub const DEFAULT_PER_PAGE: u64 = 20;
@@ -25,7 +28,7 @@ const MAX_SOURCE_URL_BYTES: usize = 4096;
 const MAX_HOOK_BYTES: usize = 4096;
 
 /// Parsed `page` / `per_page`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
     pub page: u64,
     pub per_page: u64,
@@ -73,7 +76,107 @@ pub fn pagination(request: &PageRequest, total_count: u64) -> serde_json::Value 
     })
 }
 
-/// `GET /v1/apps/{app}/deployments?page=&per_page=`.
+/// The name `status=unfinished` stands for: every status a deployment leaves.
+pub const UNFINISHED: &str = "unfinished";
+
+/// Parses the `status` filter: comma-separated status names or `unfinished`, in any order,
+/// repeated or not. `None` when absent or empty (no filter); an unknown name is a 422 on
+/// `status`.
+pub fn parse_status_filter(query: Option<&str>) -> Result<Option<Vec<Status>>, ApiError> {
+    let mut statuses: Vec<Status> = Vec::new();
+    let mut unknown = Vec::new();
+    for pair in query.unwrap_or("").split('&') {
+        let Some(("status", value)) = pair.split_once('=') else {
+            continue;
+        };
+        // Clients may send the commas percent-encoded.
+        let value = value.replace("%2C", ",").replace("%2c", ",");
+        for name in value.split(',').filter(|n| !n.is_empty()) {
+            if name == UNFINISHED {
+                statuses.extend(Status::ALL.into_iter().filter(|s| !s.is_terminal()));
+            } else {
+                match name.parse::<Status>() {
+                    Ok(status) => statuses.push(status),
+                    Err(_) => unknown.push(name.to_string()),
+                }
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::Unprocessable(
+            unknown
+                .into_iter()
+                .map(|name| {
+                    (
+                        "status".to_string(),
+                        format!(
+                            "unknown status {name:?}: expected {UNFINISHED} or one of {}",
+                            known.join(", ")
+                        ),
+                    )
+                })
+                .collect(),
+        ));
+    }
+    if statuses.is_empty() {
+        return Ok(None);
+    }
+    statuses.sort_by_key(|s| crate::store::codec::status_code(*s));
+    statuses.dedup();
+    Ok(Some(statuses))
+}
+
+/// One page of the deployments of `apps` (at one of `statuses`, when given), newest first,
+/// with the total count for the pagination meta.
+fn deployments_page(
+    store: &Store,
+    apps: &[AppId],
+    statuses: Option<&[Status]>,
+    request: &PageRequest,
+) -> Result<(u64, Vec<Deployment>), StoreError> {
+    let offset = (request.page - 1).saturating_mul(request.per_page);
+    let (total, ids) = match (apps, statuses) {
+        // One app, no filter: the app's own index (kept by every store, old or new).
+        ([app], None) => (
+            store.deployment_count(*app)?,
+            store.deployment_ids(*app, offset, request.per_page)?,
+        ),
+        (_, statuses) => {
+            let statuses = statuses.unwrap_or(&Status::ALL);
+            (
+                store.status_count(apps, statuses)?,
+                store.status_ids(apps, statuses, offset, request.per_page)?,
+            )
+        }
+    };
+    let mut deployments = Vec::with_capacity(ids.len());
+    for id in ids {
+        // Pruned between the index read and now: gone, like a missing one.
+        if let Some(d) = store.deployment(id)? {
+            deployments.push(d);
+        }
+    }
+    Ok((total, deployments))
+}
+
+fn page_body(
+    state: &AppState,
+    request: &PageRequest,
+    total: u64,
+    deployments: &[Deployment],
+) -> serde_json::Value {
+    let views: Vec<_> = deployments
+        .iter()
+        .map(|d| DeploymentView::new(d, &state.config.public_url))
+        .collect();
+    json!({
+        "deployments": views,
+        "meta": { "pagination": pagination(request, total) },
+    })
+}
+
+/// `GET /v1/apps/{app}/deployments?page=&per_page=&status=`.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -81,29 +184,42 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = parse_page_request(query.as_deref())?;
+    let statuses = parse_status_filter(query.as_deref())?;
     let (app, _) = caller.app(&state, &app).await?;
-    let offset = (request.page - 1).saturating_mul(request.per_page);
-    let per_page = request.per_page;
+    let page = request;
+    let (total, deployments) = state
+        .read(move |store| deployments_page(store, &[app.id], statuses.as_deref(), &page))
+        .await?;
+    Ok(Json(page_body(&state, &request, total, &deployments)))
+}
+
+/// `GET /v1/deployments?page=&per_page=&status=`: the deployments of every app the caller may
+/// see (an admin: every app), newest first, with the same pagination and filters.
+pub async fn list_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = parse_page_request(query.as_deref())?;
+    let statuses = parse_status_filter(query.as_deref())?;
+    let page = request;
+    let user = caller.user;
     let (total, deployments) = state
         .read(move |store| {
-            let total = store.deployment_count(app.id)?;
-            let mut deployments = Vec::new();
-            for id in store.deployment_ids(app.id, offset, per_page)? {
-                if let Some(d) = store.deployment(id)? {
-                    deployments.push(d);
+            let mut apps = Vec::new();
+            for app in store.all_apps()? {
+                if user.is_admin
+                    || app.owner == user.id
+                    || store.is_collaborator(app.id, user.id)?
+                {
+                    apps.push(app.id);
                 }
             }
-            Ok((total, deployments))
+            let statuses = statuses.as_deref().unwrap_or(&Status::ALL);
+            deployments_page(store, &apps, Some(statuses), &page)
         })
         .await?;
-    let views: Vec<_> = deployments
-        .iter()
-        .map(|d| DeploymentView::new(d, &state.config.public_url))
-        .collect();
-    Ok(Json(json!({
-        "deployments": views,
-        "meta": { "pagination": pagination(&request, total) },
-    })))
+    Ok(Json(page_body(&state, &request, total, &deployments)))
 }
 
 /// Loads a deployment of `app` by id, or 404.

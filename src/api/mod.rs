@@ -60,6 +60,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Starts the built-in executor sessions, and lets shutdown wait for them.
     pub executors: Executors,
+    /// Asks the prune pass for work (a deleted app's files).
+    pub retention: crate::retention::Retention,
 }
 
 impl std::ops::Deref for AppState {

@@ -17,6 +17,7 @@
 //! | server | `{"type":"deployment","deployment":{…}}` | `deployment`: the API's deployment object | the answer to `start`: `status` is `building`, or `queued` while another deployment of the app is in progress |
 //! | client | `{"type":"logs","batch":7,"stream":"stdout","lines":["…","…"]}` | `batch`: integer (default 0; the client numbers from 1); `stream`: `stdout` (default) or `stderr`, never `system` (deployd's own lines); `lines`: array of strings, required | append lines, in frame order; several batches may be in flight |
 //! | server | `{"type":"ack","batch":7,"last_line":1234}` | `batch`: the acknowledged batch; `last_line`: the deployment's last durable line number | every line up to `last_line` is durable (so every earlier batch is acknowledged too) |
+//! | server | `{"type":"ack",…,"dropped":3}` | `dropped`: how many lines of the batch were refused because the deployment reached `[retention] max_log_bytes` (absent when none; `last_line` counts stored lines only, the one `!     Log limit of N bytes reached; further output dropped` line included) | the deployment goes on; output past the limit is not stored |
 //! | server | `{"type":"ack",…,"cut":2}` *reserved* | `cut`: how many lines of the batch the server dropped or cut (at 64 KiB) | lets a pusher report what was not stored as sent; absent today |
 //! | client | `{"type":"status","status":"pushing"}` | `status`: a status name | move the deployment, after the batches sent before it are committed |
 //! | server | `{"type":"status","status":"building"}` | `status`: a status name | the status changed: the answer to a client `status`, or a change made by deployd (out of `queued`; ended because the app was deleted) |
@@ -191,6 +192,9 @@ pub enum ServerFrame {
     Ack {
         batch: u64,
         last_line: u64,
+        /// Lines of the batch refused past `[retention] max_log_bytes`; absent when none.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
     },
     Error {
         code: String,
@@ -204,6 +208,10 @@ pub enum ServerFrame {
     },
     /// Answer with [`ClientFrame::Pong`] (any frame proves liveness).
     Ping,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

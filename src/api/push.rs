@@ -32,10 +32,10 @@ use super::access::Caller;
 use super::protocol::{ClientFrame, ServerFrame, MAX_PUSH_FRAME_BYTES};
 use super::views::DeploymentView;
 use super::{ApiError, AppState};
-use crate::model::{App, Driver, LineNo, NewLine, Pusher};
+use crate::model::{App, Driver, NewLine, Pusher};
 use crate::sessions::Session;
 use crate::status::Status;
-use crate::store::writer::WriteError;
+use crate::store::writer::{Appended, WriteError};
 
 /// Log batches a pusher may have in flight before the server stops reading its socket (which
 /// pushes back on the pusher through TCP).
@@ -120,7 +120,7 @@ async fn next_status(watch: &mut Option<tokio::sync::watch::Receiver<Status>>) -
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = (u64, Result<LineNo, WriteError>)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = (u64, Result<Appended, WriteError>)> + Send>>;
 
 fn text(frame: &ServerFrame) -> Message {
     Message::Text(
@@ -230,7 +230,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // Writer answers to batches, in order.
             Some((batch, result)) = pending.next(), if !pending.is_empty() => {
                 let frame = match result {
-                    Ok(last) => text(&ServerFrame::Ack { batch, last_line: last.0 }),
+                    Ok(appended) => text(&ServerFrame::Ack { batch, last_line: appended.last_line.0, dropped: appended.dropped }),
                     Err(err) => error_frame(write_error_code(&err), err.to_string(), Some(batch)),
                 };
                 if tx.send(frame).await.is_err() {

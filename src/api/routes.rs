@@ -466,6 +466,16 @@ pub static ROUTES: &[Route] = &[
         answer: Answer::Json,
         handler: || post(control::cancel),
     },
+    Route {
+        method: Method::GET,
+        path: "/v1/deployments",
+        operation: "listAllDeployments",
+        summary: "Deployments of every app the caller may see (admins: all), filtered by status",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(deployments::list_all),
+    },
 ];
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! | `0x0B` log segment index | deployment id (16) ++ first line number (u64) | segment reference (below) |
 //! | `0x0C` meta | name (UTF-8) | raw bytes (`install-secret`: 32 bytes, the JWT and source URL key) |
 //! | `0x0D` sources | source id (16) | [`StoredSource`] |
+//! | `0x10` app status index | app id (16) ++ status code (1) ++ deployment id (16) | empty (one entry per deployment, at its current status; the status filters and retention read it) |
+//! | `0x11` unfinished index | deployment id (16) | app id (16) (every deployment not yet finished; `GET /v1/deployments?status=unfinished`) |
 //! | `0x17` token scopes | token id (16) | [`StoredGrant`]; absent: the token is `full` on every app |
 //!
 //! Reserved for the features that come next, so that they can be built side by side without
@@ -30,8 +32,6 @@
 //! |---|---|---|---|
 //! | `0x0E` cancel requests | control (cancel) | deployment id (16) | who asked and when, until the session honours it |
 //! | `0x0F` images | control (rollback, retention) | deployment id (16) | the kept image's file and size, and its references |
-//! | `0x10` app status index | control (filters) | app id (16) ++ status code (1) ++ deployment id (16) | empty |
-//! | `0x11` unfinished index | control (filters, `GET /v1/deployments?status=unfinished`) | deployment id (16) | app id (16) |
 //! | `0x12` notifiers | parity (notifiers) | app id (16) ++ notifier id (16) | the notifier |
 //! | `0x13` outbox | parity (notifications) | delivery id (16, UUIDv7: creation order) | the event to deliver and its target |
 //! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ attempt id (16, UUIDv7) | one attempt: status, code, duration |
@@ -311,6 +311,30 @@ pub fn source_key(id: uuid::Uuid) -> Vec<u8> {
 }
 pub fn token_scope_key(id: TokenId) -> Vec<u8> {
     key(TAG_TOKEN_SCOPES, &[id.as_bytes()])
+}
+pub fn app_status_key(app: AppId, status: Status, deployment: DeploymentId) -> Vec<u8> {
+    key(
+        TAG_APP_STATUS_INDEX,
+        &[
+            app.as_bytes(),
+            &[status_code(status)],
+            deployment.as_bytes(),
+        ],
+    )
+}
+/// The status index entries of one app at one status.
+pub fn app_status_prefix(app: AppId, status: Status) -> Vec<u8> {
+    key(
+        TAG_APP_STATUS_INDEX,
+        &[app.as_bytes(), &[status_code(status)]],
+    )
+}
+/// Every status index entry of one app.
+pub fn app_statuses_prefix(app: AppId) -> Vec<u8> {
+    key(TAG_APP_STATUS_INDEX, &[app.as_bytes()])
+}
+pub fn unfinished_key(deployment: DeploymentId) -> Vec<u8> {
+    key(TAG_UNFINISHED_INDEX, &[deployment.as_bytes()])
 }
 
 /// The id in the last 16 bytes of a key (index keys end with the id they point to).

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod events;
 #[cfg(test)]
 pub(crate) mod faults;
+mod index;
 pub mod logs;
 pub mod timeline_codec;
 mod timeline_reads;

@@ -194,6 +194,12 @@ impl Server {
         Server::spawn(self.root.clone(), self.options.clone())
     }
 
+    /// Stops (SIGTERM) and starts a new server over the same data directory with `options`.
+    pub fn restart_with(mut self, options: Options) -> Server {
+        self.stop();
+        Server::spawn(self.root.clone(), options)
+    }
+
     /// Kills (SIGKILL) and starts a new server over the same data directory.
     pub fn crash_and_restart(mut self) -> Server {
         self.kill();

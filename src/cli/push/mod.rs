@@ -404,7 +404,11 @@ mod tests {
                     }
                     ClientFrame::Logs { batch, lines, .. } if status != Status::Queued => {
                         last_line += lines.len() as u64;
-                        ServerFrame::Ack { batch, last_line }
+                        ServerFrame::Ack {
+                            batch,
+                            last_line,
+                            dropped: 0,
+                        }
                     }
                     ClientFrame::Logs { batch, .. } => ServerFrame::Error {
                         code: "queued".into(),

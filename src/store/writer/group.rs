@@ -16,9 +16,11 @@ use tokio::sync::mpsc;
 
 use super::handle::{Command, Reply};
 use super::lifecycle::{Change, Lifecycle, Refusal};
+use super::log_limit::LogLimit;
+use super::prune::index_status;
 use super::records::record_success;
 use super::segments::{append_segments, line_count};
-use super::{Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
+use super::{Appended, Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
 use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::status::{Status, TransitionError};
 use crate::store::codec;
@@ -94,6 +96,8 @@ pub(super) struct WriterState {
     pub(super) log_ends: HashMap<DeploymentId, u64>,
     pub(super) hub: Arc<dyn Publish>,
     pub(super) lifecycle: Lifecycle,
+    /// `[retention] max_log_bytes`, applied to every append.
+    pub(super) log_limit: LogLimit,
     /// Set when a commit failed: memory may no longer match the disk, so refuse everything.
     failed: Option<String>,
 }
@@ -108,6 +112,7 @@ impl WriterState {
             store,
             hub,
             lifecycle: Lifecycle::default(),
+            log_limit: LogLimit::default(),
             failed: None,
         }
     }
@@ -268,7 +273,7 @@ impl WriterState {
                 deployment,
                 lines,
                 reply,
-            } => self.answer(group, reply, |s, g| s.append_logs(deployment, &lines, g)),
+            } => self.answer(group, reply, |s, g| s.append_logs(deployment, lines, g)),
             Command::Transition {
                 deployment,
                 target,
@@ -360,6 +365,12 @@ impl WriterState {
                 s.finish_delivery(&entry, delivery.as_ref(), next.as_ref(), g)
             }),
             Command::Prune { keys, reply } => self.answer(group, reply, |s, g| s.prune(keys, g)),
+            Command::PruneDeployments { ids, reply } => {
+                self.answer(group, reply, |s, g| s.prune_deployments(&ids, g))
+            }
+            Command::DeleteSources { ids, reply } => {
+                self.answer(group, reply, |s, g| s.delete_sources(&ids, g))
+            }
         }
     }
 
@@ -418,15 +429,18 @@ impl WriterState {
                 group
                     .ops
                     .push(put(codec::app_deployment_key(app, id), Vec::new()));
+                index_status(&mut group.ops, record, true);
                 self.log_ends.insert(id, 0);
                 outcome.events.push(Event::new(app, id, EventKind::New));
                 outcome.events.push(status_event);
                 outcome.statuses.push((id, record.status));
             }
             Change::Moved(record) => {
+                index_status(&mut group.ops, record, false);
                 if record.status.is_terminal() {
                     self.log_ends.remove(&id);
                     self.record_deployment_event(record, group);
+                    self.log_limit.forget(id);
                 }
                 outcome.events.push(status_event);
                 outcome.statuses.push((id, record.status));
@@ -523,9 +537,11 @@ impl WriterState {
     fn append_logs(
         &mut self,
         deployment: DeploymentId,
-        lines: &[NewLine],
+        mut lines: Vec<NewLine>,
         group: &mut Group,
-    ) -> Result<Outcome<LineNo>, WriteError> {
+    ) -> Result<Outcome<Appended>, WriteError> {
+        let dropped = self.apply_log_limit(deployment, &mut lines);
+        let lines = &lines[..];
         let given = self
             .lifecycle
             .append(deployment, line_count(lines))
@@ -539,7 +555,13 @@ impl WriterState {
             now(),
             group,
         );
-        let mut outcome = Outcome::of_app(given.last, given.app);
+        let mut outcome = Outcome::of_app(
+            Appended {
+                last_line: given.last,
+                dropped,
+            },
+            given.app,
+        );
         outcome.events = events;
         Ok(outcome)
     }

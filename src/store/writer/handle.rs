@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::group::WriterState;
-use super::{Recovery, Target, WriteError, WRITER_QUEUE_CAPACITY};
+use super::{Appended, Recovery, Target, WriteError, WriterOptions, WRITER_QUEUE_CAPACITY};
 use crate::model::{
     App, AppId, Deployment, DeploymentId, Driver, Grant, LineNo, NewLine, Pusher, Token, TokenId,
     User, UserId,
@@ -71,7 +71,7 @@ pub enum Command {
     AppendLogs {
         deployment: DeploymentId,
         lines: Vec<NewLine>,
-        reply: Reply<LineNo>,
+        reply: Reply<Appended>,
     },
     Transition {
         deployment: DeploymentId,
@@ -154,6 +154,19 @@ pub enum Command {
         keys: Vec<Vec<u8>>,
         reply: Reply<()>,
     },
+    /// Prunes these finished deployments (`crate::retention` picks them; unfinished or missing
+    /// ones are skipped): record and index entries in one commit, then the log files. Answers
+    /// the ids pruned. Committed alone, in bounded batches, so ingest runs between them.
+    PruneDeployments {
+        ids: Vec<DeploymentId>,
+        reply: Reply<Vec<DeploymentId>>,
+    },
+    /// Deletes these uploaded sources' records, except those an unfinished deployment names;
+    /// answers the ids deleted (their archive files may then go).
+    DeleteSources {
+        ids: Vec<uuid::Uuid>,
+        reply: Reply<Vec<uuid::Uuid>>,
+    },
     /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
     /// after the restart instead of starting a session that is about to be cut.
     StopPromoting {
@@ -185,23 +198,24 @@ fn stopped() -> WriteError {
 }
 
 impl Writer {
-    /// Recovers unfinished deployments, then starts the writer thread.
+    /// Recovers unfinished deployments, then starts the writer thread (default options).
     pub fn start(
         store: Store,
         hub: Arc<dyn Publish>,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
-        Writer::start_with_build_slots(store, hub, None)
+        Self::start_with(store, hub, WriterOptions::default())
     }
 
-    /// [`Writer::start`] with at most `max_executors` executor deployments past `queued` at
-    /// once (`[executor] max_concurrent`; `None` or 0: no limit), recovery included.
-    pub fn start_with_build_slots(
+    /// [`Self::start`] with `options`.
+    pub fn start_with(
         store: Store,
         hub: Arc<dyn Publish>,
-        max_executors: Option<usize>,
+        options: WriterOptions,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
         let mut state = WriterState::new(store, hub);
-        state.lifecycle = super::lifecycle::Lifecycle::with_build_slots(max_executors);
+        state.lifecycle = super::lifecycle::Lifecycle::with_build_slots(options.max_executors);
+        state.log_limit = super::log_limit::LogLimit::new(options.max_log_bytes);
+        state.build_status_indexes()?;
         let recovery = state.recover()?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()
@@ -225,7 +239,7 @@ impl Writer {
         deployment: DeploymentId,
         lines: Vec<NewLine>,
     ) -> Result<
-        impl std::future::Future<Output = Result<LineNo, WriteError>> + Send + 'static,
+        impl std::future::Future<Output = Result<Appended, WriteError>> + Send + 'static,
         WriteError,
     > {
         let permit = self.tx.reserve().await.map_err(|_| stopped())?;
@@ -236,6 +250,16 @@ impl Writer {
             reply,
         });
         Ok(async move { rx.await.map_err(|_| stopped())? })
+    }
+
+    /// Appends lines; returns the last line number, durable when this returns (lines past
+    /// `max_log_bytes` are dropped: see [`Self::append`] for how many).
+    pub async fn append_logs(
+        &self,
+        deployment: DeploymentId,
+        lines: Vec<NewLine>,
+    ) -> Result<LineNo, WriteError> {
+        Ok(self.append(deployment, lines).await?.last_line)
     }
 }
 
@@ -304,8 +328,8 @@ commands! {
     /// Creates a deployment: `building`, or `queued` when the app has one in progress.
     fn create_deployment(app: AppId, git_ref: String, pusher: Pusher, driver: Driver) -> Deployment
         = CreateDeployment;
-    /// Appends lines; returns the last line number, durable when this returns.
-    fn append_logs(deployment: DeploymentId, lines: Vec<NewLine>) -> LineNo = AppendLogs;
+    /// Appends lines; durable when this returns. Says how many were dropped (`max_log_bytes`).
+    fn append(deployment: DeploymentId, lines: Vec<NewLine>) -> Appended = AppendLogs;
     /// Moves a deployment through the state machine; durable and broadcast when this returns.
     fn transition(deployment: DeploymentId, target: Target, note: Option<NewLine>) -> Deployment
         = Transition;
@@ -346,4 +370,8 @@ commands! {
     ) -> () = FinishDelivery;
     /// At most `notify::MAX_PRUNE_KEYS` keys, all of tags 0x13–0x16.
     fn prune(keys: Vec<Vec<u8>>) -> () = Prune;
+    /// See [`Command::PruneDeployments`].
+    fn prune_deployments(ids: Vec<DeploymentId>) -> Vec<DeploymentId> = PruneDeployments;
+    /// See [`Command::DeleteSources`].
+    fn delete_sources(ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> = DeleteSources;
 }

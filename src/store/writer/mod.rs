@@ -22,7 +22,9 @@ mod control;
 mod group;
 mod handle;
 mod lifecycle;
+mod log_limit;
 mod notify;
+mod prune;
 mod records;
 mod recovery;
 mod segments;
@@ -32,10 +34,11 @@ mod tests;
 
 pub use control::CancelReply;
 pub use handle::{Command, Writer};
+pub use log_limit::DEFAULT_MAX_LOG_BYTES;
 pub use notify::MAX_PRUNE_KEYS;
 
 use super::StoreError;
-use crate::model::{Deployment, DeploymentId};
+use crate::model::{Deployment, DeploymentId, LineNo};
 use crate::status::{Status, TransitionError};
 
 /// Commands waiting for the writer. Senders wait (asynchronously) when it is full: that is the
@@ -102,4 +105,32 @@ pub struct Recovery {
     pub ended: Vec<(DeploymentId, Status)>,
     /// Unfinished executor deployments (building or queued) that need an executor again.
     pub to_execute: Vec<Deployment>,
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The deployment's last stored line after the append.
+    pub last_line: LineNo,
+    /// Lines of the append refused because the deployment reached `max_log_bytes`.
+    pub dropped: u64,
+}
+
+/// The writer's settings (from `[retention]`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Most bytes of log one deployment stores; 0: unlimited.
+    pub max_log_bytes: u64,
+    /// At most this many executor deployments past `queued` at once (`[executor]
+    /// max_concurrent`; `None` or 0: no limit), recovery included.
+    pub max_executors: Option<usize>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            max_executors: None,
+        }
+    }
 }

@@ -125,8 +125,10 @@ impl WriterState {
         self.delete_timeline_of(app_id, &mut group.ops)?;
         let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
         delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
+        delete_prefix(codec::app_statuses_prefix(app_id), &mut group.ops)?;
         for id in ids {
             group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
+            group.ops.push(BatchOp::Delete(codec::unfinished_key(id)));
             delete_prefix(codec::segments_prefix(id), &mut group.ops)?;
             group.removals.push(id);
             self.log_ends.remove(&id);
