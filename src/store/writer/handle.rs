@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::failure::{Health, HealthCell};
 use super::group::WriterState;
 use super::{Recovery, Target, WriteError, WRITER_QUEUE_CAPACITY};
 use crate::model::{
@@ -111,6 +112,7 @@ impl Command {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Command>,
+    health: HealthCell,
 }
 
 fn stopped() -> WriteError {
@@ -123,14 +125,26 @@ impl Writer {
         store: Store,
         hub: Arc<dyn Publish>,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
-        let mut state = WriterState::new(store, hub);
+        let health = HealthCell::default();
+        let mut state = WriterState::new(store, hub, health.clone());
         let recovery = state.recover()?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()
             .name("deployd-writer".into())
             .spawn(move || state.run(rx))
             .map_err(|e| StoreError::Engine(crate::store::engine::EngineError(e.to_string())))?;
-        Ok((Writer { tx }, recovery, handle))
+        Ok((Writer { tx, health }, recovery, handle))
+    }
+
+    /// Whether the writer takes writes now (failing: refusing until the store recovers, on its
+    /// own; latched: until a restart). For `/readyz`.
+    pub fn health(&self) -> Health {
+        if self.tx.is_closed() {
+            return Health::Latched {
+                reason: "the writer thread has stopped".into(),
+            };
+        }
+        self.health.get()
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, WriteError> {

@@ -191,6 +191,28 @@ impl Lifecycle {
         self.draining = true;
     }
 
+    /// The same lifecycle rebuilt from `unfinished` as the store holds them (after a failed
+    /// commit changed memory only): the deployment of each app past `queued` runs, queued ones
+    /// wait in id (creation) order, nothing is ended or promoted; draining carries over.
+    pub(crate) fn rebuilt(&self, mut unfinished: Vec<Deployment>) -> Lifecycle {
+        unfinished.retain(|d| !d.status.is_terminal());
+        unfinished.sort_by_key(|d| d.id);
+        let mut rebuilt = Lifecycle {
+            draining: self.draining,
+            ..Lifecycle::default()
+        };
+        for deployment in unfinished {
+            let (id, app) = (deployment.id, deployment.app_id);
+            if deployment.status == Status::Queued {
+                rebuilt.queues.entry(app).or_default().push_back(id);
+            } else {
+                rebuilt.running.insert(app, id);
+            }
+            rebuilt.live.insert(id, deployment);
+        }
+        rebuilt
+    }
+
     /// Admits what a crash left unfinished: queued executor deployments wait in their app's
     /// queue again, in id (creation) order; every other one lost its session and is returned,
     /// in id order, for the caller to end with [`Target::SessionLost`]. Afterwards,

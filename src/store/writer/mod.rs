@@ -16,8 +16,10 @@
 //! engine, the log files and the hub; `lifecycle` is the pure bookkeeping of unfinished
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
-//! `recovery` ends what a crash left unfinished.
+//! `recovery` ends what a crash left unfinished; `failure` decides what a failed commit does
+//! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports.
 
+mod failure;
 mod group;
 mod handle;
 mod lifecycle;
@@ -28,6 +30,7 @@ mod segments;
 #[cfg(test)]
 mod tests;
 
+pub use failure::Health;
 pub use handle::{Command, Writer};
 
 use super::StoreError;

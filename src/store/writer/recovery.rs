@@ -62,7 +62,9 @@ impl WriterState {
             self.stage(change, &mut group, &mut outcome);
         }
         if !group.ops.is_empty() {
-            self.appender.write_durably(&self.logs, &group.appends)?;
+            self.appender
+                .write_durably(&self.logs, &group.appends)
+                .map_err(|err| StoreError::LogFile(err.source))?;
             self.engine.apply(group.ops)?;
             self.engine.sync()?;
         }
