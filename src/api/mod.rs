@@ -5,12 +5,14 @@
 //! authenticates callers and resolves the apps they may see; [`users`], [`apps`],
 //! [`deployments`], [`sources`] are the REST resources; [`push`] is the external pushers'
 //! WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and SSE output and
-//! its follow; [`protocol`] the push frames shared with the `deployd push` client.
+//! its follow; [`protocol`] the push frames shared with the `deployd push` client; [`health`]
+//! the unauthenticated `/healthz` and `/readyz` probes.
 
 pub mod access;
 pub mod apps;
 pub mod deployments;
 pub mod error;
+pub mod health;
 pub mod output;
 pub mod protocol;
 pub mod push;

@@ -9,7 +9,7 @@
 use axum::http::Method;
 use axum::routing::{delete, get, post, put, MethodRouter};
 
-use super::{apps, deployments, output, push, sources, stream, users, AppState};
+use super::{apps, deployments, health, output, push, sources, stream, users, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +269,24 @@ pub static ROUTES: &[Route] = &[
         auth: Auth::SignedUrl,
         answer: Answer::Archive,
         handler: || get(sources::download),
+    },
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        operation: "healthz",
+        summary: "Liveness: the process answers (unauthenticated)",
+        auth: Auth::Public,
+        answer: Answer::Json,
+        handler: || get(health::healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/readyz",
+        operation: "readyz",
+        summary: "Readiness: the store takes writes and the disk has room; 503 with the reasons (unauthenticated)",
+        auth: Auth::Public,
+        answer: Answer::Json,
+        handler: || get(health::readyz),
     },
 ];
 
