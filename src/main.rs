@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use deployd::cli::bench::{run_bench, BenchArgs};
+use deployd::cli::check::{run_check, CheckArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::push::{run_push, PushArgs};
 use deployd::config::{Config, Overrides};
@@ -32,6 +33,9 @@ enum Command {
     Follow(FollowArgs),
     /// Load-test a running server over its real protocols (ingest, fanout, read).
     Bench(BenchArgs),
+    /// Check a stopped server's data directory (records, index, log files); `--repair` fixes
+    /// what can be fixed. Exit 0: clean, 1: problems remain, 2: could not check.
+    Check(CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Command::Push(args) => run_push(args).await,
             Command::Follow(args) => run_follow(args).await,
             Command::Bench(args) => run_bench(args).await,
+            Command::Check(args) => Ok(tokio::task::block_in_place(|| run_check(args))),
         }
     })?;
     drop(runtime);

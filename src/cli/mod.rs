@@ -17,6 +17,7 @@
 //! | 130 | interrupted (Ctrl-C); `push` marks the deployment `aborted` first when it can |
 
 pub mod bench;
+pub mod check;
 pub mod follow;
 pub mod push;
 

@@ -98,4 +98,6 @@ pub struct Recovery {
     pub ended: Vec<(DeploymentId, Status)>,
     /// Unfinished executor deployments (building or queued) that need an executor again.
     pub to_execute: Vec<Deployment>,
+    /// Deployments whose log file is shorter than its index, with what was lost.
+    pub damaged: Vec<(DeploymentId, String)>,
 }

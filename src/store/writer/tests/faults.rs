@@ -336,12 +336,29 @@ async fn a_crash_between_the_log_fdatasync_and_the_index_commit_leaves_a_tail_re
 }
 
 #[tokio::test]
-async fn an_index_pointing_past_its_log_file_stops_recovery_instead_of_losing_lines() {
+async fn an_unfinished_deployment_whose_log_file_is_shorter_than_its_index_no_longer_stops_the_start(
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
+    let (d, finished) = {
         let (engine, logs) = on_disk(dir.path());
         let f = Fixture::start(engine, logs).await;
+        let finished = f.deploy(f.app, "old").await;
+        f.writer
+            .append_logs(
+                finished.id,
+                vec![NewLine::stdout("one"), NewLine::stdout("two")],
+            )
+            .await
+            .expect("append");
+        f.writer
+            .transition(finished.id, Target::Status(Status::BuildError), None)
+            .await
+            .expect("end");
         let d = f.deploy(f.app, "r").await;
+        f.writer
+            .append_logs(d.id, vec![NewLine::stdout("kept")])
+            .await
+            .expect("append");
         // The disk acknowledges the write and the fdatasync, and loses the text: the index
         // commit then points past the end of the file.
         f.store.logs().faults.lose_write.arm(1);
@@ -350,10 +367,46 @@ async fn an_index_pointing_past_its_log_file_stops_recovery_instead_of_losing_li
             .await
             .expect("acknowledged");
         f.crash();
-    }
+        (d.id, finished.id)
+    };
+    // The finished deployment's file loses its tail too.
+    let path = dir.path().join("logs").join(format!("{finished}.log"));
+    let len = std::fs::metadata(&path).expect("file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(len - 2)
+        .expect("cut");
     let (engine, logs) = on_disk(dir.path());
-    let err = Writer::start(Store::new(engine, logs), Arc::new(Hub::default()))
-        .err()
-        .expect("recovery must refuse a log file shorter than its index");
-    assert!(err.to_string().contains("index ends at"), "{err}");
+    let store = Store::new(engine, logs);
+    let (writer, recovery, _) =
+        Writer::start(store.clone(), Arc::new(Hub::default())).expect("the start is not stopped");
+    assert_eq!(recovery.ended, vec![(d, Status::Aborted)]);
+    assert_eq!(recovery.damaged.len(), 2, "{:?}", recovery.damaged);
+    let text = stored_text(&store, d);
+    assert!(
+        text.starts_with("kept\n!     Deployment aborted: "),
+        "{text}"
+    );
+    assert!(text.contains("lines 2-2 of the output were lost"), "{text}");
+    assert_eq!(
+        store.last_line(d).expect("read"),
+        LineNo(2),
+        "kept + the why line"
+    );
+    // The finished one: nothing appended, the damage recorded.
+    let old = store.deployment(finished).expect("read").expect("exists");
+    assert_eq!((old.status, old.last_line), (Status::BuildError, LineNo(2)));
+    let recorded = store
+        .meta(&crate::store::damage::damage_meta_name(finished))
+        .expect("read")
+        .expect("the damage is recorded");
+    assert!(
+        String::from_utf8_lossy(&recorded).contains("lines 1-2 of the output were lost"),
+        "{}",
+        String::from_utf8_lossy(&recorded)
+    );
+    // The repaired deployment's file takes writes again from the intact end.
+    drop(writer);
 }
