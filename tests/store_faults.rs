@@ -188,3 +188,26 @@ async fn readyz_is_503_when_free_disk_space_is_below_the_threshold() {
         (200, json!({"status": "ok"}))
     );
 }
+
+#[tokio::test]
+async fn a_session_lost_while_the_store_is_failing_still_ends_its_deployment_once_it_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = faulty_server(&dir);
+    let admin = server.admin();
+    server.create_app(&admin, "app").await;
+    let mut pusher = push::start(&server.url, "app", common::ADMIN_TOKEN, "r").await;
+    let id = pusher.id();
+    std::fs::write(&faults, "log_open EMFILE\n").expect("arm");
+    let refused = send_batch(&mut pusher, 1, &["lost"]).await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    // The pusher gives up while the store is failing: its end cannot be stored yet.
+    drop(pusher);
+    std::fs::remove_file(&faults).expect("clear");
+    let ended = common::wait_finished(&admin, "app", &id, Duration::from_secs(30)).await;
+    assert_eq!(ended["status"], "aborted", "{ended}");
+    let next = push::start(&server.url, "app", common::ADMIN_TOKEN, "s").await;
+    assert_eq!(
+        next.deployment["status"], "building",
+        "the app's queue is not blocked by a deployment that never ended"
+    );
+}
