@@ -66,6 +66,7 @@ async fn raw_output(server: &Server, app: &str, id: &str) -> (u16, String, bool)
     (status, String::from_utf8_lossy(&body).into_owned(), clean)
 }
 
+/// Regression: an unfinished deployment with a short log file made `serve` exit 1.
 #[tokio::test]
 async fn a_log_file_shorter_than_its_index_no_longer_keeps_serve_from_starting() {
     let mut server = Server::start();

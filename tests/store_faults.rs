@@ -113,6 +113,7 @@ async fn a_full_disk_refuses_pushed_lines_serves_reads_and_the_server_resumes_wh
     assert_eq!(output(&server, "app", &id).await, "before\nafter\n");
 }
 
+/// Regression: after one `EMFILE`, every push batch answered `unavailable` until a restart.
 #[tokio::test]
 async fn descriptor_exhaustion_at_a_new_log_file_no_longer_latches_the_store_until_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -189,6 +190,7 @@ async fn readyz_is_503_when_free_disk_space_is_below_the_threshold() {
     );
 }
 
+/// Regression: ending a lost session was refused while failing, and never retried.
 #[tokio::test]
 async fn a_session_lost_while_the_store_is_failing_still_ends_its_deployment_once_it_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");

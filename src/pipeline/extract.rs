@@ -637,6 +637,7 @@ mod tests {
         );
     }
 
+    /// Regression: `root/sub/back -> ..` then `root/esc -> sub/back/../../…` was accepted.
     #[test]
     fn a_symlink_no_longer_climbs_out_of_the_tree_through_another_in_tree_symlink() {
         // In either order: the second link is fine alone, and escapes through the first.
@@ -715,6 +716,7 @@ mod tests {
         builder.into_inner().expect("tar").finish().expect("gzip")
     }
 
+    /// Regression: pax `size` records were ignored.
     #[test]
     fn a_pax_size_record_is_no_longer_ignored_when_it_differs_from_the_header() {
         let (error, _) = refused_bytes(&pax_sized("1024", b"short"));

@@ -81,6 +81,8 @@ async fn until_ready(writer: &Writer) {
     panic!("the writer never recovered: {:?}", writer.health());
 }
 
+/// Regression: one commit failing with `EMFILE` latched the writer ("refusing further writes")
+/// for the life of the process.
 #[tokio::test]
 async fn one_failed_commit_with_emfile_or_enospc_no_longer_latches_the_writer_for_the_life_of_the_process(
 ) {
@@ -335,6 +337,7 @@ async fn a_crash_between_the_log_fdatasync_and_the_index_commit_leaves_a_tail_re
     );
 }
 
+/// Regression: a log file shorter than its index made recovery fail, so `serve` exited 1.
 #[tokio::test]
 async fn an_unfinished_deployment_whose_log_file_is_shorter_than_its_index_no_longer_stops_the_start(
 ) {
