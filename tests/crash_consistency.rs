@@ -317,7 +317,8 @@ async fn sigkill_during_concurrent_pushes_and_status_changes_keeps_every_acknowl
             let _ = task.await;
         }
         server = server.start_again();
-        verify(&server, &log.lock().expect("log").clone(), cycle).await;
+        let acknowledged = log.lock().expect("log").clone();
+        verify(&server, &acknowledged, cycle).await;
     }
 }
 
