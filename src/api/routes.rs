@@ -22,6 +22,9 @@ pub enum Auth {
     AuthFrame,
     /// A pre-authenticated URL: the signature in the query string (`crate::sources`).
     SignedUrl,
+    /// No authentication at all: probes that reveal nothing about apps or users (`/healthz`,
+    /// `/readyz`).
+    Anonymous,
 }
 
 /// What a route answers with.
@@ -275,7 +278,7 @@ pub static ROUTES: &[Route] = &[
         path: "/healthz",
         operation: "healthz",
         summary: "Liveness: the process answers (unauthenticated)",
-        auth: Auth::Public,
+        auth: Auth::Anonymous,
         answer: Answer::Json,
         handler: || get(health::healthz),
     },
@@ -284,7 +287,7 @@ pub static ROUTES: &[Route] = &[
         path: "/readyz",
         operation: "readyz",
         summary: "Readiness: the store takes writes and the disk has room; 503 with the reasons (unauthenticated)",
-        auth: Auth::Public,
+        auth: Auth::Anonymous,
         answer: Answer::Json,
         handler: || get(health::readyz),
     },
