@@ -23,6 +23,9 @@ pub const DEFAULT_KEEP_DEPLOYMENTS: u64 = 100;
 /// `[retention] prune_interval_secs` by default (see [`RetentionConfig`]).
 pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 600;
 
+/// See [`Limits::min_free_disk_bytes`].
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The whole server configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -136,6 +139,10 @@ pub struct Limits {
     pub max_json_body_bytes: usize,
     /// Largest source archive upload through `PUT` on an upload URL.
     pub max_upload_bytes: u64,
+    /// `/readyz` answers 503 when the data directory's file system has less free space than
+    /// this (64 MiB: room for a few minutes of heavy ingest while an operator reacts, before
+    /// writes start failing with `ENOSPC`). 0: no threshold.
+    pub min_free_disk_bytes: u64,
 }
 
 /// The `--config` TOML file. Every field is optional.
@@ -196,6 +203,7 @@ pub struct FileStream {
 pub struct FileLimits {
     pub max_json_body_bytes: Option<usize>,
     pub max_upload_bytes: Option<u64>,
+    pub min_free_disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +305,10 @@ impl Config {
         let limits = Limits {
             max_json_body_bytes: file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
             max_upload_bytes: file.limits.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
+            min_free_disk_bytes: file
+                .limits
+                .min_free_disk_bytes
+                .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
         };
         let limit = |secs_value: u64| (secs_value > 0).then(|| secs(secs_value));
         let push = PushConfig {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use deployd::cli::bench::{run_bench, BenchArgs};
 use deployd::cli::cancel::{run_cancel, CancelArgs};
+use deployd::cli::check::{run_check, CheckArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::push::{run_push, PushArgs};
 use deployd::config::{Config, Overrides};
@@ -35,6 +36,9 @@ enum Command {
     Bench(BenchArgs),
     /// Cancel a deployment (default: the app's running one); the exit code says what happened.
     Cancel(CancelArgs),
+    /// Check a stopped server's data directory (records, index, log files); `--repair` fixes
+    /// what can be fixed. Exit 0: clean, 1: problems remain, 2: could not check.
+    Check(CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Follow(args) => run_follow(args).await,
             Command::Bench(args) => run_bench(args).await,
             Command::Cancel(args) => run_cancel(args).await,
+            Command::Check(args) => Ok(tokio::task::block_in_place(|| run_check(args))),
         }
     })?;
     drop(runtime);

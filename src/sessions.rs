@@ -30,6 +30,9 @@ use crate::sources::SourceUrls;
 use crate::status::Status;
 use crate::store::writer::{Appended, Target, WriteError, Writer};
 
+/// How often ending a lost session is retried while the store is failing.
+const LOST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The writing side of one deployment's session.
 ///
 /// Its [`DeploymentSink`] implementation (what the executor writes through) delegates to the
@@ -94,11 +97,25 @@ impl Session {
     /// that already ended is left alone. Returns the status it ended in, when this ended it.
     pub async fn lost(&self, why: &str) -> Option<Status> {
         let note = NewLine::system(format!("!     {why}"));
-        match self
+        let mut ended = self
             .writer
-            .transition(self.deployment, Target::SessionLost, Some(note))
-            .await
+            .transition(self.deployment, Target::SessionLost, Some(note.clone()))
+            .await;
+        // While the store is failing (transient, it recovers by itself) the end is retried, so
+        // the deployment does not stay unfinished, blocking its app's queue, until a restart.
+        while matches!(ended, Err(WriteError::Unavailable(_)))
+            && matches!(
+                self.writer.health(),
+                crate::store::writer::Health::Failing { .. }
+            )
         {
+            tokio::time::sleep(LOST_RETRY_PAUSE).await;
+            ended = self
+                .writer
+                .transition(self.deployment, Target::SessionLost, Some(note.clone()))
+                .await;
+        }
+        match ended {
             Ok(record) => {
                 tracing::info!(deployment = %self.deployment, status = %record.status, why, "session lost");
                 Some(record.status)

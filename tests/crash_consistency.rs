@@ -181,3 +181,202 @@ async fn a_graceful_shutdown_aborts_a_live_pusher_session() {
     );
     drop(pusher);
 }
+
+/// What one pusher of the crash loop was told: its deployment, the lines acknowledged (in
+/// order), the last status acknowledged, and a status sent but never answered.
+#[derive(Default, Clone)]
+struct Acknowledged {
+    app: String,
+    id: String,
+    lines: Vec<String>,
+    status: Option<String>,
+    unanswered_status: Option<String>,
+}
+
+/// Pushes batches and status changes until the server dies, recording what was acknowledged.
+/// Every line is unique (cycle, pusher, deployment, batch, line), so "exactly once" is a count.
+async fn push_until_killed(
+    url: String,
+    app: String,
+    tag: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Acknowledged>>>,
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for round in 0u64.. {
+        let Ok(mut socket) = push::connect(&url, &app, common::ADMIN_TOKEN).await else {
+            return;
+        };
+        let start = json!({"type": "start", "git_ref": format!("{tag}-{round}")});
+        if socket
+            .send(Message::Text(start.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Some(frame) = push::next_json(&mut socket).await else {
+            return;
+        };
+        let Some(id) = frame["deployment"]["id"].as_str() else {
+            return;
+        };
+        let slot = {
+            let mut log = log.lock().expect("log");
+            log.push(Acknowledged {
+                app: app.clone(),
+                id: id.to_string(),
+                ..Acknowledged::default()
+            });
+            log.len() - 1
+        };
+        // Statuses at fixed batch counts, so some deployments end and others are cut mid-way.
+        let plan = [(5, "pushing"), (8, "starting"), (12, "success")];
+        for batch in 1..=12u64 {
+            let lines: Vec<String> = (0..3)
+                .map(|i| format!("{tag}-{round}-{batch}-{i}"))
+                .collect();
+            let frame = json!({"type": "logs", "batch": batch, "lines": lines});
+            if socket
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match push::next_json(&mut socket).await {
+                Some(ack) if ack["type"] == "ack" => {
+                    log.lock().expect("log")[slot].lines.extend(lines);
+                    progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => return,
+            }
+            if let Some((_, status)) = plan.iter().find(|(at, _)| *at == batch) {
+                log.lock().expect("log")[slot].unanswered_status = Some(status.to_string());
+                let frame = json!({"type": "status", "status": status});
+                if socket
+                    .send(Message::Text(frame.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                match push::next_json(&mut socket).await {
+                    Some(answer) if answer["status"] == *status => {
+                        let mut log = log.lock().expect("log");
+                        log[slot].status = Some(status.to_string());
+                        log[slot].unanswered_status = None;
+                    }
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// `DEPLOYD_CRASH_CYCLES` (default a few, for CI).
+fn crash_cycles() -> u64 {
+    std::env::var("DEPLOYD_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_concurrent_pushes_and_status_changes_keeps_every_acknowledged_line_and_status_exactly_once(
+) {
+    const PUSHERS: usize = 4;
+    let mut server = Server::start();
+    let admin = server.admin();
+    for p in 0..PUSHERS {
+        server.create_app(&admin, &format!("crash-loop-{p}")).await;
+    }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Acknowledged>::new()));
+    for cycle in 0..crash_cycles() {
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                tokio::spawn(push_until_killed(
+                    server.url.clone(),
+                    format!("crash-loop-{p}"),
+                    format!("c{cycle}p{p}"),
+                    log.clone(),
+                    progress.clone(),
+                ))
+            })
+            .collect();
+        // Kill once enough was acknowledged that the kill lands mid-stream (a count, not a
+        // time: the pace of the machine does not matter).
+        let wanted = 20 + 7 * cycle;
+        while progress.load(std::sync::atomic::Ordering::SeqCst) < wanted {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        server.kill();
+        for task in tasks {
+            let _ = task.await;
+        }
+        server = server.start_again();
+        let acknowledged = log.lock().expect("log").clone();
+        verify(&server, &acknowledged, cycle).await;
+    }
+}
+
+/// Every acknowledged line is stored exactly once, in order, before anything unacknowledged;
+/// an acknowledged terminal status is kept; every deployment has ended.
+async fn verify(server: &Server, acknowledged: &[Acknowledged], cycle: u64) {
+    let admin = server.admin();
+    for ack in acknowledged {
+        let d = get_deployment(&admin, &ack.app, &ack.id).await;
+        let status = d["status"].as_str().expect("status").to_string();
+        let terminal = [
+            "success",
+            "aborted",
+            "timeout-error",
+            "build-error",
+            "crashed",
+        ];
+        assert!(terminal.contains(&status.as_str()), "cycle {cycle}: {d}");
+        match (&ack.status, &ack.unanswered_status) {
+            (Some(acked), None) if acked == "success" => {
+                assert_eq!(&status, acked, "cycle {cycle}: an acknowledged end is kept")
+            }
+            (_, Some(sent)) if sent == "success" => {
+                assert!(
+                    status == "success" || status == "aborted" || status == "timeout-error",
+                    "cycle {cycle}: {status}"
+                )
+            }
+            _ => assert!(
+                status == "aborted" || status == "timeout-error",
+                "cycle {cycle}: a cut session ends as lost, not {status}"
+            ),
+        }
+        if ack.lines.is_empty() {
+            continue;
+        }
+        let (code, _, text) = admin
+            .get_text(&format!(
+                "/v1/apps/{}/deployments/{}/output",
+                ack.app, ack.id
+            ))
+            .await;
+        assert_eq!(code, 200, "cycle {cycle}: {text}");
+        let stored: Vec<&str> = text.lines().collect();
+        assert!(
+            stored.len() >= ack.lines.len(),
+            "cycle {cycle}: {} stored, {} acknowledged",
+            stored.len(),
+            ack.lines.len()
+        );
+        assert_eq!(
+            stored[..ack.lines.len()],
+            ack.lines.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            "cycle {cycle}: the acknowledged lines come first, in order"
+        );
+        for line in &ack.lines {
+            let count = stored.iter().filter(|s| **s == line.as_str()).count();
+            assert_eq!(count, 1, "cycle {cycle}: {line:?} stored {count} times");
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //! [`apps`], [`deployments`], [`sources`], [`caches`] are the REST resources; [`push`] is the
 //! external pushers' WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and
 //! SSE output and its follow; [`protocol`] the push frames shared with the `deployd push` client;
-//! [`notifiers`] the notification catalogues and webhook notifiers; [`timeline`] the events.
+//! [`notifiers`] the notification catalogues and webhook notifiers; [`timeline`] the events;
+//! [`health`] the unauthenticated `/healthz` and `/readyz` probes.
 
 pub mod access;
 pub mod apps;
@@ -14,6 +15,7 @@ pub mod caches;
 pub mod control;
 pub mod deployments;
 pub mod error;
+pub mod health;
 pub mod notifiers;
 pub mod output;
 pub mod protocol;

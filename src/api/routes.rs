@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
 use super::{
-    apps, caches, control, deployments, notifiers, output, push, sources, stream, timeline, users,
-    AppState,
+    apps, caches, control, deployments, health, notifiers, output, push, sources, stream, timeline,
+    users, AppState,
 };
 use crate::model::Scope;
 
@@ -21,7 +21,8 @@ pub enum Auth {
     /// Anyone: the route authenticates the caller itself (token exchange with Basic auth).
     Public,
     /// Anyone, with no credentials at all: read-only public catalogues (notification
-    /// platforms, event types), as on Scalingo.
+    /// platforms, event types, as on Scalingo) and probes that reveal nothing about apps or
+    /// users (`/healthz`, `/readyz`).
     Open,
     /// A Bearer JWT or an API token (`access::Caller`), for the caller's own apps only.
     Caller,
@@ -475,6 +476,26 @@ pub static ROUTES: &[Route] = &[
         scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(deployments::list_all),
+    },
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        operation: "healthz",
+        summary: "Liveness: the process answers (unauthenticated)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(health::healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/readyz",
+        operation: "readyz",
+        summary: "Readiness: the store takes writes and the disk has room; 503 with the reasons (unauthenticated)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(health::readyz),
     },
 ];
 

@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod cancel;
+pub mod check;
 pub mod follow;
 pub mod push;
 

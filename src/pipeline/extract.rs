@@ -33,6 +33,8 @@ const COPY_BUFFER_BYTES: usize = 64 * 1024;
 /// Largest pax extended header or GNU long name/link entry accepted. Paths are at most a few KiB
 /// (PATH_MAX is 4096); the cap stops a crafted header from making us buffer a gigabyte.
 pub const MAX_NAME_RECORD_BYTES: u64 = 64 * 1024;
+/// Most symlinks one link's resolution may pass through (Linux's own limit, `ELOOP`).
+const MAX_LINK_HOPS: usize = 40;
 /// Mode of extracted directories and non-executable files: the archive's own modes are not
 /// trusted (no setuid, no world-writable files).
 const DIR_MODE: u32 = 0o755;
@@ -67,6 +69,17 @@ pub enum ExtractError {
     SpecialFile { path: String, kind: &'static str },
     #[error("entry {0:?} would be written through a symlink")]
     ThroughSymlink(String),
+    #[error("symlink {0:?} resolves through more than {MAX_LINK_HOPS} symlinks")]
+    LinkLoop(String),
+    #[error(
+        "entry {path:?}: its pax size record ({pax:?}) differs from its header's size \
+         ({header}); such archives (files over 8 GiB) are not supported"
+    )]
+    PaxSize {
+        path: String,
+        pax: String,
+        header: u64,
+    },
     #[error("more than {0} entries in the archive")]
     TooManyEntries(u64),
     #[error("a long-name or pax header is larger than {MAX_NAME_RECORD_BYTES} bytes")]
@@ -115,6 +128,11 @@ pub fn extract(
     // Names announced by pax / GNU long-name entries for the next real entry.
     let mut long_path: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
+    // A pax `size` record for the next entry: we read entries by their header's size, so one
+    // that says otherwise would make the rest of the archive be read out of step.
+    let mut pax_size: Option<Vec<u8>> = None;
+    // Every symlink made, to resolve against the finished tree.
+    let mut links: Vec<(Vec<OsString>, String)> = Vec::new();
     for entry in tar.entries().map_err(read_error)?.raw(true) {
         if cancel.is_cancelled() {
             return Err(ExtractError::Cancelled);
@@ -134,6 +152,7 @@ pub fn extract(
                     match extension.key_bytes() {
                         b"path" => long_path = Some(extension.value_bytes().to_vec()),
                         b"linkpath" => long_link = Some(extension.value_bytes().to_vec()),
+                        b"size" => pax_size = Some(extension.value_bytes().to_vec()),
                         _ => {}
                     }
                 }
@@ -155,6 +174,20 @@ pub fn extract(
         };
         let announced_link = long_link.take();
         let shown = raw_path.display().to_string();
+        if let Some(pax) = pax_size.take() {
+            let header = entry.header().entry_size().map_err(read_error)?;
+            let same = std::str::from_utf8(&pax)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                == Some(header);
+            if !same {
+                return Err(ExtractError::PaxSize {
+                    path: shown,
+                    pax: String::from_utf8_lossy(&pax).into_owned(),
+                    header,
+                });
+            }
+        }
         let parts = relative_components(&raw_path)?;
         let Some(first) = parts.first() else {
             // "./" itself: nothing to create.
@@ -193,6 +226,7 @@ pub fn extract(
                 check_link_target(&parts, &link, &shown)?;
                 remove_existing(&target)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(write_error(&target))?;
+                links.push((parts.clone(), shown));
             }
             EntryType::Link => return Err(ExtractError::HardLink(shown)),
             other => {
@@ -204,6 +238,13 @@ pub fn extract(
         }
     }
     let root = root.ok_or(ExtractError::NotSingleRootFolder)?;
+    // Each link was checked alone when made; through other links (`sub/back -> ..`, then
+    // `esc -> sub/back/../../..`) it can still leave the root folder, in whatever order the
+    // archive made them. Nothing follows a link during extraction, so resolving every link
+    // against the finished tree is enough.
+    for (parts, shown) in &links {
+        resolve_in_tree(dest, parts, shown)?;
+    }
     let source = dest.join(root);
     // The single root entry could have been a symlink; only a real folder is accepted.
     match fs::symlink_metadata(&source) {
@@ -361,6 +402,74 @@ fn check_link_target(parts: &[OsString], link: &Path, shown: &str) -> Result<(),
         return Err(escapes());
     }
     Ok(())
+}
+
+/// Resolves the symlink at `parts` (under `dest`) as the kernel would, following the links it
+/// meets in the tree, and refuses it when the resolution leaves the root folder (`parts[0]`)
+/// or passes through more than [`MAX_LINK_HOPS`] links. Components that do not exist are
+/// taken as plain names (the kernel would stop there, so this is only stricter).
+fn resolve_in_tree(dest: &Path, parts: &[OsString], shown: &str) -> Result<(), ExtractError> {
+    let link_path: PathBuf = parts.iter().collect();
+    let first_target = fs::read_link(dest.join(&link_path)).map_err(write_error(dest))?;
+    let escapes = || ExtractError::LinkEscapes {
+        path: shown.to_owned(),
+        target: first_target.display().to_string(),
+    };
+    // Where we are (names under `dest`, the root folder first) and what is left to walk, last
+    // step first.
+    let mut at: Vec<OsString> = parts[..parts.len() - 1].to_vec();
+    let mut pending: Vec<Step> = Vec::new();
+    push_steps(&mut pending, &first_target);
+    let mut hops = 0;
+    while let Some(step) = pending.pop() {
+        match step {
+            Step::Name(name) => {
+                at.push(name);
+                let here = dest.join(at.iter().collect::<PathBuf>());
+                let is_link = fs::symlink_metadata(&here)
+                    .map(|meta| meta.file_type().is_symlink())
+                    .unwrap_or(false);
+                if is_link {
+                    hops += 1;
+                    if hops > MAX_LINK_HOPS {
+                        return Err(ExtractError::LinkLoop(shown.to_owned()));
+                    }
+                    let target = fs::read_link(&here).map_err(write_error(&here))?;
+                    at.pop();
+                    push_steps(&mut pending, &target);
+                }
+            }
+            Step::Up => {
+                at.pop();
+                if at.is_empty() {
+                    return Err(escapes());
+                }
+            }
+            Step::Absolute => return Err(escapes()),
+        }
+    }
+    Ok(())
+}
+
+/// One step of a link's resolution.
+enum Step {
+    Name(OsString),
+    Up,
+    Absolute,
+}
+
+/// Queues a link target's steps so that they pop first to last.
+fn push_steps(pending: &mut Vec<Step>, target: &Path) {
+    let steps: Vec<Step> = target
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(Step::Name(name.to_os_string())),
+            Component::CurDir => None,
+            Component::ParentDir => Some(Step::Up),
+            Component::RootDir | Component::Prefix(_) => Some(Step::Absolute),
+        })
+        .collect();
+    pending.extend(steps.into_iter().rev());
 }
 
 fn kind_name(kind: EntryType) -> &'static str {
@@ -526,6 +635,109 @@ mod tests {
             matches!(error, ExtractError::LinkEscapes { .. }),
             "{error:?}"
         );
+    }
+
+    /// Regression: `root/sub/back -> ..` then `root/esc -> sub/back/../../…` was accepted.
+    #[test]
+    fn a_symlink_no_longer_climbs_out_of_the_tree_through_another_in_tree_symlink() {
+        // In either order: the second link is fine alone, and escapes through the first.
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::Dir("app/sub/"),
+            Item::Symlink("app/sub/back", ".."),
+            Item::Symlink("app/esc", "sub/back/../../../etc/passwd"),
+        ]);
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::Dir("app/sub/"),
+            Item::Symlink("app/esc", "sub/back/../../etc"),
+            Item::Symlink("app/sub/back", ".."),
+        ]);
+        assert!(
+            matches!(error, ExtractError::LinkEscapes { .. }),
+            "{error:?}"
+        );
+        // Two links that point at each other.
+        let (error, _) = refused(&[
+            Item::Dir("app/"),
+            Item::Symlink("app/a", "b/x"),
+            Item::Symlink("app/b", "a/y"),
+        ]);
+        assert!(matches!(error, ExtractError::LinkLoop(_)), "{error:?}");
+        // Links through links that stay inside are kept.
+        let scratch = Scratch::new();
+        let root = scratch
+            .extract(
+                &archive(&[
+                    Item::Dir("app/"),
+                    Item::Dir("app/sub/"),
+                    Item::File("app/README", b"r"),
+                    Item::Symlink("app/sub/back", ".."),
+                    Item::Symlink("app/readme", "sub/back/README"),
+                ]),
+                LIMITS,
+            )
+            .expect("in-tree links");
+        assert_eq!(fs::read(root.join("readme")).expect("read"), b"r");
+    }
+
+    /// An archive with a pax header holding `size = pax_size` before a file of `data`.
+    fn pax_sized(pax_size: &str, data: &[u8]) -> Vec<u8> {
+        let record_body = format!("size={pax_size}\n");
+        let mut len = record_body.len() + 2;
+        if format!("{len} {record_body}").len() != len {
+            len += 1;
+        }
+        let record = format!("{len} {record_body}");
+        let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gzip);
+        let dir = crate::testing::raw_header("app/", EntryType::Directory, 0, 0o755, None);
+        builder.append(&dir, &b""[..]).expect("dir");
+        let pax = crate::testing::raw_header(
+            "app/PaxHeader",
+            EntryType::XHeader,
+            record.len() as u64,
+            0o644,
+            None,
+        );
+        builder.append(&pax, record.as_bytes()).expect("pax");
+        let file = crate::testing::raw_header(
+            "app/file",
+            EntryType::Regular,
+            data.len() as u64,
+            0o644,
+            None,
+        );
+        builder.append(&file, data).expect("file");
+        builder.into_inner().expect("tar").finish().expect("gzip")
+    }
+
+    /// Regression: pax `size` records were ignored.
+    #[test]
+    fn a_pax_size_record_is_no_longer_ignored_when_it_differs_from_the_header() {
+        let (error, _) = refused_bytes(&pax_sized("1024", b"short"));
+        assert!(matches!(error, ExtractError::PaxSize { .. }), "{error:?}");
+        let (error, _) = refused_bytes(&pax_sized("nonsense", b"short"));
+        assert!(matches!(error, ExtractError::PaxSize { .. }), "{error:?}");
+        // The same size as the header's is harmless.
+        let scratch = Scratch::new();
+        let root = scratch
+            .extract(&pax_sized("5", b"short"), LIMITS)
+            .expect("a matching pax size");
+        assert_eq!(fs::read(root.join("file")).expect("read"), b"short");
+    }
+
+    fn refused_bytes(bytes: &[u8]) -> (ExtractError, Scratch) {
+        let scratch = Scratch::new();
+        let error = scratch
+            .extract(bytes, LIMITS)
+            .expect_err("hostile archive must be refused");
+        assert!(scratch.outside_entries().is_empty());
+        (error, scratch)
     }
 
     #[test]

@@ -144,6 +144,10 @@ impl Engine for SledEngine {
     }
 
     fn apply(&self, batch: Vec<BatchOp>) -> Result<(), EngineError> {
+        #[cfg(any(test, feature = "test-support"))]
+        if let Some(err) = super::faults::injected(super::faults::Op::EngineApply) {
+            return Err(EngineError(format!("apply: {err}")));
+        }
         let mut sled_batch = sled::Batch::default();
         for op in batch {
             match op {
@@ -155,6 +159,10 @@ impl Engine for SledEngine {
     }
 
     fn sync(&self) -> Result<(), EngineError> {
+        #[cfg(any(test, feature = "test-support"))]
+        if let Some(err) = super::faults::injected(super::faults::Op::EngineSync) {
+            return Err(EngineError(format!("fdatasync: {err}")));
+        }
         self.db.flush().map_err(sled_err)?;
         self.data_file
             .sync_data()

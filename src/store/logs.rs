@@ -17,8 +17,50 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+#[cfg(any(test, feature = "test-support"))]
+use super::faults::{injected, Op};
+
+/// Log files hold every deployment's output (build logs carry secrets often enough): only the
+/// service's own user may read them.
+const FILE_MODE: u32 = 0o600;
+/// The log directory's mode, for the same reason.
+const DIR_MODE: u32 = 0o700;
+
+/// The fault a `test-support` build injects into `op` (never anything in other builds).
+#[cfg(any(test, feature = "test-support"))]
+fn fault(op: Op) -> Option<io::Error> {
+    injected(op)
+}
+
+/// Where a log-file write failed: the writer decides from this (and the `errno`) whether the
+/// failure is transient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStage {
+    /// Opening or creating a file: nothing was written.
+    Open,
+    /// A `pwrite`: part of the group may be in the file, past its indexed end.
+    Write,
+    /// An `fdatasync` (of a file or the directory): the group's pages may have been dropped.
+    Sync,
+}
+
+/// A failed group write: the stage and the I/O error.
+#[derive(Debug, thiserror::Error)]
+#[error("log file {stage:?}: {source}")]
+pub struct LogError {
+    pub stage: LogStage,
+    #[source]
+    pub source: io::Error,
+}
+
+impl LogError {
+    fn at(stage: LogStage) -> impl FnOnce(io::Error) -> LogError {
+        move |source| LogError { stage, source }
+    }
+}
 
 use crate::model::DeploymentId;
 
@@ -43,12 +85,30 @@ pub(crate) struct LogFaults {
     pub(crate) lose_write: super::faults::FaultPoint,
     /// A file's `fdatasync` fails.
     pub(crate) sync: super::faults::FaultPoint,
+    /// Opening a file fails.
+    pub(crate) open: super::faults::FaultPoint,
+    /// The `errno` the injected failures carry; 0: none (an error that is not an OS error).
+    pub(crate) errno: std::sync::atomic::AtomicI32,
+}
+
+#[cfg(test)]
+impl LogFaults {
+    fn error(&self, what: &str) -> io::Error {
+        match self.errno.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => io::Error::other(format!("injected log {what} failure")),
+            errno => io::Error::from_raw_os_error(errno),
+        }
+    }
 }
 
 impl LogFiles {
-    /// Opens (creating) the directory.
+    /// Opens (creating) the directory, mode 0700 (an existing one is made 0700 too).
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             #[cfg(test)]
@@ -61,20 +121,53 @@ impl LogFiles {
         #[cfg(test)]
         {
             if self.faults.write.hit() {
-                return Err(io::Error::other("injected log write failure"));
+                return Err(self.faults.error("write"));
             }
             if self.faults.lose_write.hit() {
                 return Ok(());
             }
         }
+        #[cfg(any(test, feature = "test-support"))]
+        {
+            if let Some(err) = fault(Op::LogWrite) {
+                return Err(err);
+            }
+            if let Some(err) = fault(Op::LogWriteTorn) {
+                file.write_all_at(&bytes[..bytes.len() / 2], offset)?;
+                return Err(err);
+            }
+        }
         file.write_all_at(bytes, offset)
+    }
+
+    /// The writer's one way to open a file for writing (so tests can make it fail), mode 0600.
+    fn open_for_write(&self, path: &Path) -> io::Result<File> {
+        #[cfg(test)]
+        if self.faults.open.hit() {
+            return Err(self.faults.error("open"));
+        }
+        #[cfg(any(test, feature = "test-support"))]
+        if let Some(err) = fault(Op::LogOpen) {
+            return Err(err);
+        }
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(FILE_MODE)
+            .open(path)
     }
 
     /// The writer's one way to make a log file durable (so tests can make it fail).
     fn sync_data(&self, file: &File) -> io::Result<()> {
         #[cfg(test)]
         if self.faults.sync.hit() {
-            return Err(io::Error::other("injected log fdatasync failure"));
+            return Err(self.faults.error("fdatasync"));
+        }
+        #[cfg(any(test, feature = "test-support"))]
+        if let Some(err) = fault(Op::LogSync) {
+            return Err(err);
         }
         file.sync_data()
     }
@@ -120,9 +213,37 @@ impl LogFiles {
 
     /// Makes the directory's entries (newly created files) durable.
     pub fn sync_dir(&self) -> io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+        #[cfg(any(test, feature = "test-support"))]
+        if let Some(err) = fault(Op::LogOpen) {
+            return Err(err);
+        }
+        let dir = File::open(&self.dir)?;
+        self.sync_data(&dir)
+    }
+
+    /// Whether the log directory takes a durable write now: creates, writes, syncs and removes
+    /// a probe file. The writer's way to see that a transient failure (a full disk, no free
+    /// descriptor) has cleared before it takes writes again.
+    pub fn probe(&self) -> io::Result<()> {
+        let path = self.dir.join(PROBE_FILE);
+        let file = self.open_for_write(&path)?;
+        let written = self
+            .write_at(&file, b"probe", 0)
+            .and_then(|()| self.sync_data(&file));
+        drop(file);
+        let removed = std::fs::remove_file(&path);
+        written?;
+        removed
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
+
+/// The writer's probe file name (never a deployment's: those end in `.log`).
+pub const PROBE_FILE: &str = "writer-probe.tmp";
 
 /// The writer's open files, one per unfinished deployment that has output.
 #[derive(Default)]
@@ -135,29 +256,32 @@ pub struct Appender {
 impl Appender {
     /// The open file of `id`; on first use the file is created or cut to `indexed_end`, the end
     /// of its last indexed segment (dropping a torn tail left by a crash).
-    fn open(&mut self, logs: &LogFiles, id: DeploymentId, indexed_end: u64) -> io::Result<&File> {
+    fn open(
+        &mut self,
+        logs: &LogFiles,
+        id: DeploymentId,
+        indexed_end: u64,
+    ) -> Result<&File, LogError> {
         if !self.open.contains_key(&id) {
             let path = logs.path(id);
             let existed = path.exists();
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)?;
-            let len = file.metadata()?.len();
+            let file = logs
+                .open_for_write(&path)
+                .map_err(LogError::at(LogStage::Open))?;
+            let len = file.metadata().map_err(LogError::at(LogStage::Open))?.len();
             if len < indexed_end {
-                return Err(io::Error::new(
+                return Err(LogError::at(LogStage::Open)(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
                         "{} is {len} bytes but its index ends at {indexed_end}",
                         path.display()
                     ),
-                ));
+                )));
             }
             if len > indexed_end {
                 tracing::warn!(path = %path.display(), len, indexed_end, "cutting a torn log tail");
-                file.set_len(indexed_end)?;
+                file.set_len(indexed_end)
+                    .map_err(LogError::at(LogStage::Write))?;
             }
             self.created |= !existed;
             self.open.insert(id, file);
@@ -168,24 +292,33 @@ impl Appender {
     /// Writes one group's appends, in order, then makes every touched file durable.
     /// `appends`: (deployment, offset, segment); the first append of a deployment in the group
     /// starts at its indexed end.
+    ///
+    /// On failure nothing of the group may be relied on: the caller drops the open files
+    /// ([`Appender::forget_open`]) so that the next write reopens them and cuts what this one
+    /// left past the indexed end, and rewrites from memory; it never syncs again as if the
+    /// failed group's pages were safe.
     pub fn write_durably(
         &mut self,
         logs: &LogFiles,
         appends: &[(DeploymentId, u64, super::Segment)],
-    ) -> io::Result<()> {
+    ) -> Result<(), LogError> {
         let mut touched: Vec<DeploymentId> = Vec::new();
         for (id, offset, segment) in appends {
             let file = self.open(logs, *id, *offset)?;
-            logs.write_at(file, segment.as_bytes(), *offset)?;
+            logs.write_at(file, segment.as_bytes(), *offset)
+                .map_err(LogError::at(LogStage::Write))?;
             if !touched.contains(id) {
                 touched.push(*id);
             }
         }
         for id in &touched {
-            logs.sync_data(&self.open[id])?;
+            logs.sync_data(&self.open[id])
+                .map_err(LogError::at(LogStage::Sync))?;
         }
-        if std::mem::take(&mut self.created) {
-            logs.sync_dir()?;
+        // Cleared only once the directory sync succeeded: a failed one is redone next time.
+        if self.created {
+            logs.sync_dir().map_err(LogError::at(LogStage::Sync))?;
+            self.created = false;
         }
         Ok(())
     }
@@ -193,6 +326,12 @@ impl Appender {
     /// Closes a finished deployment's file.
     pub fn close(&mut self, id: DeploymentId) {
         self.open.remove(&id);
+    }
+
+    /// Closes every file after a failed group: each is reopened (and cut back to its indexed
+    /// end) by its next write. A pending directory sync stays pending.
+    pub fn forget_open(&mut self) {
+        self.open.clear();
     }
 }
 

@@ -4,14 +4,15 @@
 //!
 //! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
 //! engine trait, sled and in-memory implementations), [`logs`] (the log segment files the
-//! engine's index points into), [`writer`] (the one writer); in tests, `faults` (injected
-//! failures for the engine and the log files).
+//! engine's index points into), [`writer`] (the one writer); in tests and `test-support`
+//! builds, `faults` (injected failures for the engine and the log files).
 
 pub mod codec;
+pub mod damage;
 pub mod engine;
 pub mod events;
-#[cfg(test)]
-pub(crate) mod faults;
+#[cfg(any(test, feature = "test-support"))]
+pub mod faults;
 mod index;
 pub mod logs;
 pub mod timeline_codec;

@@ -209,6 +209,12 @@ impl Server {
     pub fn root(&self) -> &Path {
         self.root.path()
     }
+
+    /// Starts another server over this one's data directory (after [`Server::kill`] or
+    /// [`Server::stop`], when a test changed the files in between).
+    pub fn start_again(&self) -> Server {
+        Server::spawn(self.root.clone(), self.options.clone())
+    }
 }
 
 impl Endpoint {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use super::failure::{CommitFailure, HealthCell, Trouble};
 use super::handle::{Command, Reply};
 use super::lifecycle::{Change, Lifecycle, Refusal};
 use super::log_limit::LogLimit;
@@ -98,12 +99,14 @@ pub(super) struct WriterState {
     pub(super) lifecycle: Lifecycle,
     /// `[retention] max_log_bytes`, applied to every append.
     pub(super) log_limit: LogLimit,
-    /// Set when a commit failed: memory may no longer match the disk, so refuse everything.
-    failed: Option<String>,
+    /// Set when a commit failed (`failure`): every write is refused while it lasts.
+    pub(super) trouble: Trouble,
+    /// What `/readyz` reads.
+    pub(super) health: HealthCell,
 }
 
 impl WriterState {
-    pub(super) fn new(store: Store, hub: Arc<dyn Publish>) -> Self {
+    pub(super) fn new(store: Store, hub: Arc<dyn Publish>, health: HealthCell) -> Self {
         Self {
             engine: store.engine().clone(),
             logs: store.logs().clone(),
@@ -113,13 +116,24 @@ impl WriterState {
             hub,
             lifecycle: Lifecycle::default(),
             log_limit: LogLimit::default(),
-            failed: None,
+            trouble: Trouble::None,
+            health,
         }
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut carry: Option<Command> = None;
         loop {
+            if self.is_failing() {
+                // A command queued behind the failed group is refused like those sent while
+                // failing: unchanged.
+                if let Some(cmd) = carry.take() {
+                    self.apply(cmd, &mut Group::default());
+                }
+                if !self.wait_while_failing(&mut rx) {
+                    return;
+                }
+            }
             let first = match carry.take() {
                 Some(cmd) => cmd,
                 None => match rx.blocking_recv() {
@@ -147,28 +161,39 @@ impl WriterState {
         }
     }
 
-    fn commit(&mut self, group: Group) {
+    /// While failing: refuses every command that arrives and probes the store with backoff,
+    /// until a probe succeeds (true) or every handle is gone (false: the writer stops).
+    fn wait_while_failing(&mut self, rx: &mut mpsc::Receiver<Command>) -> bool {
+        while let Some(pause) = self.probe_when_due() {
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.apply(cmd, &mut Group::default()),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                }
+            }
+            std::thread::sleep(pause);
+        }
+        true
+    }
+
+    /// Writes a group durably: log text first (written and synced), then the index that
+    /// points into it.
+    fn write_group(&mut self, group: &mut Group) -> Result<(), CommitFailure> {
+        self.appender.write_durably(&self.logs, &group.appends)?;
+        self.engine
+            .apply(std::mem::take(&mut group.ops))
+            .map_err(CommitFailure::EngineApply)?;
+        self.engine.sync().map_err(CommitFailure::EngineSync)
+    }
+
+    fn commit(&mut self, mut group: Group) {
         let failure = if group.ops.is_empty() {
             None
         } else {
-            // Log text first (written and synced), then the index that points into it.
-            let written = self
-                .appender
-                .write_durably(&self.logs, &group.appends)
-                .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    self.engine
-                        .apply(group.ops)
-                        .and_then(|()| self.engine.sync())
-                        .map_err(|e| e.to_string())
-                });
-            match written {
+            match self.write_group(&mut group) {
                 Ok(()) => None,
-                Err(err) => {
-                    tracing::error!(error = %err, "commit failed; refusing further writes");
-                    self.failed = Some(err.clone());
-                    Some(WriteError::Unavailable(err))
-                }
+                Err(failure) => Some(self.on_commit_failure(failure)),
             }
         };
         if failure.is_none() {
@@ -382,8 +407,8 @@ impl WriterState {
         reply: Reply<T>,
         work: impl FnOnce(&mut Self, &mut Group) -> Result<Outcome<T>, WriteError>,
     ) {
-        let result = match &self.failed {
-            Some(reason) => Err(WriteError::Unavailable(reason.clone())),
+        let result = match self.refusal() {
+            Some(refused) => Err(refused),
             None => work(self, group),
         };
         match result {

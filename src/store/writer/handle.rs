@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::failure::{Health, HealthCell};
 use super::group::WriterState;
 use super::{Appended, Recovery, Target, WriteError, WriterOptions, WRITER_QUEUE_CAPACITY};
 use crate::model::{
@@ -191,6 +192,7 @@ impl Command {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Command>,
+    health: HealthCell,
 }
 
 fn stopped() -> WriteError {
@@ -212,7 +214,8 @@ impl Writer {
         hub: Arc<dyn Publish>,
         options: WriterOptions,
     ) -> Result<(Writer, Recovery, JoinHandle<()>), StoreError> {
-        let mut state = WriterState::new(store, hub);
+        let health = HealthCell::default();
+        let mut state = WriterState::new(store, hub, health.clone());
         state.lifecycle = super::lifecycle::Lifecycle::with_build_slots(options.max_executors);
         state.log_limit = super::log_limit::LogLimit::new(options.max_log_bytes);
         state.build_status_indexes()?;
@@ -222,7 +225,18 @@ impl Writer {
             .name("deployd-writer".into())
             .spawn(move || state.run(rx))
             .map_err(|e| StoreError::Engine(crate::store::engine::EngineError(e.to_string())))?;
-        Ok((Writer { tx }, recovery, handle))
+        Ok((Writer { tx, health }, recovery, handle))
+    }
+
+    /// Whether the writer takes writes now (failing: refusing until the store recovers, on its
+    /// own; latched: until a restart). For `/readyz`.
+    pub fn health(&self) -> Health {
+        if self.tx.is_closed() {
+            return Health::Latched {
+                reason: "the writer thread has stopped".into(),
+            };
+        }
+        self.health.get()
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, WriteError> {

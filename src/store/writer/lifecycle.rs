@@ -300,6 +300,37 @@ impl Lifecycle {
         self.draining = true;
     }
 
+    /// The same lifecycle rebuilt from `unfinished` as the store holds them (after a failed
+    /// commit changed memory only): the deployment of each app past `queued` runs, queued ones
+    /// wait in id (creation) order, nothing is ended or promoted; draining carries over.
+    pub(crate) fn rebuilt(&self, mut unfinished: Vec<Deployment>) -> Lifecycle {
+        unfinished.retain(|d| !d.status.is_terminal());
+        unfinished.sort_by_key(|d| d.id);
+        // What only memory holds survives the rebuild: the build-slot limit and the pending
+        // cancels (a 202 was answered for them); the slot count is recounted from the store.
+        let mut rebuilt = Lifecycle {
+            draining: self.draining,
+            max_executors: self.max_executors,
+            ..Lifecycle::default()
+        };
+        for deployment in unfinished {
+            let (id, app) = (deployment.id, deployment.app_id);
+            if deployment.status == Status::Queued {
+                rebuilt.queues.entry(app).or_default().push_back(id);
+            } else {
+                rebuilt.running.insert(app, id);
+                if matches!(deployment.driver, Driver::Executor { .. }) {
+                    rebuilt.executors_running += 1;
+                }
+                if let Some(by) = self.cancels.get(&id) {
+                    rebuilt.cancels.insert(id, by.clone());
+                }
+            }
+            rebuilt.live.insert(id, deployment);
+        }
+        rebuilt
+    }
+
     /// Admits what a crash left unfinished: queued executor deployments wait in their app's
     /// queue again, in id (creation) order; every other one lost its session and is returned,
     /// in id order, for the caller to end with [`Target::SessionLost`]. Afterwards,
@@ -525,6 +556,40 @@ mod tests {
             life.cancel(running, "ann", 1, now()).map(|_| ()),
             Err(Refusal::NotLive)
         );
+    }
+
+    #[test]
+    fn a_rebuild_after_a_transient_store_failure_keeps_the_build_slots_and_pending_cancels() {
+        let mut life = Lifecycle::with_build_slots(Some(1));
+        let (a, b) = (AppId::generate(), AppId::generate());
+        let (first, _) = life.admit(draft(a, executor()), 1);
+        let (waiting, _) = life.admit(draft(b, executor()), 1);
+        let first_id = first.record().id;
+        assert!(matches!(
+            life.cancel(first_id, "ann", 1, now()),
+            Ok(Cancel::Requested { .. })
+        ));
+        let unfinished: Vec<Deployment> = life.live().cloned().collect();
+
+        let mut rebuilt = life.rebuilt(unfinished);
+        assert_eq!(rebuilt.max_executors(), Some(1));
+        assert_eq!(
+            rebuilt
+                .transition(first_id, Target::Status(Status::Success), 0, now())
+                .map(|t| t.record.status),
+            Err(Refusal::Cancelling("ann".into())),
+            "the 202 answered before the failure still holds"
+        );
+        let second = rebuilt.admit(draft(AppId::generate(), executor()), 1).0;
+        assert_eq!(
+            second.record().status,
+            Status::Queued,
+            "the one slot is taken"
+        );
+        let ended = rebuilt
+            .transition(first_id, Target::Status(Status::Aborted), 0, now())
+            .expect("the cancel's own end");
+        assert_eq!(ended.changes[1].record().id, waiting.record().id);
     }
 
     #[test]

@@ -16,9 +16,11 @@
 //! engine, the log files and the hub; `lifecycle` is the pure bookkeeping of unfinished
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
-//! `recovery` ends what a crash left unfinished.
+//! `recovery` ends what a crash left unfinished; `failure` decides what a failed commit does
+//! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports.
 
 mod control;
+mod failure;
 mod group;
 mod handle;
 mod lifecycle;
@@ -33,6 +35,7 @@ mod segments;
 mod tests;
 
 pub use control::CancelReply;
+pub use failure::Health;
 pub use handle::{Command, Writer};
 pub use log_limit::DEFAULT_MAX_LOG_BYTES;
 pub use notify::MAX_PRUNE_KEYS;
@@ -105,6 +108,8 @@ pub struct Recovery {
     pub ended: Vec<(DeploymentId, Status)>,
     /// Unfinished executor deployments (building or queued) that need an executor again.
     pub to_execute: Vec<Deployment>,
+    /// Deployments whose log file is shorter than its index, with what was lost.
+    pub damaged: Vec<(DeploymentId, String)>,
 }
 
 /// What an append stored.

@@ -2,30 +2,58 @@
 //! session, so it ends (`aborted`, or `timeout-error` from `starting`) with a line saying why;
 //! queued executor deployments keep their place and the head of each app's queue starts.
 //!
+//! A damaged log file (shorter than its index, `store::damage`) never stops the start: an
+//! unfinished deployment's index is cut back to the intact part and the line that ends it says
+//! which lines were lost; a finished one gets the damage recorded in a meta record.
+//!
 //! Runs once, on the thread that calls `Writer::start`, before any command; the decisions are
 //! the lifecycle's, this module reads the store and commits them as one durable group.
 
-use super::group::{now, Group, Outcome, WriterState};
+use std::collections::HashMap;
+
+use super::group::{now, put, Group, Outcome, WriterState};
 use super::segments::{append_segments, line_count};
 use super::{Recovery, Target};
+use crate::model::DeploymentId;
 use crate::model::{Driver, NewLine};
 use crate::status::Status;
-use crate::store::StoreError;
+use crate::store::engine::BatchOp;
+use crate::store::{codec, damage, StoreError};
 
 impl WriterState {
     /// Ends what a crash left unfinished (DESIGN.md), then starts queued executor deployments.
     pub(super) fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut recovery = Recovery::default();
-        let mut unfinished = self.store.all_deployments()?;
-        unfinished.retain(|d| !d.status.is_terminal());
+        let mut group = Group::default();
+        let (finished, mut unfinished): (Vec<_>, Vec<_>) = self
+            .store
+            .all_deployments()?
+            .into_iter()
+            .partition(|d| d.status.is_terminal());
+        for deployment in &finished {
+            self.record_damage(deployment.id, &mut group, &mut recovery)?;
+        }
+        let mut damaged = HashMap::new();
         for deployment in &mut unfinished {
             let (last_line, log_end) = self.store.log_end(deployment.id)?;
             deployment.last_line = last_line;
             self.log_ends.insert(deployment.id, log_end);
+            if let Some(damage) = damage::find(&self.store, deployment.id)? {
+                // The index is cut back to the intact part: the file grows from there again,
+                // and the line that ends the deployment says what was lost.
+                tracing::error!(deployment = %deployment.id, damage = %damage.describe(),
+                    "damaged log file of an unfinished deployment: ending it");
+                deployment.last_line = damage.intact_last;
+                self.log_ends.insert(deployment.id, damage.intact_end);
+                group
+                    .ops
+                    .extend(damage.lost_keys.iter().cloned().map(BatchOp::Delete));
+                recovery.damaged.push((deployment.id, damage.describe()));
+                damaged.insert(deployment.id, damage);
+            }
         }
         let lost = self.lifecycle.recover(unfinished);
         let now = now();
-        let mut group = Group::default();
         let mut outcome = Outcome::quiet(());
         for id in lost {
             let status = self
@@ -38,6 +66,10 @@ impl WriterState {
                 "its pusher's connection was lost when deployd restarted".to_string()
             } else {
                 format!("deployd restarted while the deployment was {status}: its session was lost")
+            };
+            let why = match damaged.get(&id) {
+                Some(damage) => format!("{why}; {}", damage.describe()),
+                None => why,
             };
             let note = [NewLine::system(format!("!     Deployment {}: {why}", to))];
             let moved = self
@@ -62,7 +94,9 @@ impl WriterState {
             self.stage(change, &mut group, &mut outcome);
         }
         if !group.ops.is_empty() {
-            self.appender.write_durably(&self.logs, &group.appends)?;
+            self.appender
+                .write_durably(&self.logs, &group.appends)
+                .map_err(|err| StoreError::LogFile(err.source))?;
             self.engine.apply(group.ops)?;
             self.engine.sync()?;
         }
@@ -82,5 +116,29 @@ impl WriterState {
         }
         recovery.to_execute.sort_by_key(|d| d.id);
         Ok(recovery)
+    }
+
+    /// Records the damage of a finished deployment's log file in its meta record (once), and
+    /// changes nothing else: nothing is stored after a terminal status, and `/output` is
+    /// aborted where the damage starts.
+    fn record_damage(
+        &self,
+        id: DeploymentId,
+        group: &mut Group,
+        recovery: &mut Recovery,
+    ) -> Result<(), StoreError> {
+        let Some(damage) = damage::find(&self.store, id)? else {
+            return Ok(());
+        };
+        let name = damage::damage_meta_name(id);
+        let text = damage.describe();
+        tracing::error!(deployment = %id, damage = %text, "damaged log file of a finished deployment");
+        if self.store.meta(&name)?.as_deref() != Some(text.as_bytes()) {
+            group
+                .ops
+                .push(put(codec::meta_key(&name), text.clone().into_bytes()));
+        }
+        recovery.damaged.push((id, text));
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The writer's failure paths, with faults injected at the engine and the log files: what
-//! callers are told, what is stored, and what a restart recovers. Behaviour as designed today:
-//! a failed commit latches the writer (every later write is refused) until the restart.
+//! callers are told, what is stored, and what a restart recovers. A transient log-file failure
+//! (`EMFILE`, `ENOSPC`, ...) makes the writer refuse writes until the store takes a durable
+//! write again, then resume on its own; anything else latches it until a restart.
 
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -69,6 +70,166 @@ async fn a_failed_index_commit_is_reported_stores_nothing_and_refuses_every_late
     assert_latched(&f, d.id, "injected apply failure").await;
 }
 
+/// Waits (real time, no assertion on how long) until the writer reports `Ready`.
+async fn until_ready(writer: &Writer) {
+    for _ in 0..2000 {
+        if writer.health() == Health::Ready {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the writer never recovered: {:?}", writer.health());
+}
+
+/// Regression: one commit failing with `EMFILE` latched the writer ("refusing further writes")
+/// for the life of the process.
+#[tokio::test]
+async fn one_failed_commit_with_emfile_or_enospc_no_longer_latches_the_writer_for_the_life_of_the_process(
+) {
+    for (fault, errno) in [
+        ("open", libc::EMFILE),
+        ("open", libc::ENFILE),
+        ("write", libc::ENOSPC),
+        ("write", libc::EINTR),
+        ("fdatasync", libc::ENOSPC),
+        ("fdatasync", libc::EAGAIN),
+    ] {
+        let f = Fixture::in_memory().await;
+        let d = f.deploy(f.app, "r").await;
+        if fault != "open" {
+            f.writer
+                .append_logs(d.id, vec![NewLine::stdout("kept")])
+                .await
+                .expect("append");
+        }
+        let kept = if fault == "open" { "" } else { "kept\n" };
+        let kept_lines = u64::from(fault != "open");
+        let mut events = f.hub.subscribe(f.app);
+        let faults = &f.store.logs().faults;
+        faults
+            .errno
+            .store(errno, std::sync::atomic::Ordering::SeqCst);
+        let point = match fault {
+            "open" => &faults.open,
+            "write" => &faults.write,
+            _ => &faults.sync,
+        };
+        point.fail_always();
+        let failed = f
+            .writer
+            .append_logs(d.id, vec![NewLine::stdout("lost")])
+            .await;
+        assert!(unavailable_because(failed, "failing"), "{fault} {errno}");
+        assert!(
+            matches!(f.writer.health(), Health::Failing { .. }),
+            "{fault} {errno}: {:?}",
+            f.writer.health()
+        );
+        // While failing: writes are refused and change nothing, reads are served.
+        let refused = f
+            .writer
+            .transition(d.id, Target::Status(Status::Pushing), None)
+            .await;
+        assert!(unavailable_because(refused, "failing"), "{fault} {errno}");
+        let stored = f.store.deployment(d.id).expect("read").expect("exists");
+        assert_eq!(
+            (stored.status, stored.last_line),
+            (Status::Building, LineNo(kept_lines)),
+            "{fault} {errno}"
+        );
+        assert!(
+            matches!(events.try_recv(), Err(TryRecvError::Empty)),
+            "nothing unstored is published"
+        );
+        // The fault clears: the writer takes writes again by itself, numbering from what is
+        // stored (the refused lines took no numbers).
+        point.clear();
+        until_ready(&f.writer).await;
+        let last = f
+            .writer
+            .append_logs(d.id, vec![NewLine::stdout("after")])
+            .await
+            .expect("append after recovery");
+        assert_eq!(last, LineNo(kept_lines + 1), "{fault} {errno}");
+        assert_eq!(
+            stored_text(&f.store, d.id),
+            format!("{kept}after\n"),
+            "{fault} {errno}"
+        );
+        let (_, log_end) = f.store.log_end(d.id).expect("read");
+        assert_eq!(
+            std::fs::metadata(f.store.logs().path(d.id))
+                .expect("file")
+                .len(),
+            log_end,
+            "{fault} {errno}: the failed group's unsynced tail was cut and rewritten, not kept"
+        );
+        f.writer
+            .transition(d.id, Target::Status(Status::Pushing), None)
+            .await
+            .expect("the lifecycle still knows the deployment");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_transition_group_is_rolled_back_in_memory_so_the_queue_does_not_move() {
+    let f = Fixture::in_memory().await;
+    let first = f.deploy(f.app, "1").await;
+    let second = f.deploy(f.app, "2").await;
+    assert_eq!(second.status, Status::Queued);
+    // A note line makes the transition write a log file: the fault hits the group.
+    let faults = &f.store.logs().faults;
+    faults
+        .errno
+        .store(libc::ENOSPC, std::sync::atomic::Ordering::SeqCst);
+    faults.write.arm(1);
+    let failed = f
+        .writer
+        .transition(
+            first.id,
+            Target::Status(Status::BuildError),
+            Some(NewLine::system("why")),
+        )
+        .await;
+    assert!(unavailable_because(failed, "failing"));
+    until_ready(&f.writer).await;
+    assert_eq!(
+        f.store
+            .deployment(second.id)
+            .expect("read")
+            .expect("exists")
+            .status,
+        Status::Queued
+    );
+    assert!(
+        matches!(
+            f.writer
+                .append_logs(second.id, vec![NewLine::stdout("x")])
+                .await,
+            Err(WriteError::Queued)
+        ),
+        "the second one was not promoted by the group that failed"
+    );
+    f.writer
+        .append_logs(first.id, vec![NewLine::stdout("still running")])
+        .await
+        .expect("the first one still runs");
+    let ended = f
+        .writer
+        .transition(first.id, Target::Status(Status::BuildError), None)
+        .await
+        .expect("end");
+    assert_eq!(ended.status, Status::BuildError);
+    assert_eq!(
+        f.store
+            .deployment(second.id)
+            .expect("read")
+            .expect("exists")
+            .status,
+        Status::Building
+    );
+}
+
 #[tokio::test]
 async fn a_failed_engine_sync_is_reported_unpublished_and_latches_the_writer() {
     let engine = Arc::new(FaultyEngine::new(Arc::new(MemoryEngine::default())));
@@ -90,10 +251,16 @@ async fn a_failed_engine_sync_is_reported_unpublished_and_latches_the_writer() {
         f.writer.append_logs(d.id, vec![NewLine::stdout("x")]).await,
         "injected sync failure"
     ));
+    assert!(
+        matches!(f.writer.health(), Health::Latched { reason } if reason.contains("injected sync failure")),
+        "{:?}",
+        f.writer.health()
+    );
 }
 
 #[tokio::test]
-async fn a_failed_log_write_or_fdatasync_commits_no_index_and_latches_the_writer() {
+async fn a_log_write_or_fdatasync_failing_with_no_transient_errno_commits_no_index_and_latches_the_writer(
+) {
     for (fault, why) in [
         ("write", "injected log write failure"),
         ("fdatasync", "injected log fdatasync failure"),
@@ -170,13 +337,31 @@ async fn a_crash_between_the_log_fdatasync_and_the_index_commit_leaves_a_tail_re
     );
 }
 
+/// Regression: a log file shorter than its index made recovery fail, so `serve` exited 1.
 #[tokio::test]
-async fn an_index_pointing_past_its_log_file_stops_recovery_instead_of_losing_lines() {
+async fn an_unfinished_deployment_whose_log_file_is_shorter_than_its_index_no_longer_stops_the_start(
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
+    let (d, finished) = {
         let (engine, logs) = on_disk(dir.path());
         let f = Fixture::start(engine, logs).await;
+        let finished = f.deploy(f.app, "old").await;
+        f.writer
+            .append_logs(
+                finished.id,
+                vec![NewLine::stdout("one"), NewLine::stdout("two")],
+            )
+            .await
+            .expect("append");
+        f.writer
+            .transition(finished.id, Target::Status(Status::BuildError), None)
+            .await
+            .expect("end");
         let d = f.deploy(f.app, "r").await;
+        f.writer
+            .append_logs(d.id, vec![NewLine::stdout("kept")])
+            .await
+            .expect("append");
         // The disk acknowledges the write and the fdatasync, and loses the text: the index
         // commit then points past the end of the file.
         f.store.logs().faults.lose_write.arm(1);
@@ -185,10 +370,46 @@ async fn an_index_pointing_past_its_log_file_stops_recovery_instead_of_losing_li
             .await
             .expect("acknowledged");
         f.crash();
-    }
+        (d.id, finished.id)
+    };
+    // The finished deployment's file loses its tail too.
+    let path = dir.path().join("logs").join(format!("{finished}.log"));
+    let len = std::fs::metadata(&path).expect("file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(len - 2)
+        .expect("cut");
     let (engine, logs) = on_disk(dir.path());
-    let err = Writer::start(Store::new(engine, logs), Arc::new(Hub::default()))
-        .err()
-        .expect("recovery must refuse a log file shorter than its index");
-    assert!(err.to_string().contains("index ends at"), "{err}");
+    let store = Store::new(engine, logs);
+    let (writer, recovery, _) =
+        Writer::start(store.clone(), Arc::new(Hub::default())).expect("the start is not stopped");
+    assert_eq!(recovery.ended, vec![(d, Status::Aborted)]);
+    assert_eq!(recovery.damaged.len(), 2, "{:?}", recovery.damaged);
+    let text = stored_text(&store, d);
+    assert!(
+        text.starts_with("kept\n!     Deployment aborted: "),
+        "{text}"
+    );
+    assert!(text.contains("lines 2-2 of the output were lost"), "{text}");
+    assert_eq!(
+        store.last_line(d).expect("read"),
+        LineNo(2),
+        "kept + the why line"
+    );
+    // The finished one: nothing appended, the damage recorded.
+    let old = store.deployment(finished).expect("read").expect("exists");
+    assert_eq!((old.status, old.last_line), (Status::BuildError, LineNo(2)));
+    let recorded = store
+        .meta(&crate::store::damage::damage_meta_name(finished))
+        .expect("read")
+        .expect("the damage is recorded");
+    assert!(
+        String::from_utf8_lossy(&recorded).contains("lines 1-2 of the output were lost"),
+        "{}",
+        String::from_utf8_lossy(&recorded)
+    );
+    // The repaired deployment's file takes writes again from the intact end.
+    drop(writer);
 }
