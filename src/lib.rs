@@ -49,6 +49,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 mod lines;
+pub mod listener;
 pub mod model;
 mod pipeline;
 pub mod server;
