@@ -17,8 +17,6 @@ use crate::model::{App, Deployment, DeploymentId, Driver, Pusher};
 pub const DEFAULT_PER_PAGE: u64 = 20;
 /// Largest page size; bigger asks are a 422, so a client never silently gets fewer than asked.
 pub const MAX_PER_PAGE: u64 = 100;
-/// Longest `git_ref` accepted.
-const MAX_GIT_REF_BYTES: usize = 256;
 /// Longest `source_url` accepted.
 const MAX_SOURCE_URL_BYTES: usize = 4096;
 /// Longest `postdeploy_hook` accepted.
@@ -205,11 +203,8 @@ pub async fn trigger(
         None if from_git_source => DEFAULT_BRANCH_REF.to_string(),
         None => generated_git_ref(),
     };
-    if git_ref.len() > MAX_GIT_REF_BYTES || git_ref.chars().any(char::is_control) {
-        errors.push((
-            "git_ref".to_string(),
-            format!("must be at most {MAX_GIT_REF_BYTES} bytes without control characters"),
-        ));
+    if let Err(message) = crate::model::check_git_ref(&git_ref) {
+        errors.push(("git_ref".to_string(), message));
     } else if from_git_source && !is_archive_safe_ref(&git_ref) {
         errors.push((
             "git_ref".to_string(),
