@@ -142,13 +142,10 @@ async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<String> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let (code, error, close_code, reason) = loop {
         let message = match tokio::time::timeout_at(deadline, rx.next()).await {
+            // A silent client gets no error frame, only the close saying why.
             Err(_) => {
-                break (
-                    "not_started",
-                    format!("no start frame within {} s", START_TIMEOUT.as_secs()),
-                    close_code::POLICY,
-                    "no start frame",
-                )
+                let _ = tx.send(close(close_code::POLICY, "no start frame")).await;
+                return None;
             }
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return None,
             Ok(Some(Err(err))) => {
