@@ -132,3 +132,99 @@ async fn a_push_message_above_the_frame_limit_is_closed_with_1009() {
     .await;
     assert_eq!(deployment["status"], "aborted", "{deployment}");
 }
+
+#[tokio::test]
+async fn page_plus_one_is_a_400_and_an_out_of_range_page_a_422() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    server.create_app(&admin, "paged").await;
+    for bad in [
+        "page=+1",
+        "page=%2B1",
+        "per_page=1.0",
+        "page=-1",
+        "page=%zz",
+    ] {
+        let (status, body) = admin
+            .get(&format!("/v1/apps/paged/deployments?{bad}"))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+    for (bad, param) in [("page=0", "page"), ("per_page=1000", "per_page")] {
+        let (status, body) = admin
+            .get(&format!("/v1/apps/paged/deployments?{bad}"))
+            .await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(body["errors"][param].is_array(), "{bad}: {body}");
+    }
+    let (status, body) = admin
+        .get("/v1/apps/paged/deployments?page=1&per_page=5")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The output's parameters follow the same rule.
+    let (status, _, text) = admin
+        .get_text(
+            "/v1/apps/paged/deployments/00000000-0000-0000-0000-000000000000/output?follow=maybe",
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    let (status, _, text) = admin
+        .get_text("/v1/apps/paged/deployments/00000000-0000-0000-0000-000000000000/output?after=+3")
+        .await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[tokio::test]
+async fn an_array_where_an_object_is_expected_is_refused_and_creates_nothing() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    for body in [json!({"app": ["name"]}), json!(["name"])] {
+        let (status, answer) = admin.post("/v1/apps", body.clone()).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert!(answer["errors"].is_object(), "{answer}");
+    }
+    let (status, body) = admin
+        .post("/v1/users", json!({"user": ["eve", "eve@example.com"]}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (_, apps) = admin.get("/v1/apps").await;
+    assert_eq!(apps["apps"], json!([]), "{apps}");
+}
+
+#[tokio::test]
+async fn post_tokens_refuses_a_body_without_a_token_object() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let (_, before) = admin.get("/v1/tokens").await;
+    for body in [
+        json!({}),
+        json!({"nonsense": 1}),
+        json!([]),
+        json!({"token": "x"}),
+        json!({"token": {"name": " "}}),
+    ] {
+        let (status, answer) = admin.post("/v1/tokens", body.clone()).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+    }
+    let (_, after) = admin.get("/v1/tokens").await;
+    assert_eq!(before, after, "nothing was created");
+    let (status, body) = admin
+        .post("/v1/tokens", json!({"token": {"name": "ci"}}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn deleting_an_app_with_another_current_name_is_a_422_and_keeps_the_app() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    server.create_app(&admin, "keep-me").await;
+    let (status, body) = admin.delete("/v1/apps/keep-me?current_name=other").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["errors"]["current_name"].is_array(), "{body}");
+    let (status, _) = admin.get("/v1/apps/keep-me").await;
+    assert_eq!(status, 200, "the app is still there");
+    let (status, body) = admin.delete("/v1/apps/keep-me?current_name=keep-me").await;
+    assert_eq!(status, 204, "{body}");
+}

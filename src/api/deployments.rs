@@ -35,16 +35,12 @@ pub fn parse_page_request(query: Option<&str>) -> Result<PageRequest, ApiError> 
         page: 1,
         per_page: DEFAULT_PER_PAGE,
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match key {
-            "page" => &mut request.page,
-            "per_page" => &mut request.per_page,
-            _ => continue,
-        };
-        *slot = value.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("{key} must be a positive integer, got {value:?}"))
-        })?;
+    let pairs = super::query::pairs(query)?;
+    if let Some(value) = super::query::last(&pairs, "page") {
+        request.page = super::query::unsigned("page", value)?;
+    }
+    if let Some(value) = super::query::last(&pairs, "per_page") {
+        request.per_page = super::query::unsigned("per_page", value)?;
     }
     if request.page < 1 {
         return Err(ApiError::field("page", "must be at least 1"));

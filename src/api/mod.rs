@@ -14,6 +14,7 @@ pub mod error;
 pub mod output;
 pub mod protocol;
 pub mod push;
+pub(crate) mod query;
 pub mod routes;
 pub mod sources;
 pub mod stream;
@@ -164,7 +165,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         }
     }
     match parsed {
-        Ok(value) => Ok(value),
+        Ok(value) => {
+            // serde reads a struct from an array too (`{"app":["name"]}` would create `name`).
+            if let Some(field) = first_array(bytes) {
+                return Err(ApiError::field(field, "must be an object, not an array"));
+            }
+            Ok(value)
+        }
         Err(err) => {
             let inner = err.inner();
             if inner.is_syntax() || inner.is_eof() {
@@ -181,4 +188,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
             }
         }
     }
+}
+
+/// The field holding the first JSON array in `bytes` (`body` at the top); no request body of
+/// the API has an array anywhere, so any array is a value serde should not have accepted.
+fn first_array(bytes: &[u8]) -> Option<String> {
+    fn walk(value: &serde_json::Value, field: &str) -> Option<String> {
+        match value {
+            serde_json::Value::Array(_) => Some(field.to_string()),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| walk(v, k)),
+            _ => None,
+        }
+    }
+    if memchr::memchr(b'[', bytes).is_none() {
+        return None;
+    }
+    walk(&serde_json::from_slice(bytes).ok()?, "body")
 }

@@ -91,32 +91,15 @@ impl OutputRequest {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("text/event-stream"));
-        let mut follow = sse;
-        let mut after = None;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "follow" => {
-                    follow = match value {
-                        "" | "true" | "1" => true,
-                        "false" | "0" => sse,
-                        _ => {
-                            return Err(ApiError::BadRequest(format!(
-                                "follow must be true or false, got {value:?}"
-                            )))
-                        }
-                    }
-                }
-                "after" => {
-                    after = Some(value.parse::<u64>().map_err(|_| {
-                        ApiError::BadRequest(format!(
-                            "after must be a line number (0 or more), got {value:?}"
-                        ))
-                    })?)
-                }
-                _ => {}
-            }
-        }
+        let pairs = super::query::pairs(query)?;
+        let follow = match super::query::last(&pairs, "follow") {
+            // SSE is always followed.
+            Some(value) => super::query::boolean("follow", value)? || sse,
+            None => sse,
+        };
+        let mut after = super::query::last(&pairs, "after")
+            .map(|value| super::query::unsigned("after", value))
+            .transpose()?;
         if after.is_none() {
             if let Some(value) = headers.get("last-event-id") {
                 let text = value.to_str().unwrap_or("").trim();
