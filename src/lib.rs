@@ -37,7 +37,8 @@
 //!   and the store. `ws`: the RFC 6455 codec shared by the stream and `deployd bench`. `auth`:
 //!   tokens and JWTs, pure. `sources`: signed source URLs (no HTTP).
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
-//!   from a `Config`, recovers, serves, shuts down. [`cli`]: `deployd push`, `follow` and
+//!   from a `Config`, recovers, serves, shuts down; `listener`: the accept loop and every
+//!   connection's rules (caps, header-read and idle timeouts, descriptor reserve). [`cli`]: `deployd push`, `follow` and
 //!   `bench`, clients of the HTTP and WebSocket protocols; they never touch the store.
 //! - `testing` (feature `test-support`): the one copy of the test fixtures (archives, an
 //!   archive server, a recording sink).
