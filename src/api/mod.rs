@@ -200,8 +200,7 @@ fn first_array(bytes: &[u8]) -> Option<String> {
             _ => None,
         }
     }
-    if memchr::memchr(b'[', bytes).is_none() {
-        return None;
-    }
+    // Most bodies hold no `[` at all: no second parse for them.
+    memchr::memchr(b'[', bytes)?;
     walk(&serde_json::from_slice(bytes).ok()?, "body")
 }
