@@ -45,6 +45,7 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub push: PushConfig,
     pub retention: RetentionConfig,
+    pub server: ServerConfig,
 }
 
 /// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
@@ -106,6 +107,34 @@ pub struct RetentionConfig {
     pub max_log_bytes: u64,
 }
 
+/// The listener's connection rules (`[server]`; `crate::listener` applies them).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// A connection must finish sending a request's headers within this once their first byte
+    /// arrived (30 s, hyper's own default): slowloris clients hold a descriptor each otherwise.
+    /// `None` (0 in the file) lifts it.
+    pub header_read_timeout: Option<Duration>,
+    /// A keep-alive connection with no request in flight is closed after this (75 s: longer
+    /// than nginx's 60 s upstream keep-alive, so a reverse proxy closes its idle connections
+    /// first and never reuses one we are closing). Never applies to upgraded sockets (push,
+    /// stream). `None` (0) lifts it.
+    pub idle_timeout: Option<Duration>,
+    /// Most connections open at once (10,000: an idle connection costs a descriptor and about
+    /// 10 KiB). Beyond it new connections get a JSON 503 and are closed; open ones are served.
+    /// It is lowered at start to what the descriptor limit leaves after `fd_reserve`. 0: only
+    /// the descriptor limit bounds it.
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address. 0 (default): no per-address cap, as
+    /// behind a reverse proxy every client is one address.
+    pub max_connections_per_address: usize,
+    /// Descriptors kept out of the connection cap for the store's files, log files and the
+    /// executor's pipes (512), so that a connection flood never makes a commit fail.
+    pub fd_reserve: usize,
+    /// Interval between SSE keep-alive comments on `/output` (15 s: well under the 60 s idle
+    /// timeout of common proxies). `None` (0) sends none.
+    pub sse_keepalive: Option<Duration>,
+}
+
 /// The live stream's timings.
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
@@ -158,6 +187,7 @@ pub struct FileConfig {
     pub notifications: FileNotifications,
     pub retention: FileRetention,
     pub push: FilePush,
+    pub server: FileServer,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +216,18 @@ pub struct FileRetention {
 pub struct FilePush {
     pub cancel_grace_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+}
+
+/// `[server]`: the listener's connection rules (see [`ServerConfig`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileServer {
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub fd_reserve: Option<usize>,
+    pub sse_keepalive_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +374,17 @@ impl Config {
                 .max_log_bytes
                 .unwrap_or(crate::store::writer::DEFAULT_MAX_LOG_BYTES),
         };
+        // For every interval here 0 lifts it.
+        let optional_secs = |v: u64| (v > 0).then(|| secs(v));
+        let f = &file.server;
+        let server = ServerConfig {
+            header_read_timeout: optional_secs(f.header_read_timeout_secs.unwrap_or(30)),
+            idle_timeout: optional_secs(f.idle_timeout_secs.unwrap_or(75)),
+            max_connections: f.max_connections.unwrap_or(10_000),
+            max_connections_per_address: f.max_connections_per_address.unwrap_or(0),
+            fd_reserve: f.fd_reserve.unwrap_or(512),
+            sse_keepalive: optional_secs(f.sse_keepalive_secs.unwrap_or(15)),
+        };
         let mut pipeline = PipelineConfig::for_data_dir(&data_dir, &public_url);
         let e = file.executor;
         pipeline.build_cmd = e.build_cmd.or(pipeline.build_cmd);
@@ -403,6 +456,7 @@ impl Config {
             notifications,
             push,
             retention,
+            server,
         })
     }
 

@@ -42,7 +42,8 @@
 //! - [`retention`]: the prune pass (policy, scheduling, removal of files the writer does not
 //!   own); it writes the store only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
-//!   from a `Config`, recovers, serves, shuts down. [`cli`]: `deployd push`, `follow` and
+//!   from a `Config`, recovers, serves, shuts down; `listener`: the accept loop and every
+//!   connection's rules (caps, header-read and idle timeouts, descriptor reserve). [`cli`]: `deployd push`, `follow` and
 //!   `bench`, clients of the HTTP and WebSocket protocols; they never touch the store.
 //! - `testing` (feature `test-support`): the one copy of the test fixtures (archives, an
 //!   archive server, a recording sink).
@@ -54,6 +55,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 mod lines;
+pub mod listener;
 pub mod model;
 mod notify;
 mod pipeline;

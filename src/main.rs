@@ -43,8 +43,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "DEPLOYD_LISTEN")]
+    /// Address to listen on (HOST:PORT; a host name is resolved, e.g. localhost:8080).
+    #[arg(long, env = "DEPLOYD_LISTEN", value_parser = deployd::listener::resolve_listen)]
     listen: Option<SocketAddr>,
     /// Data directory (store, sources, images, admin token).
     #[arg(long = "data", env = "DEPLOYD_DATA")]
@@ -67,7 +67,10 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        // The subscriber would report a failed write with `eprint!`, which panics when stderr
+        // is gone, taking the logging task (the signal handler, a connection) down with it.
+        .log_internal_errors(false)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let code = runtime.block_on(async {
@@ -97,12 +100,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let server = deployd::server::start(config).await?;
     // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("deployd listening on http://{}", server.addr);
+    // Written, not `println!`: a closed stdout must not panic the server.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "deployd listening on http://{}", server.addr);
+        let _ = stdout.flush();
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down");
+        // Cancel before logging: nothing about the log may stand between a signal and shutdown.
         token.cancel();
+        tracing::info!("shutting down");
     });
     server.wait().await;
     Ok(())
@@ -117,5 +127,21 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Stderr for the log, dropping what cannot be written: with stderr a closed pipe (a dead log
+/// shipper, `serve 2>&1 | tee` after `tee` died) logging must never fail or stop anything.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }

@@ -306,6 +306,23 @@ impl NewLine {
     }
 }
 
+/// Longest `git_ref` accepted (bytes), on every path that takes one: it is stored in every
+/// deployment record and listed with it, so an unbounded one costs memory on every list.
+pub const MAX_GIT_REF_BYTES: usize = 256;
+
+/// The one rule for a deployment's `git_ref`, applied by every path that creates a deployment
+/// (the REST trigger and the push socket's `start`): at most [`MAX_GIT_REF_BYTES`] bytes and no
+/// control characters (NUL, escapes, newlines would corrupt terminals and logs that show it).
+/// `Err` holds the message for the client.
+pub fn check_git_ref(git_ref: &str) -> Result<(), String> {
+    if git_ref.len() > MAX_GIT_REF_BYTES || git_ref.chars().any(char::is_control) {
+        return Err(format!(
+            "must be at most {MAX_GIT_REF_BYTES} bytes without control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// A new user and its first token (named "first token"), created at `now`. The token's secret
 /// is the caller's to generate (`auth::generate_api_token`): it is shown once and stored only
 /// as a hash.

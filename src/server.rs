@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +12,7 @@ use crate::api::{self, AppState, Shared};
 use crate::auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::listener::ConnectionRules;
 use crate::model::new_user;
 use crate::retention::{Pruner, Retention};
 use crate::sessions::Executors;
@@ -40,6 +40,11 @@ pub enum ServerError {
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
+    },
+    #[error("another deployd is running on this data directory ({path}){}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked {
+        path: std::path::PathBuf,
+        pid: Option<u32>,
     },
     #[error("writing the admin token file: {0}")]
     AdminToken(std::io::Error),
@@ -88,11 +93,26 @@ impl RunningServer {
 }
 
 /// Starts the server; returns once it listens.
+///
+/// The address is bound first, so that a failed bind leaves no data directory behind; then
+/// the data directory is locked (one server per directory), then the store opens.
 pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let rules = ConnectionRules::resolve(&config.server);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     let store_dir = config.store_dir();
     let engine = tokio::task::spawn_blocking(move || SledEngine::open(&store_dir))
         .await?
@@ -125,17 +145,6 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
 
     let secret = install_secret(&store, &writer).await?;
     bootstrap_admin(&config, &store, &writer).await?;
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
 
     config.bound_to(addr);
     let shutdown = CancellationToken::new();
@@ -197,18 +206,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     spawn_memory_trimmer(shutdown.clone());
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        // Responses and stream frames are written whole (the stream paces its own writes), so
-        // Nagle's algorithm would only hold them back waiting for the peer's delayed ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "TCP_NODELAY");
-            }
-        });
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "server stopped");
-        }
+        crate::listener::serve(listener, router, rules, token).await;
         // Executors end their deployments (processes killed, status written) before we go.
         state.executors.close_and_wait().await;
         // The notification worker holds a writer handle; it stops with `state.shutdown`.
@@ -218,6 +216,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         let _ = retention_task.await;
         // The writer thread ends when the last handle is gone; every commit is already synced.
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        // Only now may another server open this data directory.
+        drop(lock);
     });
     Ok(RunningServer {
         addr,
@@ -309,6 +309,51 @@ async fn bootstrap_admin(
         tracing::info!(path = %path.display(), "created user admin; its API token is in this file");
     }
     Ok(())
+}
+
+/// The data directory's lock file: `DIR/deployd.pid`, `flock`ed for the life of the server and
+/// holding its pid, so that a second server on the same directory says who holds it instead of
+/// failing later on the store's own lock.
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock, ServerError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join("deployd.pid");
+        let io_error = |source| ServerError::DataDir {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error)?;
+        // SAFETY: flock takes a descriptor this `File` owns and keeps open; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_error(error));
+            }
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(ServerError::Locked {
+                path: data_dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        file.set_len(0).map_err(io_error)?;
+        file.rewind().map_err(io_error)?;
+        writeln!(file, "{}", std::process::id()).map_err(io_error)?;
+        Ok(DataDirLock { _file: file })
+    }
 }
 
 fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {

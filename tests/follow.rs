@@ -159,3 +159,151 @@ async fn deployd_follow_prints_the_lines_live_and_exits_by_how_the_deployment_en
         assert_eq!(output.status.code(), Some(expected_code), "{stderr}");
     }
 }
+
+/// Reads a followed body chunk by chunk until it ends; returns the text and whether it ended
+/// cleanly (`true`) or broke (`false`, the connection aborted).
+async fn read_to_end(mut response: reqwest::Response) -> (String, bool) {
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(BODY_TIMEOUT, response.chunk()).await {
+            Err(_) => panic!("the followed body neither ended nor broke: {text}"),
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => return (text, true),
+            Ok(Err(_)) => return (text, false),
+        }
+    }
+}
+
+/// Reads the body until `needle` appeared; returns the response to keep reading.
+async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let chunk = tokio::time::timeout(BODY_TIMEOUT, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
+            .expect("chunk")
+            .unwrap_or_else(|| panic!("body ended before {needle:?}: {text:?}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test]
+async fn plain_followed_output_is_aborted_not_completed_when_the_server_shuts_down() {
+    let mut server = TestServer::start().await;
+    let admin = server.admin();
+    server.create_app(&admin, "cut-text").await;
+    let mut pusher = push::start(&server.url, "cut-text", &server.admin_token, "r").await;
+    pusher.logs(&["before shutdown"]).await;
+    let path = format!(
+        "/v1/apps/cut-text/deployments/{}/output?follow=true",
+        pusher.id()
+    );
+    let mut response = admin
+        .request(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        read_until(&mut response, "before shutdown\n").await,
+        "before shutdown\n"
+    );
+    let reading = tokio::spawn(read_to_end(response));
+    server.stop().await;
+    let (rest, clean) = reading.await.expect("task");
+    assert!(
+        !clean,
+        "a cut output must not end like a complete one (got {rest:?})"
+    );
+}
+
+#[tokio::test]
+async fn sse_followed_output_ends_with_an_error_event_and_no_terminal_status_on_shutdown() {
+    let mut server = TestServer::start().await;
+    let admin = server.admin();
+    server.create_app(&admin, "cut-sse").await;
+    let mut pusher = push::start(&server.url, "cut-sse", &server.admin_token, "r").await;
+    pusher.logs(&["before shutdown"]).await;
+    let path = format!("/v1/apps/cut-sse/deployments/{}/output", pusher.id());
+    let mut response = admin
+        .request(reqwest::Method::GET, &path)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("request");
+    let head = read_until(&mut response, "event: status").await;
+    assert!(head.contains("data: before shutdown"), "{head}");
+    let reading = tokio::spawn(read_to_end(response));
+    server.stop().await;
+    let (rest, _) = reading.await.expect("task");
+    assert!(rest.contains("event: error\ndata: "), "{rest:?}");
+    assert!(
+        !rest.contains("event: status"),
+        "no status may follow at shutdown (the session's abort is not the deployment's end): {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn sse_followed_output_sends_keep_alive_comments_while_the_deployment_is_quiet() {
+    let server = TestServer::start_with(common::Options {
+        config_toml: "[server]\nsse_keepalive_secs = 1\n".into(),
+        ..common::Options::default()
+    })
+    .await;
+    let admin = server.admin();
+    server.create_app(&admin, "quiet-sse").await;
+    let pusher = push::start(&server.url, "quiet-sse", &server.admin_token, "r").await;
+    let path = format!("/v1/apps/quiet-sse/deployments/{}/output", pusher.id());
+    let mut response = admin
+        .request(reqwest::Method::GET, &path)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("request");
+    let text = read_until(&mut response, ": keep-alive\n\n").await;
+    assert!(text.starts_with("event: status\n"), "{text}");
+}
+
+#[tokio::test]
+async fn deployd_follow_exits_3_when_the_server_goes_away() {
+    let mut server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "cli-cut").await;
+    let mut pusher = push::start(&server.url, "cli-cut", &server.admin_token, "r").await;
+    pusher.logs(&["first line"]).await;
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args([
+            "follow",
+            "--url",
+            &server.url,
+            "--token",
+            &server.admin_token,
+        ])
+        .args(["--app", "cli-cut"])
+        .env_remove("DEPLOYD_URL")
+        .env_remove("DEPLOYD_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn deployd follow");
+    // Once the first line is printed the follow is under way.
+    let mut stdout = tokio::io::BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    tokio::time::timeout(BODY_TIMEOUT, stdout.read_line(&mut line))
+        .await
+        .expect("a line")
+        .expect("read");
+    assert_eq!(line, "first line\n");
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .expect("stop");
+    let output = tokio::time::timeout(BODY_TIMEOUT, follow.wait_with_output())
+        .await
+        .expect("deployd follow must exit once the server is gone")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+}

@@ -2,7 +2,7 @@
 //! not) and remove collaborators. Who may do what is decided here from `access::Role`; the
 //! token's scope was checked by the route's guard before any of these run.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -153,12 +153,23 @@ pub async fn destroy(
     State(state): State<AppState>,
     caller: Caller,
     Path(app): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
+    let pairs = super::query::pairs(query.as_deref())?;
     let (app, role) = caller.app(&state, &app).await?;
     if role != Role::Owner {
         return Err(ApiError::Forbidden(
             "only the owner may delete the app".into(),
         ));
+    }
+    // Scalingo's confirmation: when given, it must name the app being deleted.
+    if let Some(current_name) = super::query::last(&pairs, "current_name") {
+        if current_name != app.name {
+            return Err(ApiError::field(
+                "current_name",
+                format!("must be the app's name ({})", app.name),
+            ));
+        }
     }
     state.writer.delete_app(app.id).await?;
     super::caches::remove_app_cache(&state, app.id).await;

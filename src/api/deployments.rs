@@ -20,8 +20,6 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_PER_PAGE: u64 = 20;
 /// Largest page size; bigger asks are a 422, so a client never silently gets fewer than asked.
 pub const MAX_PER_PAGE: u64 = 100;
-/// Longest `git_ref` accepted.
-const MAX_GIT_REF_BYTES: usize = 256;
 /// Longest `source_url` accepted.
 const MAX_SOURCE_URL_BYTES: usize = 4096;
 /// Longest `postdeploy_hook` accepted.
@@ -40,16 +38,12 @@ pub fn parse_page_request(query: Option<&str>) -> Result<PageRequest, ApiError> 
         page: 1,
         per_page: DEFAULT_PER_PAGE,
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match key {
-            "page" => &mut request.page,
-            "per_page" => &mut request.per_page,
-            _ => continue,
-        };
-        *slot = value.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("{key} must be a positive integer, got {value:?}"))
-        })?;
+    let pairs = super::query::pairs(query)?;
+    if let Some(value) = super::query::last(&pairs, "page") {
+        request.page = super::query::unsigned("page", value)?;
+    }
+    if let Some(value) = super::query::last(&pairs, "per_page") {
+        request.per_page = super::query::unsigned("per_page", value)?;
     }
     if request.page < 1 {
         return Err(ApiError::field("page", "must be at least 1"));
@@ -321,11 +315,8 @@ pub async fn trigger(
         None if from_git_source => DEFAULT_BRANCH_REF.to_string(),
         None => generated_git_ref(),
     };
-    if git_ref.len() > MAX_GIT_REF_BYTES || git_ref.chars().any(char::is_control) {
-        errors.push((
-            "git_ref".to_string(),
-            format!("must be at most {MAX_GIT_REF_BYTES} bytes without control characters"),
-        ));
+    if let Err(message) = crate::model::check_git_ref(&git_ref) {
+        errors.push(("git_ref".to_string(), message));
     } else if from_git_source && !is_archive_safe_ref(&git_ref) {
         errors.push((
             "git_ref".to_string(),

@@ -20,6 +20,7 @@ pub mod notifiers;
 pub mod output;
 pub mod protocol;
 pub mod push;
+pub(crate) mod query;
 pub mod routes;
 pub mod sources;
 pub mod stream;
@@ -186,7 +187,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         }
     }
     match parsed {
-        Ok(value) => Ok(value),
+        Ok(value) => {
+            // serde reads a struct from an array too (`{"app":["name"]}` would create `name`).
+            if let Some(field) = first_array(bytes) {
+                return Err(ApiError::field(field, "must be an object, not an array"));
+            }
+            Ok(value)
+        }
         Err(err) => {
             let inner = err.inner();
             if inner.is_syntax() || inner.is_eof() {
@@ -203,4 +210,28 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
             }
         }
     }
+}
+
+/// Request-body fields whose values are lists by design: a notifier's `selected_event_ids`, a
+/// scoped token's `apps`. Every other field is a scalar or an object.
+const LIST_FIELDS: &[&str] = &["selected_event_ids", "apps"];
+
+/// The field holding the first JSON array in `bytes` (`body` at the top) that is not one of
+/// the [`LIST_FIELDS`]: any other array is a value serde should not have accepted (it reads a
+/// struct from an array).
+fn first_array(bytes: &[u8]) -> Option<String> {
+    fn walk(value: &serde_json::Value, field: &str) -> Option<String> {
+        match value {
+            serde_json::Value::Array(items) if LIST_FIELDS.contains(&field) => items
+                .iter()
+                .find(|item| item.is_array() || item.is_object())
+                .map(|_| field.to_string()),
+            serde_json::Value::Array(_) => Some(field.to_string()),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| walk(v, k)),
+            _ => None,
+        }
+    }
+    // Most bodies hold no `[` at all: no second parse for them.
+    memchr::memchr(b'[', bytes)?;
+    walk(&serde_json::from_slice(bytes).ok()?, "body")
 }

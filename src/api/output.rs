@@ -9,6 +9,9 @@
 //!
 //! It renders text only; the WebSocket stream is `api::stream`'s, and this module never writes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -88,32 +91,15 @@ impl OutputRequest {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("text/event-stream"));
-        let mut follow = sse;
-        let mut after = None;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "follow" => {
-                    follow = match value {
-                        "" | "true" | "1" => true,
-                        "false" | "0" => sse,
-                        _ => {
-                            return Err(ApiError::BadRequest(format!(
-                                "follow must be true or false, got {value:?}"
-                            )))
-                        }
-                    }
-                }
-                "after" => {
-                    after = Some(value.parse::<u64>().map_err(|_| {
-                        ApiError::BadRequest(format!(
-                            "after must be a line number (0 or more), got {value:?}"
-                        ))
-                    })?)
-                }
-                _ => {}
-            }
-        }
+        let pairs = super::query::pairs(query)?;
+        let follow = match super::query::last(&pairs, "follow") {
+            // SSE is always followed.
+            Some(value) => super::query::boolean("follow", value)? || sse,
+            None => sse,
+        };
+        let mut after = super::query::last(&pairs, "after")
+            .map(|value| super::query::unsigned("after", value))
+            .transpose()?;
         if after.is_none() {
             if let Some(value) = headers.get("last-event-id") {
                 let text = value.to_str().unwrap_or("").trim();
@@ -165,10 +151,23 @@ fn respond_output(
     } else {
         FollowFormat::Text
     };
-    tokio::spawn(follow(state, deployment, request.after, format, tx));
+    let complete = Arc::new(AtomicBool::new(false));
+    let follower = Follower {
+        state,
+        format,
+        tx,
+        complete: complete.clone(),
+    };
+    tokio::spawn(follow(follower, deployment, request.after));
+    // The body ends cleanly only when the follower said it is complete; any other end (shutdown,
+    // a store failure) is an error, which makes hyper abort the response: a plain-text client
+    // then sees no final chunk and knows the output is cut, never a complete-looking body.
     let body = Body::from_stream(stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|chunk| chunk.map(Ok::<_, std::io::Error>))
+        rx.poll_recv(cx).map(|chunk| match chunk {
+            Some(chunk) => Some(Ok(chunk)),
+            None if complete.load(Ordering::Acquire) => None,
+            None => Some(Err(std::io::Error::other("followed output interrupted"))),
+        })
     }));
     let content_type = match format {
         FollowFormat::Sse => "text/event-stream",
@@ -191,25 +190,86 @@ enum FollowFormat {
     Sse,
 }
 
-/// Feeds a followed output into `tx` until the deployment ends, the client goes away or the
-/// server shuts down. Lines come from the store; hub events only say when to read again, so a
-/// slow reader simply reads more per round.
-async fn follow(
+/// One followed output's sending side.
+struct Follower {
     state: AppState,
-    deployment: Deployment,
-    after: LineNo,
     format: FollowFormat,
     tx: mpsc::Sender<Bytes>,
-) {
+    /// Set when the body may end cleanly (everything up to a terminal status was sent, or an
+    /// SSE `event: error` said it was interrupted); otherwise its end aborts the response.
+    complete: Arc<AtomicBool>,
+}
+
+/// Longest wait to hand an SSE follower its `event: error` at shutdown (a client that reads
+/// nothing must not hold the shutdown); past it, the response is aborted instead.
+const INTERRUPTION_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why a followed output stopped before the deployment ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// The client went away: nothing to tell anyone.
+    ClientGone,
+    /// deployd is shutting down (or could not read the store): the output is cut.
+    Interrupted(&'static str),
+}
+
+/// Feeds a followed output into the follower's channel until the deployment ends, the client
+/// goes away or the server shuts down. Lines come from the store; hub events only say when to
+/// read again, so a slow reader simply reads more per round.
+async fn follow(follower: Follower, deployment: Deployment, after: LineNo) {
+    match follow_until_done(&follower, deployment, after).await {
+        Ok(()) => follower.complete.store(true, Ordering::Release),
+        Err(Stop::ClientGone) => {}
+        Err(Stop::Interrupted(why)) => {
+            if follower.format == FollowFormat::Sse {
+                let event = format!(
+                    "event: error\ndata: {}\n\n",
+                    serde_json::json!({ "error": why })
+                );
+                let sent = tokio::time::timeout(
+                    INTERRUPTION_EVENT_WAIT,
+                    follower.tx.send(Bytes::from(event)),
+                )
+                .await;
+                // SSE says "interrupted" in-band; the stream may then end cleanly.
+                if matches!(sent, Ok(Ok(()))) {
+                    follower.complete.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+async fn follow_until_done(
+    follower: &Follower,
+    deployment: Deployment,
+    after: LineNo,
+) -> Result<(), Stop> {
+    let Follower {
+        state, format, tx, ..
+    } = follower;
+    let format = *format;
     let id = deployment.id;
     let mut live = state.hub.subscribe(deployment.app_id);
     let mut cursor = after;
     let mut told: Option<Status> = None;
+    let keepalive_every = state
+        .config
+        .server
+        .sse_keepalive
+        .filter(|_| format == FollowFormat::Sse);
+    let shutting_down = Stop::Interrupted("deployd is shutting down; resume from the last id");
+    let unreadable = Stop::Interrupted("the output could not be read; resume from the last id");
     loop {
         let record = match state.read(move |store| store.deployment(id)).await {
             Ok(Some(record)) => record,
-            _ => return,
+            _ => return Err(unreadable),
         };
+        // At shutdown, sessions end their deployments: that status is not the deployment's
+        // real end, and a follower must see an interruption, not a finished deployment.
+        if state.shutdown.is_cancelled() {
+            return Err(shutting_down);
+        }
         while cursor < record.last_line {
             let store = state.store.clone();
             let from = cursor;
@@ -219,15 +279,13 @@ async fn follow(
             })
             .await;
             let Ok(Ok((chunk, last))) = read else {
-                return;
+                return Err(unreadable);
             };
             if chunk.is_empty() {
                 break;
             }
             cursor = last;
-            if !send_chunk(&state, &tx, Bytes::from(chunk)).await {
-                return;
-            }
+            send_chunk(state, tx, Bytes::from(chunk)).await?;
         }
         if format == FollowFormat::Sse && told != Some(record.status) {
             told = Some(record.status);
@@ -235,35 +293,54 @@ async fn follow(
                 "event: status\ndata: {}\n\n",
                 serde_json::json!({"status": record.status.as_str(), "seq": cursor.0})
             );
-            if !send_chunk(&state, &tx, Bytes::from(event)).await {
-                return;
-            }
+            send_chunk(state, tx, Bytes::from(event)).await?;
         }
         if record.status.is_terminal() {
             // No line is appended after a terminal status: everything was sent.
-            return;
+            return Ok(());
         }
         // Wait until something happens to this deployment (or we fell behind), then read again.
+        let mut keepalive = keepalive_every.map(|every| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         loop {
             tokio::select! {
                 received = live.recv() => match received {
                     Ok(event) if event.deployment_id == id => break,
                     Ok(_) => continue,
                     Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return Err(shutting_down),
                 },
-                () = tx.closed() => return,
-                () = state.shutdown.cancelled() => return,
+                _ = next_tick(&mut keepalive) => {
+                    // A comment line: SSE clients ignore it, proxies see traffic.
+                    send_chunk(state, tx, Bytes::from_static(b": keep-alive\n\n")).await?;
+                }
+                () = tx.closed() => return Err(Stop::ClientGone),
+                () = state.shutdown.cancelled() => return Err(shutting_down),
             }
         }
     }
 }
 
-/// Sends one chunk of a followed output; false when the client or the server went away.
-async fn send_chunk(state: &AppState, tx: &mpsc::Sender<Bytes>, chunk: Bytes) -> bool {
+/// The next keep-alive tick; never, without keep-alives.
+async fn next_tick(keepalive: &mut Option<tokio::time::Interval>) {
+    match keepalive {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one chunk of a followed output.
+async fn send_chunk(state: &AppState, tx: &mpsc::Sender<Bytes>, chunk: Bytes) -> Result<(), Stop> {
     tokio::select! {
-        sent = tx.send(chunk) => sent.is_ok(),
-        () = state.shutdown.cancelled() => false,
+        sent = tx.send(chunk) => sent.map_err(|_| Stop::ClientGone),
+        () = state.shutdown.cancelled() => {
+            Err(Stop::Interrupted("deployd is shutting down; resume from the last id"))
+        }
     }
 }
 

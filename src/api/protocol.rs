@@ -32,6 +32,13 @@
 //! client waits for `{"type":"status","status":"building"}`. After a terminal status the server
 //! sends the `status` frame and closes the socket normally. If the socket ends before a terminal
 //! status, the deployment becomes `aborted` (or `timeout-error` from `starting`).
+//!
+//! `start`'s `git_ref` follows the REST trigger's rule (`model::check_git_ref`: at most 256
+//! bytes, no control characters); a refused one gets `bad_frame`. When the socket closes because
+//! of what the client sent, the close code says why (RFC 6455): 1003 for a binary first frame,
+//! 1002 for a first frame that is not `start` or not readable (and any breach of RFC 6455
+//! framing), 1007 for a text frame that is not UTF-8, 1008 for an invalid `start` or none within
+//! 30 s, 1009 for a message above [`MAX_PUSH_FRAME_BYTES`].
 
 use serde::{Deserialize, Serialize};
 

@@ -155,28 +155,118 @@ fn write_error_code(err: &WriteError) -> &'static str {
     }
 }
 
+/// RFC 6455 close codes the push socket ends with (axum names only some of them).
+mod close_code {
+    pub use axum::extract::ws::close_code::{POLICY, PROTOCOL, SIZE, UNSUPPORTED};
+    /// 1007: a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_string().into(),
+    }))
+}
+
+/// The close code that fits a frame the socket could not read: 1009 for a message above
+/// [`MAX_PUSH_FRAME_BYTES`], 1007 for text that is not UTF-8, 1002 for any other breach of
+/// RFC 6455.
+fn read_error_close_code(err: &axum::Error) -> u16 {
+    use std::error::Error as _;
+    match err
+        .source()
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+    {
+        Some(tungstenite::Error::Capacity(_)) => close_code::SIZE,
+        Some(tungstenite::Error::Utf8(_)) => close_code::INVALID_PAYLOAD,
+        _ => close_code::PROTOCOL,
+    }
+}
+
+type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
+type Rx = futures_util::stream::SplitStream<WebSocket>;
+
+/// Reads the `start` frame and returns its (checked) `git_ref`. Anything else gets an error
+/// frame and a close with the code that fits; `None` then.
+async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let (code, error, close_code, reason) = loop {
+        let message = match tokio::time::timeout_at(deadline, rx.next()).await {
+            // A silent client gets no error frame, only the close saying why.
+            Err(_) => {
+                let _ = tx.send(close(close_code::POLICY, "no start frame")).await;
+                return None;
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Err(err))) => {
+                let _ = tx
+                    .send(close(read_error_close_code(&err), "unreadable frame"))
+                    .await;
+                return None;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let body = match message {
+            Message::Text(body) => body,
+            Message::Binary(_) => {
+                break (
+                    "bad_frame",
+                    "binary frames are not supported".to_string(),
+                    close_code::UNSUPPORTED,
+                    "binary frame",
+                )
+            }
+            // Pings are answered by the socket itself.
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return None,
+        };
+        match ClientFrame::from_json(&body) {
+            Ok(ClientFrame::Start { git_ref }) => {
+                let git_ref = git_ref
+                    .filter(|r| !r.trim().is_empty())
+                    .unwrap_or_else(super::deployments::generated_git_ref);
+                match crate::model::check_git_ref(&git_ref) {
+                    Ok(()) => return Some(git_ref),
+                    Err(message) => {
+                        break (
+                            "bad_frame",
+                            format!("git_ref {message}"),
+                            close_code::POLICY,
+                            "invalid start frame",
+                        )
+                    }
+                }
+            }
+            Ok(_) => {
+                break (
+                    "not_started",
+                    "send a start frame first".to_string(),
+                    close_code::PROTOCOL,
+                    "not started",
+                )
+            }
+            Err(err) => {
+                break (
+                    "bad_frame",
+                    err.to_string(),
+                    close_code::PROTOCOL,
+                    "unreadable frame",
+                )
+            }
+        }
+    };
+    let _ = tx.send(error_frame(code, error, None)).await;
+    let _ = tx.send(close(close_code, reason)).await;
+    None
+}
+
 async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
     // 1. The start frame.
-    let git_ref = match tokio::time::timeout(START_TIMEOUT, rx.next()).await {
-        Ok(Some(Ok(Message::Text(body)))) => match ClientFrame::from_json(&body) {
-            Ok(ClientFrame::Start { git_ref }) => git_ref
-                .filter(|r| !r.trim().is_empty())
-                .unwrap_or_else(super::deployments::generated_git_ref),
-            Ok(_) => {
-                let _ = tx
-                    .send(error_frame("not_started", "send a start frame first", None))
-                    .await;
-                return;
-            }
-            Err(err) => {
-                let _ = tx
-                    .send(error_frame("bad_frame", err.to_string(), None))
-                    .await;
-                return;
-            }
-        },
-        _ => return,
+    let git_ref = match read_start(&mut tx, &mut rx).await {
+        Some(git_ref) => git_ref,
+        None => return,
     };
     let pusher = Pusher {
         id: caller.user.id,
@@ -304,8 +394,13 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                 ));
             }
             message = rx.next(), if can_read => {
-                let Some(Ok(message)) = message else {
-                    break Err("the pusher's connection was lost".into());
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        let _ = tx.send(close(read_error_close_code(&err), "unreadable frame")).await;
+                        break Err("the pusher's connection was lost".into());
+                    }
+                    None => break Err("the pusher's connection was lost".into()),
                 };
                 liveness.heard(Instant::now());
                 let body = match message {

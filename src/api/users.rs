@@ -41,7 +41,7 @@ pub async fn exchange_token(
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct CreateTokenBody {
-    token: CreateTokenFields,
+    token: Option<CreateTokenFields>,
 }
 
 #[derive(Deserialize, Default)]
@@ -60,15 +60,20 @@ pub async fn create_token(
     caller: Caller,
     JsonBody(body): JsonBody<CreateTokenBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let name = body.token.name.unwrap_or_else(|| "api token".into());
-    if name.len() > MAX_NAME_BYTES {
+    let fields = body
+        .token
+        .ok_or_else(|| ApiError::field("token", "is required"))?;
+    let name = fields.name.unwrap_or_else(|| "api token".into());
+    if name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be blank"));
+    }
+    if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
         return Err(ApiError::field(
             "name",
-            format!("is longer than {MAX_NAME_BYTES} bytes"),
+            format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
         ));
     }
-    let grant =
-        super::access::requested_grant(&state, &caller, body.token.scope, body.token.apps).await?;
+    let grant = super::access::requested_grant(&state, &caller, fields.scope, fields.apps).await?;
     let secret = auth::generate_api_token();
     let token = Token {
         id: TokenId::generate(),
