@@ -29,7 +29,10 @@ fn main() {
             let commit = git(&["rev-parse", &format!("--short={COMMIT_DIGITS}"), "HEAD"])?;
             // Rebuild when HEAD moves: HEAD itself (branch switches) and the branch's ref.
             if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-                println!("cargo:rerun-if-changed={}", PathBuf::from(dir).join("HEAD").display());
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    PathBuf::from(dir).join("HEAD").display()
+                );
             }
             if let (Some(common), Some(head_ref)) = (
                 git(&["rev-parse", "--git-common-dir"]),
@@ -37,10 +40,14 @@ fn main() {
             ) {
                 let common = PathBuf::from(common);
                 println!("cargo:rerun-if-changed={}", common.join(head_ref).display());
-                println!("cargo:rerun-if-changed={}", common.join("packed-refs").display());
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    common.join("packed-refs").display()
+                );
             }
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some();
-            Some(if dirty { format!("{commit}-dirty") } else { commit })
+            // No "-dirty" mark: this script does not rerun when a source file changes, so the
+            // mark would go stale.
+            Some(commit)
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=DEPLOYD_GIT_COMMIT={commit}");

@@ -174,8 +174,8 @@ fn man(args: &ManArgs) -> anyhow::Result<()> {
     }
     for (file, page) in pages {
         let path = dir.join(&file);
-        let mut out = std::fs::File::create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let mut out =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         clap_mangen::Man::new(page).render(&mut out)?;
         println!("{}", path.display());
     }

@@ -76,10 +76,7 @@ pub async fn run_apps(args: AppsArgs) -> anyhow::Result<i32> {
         .collect();
     print!(
         "{}",
-        table(
-            &["NAME", "ID", "OWNER", "LAST DEPLOYED", "CREATED"],
-            &rows
-        )
+        table(&["NAME", "ID", "OWNER", "LAST DEPLOYED", "CREATED"], &rows)
     );
     Ok(EXIT_SUCCESS)
 }
@@ -155,7 +152,10 @@ async fn get_json(target: &ServerTarget, path: &str) -> Result<Value, String> {
 }
 
 fn list<'a>(body: &'a Value, field: &str) -> &'a [Value] {
-    body[field].as_array().map(Vec::as_slice).unwrap_or_default()
+    body[field]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// A cell: strings as they are, null as `-`, anything else as JSON.

@@ -32,7 +32,10 @@ pub enum PackError {
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
     #[error("reading {path}: {source}")]
-    Walk { path: PathBuf, source: ignore::Error },
+    Walk {
+        path: PathBuf,
+        source: ignore::Error,
+    },
     #[error("packing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -125,8 +128,11 @@ mod tests {
         std::fs::create_dir_all(app.join(".git")).expect("mkdir");
         std::fs::create_dir_all(app.join("sub")).expect("mkdir");
         std::fs::write(app.join("bin/build"), "#!/bin/sh\necho hi\n").expect("write");
-        std::fs::set_permissions(app.join("bin/build"), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(
+            app.join("bin/build"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
         std::fs::write(app.join(".deploydignore"), "node_modules/\n*.log\n").expect("write");
         std::fs::write(app.join("node_modules/x/big"), "x").expect("write");
         std::fs::write(app.join("debug.log"), "x").expect("write");
@@ -152,7 +158,10 @@ mod tests {
                 "my-app/sub/kept",
             ]
         );
-        let build_mode = names.iter().find(|(p, _)| p.ends_with("bin/build")).map(|x| x.1);
+        let build_mode = names
+            .iter()
+            .find(|(p, _)| p.ends_with("bin/build"))
+            .map(|x| x.1);
         assert_eq!(build_mode.map(|m| m & 0o777), Some(0o755));
         assert_eq!(packed.entries, 8);
         assert_eq!(packed.bytes, std::fs::metadata(&out).expect("meta").len());

@@ -521,10 +521,7 @@ mod tests {
         let flags = KeyFlags {
             values: vec![
                 (key("listen"), toml::Value::String("127.0.0.1:2".into())),
-                (
-                    key("stream.ping_interval_secs"),
-                    toml::Value::Integer(7),
-                ),
+                (key("stream.ping_interval_secs"), toml::Value::Integer(7)),
                 (key("limits.max_upload_bytes"), toml::Value::Integer(9)),
             ],
         };
