@@ -331,3 +331,71 @@ async fn every_subcommand_help_shows_examples_and_exit_codes() {
     let top = text(&deployd(&["--help"]).await.stdout);
     assert!(top.contains("Examples:"), "{top}");
 }
+
+/// The repository's own copy of a file, by path from the root.
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect(path)
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_passes_systemd_analyze_verify() {
+    let unit = repo_file("examples/deployd.service");
+    for directive in [
+        "DynamicUser=yes",
+        "StateDirectory=deployd",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "LimitNOFILE=",
+        "KillSignal=SIGTERM",
+        "ExecStart=/usr/local/bin/deployd serve",
+    ] {
+        assert!(unit.lines().any(|l| l.starts_with(directive)), "{directive}");
+    }
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: systemd-analyze is not installed (Debian: apt-get install systemd)");
+        return;
+    };
+    assert!(version.status.success());
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let copy = tmp.path().join("deployd.service");
+    let unit = unit.replace("/usr/local/bin/deployd", env!("CARGO_BIN_EXE_deployd"));
+    std::fs::write(&copy, unit).expect("write unit");
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze verify");
+    // verify exits 0 even for unknown keys or bad values ("…, ignoring"): any message fails.
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
+#[test]
+fn the_dockerfile_runs_unprivileged_with_the_data_directory_as_a_volume() {
+    let dockerfile = repo_file("Dockerfile");
+    let ignored = repo_file(".dockerignore");
+    let last_user = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .last()
+        .expect("a USER line");
+    assert!(!last_user.starts_with('0') && !last_user.starts_with("root"), "{last_user}");
+    assert!(dockerfile.contains("VOLUME [\"/data\"]"));
+    assert!(dockerfile.contains("DEPLOYD_DATA_DIR=/data"));
+    // Everything the build stage copies exists and is in the build context.
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for source in &words[1..words.len() - 1] {
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(source).exists(),
+                "{source}"
+            );
+            assert!(!ignored.lines().any(|l| l.trim() == *source), "{source} is ignored");
+        }
+    }
+}
