@@ -349,7 +349,10 @@ fn the_systemd_unit_is_hardened_and_passes_systemd_analyze_verify() {
         "KillSignal=SIGTERM",
         "ExecStart=/usr/local/bin/deployd serve",
     ] {
-        assert!(unit.lines().any(|l| l.starts_with(directive)), "{directive}");
+        assert!(
+            unit.lines().any(|l| l.starts_with(directive)),
+            "{directive}"
+        );
     }
     let Ok(version) = std::process::Command::new("systemd-analyze")
         .arg("--version")
@@ -381,21 +384,30 @@ fn the_dockerfile_runs_unprivileged_with_the_data_directory_as_a_volume() {
     let ignored = repo_file(".dockerignore");
     let last_user = dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER line");
-    assert!(!last_user.starts_with('0') && !last_user.starts_with("root"), "{last_user}");
+    assert!(
+        !last_user.starts_with('0') && !last_user.starts_with("root"),
+        "{last_user}"
+    );
     assert!(dockerfile.contains("VOLUME [\"/data\"]"));
     assert!(dockerfile.contains("DEPLOYD_DATA_DIR=/data"));
     // Everything the build stage copies exists and is in the build context.
-    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let words: Vec<&str> = line.split_whitespace().collect();
         for source in &words[1..words.len() - 1] {
             assert!(
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(source).exists(),
                 "{source}"
             );
-            assert!(!ignored.lines().any(|l| l.trim() == *source), "{source} is ignored");
+            assert!(
+                !ignored.lines().any(|l| l.trim() == *source),
+                "{source} is ignored"
+            );
         }
     }
 }
