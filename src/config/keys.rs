@@ -334,14 +334,31 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
     probe_as!(Kind::Float => deserialize_f32 deserialize_f64);
     probe_as!(Kind::String => deserialize_char deserialize_str deserialize_string);
     probe_as!(Kind::List => deserialize_seq);
+    // An enum key is written as its variant's name, as in the file (`log_format = "json"`).
+    fn deserialize_enum<V: de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, DeError> {
+        self.record(Kind::String)
+    }
+
+    fn deserialize_newtype_struct<V: de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        visitor.visit_newtype_struct(self)
+    }
 
     fn deserialize_any<V: de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, DeError> {
         self.record(Kind::Other)
     }
 
     serde::forward_to_deserialize_any! {
-        bytes byte_buf option unit unit_struct newtype_struct tuple tuple_struct map struct enum
-        identifier ignored_any
+        bytes byte_buf option unit unit_struct tuple tuple_struct map struct identifier
+        ignored_any
     }
 }
 
@@ -488,7 +505,41 @@ mod tests {
         assert_eq!(key("limits.max_json_body_bytes").kind, Kind::Integer);
         assert_eq!(key("executor.allow_private_sources").kind, Kind::Bool);
         assert_eq!(key("executor.build_cmd").kind, Kind::String);
-        assert!(keys.iter().all(|k| k.kind != Kind::Other), "{keys:?}");
+    }
+
+    #[test]
+    fn enum_and_newtype_keys_are_probed_as_the_values_a_file_writes() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum Format {
+            Text,
+            Json,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Port(u16);
+        let probe = |probe: fn(Probe<'_>) -> bool| {
+            let found = RefCell::new(Vec::new());
+            let key = Key {
+                section: None,
+                name: "k",
+                kind: Kind::Other,
+            };
+            assert!(
+                !probe(Probe { found: &found, key }),
+                "the probe stops the walk"
+            );
+            found.into_inner().pop().map(|k| k.kind)
+        };
+        assert_eq!(
+            probe(|p| Format::deserialize(p).is_ok()),
+            Some(Kind::String)
+        );
+        assert_eq!(probe(|p| Port::deserialize(p).is_ok()), Some(Kind::Integer));
+        assert_eq!(
+            probe(|p| Vec::<String>::deserialize(p).is_ok()),
+            Some(Kind::List)
+        );
     }
 
     #[test]
