@@ -1,9 +1,18 @@
 //! One `Config` for the server: built from defaults that run out of the box, then a TOML file
-//! (`--config FILE`), then environment variables and flags (flags win; clap reads the
-//! `DEPLOYD_*` variables for them in `main`).
+//! (`--config FILE`), then environment variables and flags (flags win over variables, both win
+//! over the file).
+//!
+//! Every key of the file is also a flag `--section-key` and a variable `DEPLOYD_SECTION_KEY`
+//! ([`keys`]): adding an `Option` field to a `File*` struct (and its README row) is all a new key
+//! needs. For every limit, 0 means unlimited.
 //!
 //! Every limit and interval of the service that an operator may want to change lives here, with
-//! its default and the reason for it.
+//! its default and the reason for it. This module parses and checks; it opens nothing but the
+//! file.
+
+pub mod keys;
+
+pub use keys::KeyFlags;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -178,6 +187,8 @@ pub struct Limits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
+    /// `HOST:PORT`; a host name is resolved (`localhost:8080`).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub public_url: Option<String>,
@@ -268,6 +279,15 @@ pub struct FileExecutor {
     pub max_concurrent: Option<usize>,
 }
 
+/// Reads `listen` as text and resolves it, so that a host name works as well as an address.
+fn listen_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(deserializer)?
+        .map(|value| crate::listener::resolve_listen(&value).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// Values given on the command line or in the environment (they win over the file).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -292,6 +312,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// A key's value (from the file, a flag or a variable) has the wrong type or syntax.
+    #[error("configuration key {key} ({origin}): {message}")]
+    Key {
+        key: String,
+        origin: String,
+        message: String,
+    },
     #[error("invalid public URL {0:?}: it must start with http:// or https://")]
     PublicUrl(String),
     #[error(
@@ -307,12 +334,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults, then the file named in `overrides` (if any), then `overrides`.
-    pub fn load(overrides: Overrides) -> Result<Config, ConfigError> {
-        let file = match &overrides.config_file {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+    /// Defaults, then the file named in `overrides` (if any) with the key `flags` (flags and
+    /// environment) overlaid onto it, then `overrides`.
+    pub fn load(overrides: Overrides, flags: &KeyFlags) -> Result<Config, ConfigError> {
+        let mut tree = match &overrides.config_file {
+            Some(path) => read_tree(path)?,
+            None => toml::Table::new(),
         };
+        flags.overlay(&mut tree);
+        let file = parse_tree(tree, overrides.config_file.as_deref(), flags)?;
         Config::from_parts(file, overrides)
     }
 
@@ -345,8 +375,12 @@ impl Config {
             },
         };
         let limits = Limits {
-            max_json_body_bytes: file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
-            max_upload_bytes: file.limits.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
+            max_json_body_bytes: unlimited_usize(
+                file.limits.max_json_body_bytes.unwrap_or(1024 * 1024),
+            ),
+            max_upload_bytes: unlimited_u64(
+                file.limits.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
+            ),
             min_free_disk_bytes: file
                 .limits
                 .min_free_disk_bytes
@@ -404,13 +438,13 @@ impl Config {
             pipeline.max_redirects = v;
         }
         if let Some(v) = e.max_archive_bytes {
-            pipeline.max_archive_bytes = v;
+            pipeline.max_archive_bytes = unlimited_u64(v);
         }
         if let Some(v) = e.max_extracted_bytes {
-            pipeline.max_extracted_bytes = v;
+            pipeline.max_extracted_bytes = unlimited_u64(v);
         }
         if let Some(v) = e.max_archive_entries {
-            pipeline.max_archive_entries = v;
+            pipeline.max_archive_entries = unlimited_u64(v);
         }
         if let Some(v) = e.max_line_bytes {
             // A longer executor line would be cut again by the store, at another limit. As for
@@ -489,7 +523,26 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// A size limit as configured: 0 means unlimited (DESIGN.md, "Conventions").
+fn unlimited_u64(limit: u64) -> u64 {
+    if limit == 0 {
+        u64::MAX
+    } else {
+        limit
+    }
+}
+
+/// [`unlimited_u64`] for limits counted in `usize`.
+fn unlimited_usize(limit: usize) -> usize {
+    if limit == 0 {
+        usize::MAX
+    } else {
+        limit
+    }
+}
+
+/// The file as a TOML tree (syntax checked; keys are checked once flags are overlaid).
+fn read_tree(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -497,6 +550,26 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// Deserialises the merged tree, naming the key and where its value came from on error.
+fn parse_tree(
+    tree: toml::Table,
+    file: Option<&Path>,
+    flags: &KeyFlags,
+) -> Result<FileConfig, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|error| {
+        let key = error.path().to_string();
+        let origin = flags.origin(&key).unwrap_or_else(|| match file {
+            Some(path) => path.display().to_string(),
+            None => "defaults".to_owned(),
+        });
+        ConfigError::Key {
+            key,
+            origin,
+            message: error.into_inner().to_string(),
+        }
     })
 }
 

@@ -1,23 +1,34 @@
 //! The `deployd` binary: parse the command line, install logging, run the subcommand.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+use deployd::cli::apps::{run_apps, run_deployments, AppsArgs, DeploymentsArgs};
 use deployd::cli::bench::{run_bench, BenchArgs};
 use deployd::cli::cancel::{run_cancel, CancelArgs};
 use deployd::cli::check::{run_check, CheckArgs};
+use deployd::cli::deploy::{run_deploy, DeployArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
+use deployd::cli::help;
 use deployd::cli::push::{run_push, PushArgs};
-use deployd::config::{Config, Overrides};
+use deployd::config::{Config, KeyFlags, Overrides};
+
+/// `--version`: the crate version and the git commit it was built from (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DEPLOYD_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "deployd",
-    version,
-    about = "Self-hosted deployments service, wire-compatible with Scalingo's deployments API"
+    version = VERSION,
+    about = "Self-hosted deployments service, wire-compatible with Scalingo's deployments API",
+    after_help = help::TOP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,41 +38,74 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
+    #[command(after_help = help::SERVE)]
     Serve(ServeArgs),
     /// Run a build command and report it as a deployment (an external pusher).
+    #[command(after_help = help::PUSH)]
     Push(PushArgs),
     /// Print a deployment's output live; the exit code says how it ended.
+    #[command(after_help = help::FOLLOW)]
     Follow(FollowArgs),
     /// Load-test a running server over its real protocols (ingest, fanout, read).
+    #[command(after_help = help::BENCH)]
     Bench(BenchArgs),
     /// Cancel a deployment (default: the app's running one); the exit code says what happened.
     Cancel(CancelArgs),
     /// Check a stopped server's data directory (records, index, log files); `--repair` fixes
     /// what can be fixed. Exit 0: clean, 1: problems remain, 2: could not check.
     Check(CheckArgs),
+    /// Deploy a directory (packed and uploaded) or an archive URL, and follow it to its end.
+    #[command(after_help = help::DEPLOY)]
+    Deploy(DeployArgs),
+    /// List your apps.
+    #[command(after_help = help::APPS)]
+    Apps(AppsArgs),
+    /// List an app's deployments, newest first.
+    #[command(after_help = help::DEPLOYMENTS)]
+    Deployments(DeploymentsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = help::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per subcommand into a directory.
+    #[command(after_help = help::MAN)]
+    Man(ManArgs),
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (HOST:PORT; a host name is resolved, e.g. localhost:8080).
-    #[arg(long, env = "DEPLOYD_LISTEN", value_parser = deployd::listener::resolve_listen)]
-    listen: Option<SocketAddr>,
-    /// Data directory (store, sources, images, admin token).
-    #[arg(long = "data", env = "DEPLOYD_DATA")]
-    data_dir: Option<PathBuf>,
-    /// Base URL clients reach this server at (default http://<listen>).
-    #[arg(long, env = "DEPLOYD_PUBLIC_URL")]
-    public_url: Option<String>,
     /// TOML configuration file.
     #[arg(long = "config", env = "DEPLOYD_CONFIG")]
     config_file: Option<PathBuf>,
-    /// Let the executor fetch sources from loopback and private addresses.
-    #[arg(long, env = "DEPLOYD_ALLOW_PRIVATE_SOURCES")]
-    allow_private_sources: bool,
+    /// Every key of the file, as `--section-key` / `DEPLOYD_SECTION_KEY`.
+    #[command(flatten)]
+    keys: KeyFlags,
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Write deployd.1 and deployd-<subcommand>.1 into this directory instead of printing
+    /// deployd(1).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions(args) => {
+            let mut command = Cli::command();
+            clap_complete::generate(args.shell, &mut command, "deployd", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man(args) => return man(args),
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -81,6 +125,10 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => run_bench(args).await,
             Command::Cancel(args) => run_cancel(args).await,
             Command::Check(args) => Ok(tokio::task::block_in_place(|| run_check(args))),
+            Command::Deploy(args) => run_deploy(args).await,
+            Command::Apps(args) => run_apps(args).await,
+            Command::Deployments(args) => run_deployments(args).await,
+            Command::Completions(_) | Command::Man(_) => Ok(0),
         }
     })?;
     drop(runtime);
@@ -88,16 +136,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(Overrides {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        public_url: args.public_url,
-        config_file: args.config_file,
-        admin_token: std::env::var("DEPLOYD_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-        allow_private_sources: args.allow_private_sources.then_some(true),
-    })?;
+    let config = Config::load(
+        Overrides {
+            config_file: args.config_file,
+            admin_token: std::env::var("DEPLOYD_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            ..Overrides::default()
+        },
+        &args.keys,
+    )?;
     let server = deployd::server::start(config).await?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     // Written, not `println!`: a closed stdout must not panic the server.
@@ -144,4 +192,27 @@ impl std::io::Write for LossyStderr {
         let _ = std::io::stderr().flush();
         Ok(())
     }
+}
+
+/// `deployd man`: the page(s) rendered from the same clap definitions as `--help`.
+fn man(args: &ManArgs) -> anyhow::Result<()> {
+    let command = Cli::command();
+    let Some(dir) = &args.out_dir else {
+        clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut pages = vec![("deployd.1".to_owned(), command.clone())];
+    for sub in command.get_subcommands() {
+        let name = format!("deployd-{}", sub.get_name());
+        pages.push((format!("{name}.1"), sub.clone().name(name)));
+    }
+    for (file, page) in pages {
+        let path = dir.join(&file);
+        let mut out =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        clap_mangen::Man::new(page).render(&mut out)?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }

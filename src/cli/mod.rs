@@ -1,12 +1,14 @@
 //! The client subcommands: `deployd push` (be an external pusher), `deployd follow` (print a
-//! deployment's output as it is written) and `deployd bench` (load-test a running server).
+//! deployment's output as it is written), `deployd deploy` (pack, upload, trigger, follow),
+//! `deployd apps` / `deployd deployments` (tables of what the API lists) and `deployd bench`
+//! (load-test a running server). `help` holds the `--help` examples and exit codes.
 //!
 //! Each subcommand is a clap `Args` struct plus an async `run_*` function returning the process
 //! exit code; `main` only parses and calls it. These clients talk to a deployd server over HTTP
 //! and WebSocket and never touch the store. What is shared between them lives here: building
 //! URLs, the `Authorization` header, and the exit codes.
 //!
-//! # Exit codes (both subcommands)
+//! # Exit codes (`push`, `follow`, `deploy`; `apps` and `deployments` use 0 and 2)
 //!
 //! | code | meaning |
 //! |---|---|
@@ -17,10 +19,14 @@
 //! | 4 | `push`: a user cancelled the deployment; the command was stopped and the deployment ended `aborted` (`timeout-error` from `starting`) |
 //! | 130 | interrupted (Ctrl-C); `push` marks the deployment `aborted` first when it can |
 
+pub mod apps;
 pub mod bench;
 pub mod cancel;
 pub mod check;
+pub mod deploy;
 pub mod follow;
+pub mod help;
+pub mod pack;
 pub mod push;
 
 /// Which server, as whom, and which app: the arguments `push` and `follow` share.
@@ -35,6 +41,17 @@ pub struct AppTarget {
     /// App name or id
     #[arg(long)]
     pub app: String,
+}
+
+/// Which server, as whom: the arguments of the commands that are not about one app.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerTarget {
+    /// Base URL of the deployd server, e.g. http://127.0.0.1:8080
+    #[arg(long, env = "DEPLOYD_URL")]
+    pub url: String,
+    /// API token
+    #[arg(long, env = "DEPLOYD_TOKEN", hide_env_values = true)]
+    pub token: String,
 }
 
 /// The deployment ended in `success`.

@@ -46,8 +46,8 @@ impl TestServer {
     /// The configuration the binary harness would give `deployd serve` for `options`.
     pub fn config(data: PathBuf, options: &Options) -> Config {
         assert!(
-            options.env.is_empty() && !options.generated_admin_token,
-            "environment variables and a generated admin token need the binary harness"
+            options.env.is_empty() && options.args.is_empty() && !options.generated_admin_token,
+            "environment variables, extra flags and a generated admin token need the binary harness"
         );
         let toml = format!(
             "[executor]\nallow_private_sources = {}\n{}\n",

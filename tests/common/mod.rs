@@ -37,6 +37,8 @@ pub struct Options {
     /// `config_toml` is appended right after it, so its first lines (before any `[section]`)
     /// are executor settings; it must not open an `[executor]` section of its own.
     pub allow_private_sources: Option<bool>,
+    /// Extra `deployd serve` arguments (e.g. `--section-key` flags), after the harness's own.
+    pub args: Vec<String>,
 }
 
 /// Where a running server is reached and its first admin's token: the client shortcuts every
@@ -113,6 +115,7 @@ impl Server {
         for (k, v) in &options.env {
             command.env(k, v);
         }
+        command.args(&options.args);
         let mut child = command.spawn().expect("spawn deployd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
