@@ -35,6 +35,10 @@ pub struct Config {
     pub stream: StreamConfig,
     pub limits: Limits,
     pub pipeline: PipelineConfig,
+    /// `[metrics] token`: when set, `GET /metrics` needs `Authorization: Bearer <token>`
+    /// (default none: the metrics carry no secret and no per-app label, and a scraper on
+    /// the same host should not need one).
+    pub metrics_token: Option<String>,
 }
 
 /// The live stream's timings.
@@ -68,6 +72,13 @@ pub struct FileConfig {
     pub stream: FileStream,
     pub limits: FileLimits,
     pub executor: FileExecutor,
+    pub metrics: FileMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileMetrics {
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +233,7 @@ impl Config {
             stream,
             limits,
             pipeline,
+            metrics_token: file.metrics.token.filter(|t| !t.is_empty()),
         })
     }
 

@@ -49,6 +49,8 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 mod lines;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 mod pipeline;
 pub mod server;

@@ -18,6 +18,15 @@ use deployd::config::{Config, Overrides};
     about = "Self-hosted deployments service, wire-compatible with Scalingo's deployments API"
 )]
 struct Cli {
+    /// Format of deployd's own log on stderr (`json`: one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "DEPLOYD_LOG_FORMAT"
+    )]
+    log_format: deployd::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,13 +64,7 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log = deployd::logging::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let code = runtime.block_on(async {
         match cli.command {
@@ -72,6 +75,8 @@ fn main() -> anyhow::Result<()> {
         }
     })?;
     drop(runtime);
+    // `exit` runs no destructors: flush the queued log lines first.
+    drop(log);
     std::process::exit(code);
 }
 

@@ -38,7 +38,11 @@ impl FromRequestParts<AppState> for Caller {
             .to_str()
             .map_err(|_| ApiError::Unauthorized("invalid Authorization header".into()))?
             .to_owned();
-        authenticate(state, &header).await
+        let caller = authenticate(state, &header).await?;
+        if let Some(slot) = parts.extensions.get::<super::observe::CallerSlot>() {
+            slot.set(caller.user.id.to_string());
+        }
+        Ok(caller)
     }
 }
 

@@ -105,6 +105,7 @@ fn write_error_code(err: &WriteError) -> &'static str {
 }
 
 async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
+    let _open = crate::metrics::Open::new(&crate::metrics::metrics().push_sessions);
     let (mut tx, mut rx) = socket.split();
     // 1. The start frame.
     let git_ref = match tokio::time::timeout(START_TIMEOUT, rx.next()).await {
@@ -171,7 +172,10 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // Writer answers to batches, in order.
             Some((batch, result)) = pending.next(), if !pending.is_empty() => {
                 let frame = match result {
-                    Ok(last) => text(&ServerFrame::Ack { batch, last_line: last.0 }),
+                    Ok(last) => {
+                        crate::metrics::metrics().acks.inc();
+                        text(&ServerFrame::Ack { batch, last_line: last.0 })
+                    }
                     Err(err) => error_frame(write_error_code(&err), err.to_string(), Some(batch)),
                 };
                 if tx.send(frame).await.is_err() {
@@ -240,8 +244,13 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                             .collect();
                         // Queued to the writer here, in frame order; only the reply is awaited
                         // later, so batches in flight can never be reordered.
+                        let arrived = std::time::Instant::now();
                         match session.queue_append(lines).await {
-                            Ok(reply) => pending.push_back(Box::pin(async move { (batch, reply.await) })),
+                            Ok(reply) => pending.push_back(Box::pin(async move {
+                                let reply = reply.await;
+                                crate::metrics::metrics().ack_latency.observe(arrived.elapsed().as_secs_f64());
+                                (batch, reply)
+                            })),
                             Err(err) => pending.push_back(Box::pin(async move { (batch, Err(err)) })),
                         }
                     }

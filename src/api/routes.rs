@@ -1,7 +1,7 @@
 //! The one table of HTTP routes: every path and method the server answers, who may call it,
 //! and the handler. [`super::router`] is built from [`ROUTES`] and nothing else, so a route
-//! exists in the server exactly when it has a row here; the OpenAPI document (operability
-//! issue) is meant to be built from the same rows. A new route is a new row.
+//! exists in the server exactly when it has a row here; the OpenAPI document (`openapi`) is
+//! built from the same rows. A new route is a new row.
 //!
 //! This module only describes and mounts routes: status codes, bodies and authentication are
 //! the handlers' (and `error`'s, `access`'s) business.
@@ -9,7 +9,7 @@
 use axum::http::Method;
 use axum::routing::{delete, get, post, put, MethodRouter};
 
-use super::{apps, deployments, output, push, sources, stream, users, AppState};
+use super::{apps, deployments, observe, output, push, sources, stream, users, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub enum Answer {
     Archive,
     /// `101 Switching Protocols` to a WebSocket.
     WebSocket,
+    /// `text/plain` that is not a deployment's output (the metrics).
+    Text,
 }
 
 /// One row of the route table.
@@ -269,6 +271,24 @@ pub static ROUTES: &[Route] = &[
         auth: Auth::SignedUrl,
         answer: Answer::Archive,
         handler: || get(sources::download),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/openapi.json",
+        operation: "openApiDocument",
+        summary: "The OpenAPI 3.1 document of this API, built from this route table",
+        auth: Auth::Public,
+        answer: Answer::Json,
+        handler: || get(observe::openapi),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        operation: "metrics",
+        summary: "Prometheus metrics (Bearer [metrics] token when one is set)",
+        auth: Auth::Public,
+        answer: Answer::Text,
+        handler: || get(observe::serve_metrics),
     },
 ];
 

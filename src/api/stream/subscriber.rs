@@ -71,6 +71,7 @@ where
         mut live: broadcast::Receiver<Arc<Event>>,
         resume: Resume,
     ) -> Result<(), End> {
+        let _open = crate::metrics::Open::new(&crate::metrics::metrics().subscribers);
         // Resume points first, so the replay sends only what follows them.
         for (id, after) in &resume {
             self.cursor.resume(*id, *after);
@@ -146,6 +147,7 @@ where
             Ok(event) => self.on_event(&event).await,
             // Fell behind the channel: what was skipped is in the store.
             Err(RecvError::Lagged(skipped)) => {
+                crate::metrics::metrics().lagged.inc();
                 tracing::debug!(app = %self.app, skipped, "subscriber lagged; catching up from the store");
                 self.catch_up_app(&Resume::new(), true).await
             }
@@ -178,7 +180,10 @@ where
         };
         match self.cursor.on_event(id, live, frames.len()) {
             Step::Skip => Ok(()),
-            Step::Send { skip_frames } => self.feed(frames.starting_at(skip_frames)).await,
+            Step::Send { skip_frames } => {
+                crate::metrics::metrics().deliveries.inc();
+                self.feed(frames.starting_at(skip_frames)).await
+            }
             Step::CatchUp { announce } => self.catch_up(id, announce).await,
         }
     }
@@ -232,6 +237,7 @@ where
             self.cursor.forget(id);
             return Ok(());
         };
+        crate::metrics::metrics().catch_ups.inc();
         if self.cursor.begin_catch_up(id, announce) {
             self.feed(&text_frame(&new_text(id))).await?;
         }

@@ -75,6 +75,11 @@ pub(crate) struct Group {
     pub(crate) ops: Vec<BatchOp>,
     done: Vec<Done>,
     pub(crate) text_bytes: usize,
+    /// Output lines appended by the group (for the metrics).
+    lines: u64,
+    /// Deployment records created or moved by the group, with whether each was created (for
+    /// the metrics and the deployment log lines, once durable).
+    moved: Vec<(Deployment, bool)>,
 }
 
 pub(crate) fn put(key: Vec<u8>, value: Vec<u8>) -> BatchOp {
@@ -144,9 +149,12 @@ impl WriterState {
     }
 
     fn commit(&mut self, group: Group) {
+        let metrics = crate::metrics::metrics();
+        metrics.group_commit_size.observe(group.done.len() as f64);
         let failure = if group.ops.is_empty() {
             None
         } else {
+            let started = std::time::Instant::now();
             // Log text first (written and synced), then the index that points into it.
             let written = self
                 .appender
@@ -158,9 +166,13 @@ impl WriterState {
                         .and_then(|()| self.engine.sync())
                         .map_err(|e| e.to_string())
                 });
+            metrics
+                .fsync_latency
+                .observe(started.elapsed().as_secs_f64());
             match written {
                 Ok(()) => None,
                 Err(err) => {
+                    metrics.writer_ok.set(0);
                     tracing::error!(error = %err, "commit failed; refusing further writes");
                     self.failed = Some(err.clone());
                     Some(WriteError::Unavailable(err))
@@ -168,6 +180,17 @@ impl WriterState {
             }
         };
         if failure.is_none() {
+            metrics.lines_ingested.inc_by(group.lines);
+            metrics.bytes_ingested.inc_by(group.text_bytes as u64);
+            for (record, created) in &group.moved {
+                crate::metrics::deployment_committed(record, *created);
+            }
+            if !group.moved.is_empty() {
+                let queued = self.lifecycle.live().filter(|d| d.status == Status::Queued);
+                metrics
+                    .queue_length
+                    .set(i64::try_from(queued.count()).unwrap_or(i64::MAX));
+            }
             for id in group.removals {
                 self.appender.close(id);
                 self.logs.remove(id);
@@ -351,6 +374,7 @@ impl WriterState {
         );
         match &change {
             Change::Created(record) => {
+                group.moved.push((record.clone(), true));
                 group
                     .ops
                     .push(put(codec::app_deployment_key(app, id), Vec::new()));
@@ -360,6 +384,7 @@ impl WriterState {
                 outcome.statuses.push((id, record.status));
             }
             Change::Moved(record) => {
+                group.moved.push((record.clone(), false));
                 if record.status.is_terminal() {
                     self.log_ends.remove(&id);
                 }
@@ -448,9 +473,11 @@ impl WriterState {
         lines: &[NewLine],
         group: &mut Group,
     ) -> Result<Outcome<LineNo>, WriteError> {
+        let count = line_count(lines);
+        group.lines += count;
         let given = self
             .lifecycle
-            .append(deployment, line_count(lines))
+            .append(deployment, count)
             .map_err(|refusal| self.refused(deployment, refusal, None))?;
         let log_end = self.log_ends.entry(deployment).or_default();
         let events = append_segments(
