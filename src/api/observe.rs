@@ -91,7 +91,7 @@ pub async fn serve_metrics(
             .and_then(|v| v.strip_prefix("Bearer "));
         // Digests compared: the comparison's time says nothing about the token.
         let digest = |t: &str| sha2::Sha256::digest(t.as_bytes());
-        if !sent.is_some_and(|sent| digest(sent) == digest(token)) {
+        if sent.is_none_or(|sent| digest(sent) != digest(token)) {
             return Err(ApiError::Unauthorized(
                 "the metrics need Authorization: Bearer <the [metrics] token>".into(),
             ));
