@@ -24,6 +24,7 @@ async fn log_line(server: &Server, needles: &[&str]) -> String {
     .await
 }
 
+/// Regression: deployd's stderr log carried terminal colour codes when written to a file.
 #[tokio::test]
 async fn the_log_written_to_a_file_has_no_escape_byte() {
     let mut server = Server::start();

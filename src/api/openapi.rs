@@ -304,7 +304,7 @@ fn operation(route: &Route) -> Value {
     op["security"] = match route.auth {
         Auth::Caller => json!([{"bearer": []}, {"basic": []}]),
         Auth::Public if route.operation == "exchangeToken" => json!([{"basic": []}]),
-        Auth::Public | Auth::AuthFrame | Auth::SignedUrl => json!([{}]),
+        Auth::Public | Auth::AuthFrame | Auth::SignedUrl | Auth::Open => json!([{}]),
     };
     let error = json!({
         "description": "An error (JSON on every route)",

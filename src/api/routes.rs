@@ -22,6 +22,9 @@ pub enum Auth {
     AuthFrame,
     /// A pre-authenticated URL: the signature in the query string (`crate::sources`).
     SignedUrl,
+    /// Anyone, with nothing to authenticate: a document served to all (the OpenAPI document;
+    /// the metrics, unless `[metrics] token` is set, which the handler then checks).
+    Open,
 }
 
 /// What a route answers with.
@@ -277,7 +280,7 @@ pub static ROUTES: &[Route] = &[
         path: "/v1/openapi.json",
         operation: "openApiDocument",
         summary: "The OpenAPI 3.1 document of this API, built from this route table",
-        auth: Auth::Public,
+        auth: Auth::Open,
         answer: Answer::Json,
         handler: || get(observe::openapi),
     },
@@ -286,7 +289,7 @@ pub static ROUTES: &[Route] = &[
         path: "/metrics",
         operation: "metrics",
         summary: "Prometheus metrics (Bearer [metrics] token when one is set)",
-        auth: Auth::Public,
+        auth: Auth::Open,
         answer: Answer::Text,
         handler: || get(observe::serve_metrics),
     },
