@@ -38,6 +38,9 @@ fi
 echo "deployd at $url"
 
 status=0
+# From the temporary directory: schemathesis keeps its example cache in the working directory.
+st=$(command -v "$st")
+cd "$work"
 "$st" run "$url/v1/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing \
