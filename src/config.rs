@@ -55,6 +55,10 @@ pub struct Config {
     pub push: PushConfig,
     pub retention: RetentionConfig,
     pub server: ServerConfig,
+    /// `[metrics] token`: when set, `GET /metrics` needs `Authorization: Bearer <token>`
+    /// (default none: the metrics carry no secret and no per-app label, and a scraper on
+    /// the same host should not need one).
+    pub metrics_token: Option<String>,
 }
 
 /// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
@@ -199,6 +203,13 @@ pub struct FileConfig {
     pub retention: FileRetention,
     pub push: FilePush,
     pub server: FileServer,
+    pub metrics: FileMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileMetrics {
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -491,6 +502,7 @@ impl Config {
             push,
             retention,
             server,
+            metrics_token: file.metrics.token.filter(|t| !t.is_empty()),
         })
     }
 

@@ -56,6 +56,8 @@ pub mod config;
 pub mod hub;
 mod lines;
 pub mod listener;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 mod notify;
 mod pipeline;

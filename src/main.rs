@@ -31,6 +31,15 @@ const VERSION: &str = concat!(
     after_help = help::TOP
 )]
 struct Cli {
+    /// Format of deployd's own log on stderr (`json`: one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "DEPLOYD_LOG_FORMAT"
+    )]
+    log_format: deployd::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,16 +115,7 @@ fn main() -> anyhow::Result<()> {
         Command::Man(args) => return man(args),
         _ => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(|| LossyStderr)
-        // The subscriber would report a failed write with `eprint!`, which panics when stderr
-        // is gone, taking the logging task (the signal handler, a connection) down with it.
-        .log_internal_errors(false)
-        .init();
+    let log = deployd::logging::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let code = runtime.block_on(async {
         match cli.command {
@@ -132,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         }
     })?;
     drop(runtime);
+    // `exit` runs no destructors: flush the queued log lines first.
+    drop(log);
     std::process::exit(code);
 }
 
@@ -175,22 +177,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// Stderr for the log, dropping what cannot be written: with stderr a closed pipe (a dead log
-/// shipper, `serve 2>&1 | tee` after `tee` died) logging must never fail or stop anything.
-struct LossyStderr;
-
-impl std::io::Write for LossyStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
-        Ok(())
     }
 }
 

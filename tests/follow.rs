@@ -126,7 +126,7 @@ async fn deployd_follow_prints_the_lines_live_and_exits_by_how_the_deployment_en
     for (end, expected_code) in [("success", 0), ("crashed-error", 1)] {
         let mut pusher = push::start(&server.url, "cli", &server.admin_token, end).await;
         pusher.logs(&["first line"]).await;
-        let follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+        let follow = tokio::process::Command::new(common::deployd_bin())
             .args([
                 "follow",
                 "--url",

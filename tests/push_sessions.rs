@@ -317,7 +317,7 @@ async fn a_lost_connection_in_starting_is_a_timeout_error_and_in_pushing_aborted
 
 /// Runs `deployd push` against the server; returns its exit code and the deployment it made.
 fn cli_push(server: &Server, app: &str, extra: &[&str], command: &[&str]) -> (i32, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+    let output = std::process::Command::new(common::deployd_bin())
         .arg("push")
         .args([
             "--url",

@@ -43,12 +43,19 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(caller) = parts.extensions.get::<Caller>() {
-            return Ok(caller.clone());
+        let caller = match parts.extensions.get::<Caller>() {
+            Some(caller) => caller.clone(),
+            None => {
+                // Not behind `guard` (no route row said what it needs): only a full token may
+                // call.
+                let caller = authenticate_headers(state, &parts.headers).await?;
+                require(&caller, Scope::Full)?;
+                caller
+            }
+        };
+        if let Some(slot) = parts.extensions.get::<super::observe::CallerSlot>() {
+            slot.set(caller.user.id.to_string());
         }
-        // Not behind `guard` (no route row said what it needs): only a full token may call.
-        let caller = authenticate_headers(state, &parts.headers).await?;
-        require(&caller, Scope::Full)?;
         Ok(caller)
     }
 }

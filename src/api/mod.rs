@@ -17,6 +17,8 @@ pub mod deployments;
 pub mod error;
 pub mod health;
 pub mod notifiers;
+pub mod observe;
+pub mod openapi;
 pub mod output;
 pub mod protocol;
 pub mod push;
@@ -114,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed("method not allowed on this resource".into())
         })
         .layer(axum::middleware::map_response(json_error_bodies))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }
 

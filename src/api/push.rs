@@ -262,6 +262,7 @@ async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<String> {
 }
 
 async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
+    let _open = crate::metrics::Open::new(&crate::metrics::metrics().push_sessions);
     let (mut tx, mut rx) = socket.split();
     // 1. The start frame.
     let git_ref = match read_start(&mut tx, &mut rx).await {
@@ -320,7 +321,14 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             // Writer answers to batches, in order.
             Some((batch, result)) = pending.next(), if !pending.is_empty() => {
                 let frame = match result {
-                    Ok(appended) => text(&ServerFrame::Ack { batch, last_line: appended.last_line.0, dropped: appended.dropped }),
+                    Ok(appended) => {
+                        crate::metrics::metrics().acks.inc();
+                        text(&ServerFrame::Ack {
+                            batch,
+                            last_line: appended.last_line.0,
+                            dropped: appended.dropped,
+                        })
+                    }
                     Err(err) => error_frame(write_error_code(&err), err.to_string(), Some(batch)),
                 };
                 if tx.send(frame).await.is_err() {
@@ -422,8 +430,13 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                             .collect();
                         // Queued to the writer here, in frame order; only the reply is awaited
                         // later, so batches in flight can never be reordered.
+                        let arrived = std::time::Instant::now();
                         match session.queue_append(lines).await {
-                            Ok(reply) => pending.push_back(Box::pin(async move { (batch, reply.await) })),
+                            Ok(reply) => pending.push_back(Box::pin(async move {
+                                let reply = reply.await;
+                                crate::metrics::metrics().ack_latency.observe(arrived.elapsed().as_secs_f64());
+                                (batch, reply)
+                            })),
                             Err(err) => pending.push_back(Box::pin(async move { (batch, Err(err)) })),
                         }
                     }

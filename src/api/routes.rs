@@ -1,7 +1,7 @@
 //! The one table of HTTP routes: every path and method the server answers, who may call it,
 //! and the handler. [`super::router`] is built from [`ROUTES`] and nothing else, so a route
-//! exists in the server exactly when it has a row here; the OpenAPI document (operability
-//! issue) is meant to be built from the same rows. A new route is a new row.
+//! exists in the server exactly when it has a row here; the OpenAPI document (`openapi`) is
+//! built from the same rows. A new route is a new row.
 //!
 //! This module only describes and mounts routes: status codes, bodies and authentication are
 //! the handlers' (and `error`'s, `access`'s) business.
@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
 use super::{
-    apps, caches, control, deployments, health, notifiers, output, push, sources, stream, timeline,
-    users, AppState,
+    apps, caches, control, deployments, health, notifiers, observe, output, push, sources, stream,
+    timeline, users, AppState,
 };
 use crate::model::Scope;
 
@@ -21,8 +21,9 @@ pub enum Auth {
     /// Anyone: the route authenticates the caller itself (token exchange with Basic auth).
     Public,
     /// Anyone, with no credentials at all: read-only public catalogues (notification
-    /// platforms, event types, as on Scalingo) and probes that reveal nothing about apps or
-    /// users (`/healthz`, `/readyz`).
+    /// platforms, event types, as on Scalingo), probes that reveal nothing about apps or users
+    /// (`/healthz`, `/readyz`), the OpenAPI document, and the metrics (unless `[metrics] token`
+    /// is set, which the handler then checks).
     Open,
     /// A Bearer JWT or an API token (`access::Caller`), for the caller's own apps only.
     Caller,
@@ -43,6 +44,8 @@ pub enum Answer {
     Archive,
     /// `101 Switching Protocols` to a WebSocket.
     WebSocket,
+    /// `text/plain` that is not a deployment's output (the metrics).
+    Text,
 }
 
 /// One row of the route table.
@@ -496,6 +499,26 @@ pub static ROUTES: &[Route] = &[
         scope: Scope::Read,
         answer: Answer::Json,
         handler: || get(health::readyz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/openapi.json",
+        operation: "openApiDocument",
+        summary: "The OpenAPI 3.1 document of this API, built from this route table",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(observe::openapi),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        operation: "metrics",
+        summary: "Prometheus metrics (Bearer [metrics] token when one is set)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Text,
+        handler: || get(observe::serve_metrics),
     },
 ];
 

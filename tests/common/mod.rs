@@ -21,6 +21,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The `deployd` binary the black-box tests run: `$DEPLOYD_BIN` when set (CI points it at the
+/// release binary it built once), else the debug binary cargo built for this test run.
+pub fn deployd_bin() -> PathBuf {
+    match std::env::var_os("DEPLOYD_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_deployd")),
+    }
+}
+
 /// The admin token every test server starts with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
@@ -95,7 +104,7 @@ impl Server {
                 .as_nanos()
         ));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_deployd"));
+        let mut command = Command::new(deployd_bin());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)

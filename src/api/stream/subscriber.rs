@@ -74,6 +74,7 @@ where
         mut live: broadcast::Receiver<Arc<Event>>,
         resume: Resume,
     ) -> Result<(), End> {
+        let _open = crate::metrics::Open::new(&crate::metrics::metrics().subscribers);
         // Resume points first, so the replay sends only what follows them.
         for (id, after) in &resume {
             self.cursor.resume(*id, *after);
@@ -149,6 +150,7 @@ where
             Ok(event) => self.on_event(&event).await,
             // Fell behind the channel: what was skipped is in the store.
             Err(RecvError::Lagged(skipped)) => {
+                crate::metrics::metrics().lagged.inc();
                 tracing::debug!(app = %self.app, skipped, "subscriber lagged; catching up from the store");
                 self.catch_up_app(&Resume::new(), true).await
             }
@@ -186,12 +188,16 @@ where
                 if matches!(event.kind, EventKind::New)
                     && self.state.config.stream.new_event == NewEventForm::Object =>
             {
+                crate::metrics::metrics().deliveries.inc();
                 match self.state.read(move |store| store.deployment(id)).await? {
                     Some(record) => self.feed(&self.new_frame(&record)).await,
                     None => Ok(()),
                 }
             }
-            Step::Send { skip_frames } => self.feed(frames.starting_at(skip_frames)).await,
+            Step::Send { skip_frames } => {
+                crate::metrics::metrics().deliveries.inc();
+                self.feed(frames.starting_at(skip_frames)).await
+            }
             Step::CatchUp { announce } => self.catch_up(id, announce).await,
         }
     }
@@ -245,6 +251,7 @@ where
             self.cursor.forget(id);
             return Ok(());
         };
+        crate::metrics::metrics().catch_ups.inc();
         if self.cursor.begin_catch_up(id, announce) {
             self.feed(&self.new_frame(&record)).await?;
         }

@@ -243,6 +243,7 @@ impl WriterState {
                 );
                 self.trouble = Trouble::None;
                 self.health.set(Health::Ready);
+                crate::metrics::metrics().writer_ok.set(1);
                 None
             }
             Err(err) => {

@@ -77,6 +77,11 @@ pub(crate) struct Group {
     pub(crate) ops: Vec<BatchOp>,
     done: Vec<Done>,
     pub(crate) text_bytes: usize,
+    /// Output lines appended by the group (for the metrics).
+    lines: u64,
+    /// Deployment records created or moved by the group, with whether each was created (for
+    /// the metrics and the deployment log lines, once durable).
+    moved: Vec<(Deployment, bool)>,
 }
 
 pub(crate) fn put(key: Vec<u8>, value: Vec<u8>) -> BatchOp {
@@ -188,15 +193,36 @@ impl WriterState {
     }
 
     fn commit(&mut self, mut group: Group) {
+        let metrics = crate::metrics::metrics();
+        metrics.group_commit_size.observe(group.done.len() as f64);
         let failure = if group.ops.is_empty() {
             None
         } else {
-            match self.write_group(&mut group) {
+            let started = std::time::Instant::now();
+            let written = self.write_group(&mut group);
+            metrics
+                .fsync_latency
+                .observe(started.elapsed().as_secs_f64());
+            match written {
                 Ok(()) => None,
-                Err(failure) => Some(self.on_commit_failure(failure)),
+                Err(failure) => {
+                    metrics.writer_ok.set(0);
+                    Some(self.on_commit_failure(failure))
+                }
             }
         };
         if failure.is_none() {
+            metrics.lines_ingested.inc_by(group.lines);
+            metrics.bytes_ingested.inc_by(group.text_bytes as u64);
+            for (record, created) in &group.moved {
+                crate::metrics::deployment_committed(record, *created);
+            }
+            if !group.moved.is_empty() {
+                let queued = self.lifecycle.live().filter(|d| d.status == Status::Queued);
+                metrics
+                    .queue_length
+                    .set(i64::try_from(queued.count()).unwrap_or(i64::MAX));
+            }
             for id in group.removals {
                 self.appender.close(id);
                 self.logs.remove(id);
@@ -451,6 +477,7 @@ impl WriterState {
         );
         match &change {
             Change::Created(record) => {
+                group.moved.push((record.clone(), true));
                 group
                     .ops
                     .push(put(codec::app_deployment_key(app, id), Vec::new()));
@@ -462,6 +489,7 @@ impl WriterState {
             }
             Change::Moved(record) => {
                 index_status(&mut group.ops, record, false);
+                group.moved.push((record.clone(), false));
                 if record.status.is_terminal() {
                     self.log_ends.remove(&id);
                     self.record_deployment_event(record, group);
@@ -567,9 +595,11 @@ impl WriterState {
     ) -> Result<Outcome<Appended>, WriteError> {
         let dropped = self.apply_log_limit(deployment, &mut lines);
         let lines = &lines[..];
+        let count = line_count(lines);
+        group.lines += count;
         let given = self
             .lifecycle
-            .append(deployment, line_count(lines))
+            .append(deployment, count)
             .map_err(|refusal| self.refused(deployment, refusal, None))?;
         let log_end = self.log_ends.entry(deployment).or_default();
         let events = append_segments(

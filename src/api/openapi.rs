@@ -1,0 +1,638 @@
+//! The OpenAPI 3.1 document of the whole HTTP API, served at `GET /v1/openapi.json`.
+//!
+//! True by construction: every path, method, operation id, summary, path parameter and
+//! security requirement comes from the route table ([`ROUTES`]); what the table does not say
+//! (request and response schemas, query parameters) is in [`DOCS`], one row per operation id,
+//! and a test makes sure both tables name the same operations. WebSocket routes are a GET
+//! answering `101`.
+//!
+//! This module only describes: it must not change what a handler does, and nothing here is
+//! read by the router.
+
+use serde_json::{json, Map, Value};
+
+use super::routes::{Answer, Auth, Route, ROUTES};
+use crate::status::Status;
+
+/// What an operation's success answer carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reply {
+    /// `application/json` matching the named schema of `components.schemas`.
+    Json(&'static str),
+    /// No body (`204`).
+    Empty,
+    /// The deployment output: `text/plain`, or `text/event-stream` when asked for.
+    Output,
+    /// The uploaded archive's bytes (`application/x-gzip`).
+    Archive,
+    /// Prometheus' text exposition format.
+    Metrics,
+    /// `101 Switching Protocols`.
+    Upgrade,
+}
+
+/// A query parameter's type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scalar {
+    /// An integer of at least the given value.
+    Integer(u64),
+    Boolean,
+    String,
+    Uuid,
+}
+
+/// One query parameter.
+#[derive(Clone, Copy)]
+pub(crate) struct Query {
+    pub name: &'static str,
+    pub scalar: Scalar,
+    pub required: bool,
+    pub description: &'static str,
+}
+
+/// What the route table does not say about an operation.
+pub(crate) struct Doc {
+    /// The route table's operation id.
+    pub operation: &'static str,
+    /// The JSON request body's schema name (always optional: an empty body is `{}`), or none.
+    pub request: Option<&'static str>,
+    /// The raw bytes body of an upload.
+    pub binary_body: bool,
+    /// The success status and what it carries.
+    pub success: (u16, Reply),
+    pub query: &'static [Query],
+}
+
+const fn doc(operation: &'static str, success: (u16, Reply)) -> Doc {
+    Doc {
+        operation,
+        request: None,
+        binary_body: false,
+        success,
+        query: &[],
+    }
+}
+
+const fn with_body(operation: &'static str, request: &'static str, success: (u16, Reply)) -> Doc {
+    Doc {
+        operation,
+        request: Some(request),
+        binary_body: false,
+        success,
+        query: &[],
+    }
+}
+
+const PAGE_QUERY: &[Query] = &[
+    Query {
+        name: "page",
+        scalar: Scalar::Integer(1),
+        required: false,
+        description: "Page number, from 1",
+    },
+    Query {
+        name: "per_page",
+        scalar: Scalar::Integer(1),
+        required: false,
+        description: "Deployments per page (at most the server's maximum)",
+    },
+];
+
+const LIST_QUERY: &[Query] = &[
+    PAGE_QUERY[0],
+    PAGE_QUERY[1],
+    Query {
+        name: "status",
+        scalar: Scalar::String,
+        required: false,
+        description:
+            "Comma-separated statuses, or `unfinished` (queued, building, pushing, starting)",
+    },
+];
+
+const NAME_QUERY: &[Query] = &[Query {
+    name: "name",
+    scalar: Scalar::String,
+    required: true,
+    description: "The platform's name (`webhook`)",
+}];
+
+const OUTPUT_QUERY: &[Query] = &[
+    Query {
+        name: "follow",
+        scalar: Scalar::Boolean,
+        required: false,
+        description: "Stay open until the deployment finishes",
+    },
+    Query {
+        name: "after",
+        scalar: Scalar::Integer(0),
+        required: false,
+        description: "Only lines after this line number",
+    },
+];
+
+const STREAM_QUERY: &[Query] = &[
+    Query {
+        name: "deployment",
+        scalar: Scalar::Uuid,
+        required: false,
+        description: "A deployment to resume",
+    },
+    Query {
+        name: "after",
+        scalar: Scalar::Integer(0),
+        required: false,
+        description: "The last line of `deployment` already seen",
+    },
+];
+
+const SIGNED_QUERY: &[Query] = &[
+    Query {
+        name: "expires",
+        scalar: Scalar::Integer(0),
+        required: true,
+        description: "Unix time the URL expires at",
+    },
+    Query {
+        name: "signature",
+        scalar: Scalar::String,
+        required: true,
+        description: "The URL's signature",
+    },
+];
+
+/// One row per operation of [`ROUTES`]; a new route needs its row here (a test checks).
+pub(crate) static DOCS: &[Doc] = &[
+    doc("exchangeToken", (200, Reply::Json("Jwt"))),
+    with_body(
+        "createToken",
+        "CreateTokenRequest",
+        (201, Reply::Json("CreatedToken")),
+    ),
+    doc("listTokens", (200, Reply::Json("Tokens"))),
+    doc("revokeToken", (204, Reply::Empty)),
+    doc("showSelf", (200, Reply::Json("UserEnvelope"))),
+    with_body(
+        "createUser",
+        "CreateUserRequest",
+        (201, Reply::Json("CreatedUser")),
+    ),
+    doc("listRegions", (200, Reply::Json("Regions"))),
+    doc("listApps", (200, Reply::Json("Apps"))),
+    with_body(
+        "createApp",
+        "CreateAppRequest",
+        (201, Reply::Json("AppEnvelope")),
+    ),
+    doc("showApp", (200, Reply::Json("AppEnvelope"))),
+    doc("deleteApp", (204, Reply::Empty)),
+    doc("listCollaborators", (200, Reply::Json("Collaborators"))),
+    with_body(
+        "addCollaborator",
+        "AddCollaboratorRequest",
+        (201, Reply::Json("CollaboratorEnvelope")),
+    ),
+    doc("removeCollaborator", (204, Reply::Empty)),
+    Doc {
+        query: LIST_QUERY,
+        ..doc("listDeployments", (200, Reply::Json("Deployments")))
+    },
+    with_body(
+        "triggerDeployment",
+        "TriggerDeploymentRequest",
+        (201, Reply::Json("DeploymentEnvelope")),
+    ),
+    doc("showDeployment", (200, Reply::Json("DeploymentEnvelope"))),
+    Doc {
+        query: OUTPUT_QUERY,
+        ..doc("deploymentOutput", (200, Reply::Output))
+    },
+    Doc {
+        query: OUTPUT_QUERY,
+        ..doc("deploymentOutputById", (200, Reply::Output))
+    },
+    doc("pushSession", (101, Reply::Upgrade)),
+    Doc {
+        query: STREAM_QUERY,
+        ..doc("deploymentsStream", (101, Reply::Upgrade))
+    },
+    doc("createSource", (201, Reply::Json("Source"))),
+    Doc {
+        binary_body: true,
+        query: SIGNED_QUERY,
+        ..doc("uploadSource", (200, Reply::Json("Empty")))
+    },
+    Doc {
+        query: SIGNED_QUERY,
+        ..doc("downloadSource", (200, Reply::Archive))
+    },
+    doc("openApiDocument", (200, Reply::Json("OpenApi"))),
+    doc("metrics", (200, Reply::Metrics)),
+    doc("healthz", (200, Reply::Json("Object"))),
+    doc("readyz", (200, Reply::Json("Object"))),
+    with_body("renameApp", "Object", (200, Reply::Json("AppEnvelope"))),
+    with_body(
+        "updateCollaborator",
+        "Object",
+        (200, Reply::Json("CollaboratorEnvelope")),
+    ),
+    doc("resetDeploymentCache", (204, Reply::Empty)),
+    doc("cancelDeployment", (202, Reply::Json("DeploymentEnvelope"))),
+    Doc {
+        query: LIST_QUERY,
+        ..doc("listAllDeployments", (200, Reply::Json("Deployments")))
+    },
+    doc("listNotificationPlatforms", (200, Reply::Json("Object"))),
+    Doc {
+        query: NAME_QUERY,
+        ..doc("searchNotificationPlatforms", (200, Reply::Json("Object")))
+    },
+    doc("listEventTypes", (200, Reply::Json("Object"))),
+    doc("listEventCategories", (200, Reply::Json("Object"))),
+    doc("listNotifiers", (200, Reply::Json("Object"))),
+    with_body("createNotifier", "Object", (201, Reply::Json("Object"))),
+    doc("showNotifier", (200, Reply::Json("Object"))),
+    with_body("updateNotifier", "Object", (200, Reply::Json("Object"))),
+    doc("deleteNotifier", (204, Reply::Empty)),
+    doc("listNotifierDeliveries", (200, Reply::Json("Object"))),
+    Doc {
+        query: PAGE_QUERY,
+        ..doc("listAppEvents", (200, Reply::Json("Object")))
+    },
+    Doc {
+        query: PAGE_QUERY,
+        ..doc("listUserEvents", (200, Reply::Json("Object")))
+    },
+];
+
+/// The document, for a server reached at `public_url`.
+pub fn document(public_url: &str) -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let item = paths
+            .entry(openapi_path(route.path))
+            .or_insert_with(|| json!({}));
+        item[route.method.as_str().to_ascii_lowercase()] = operation(route);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "deployd",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Self-hosted deployments service, wire-compatible with Scalingo's \
+                            deployments API. Errors are JSON on every route.",
+        },
+        "servers": [{ "url": public_url }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A JWT from /v1/tokens/exchange, or an API token",
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "An API token as the password (any user name)",
+                },
+            },
+            "schemas": schemas(),
+        },
+    })
+}
+
+/// axum's `{name}` segments are OpenAPI's too; the path is the same text.
+fn openapi_path(path: &str) -> String {
+    path.to_string()
+}
+
+fn path_parameters(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .collect()
+}
+
+/// The row of [`DOCS`] for `operation`.
+pub(crate) fn doc_of(operation: &str) -> Option<&'static Doc> {
+    DOCS.iter().find(|doc| doc.operation == operation)
+}
+
+fn operation(route: &Route) -> Value {
+    let mut parameters: Vec<Value> = path_parameters(route.path)
+        .into_iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "in": "path",
+                "required": true,
+                "schema": {"type": "string", "minLength": 1},
+            })
+        })
+        .collect();
+    let mut op = json!({
+        "operationId": route.operation,
+        "summary": route.summary,
+    });
+    let doc = doc_of(route.operation);
+    if let Some(doc) = doc {
+        parameters.extend(doc.query.iter().map(query_parameter));
+        if let Some(schema) = doc.request {
+            op["requestBody"] = json!({
+                "required": false,
+                "content": {"application/json": {"schema": schema_ref(schema)}},
+            });
+        }
+        if doc.binary_body {
+            op["requestBody"] = json!({
+                "required": false,
+                "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                }},
+            });
+        }
+    }
+    if !parameters.is_empty() {
+        op["parameters"] = Value::Array(parameters);
+    }
+    op["security"] = match route.auth {
+        Auth::Caller => json!([{"bearer": []}, {"basic": []}]),
+        Auth::Public if route.operation == "exchangeToken" => json!([{"basic": []}]),
+        Auth::Public | Auth::AuthFrame | Auth::SignedUrl | Auth::Open => json!([{}]),
+    };
+    let error = json!({
+        "description": "An error (JSON on every route)",
+        "content": {"application/json": {"schema": schema_ref("Error")}},
+    });
+    let mut responses = Map::new();
+    let (code, reply) = doc.map_or((200, fallback_reply(route.answer)), |d| d.success);
+    responses.insert(code.to_string(), success(reply));
+    responses.insert("4XX".into(), error.clone());
+    responses.insert("5XX".into(), error);
+    op["responses"] = Value::Object(responses);
+    op
+}
+
+/// What a route without a [`DOCS`] row answers, from its `answer` column alone.
+fn fallback_reply(answer: Answer) -> Reply {
+    match answer {
+        Answer::Json => Reply::Json("Object"),
+        Answer::Output => Reply::Output,
+        Answer::Archive => Reply::Archive,
+        Answer::WebSocket => Reply::Upgrade,
+        Answer::Text => Reply::Metrics,
+    }
+}
+
+fn success(reply: Reply) -> Value {
+    match reply {
+        Reply::Json(schema) => json!({
+            "description": "Success",
+            "content": {"application/json": {"schema": schema_ref(schema)}},
+        }),
+        Reply::Empty => json!({"description": "Done; no body"}),
+        Reply::Output => json!({
+            "description": "The output lines; Server-Sent Events with Accept: text/event-stream",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }),
+        Reply::Archive => json!({
+            "description": "The archive",
+            "content": {"application/x-gzip": {"schema": {"type": "string", "format": "binary"}}},
+        }),
+        Reply::Metrics => json!({
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }),
+        Reply::Upgrade => json!({"description": "Switching Protocols to a WebSocket"}),
+    }
+}
+
+fn query_parameter(query: &Query) -> Value {
+    let schema = match query.scalar {
+        Scalar::Integer(minimum) => json!({"type": "integer", "minimum": minimum}),
+        Scalar::Boolean => json!({"type": "boolean"}),
+        Scalar::String => json!({"type": "string"}),
+        Scalar::Uuid => json!({"type": "string", "format": "uuid"}),
+    };
+    json!({
+        "name": query.name,
+        "in": "query",
+        "required": query.required,
+        "description": query.description,
+        "schema": schema,
+    })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn nullable_string() -> Value {
+    json!({"type": ["string", "null"]})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+/// An object of one required field holding `schema`.
+fn envelope(field: &str, schema: Value) -> Value {
+    object(&[field], json!({ field: schema }))
+}
+
+/// The optional-fields request wrapper (`{"app": {...}}`): every field may be missing; the
+/// handler answers 422 for what it needs.
+fn request(field: &str, properties: Value) -> Value {
+    json!({
+        "type": "object",
+        "properties": { field: {"type": "object", "properties": properties} },
+    })
+}
+
+/// A request wrapper whose inner object (and some of its fields) the handler needs.
+fn required_request(field: &str, inner: Value) -> Value {
+    object(&[field], json!({ field: inner }))
+}
+
+fn schemas() -> Value {
+    let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+    let user = object(
+        &["id", "username", "email", "fullname", "flags"],
+        json!({
+            "id": string(), "username": string(), "email": string(), "fullname": string(),
+            "flags": {"type": "object"},
+        }),
+    );
+    let token = object(
+        &["id", "name", "created_at"],
+        json!({"id": string(), "name": string(), "created_at": string(), "token": string()}),
+    );
+    let person = object(
+        &["id", "username", "email"],
+        json!({"id": string(), "username": string(), "email": string()}),
+    );
+    json!({
+        "Error": {
+            "type": "object",
+            "description": "400/401/403/409/413/5xx {error}; 404 {resource, error}; 422 {errors}",
+            "properties": {
+                "error": string(),
+                "resource": string(),
+                "errors": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": string()},
+                },
+            },
+            "anyOf": [{"required": ["error"]}, {"required": ["errors"]}],
+        },
+        "Empty": {"type": "object"},
+        "Object": {"type": "object"},
+        "OpenApi": object(&["openapi", "paths"], json!({"openapi": string(), "paths": {"type": "object"}})),
+        "Jwt": envelope("token", string()),
+        "Token": token,
+        "Tokens": envelope("tokens", json!({"type": "array", "items": schema_ref("Token")})),
+        "CreatedToken": envelope("token", schema_ref("Token")),
+        "User": user,
+        "UserEnvelope": envelope("user", schema_ref("User")),
+        "CreatedUser": object(&["user", "token"], json!({
+            "user": schema_ref("User"), "token": schema_ref("Token"),
+        })),
+        "Regions": envelope("regions", json!({"type": "array", "items": object(
+            &["name", "api"],
+            json!({"name": string(), "api": string(), "display_name": string()}),
+        )})),
+        "App": object(
+            &["id", "name", "owner", "created_at", "updated_at", "status", "links"],
+            json!({
+                "id": string(), "name": string(), "owner": person.clone(),
+                "created_at": string(), "updated_at": string(),
+                "status": {"enum": ["new", "running"]},
+                "git_source": nullable_string(), "last_deployed_at": nullable_string(),
+                "last_deployed_by": nullable_string(), "last_deployment_id": nullable_string(),
+                "links": envelope("deployments_stream", string()),
+            }),
+        ),
+        "AppEnvelope": envelope("app", schema_ref("App")),
+        "Apps": envelope("apps", json!({"type": "array", "items": schema_ref("App")})),
+        "Collaborator": object(
+            &["id", "app_id", "user_id", "username", "email", "status", "created_at"],
+            json!({
+                "id": string(), "app_id": string(), "user_id": string(), "username": string(),
+                "email": string(), "status": string(), "created_at": string(),
+            }),
+        ),
+        "CollaboratorEnvelope": envelope("collaborator", schema_ref("Collaborator")),
+        "Collaborators": envelope(
+            "collaborators",
+            json!({"type": "array", "items": schema_ref("Collaborator")}),
+        ),
+        "Deployment": object(
+            &["id", "app_id", "created_at", "status", "git_ref", "duration", "pusher", "links"],
+            json!({
+                "id": string(), "app_id": string(), "created_at": string(),
+                "finished_at": nullable_string(), "status": {"enum": statuses},
+                "git_ref": string(), "previous_git_ref": nullable_string(),
+                "duration": {"type": "integer"}, "image_size": {"type": "integer", "minimum": 0},
+                "pusher": person, "links": envelope("output", string()),
+                "image": nullable_string(), "registry": nullable_string(),
+                "postdeploy_hook": nullable_string(), "stack_base_image": nullable_string(),
+            }),
+        ),
+        "DeploymentEnvelope": envelope("deployment", schema_ref("Deployment")),
+        "Deployments": object(&["deployments", "meta"], json!({
+            "deployments": {"type": "array", "items": schema_ref("Deployment")},
+            "meta": envelope("pagination", object(
+                &["current_page", "prev_page", "next_page", "total_pages", "total_count"],
+                json!({
+                    "current_page": {"type": "integer"},
+                    "prev_page": {"type": ["integer", "null"]},
+                    "next_page": {"type": ["integer", "null"]},
+                    "total_pages": {"type": "integer"},
+                    "total_count": {"type": "integer"},
+                }),
+            )),
+        })),
+        "Source": envelope("source", object(
+            &["upload_url", "download_url"],
+            json!({"upload_url": string(), "download_url": string()}),
+        )),
+        "CreateTokenRequest": request("token", json!({"name": string()})),
+        "CreateUserRequest": required_request("user", object(&["username", "email"], json!({
+            "username": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{1,63}$"},
+            "email": {"type": "string", "format": "email", "maxLength": 128},
+            "fullname": string(),
+        }))),
+        "CreateAppRequest": required_request("app", object(&["name"], json!({
+            "name": {"type": "string", "pattern": "^[a-z0-9-]{3,48}$"},
+            "git_source": string(),
+        }))),
+        "AddCollaboratorRequest": request("collaborator", json!({"email": string()})),
+        "TriggerDeploymentRequest": request("deployment", json!({
+            "git_ref": string(), "source_url": string(), "postdeploy_hook": string(),
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_has_a_doc_row_and_every_doc_row_a_route() {
+        let routes: BTreeSet<_> = ROUTES.iter().map(|r| r.operation).collect();
+        let docs: BTreeSet<_> = DOCS.iter().map(|d| d.operation).collect();
+        assert_eq!(routes, docs);
+        assert_eq!(docs.len(), DOCS.len(), "an operation has two doc rows");
+    }
+
+    #[test]
+    fn the_document_has_every_route_and_nothing_else() {
+        let document = document("http://127.0.0.1:1");
+        let mut found = BTreeSet::new();
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                found.insert((
+                    method.to_ascii_uppercase(),
+                    path.clone(),
+                    op["operationId"].as_str().expect("operationId").to_string(),
+                ));
+            }
+        }
+        let expected: BTreeSet<_> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string(), r.operation.into()))
+            .collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let document = document("http://127.0.0.1:1");
+        let schemas = document["components"]["schemas"].clone();
+        let text = document.to_string();
+        let prefix = "#/components/schemas/";
+        for piece in text.split(prefix).skip(1) {
+            let name = piece.split('"').next().unwrap_or_default();
+            assert!(schemas.get(name).is_some(), "{name} is not defined");
+        }
+    }
+
+    #[test]
+    fn websocket_routes_are_gets_answering_101() {
+        let document = document("http://127.0.0.1:1");
+        for route in ROUTES.iter().filter(|r| r.answer == Answer::WebSocket) {
+            let op = &document["paths"][route.path]["get"];
+            assert!(op["responses"]["101"].is_object(), "{}", route.path);
+        }
+    }
+}
