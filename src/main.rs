@@ -138,6 +138,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Registered before anything else: a SIGTERM that arrives once the server says it listens
+    // (systemd stopping it at once, a test) must shut it down gracefully, never take the
+    // signal's default action.
+    let signals = ShutdownSignals::register()?;
     let config = Config::load(
         Overrides {
             config_file: args.config_file,
@@ -159,7 +163,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let token = server.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         // Cancel before logging: nothing about the log may stand between a signal and shutdown.
         token.cancel();
         tracing::info!("shutting down");
@@ -168,15 +172,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, registered at once (tokio's `ctrl_c()` registers only when first polled).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("registering SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("registering SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

@@ -242,6 +242,27 @@ fn sigterm_stops_the_server_when_stderr_is_a_closed_pipe() {
 }
 
 #[test]
+fn a_sigterm_right_after_the_listening_line_no_longer_kills_the_server_ungracefully() {
+    // The signal handler used to be installed by a task that could run after the line was
+    // printed: a SIGTERM in between took the default action (exit by signal, no clean stop).
+    for _ in 0..5 {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        let mut child = serve_command(&["--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("first line");
+        assert!(line.starts_with("deployd listening on "), "{line:?}");
+        sigterm(&child);
+        assert_eq!(wait_exit(&mut child), Some(0), "a graceful stop exits 0");
+    }
+}
+
+#[test]
 fn a_second_server_on_a_held_data_directory_says_which_pid_holds_it() {
     let first = Server::start();
     let pid = std::fs::read_to_string(first.data.join("deployd.pid")).expect("pid file");

@@ -22,6 +22,7 @@ fn faulty_server(dir: &tempfile::TempDir) -> (Server, PathBuf) {
             "DEPLOYD_TEST_FAULTS_FILE".into(),
             faults.display().to_string(),
         )],
+        fault_injection: true,
         ..Options::default()
     });
     (server, faults)

@@ -48,6 +48,10 @@ pub struct Options {
     pub allow_private_sources: Option<bool>,
     /// Extra `deployd serve` arguments (e.g. `--section-key` flags), after the harness's own.
     pub args: Vec<String>,
+    /// Run the `test-support` build cargo made for these tests, whatever `DEPLOYD_BIN` says:
+    /// only it reads injected faults (`DEPLOYD_TEST_FAULTS_FILE`); release builds contain no
+    /// injection code.
+    pub fault_injection: bool,
 }
 
 /// Where a running server is reached and its first admin's token: the client shortcuts every
@@ -104,7 +108,12 @@ impl Server {
                 .as_nanos()
         ));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = Command::new(deployd_bin());
+        let binary = if options.fault_injection {
+            PathBuf::from(env!("CARGO_BIN_EXE_deployd"))
+        } else {
+            deployd_bin()
+        };
+        let mut command = Command::new(binary);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
