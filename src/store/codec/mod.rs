@@ -144,13 +144,13 @@ pub const FORMAT_V1: u8 = 1;
 pub const FORMAT_V2: u8 = 2;
 /// Format byte of a log segment.
 pub const SEGMENT_V1: u8 = 1;
-const SEGMENT_HEADER: usize = 13;
+pub(super) const SEGMENT_HEADER: usize = 13;
 
 /// Format byte of a segment reference. It is 2, not 1, because the segment index entries held
 /// the segment itself (`SEGMENT_V1`, byte 1) before log text moved to the log files: a data
 /// directory from before that change fails loudly (`UnknownFormat(1)`) instead of being misread.
 pub const SEGMENT_REF_V1: u8 = 2;
-const SEGMENT_REF_LEN: usize = 17;
+pub(super) const SEGMENT_REF_LEN: usize = 17;
 
 /// The one-byte code of a status in [`StoredDeployment`]. Never renumber: these bytes are on
 /// disk. (The order of statuses, for comparisons, is `Status`'s `Ord`, not this code.)
@@ -193,46 +193,6 @@ pub fn log_stream_from_code(code: u8) -> Option<LogStream> {
     }
 }
 
-/// Where a segment lies in its deployment's log file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentRef {
-    pub offset: u64,
-    pub len: u32,
-    pub lines: u32,
-}
-
-impl SegmentRef {
-    /// The file offset just past this segment.
-    pub fn end(&self) -> u64 {
-        self.offset + u64::from(self.len)
-    }
-}
-
-pub fn encode_segment_ref(segment: &SegmentRef) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SEGMENT_REF_LEN);
-    out.push(SEGMENT_REF_V1);
-    out.extend_from_slice(&segment.offset.to_be_bytes());
-    out.extend_from_slice(&segment.len.to_be_bytes());
-    out.extend_from_slice(&segment.lines.to_be_bytes());
-    out
-}
-
-pub fn decode_segment_ref(bytes: &[u8]) -> Result<SegmentRef, CodecError> {
-    match bytes.first() {
-        None => return Err(CodecError::Empty),
-        Some(&SEGMENT_REF_V1) => {}
-        Some(&other) => return Err(CodecError::UnknownFormat(other)),
-    }
-    if bytes.len() != SEGMENT_REF_LEN {
-        return Err(CodecError::Corrupt("segment reference length"));
-    }
-    Ok(SegmentRef {
-        offset: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
-        len: u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")),
-        lines: u32::from_be_bytes(bytes[13..17].try_into().expect("4 bytes")),
-    })
-}
-
 /// A value that cannot be decoded: corrupt, or written by an unknown format.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -245,6 +205,11 @@ pub enum CodecError {
     #[error("corrupt value: {0}")]
     Corrupt(&'static str),
 }
+
+mod segment;
+pub use segment::{
+    decode_segment_ref, encode_segment, encode_segment_ref, SegmentRef, SegmentView,
+};
 
 // ---- keys ----------------------------------------------------------------------------------
 
@@ -696,100 +661,6 @@ pub fn encode_source(source: &StoredSource) -> Vec<u8> {
 
 pub fn decode_source(bytes: &[u8]) -> Result<StoredSource, CodecError> {
     decode(bytes)
-}
-
-// ---- log segments --------------------------------------------------------------------------
-
-/// Encodes one segment from lines that contain no `\n`. `text_len` is the sum of the lines'
-/// lengths (a capacity hint). Panics if there are more than `u32::MAX` lines: the writer caps
-/// a segment far below that (`store::MAX_SEGMENT_BYTES`).
-pub fn encode_segment<'a>(
-    stored_at: OffsetDateTime,
-    lines: impl ExactSizeIterator<Item = (LogStream, &'a str)> + Clone,
-    text_len: usize,
-) -> Vec<u8> {
-    let n = lines.len();
-    let mut out = Vec::with_capacity(SEGMENT_HEADER + n + text_len + n);
-    out.push(SEGMENT_V1);
-    out.extend_from_slice(&nanos(stored_at).to_be_bytes());
-    let count = u32::try_from(n).expect("invariant: a segment holds fewer than 2^32 lines");
-    out.extend_from_slice(&count.to_be_bytes());
-    out.extend(lines.clone().map(|(stream, _)| log_stream_code(stream)));
-    for (_, text) in lines {
-        debug_assert!(!text.contains('\n'));
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
-
-/// A decoded view of a segment, borrowing its bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct SegmentView<'a> {
-    pub stored_at_nanos: i64,
-    pub streams: &'a [u8],
-    /// Every line followed by `\n`: exactly what `/output` sends.
-    pub text: &'a [u8],
-}
-
-impl<'a> SegmentView<'a> {
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, CodecError> {
-        match bytes.first() {
-            None => return Err(CodecError::Empty),
-            Some(&SEGMENT_V1) => {}
-            Some(&other) => return Err(CodecError::UnknownFormat(other)),
-        }
-        if bytes.len() < SEGMENT_HEADER {
-            return Err(CodecError::Corrupt("segment header"));
-        }
-        let stored_at_nanos = i64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-        let n = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
-        let streams = bytes
-            .get(SEGMENT_HEADER..SEGMENT_HEADER + n)
-            .ok_or(CodecError::Corrupt("segment streams"))?;
-        let text = &bytes[SEGMENT_HEADER + n..];
-        Ok(Self {
-            stored_at_nanos,
-            streams,
-            text,
-        })
-    }
-
-    pub fn line_count(&self) -> usize {
-        self.streams.len()
-    }
-
-    /// The text from the `skip`-th line (0-based) to the end of the segment.
-    pub fn text_from_line(&self, skip: usize) -> &'a [u8] {
-        if skip == 0 {
-            return self.text;
-        }
-        let mut seen = 0;
-        for (i, byte) in self.text.iter().enumerate() {
-            if *byte == b'\n' {
-                seen += 1;
-                if seen == skip {
-                    return &self.text[i + 1..];
-                }
-            }
-        }
-        &[]
-    }
-
-    /// Each line (without its `\n`) with its stream.
-    pub fn lines(&self) -> impl Iterator<Item = (LogStream, &'a str)> + 'a {
-        let streams = self.streams;
-        let text = self.text;
-        text.split(|b| *b == b'\n')
-            .zip(streams.iter())
-            .map(|(line, code)| {
-                (
-                    log_stream_from_code(*code).unwrap_or(LogStream::Stdout),
-                    // Lines are stored from `&str`, so this only fails on a corrupt segment.
-                    std::str::from_utf8(line).unwrap_or("\u{FFFD}"),
-                )
-            })
-    }
 }
 
 #[cfg(test)]
