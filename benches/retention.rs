@@ -135,6 +135,7 @@ fn populate(data: &Path, app: AppId, owner: UserId, count: usize, log_lines: usi
             image_size: 0,
             driver: Driver::External,
             last_line: LineNo(0),
+            image_kept: false,
         };
         let put = |key: Vec<u8>, value: Vec<u8>| BatchOp::Put(key, Bytes::from(value));
         ops.push(put(

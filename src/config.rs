@@ -118,6 +118,10 @@ pub struct RetentionConfig {
     pub prune_interval: Duration,
     /// Most bytes of log one deployment stores (256 MiB); past it output is dropped.
     pub max_log_bytes: u64,
+    /// Successful deployments per app whose image is kept, newest first: the rollback
+    /// targets (5, `crate::images::DEFAULT_KEEP_IMAGES`). The app's current deployment's image
+    /// and one an unfinished rollback needs are kept beyond it.
+    pub keep_images: u64,
 }
 
 /// The listener's connection rules (`[server]`; `crate::listener` applies them).
@@ -231,6 +235,7 @@ pub struct FileRetention {
     pub prune_interval_secs: Option<u64>,
     pub max_log_bytes: Option<u64>,
     pub events_max_age_days: Option<u64>,
+    pub keep_images: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,6 +423,9 @@ impl Config {
             max_log_bytes: r
                 .max_log_bytes
                 .unwrap_or(crate::store::writer::DEFAULT_MAX_LOG_BYTES),
+            keep_images: r
+                .keep_images
+                .unwrap_or(crate::images::DEFAULT_KEEP_IMAGES),
         };
         // For every interval here 0 lifts it.
         let optional_secs = |v: u64| (v > 0).then(|| secs(v));

@@ -39,6 +39,8 @@
 //! - [`timeline`]: the events timeline's types and event object, pure; the writer records
 //!   events in the commit of what they describe. `notify`: webhook notifiers' delivery worker
 //!   (outbox, signing, retries, retention), which writes only through the writer.
+//! - `images`: kept images (`DATA/images`): their files, which deployments are rollback
+//!   targets, and `[retention] keep_images`; the writer records them, retention removes them.
 //! - [`retention`]: the prune pass (policy, scheduling, removal of files the writer does not
 //!   own); it writes the store only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
@@ -54,6 +56,7 @@ mod auth;
 pub mod cli;
 pub mod config;
 pub mod hub;
+mod images;
 mod lines;
 pub mod listener;
 pub mod logging;

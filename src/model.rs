@@ -245,6 +245,10 @@ pub struct Deployment {
     pub driver: Driver,
     /// The last line number stored for this deployment (0 when it has no output).
     pub last_line: LineNo,
+    /// Whether it can be rolled back to: `success` with its image still kept (an image record,
+    /// `crate::images`). Not stored in the deployment record: the store fills it in on read
+    /// (false in the writer's copies).
+    pub image_kept: bool,
 }
 
 impl Deployment {

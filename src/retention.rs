@@ -191,6 +191,8 @@ pub struct Pruned {
     pub deployments: usize,
     pub sources: usize,
     pub orphans: usize,
+    /// Kept images pruned (`[retention] keep_images`, `crate::images`).
+    pub images: usize,
 }
 
 impl Pruner {
@@ -205,12 +207,17 @@ impl Pruner {
     /// Every app, expired sources, then orphan files.
     pub async fn full_pass(&self) -> Result<Pruned, PruneError> {
         let apps = self.read(|store| store.all_apps()).await?;
+        let apps: Vec<AppId> = apps.into_iter().map(|a| a.id).collect();
         let mut pruned = Pruned {
-            deployments: self
-                .apps_pass(apps.into_iter().map(|a| a.id).collect())
-                .await?,
+            deployments: self.apps_pass(apps.clone()).await?,
             ..Pruned::default()
         };
+        // Images of apps deleted before their records went are covered too.
+        let mut image_apps = self.read(crate::images::apps).await?;
+        image_apps.extend(apps);
+        image_apps.sort_unstable();
+        image_apps.dedup();
+        pruned.images = crate::images::prune(self, image_apps).await?;
         pruned.sources = self.expired_sources().await?;
         let data_dir = self.data_dir.clone();
         let store = self.store.clone();
@@ -235,7 +242,8 @@ impl Pruner {
             })
             .await?;
         Ok(Pruned {
-            deployments: self.apps_pass(apps).await?,
+            deployments: self.apps_pass(apps.clone()).await?,
+            images: crate::images::prune(self, apps).await?,
             ..Pruned::default()
         })
     }
@@ -408,7 +416,9 @@ fn is_owned(store: &Store, id: uuid::Uuid) -> Result<bool, StoreError> {
         || store.source(id)?.is_some())
 }
 
-/// Removes every entry of [`OWNED_DIRS`] that no record owns; returns how many.
+/// Removes every entry of [`OWNED_DIRS`] that no record owns; returns how many. An image is
+/// owned by its image record (a deployment that did not end `success`, or whose image was
+/// pruned, keeps none), or by its deployment while that is unfinished.
 pub fn remove_orphans(store: &Store, data_dir: &Path) -> Result<usize, StoreError> {
     let mut removed = 0;
     for dir in OWNED_DIRS {
@@ -420,7 +430,17 @@ pub fn remove_orphans(store: &Store, data_dir: &Path) -> Result<usize, StoreErro
             let Some(id) = name.to_str().and_then(owner_of) else {
                 continue;
             };
-            if !is_owned(store, id)? {
+            let owned = if dir == crate::images::DIR {
+                // An unfinished deployment's image may be on disk before its record (packed,
+                // not yet recorded).
+                has_image_record(store, id)?
+                    || store
+                        .deployment(DeploymentId(id))?
+                        .is_some_and(|d| !d.status.is_terminal())
+            } else {
+                is_owned(store, id)?
+            };
+            if !owned {
                 remove_path(&entry.path());
                 removed += 1;
             }

@@ -22,6 +22,7 @@ fn policy(keep: u64, max_age_days: u64) -> RetentionConfig {
         max_age_days,
         prune_interval: std::time::Duration::ZERO,
         max_log_bytes: 0,
+        keep_images: 0,
     }
 }
 
@@ -249,6 +250,7 @@ async fn a_store_from_before_the_status_index_is_indexed_once_at_startup() {
         image_size: 0,
         driver: Driver::External,
         last_line: crate::model::LineNo(0),
+        image_kept: false,
     };
     // What an older deployd wrote: the record and the app index, no status index.
     engine

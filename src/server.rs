@@ -151,6 +151,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     let sources = SourceUrls::new(config.public_url.clone(), secret, config.sources_dir());
     let executors = Executors::new(
         writer.clone(),
+        store.clone(),
         hub.clone(),
         config.pipeline.clone(),
         sources.clone(),

@@ -29,6 +29,7 @@ use crate::pipeline::{self, DeploymentSink, Job, PipelineConfig, SinkError, Sour
 use crate::sources::SourceUrls;
 use crate::status::Status;
 use crate::store::writer::{Appended, Target, WriteError, Writer};
+use crate::store::Store;
 
 /// How often ending a lost session is retried while the store is failing.
 const LOST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -240,8 +241,9 @@ impl DeploymentSink for Session {
             .map_err(|e| SinkError(e.to_string()))
     }
 
-    async fn set_image_size(&self, bytes: u64) -> Result<(), SinkError> {
-        Session::set_image_size(self, bytes)
+    async fn keep_image(&self, bytes: u64) -> Result<(), SinkError> {
+        self.writer
+            .keep_image(self.deployment, bytes)
             .await
             .map_err(|e| SinkError(e.to_string()))
     }
@@ -252,6 +254,8 @@ impl DeploymentSink for Session {
 #[derive(Clone)]
 pub struct Executors {
     writer: Writer,
+    /// To read whether a deployment is a rollback (`crate::images`) when it starts.
+    store: Store,
     hub: Arc<Hub>,
     pipeline: Arc<PipelineConfig>,
     sources: SourceUrls,
@@ -266,6 +270,7 @@ pub struct Executors {
 impl Executors {
     pub fn new(
         writer: Writer,
+        store: Store,
         hub: Arc<Hub>,
         pipeline: PipelineConfig,
         sources: SourceUrls,
@@ -273,6 +278,7 @@ impl Executors {
     ) -> Self {
         Self {
             writer,
+            store,
             hub,
             pipeline: Arc::new(pipeline),
             sources,
@@ -314,6 +320,23 @@ impl Executors {
                 Some(path) => SourceLocation::LocalFile(path),
                 None => SourceLocation::Url(source_url),
             };
+            let store = this.store.clone();
+            let id = deployment.id;
+            let rollback_of =
+                match tokio::task::spawn_blocking(move || crate::images::rollback_of(&store, id))
+                    .await
+                {
+                    Ok(Ok(target)) => target,
+                    Ok(Err(err)) => {
+                        // Running it as a normal deployment would build what was not asked for.
+                        let _ = session.lost(&format!("cannot read the deployment's image record: {err}")).await;
+                        return;
+                    }
+                    Err(err) => {
+                        let _ = session.lost(&format!("internal error: {err}")).await;
+                        return;
+                    }
+                };
             let job = Job {
                 app_name,
                 app_id: deployment.app_id,
@@ -321,6 +344,7 @@ impl Executors {
                 git_ref: deployment.git_ref.clone(),
                 source,
                 postdeploy_hook,
+                rollback_of,
             };
             let run = pipeline::run(job, &session, &this.pipeline, cancel.clone());
             tokio::pin!(run);

@@ -259,6 +259,8 @@ pub struct Recorded {
     /// One entry per `append_logs` call, with when it arrived.
     pub batches: Vec<(Instant, Vec<NewLine>)>,
     pub image_size: Option<u64>,
+    /// `keep_image` was called (the push left an image to keep).
+    pub image_kept: bool,
     /// Refuse `append_logs` once this many lines were accepted (a deployment ended elsewhere).
     pub refuse_after_lines: Option<usize>,
 }
@@ -278,6 +280,7 @@ impl RecordingSink {
                 transitions: Vec::new(),
                 batches: Vec::new(),
                 image_size: None,
+                image_kept: false,
                 refuse_after_lines: None,
             }),
         }
@@ -346,8 +349,10 @@ impl DeploymentSink for RecordingSink {
         Ok(())
     }
 
-    async fn set_image_size(&self, bytes: u64) -> Result<(), SinkError> {
-        self.inner.lock().expect("test sink lock").image_size = Some(bytes);
+    async fn keep_image(&self, bytes: u64) -> Result<(), SinkError> {
+        let mut recorded = self.inner.lock().expect("test sink lock");
+        recorded.image_size = Some(bytes);
+        recorded.image_kept = true;
         Ok(())
     }
 }

@@ -1,9 +1,12 @@
-//! Control of a running deployment over HTTP: `POST …/deployments/{id}/cancel`.
+//! Control of deployments over HTTP: `POST …/deployments/{id}/cancel` and
+//! `POST …/deployments/{id}/rollback`.
 //!
-//! Owns the cancel request's HTTP side: who may ask (the app's owner or a collaborator; anyone
-//! else gets the 404 of a missing app or deployment), the writer's cancel operation, then the
-//! signal to the deployment's session once the request is durable. It decides no status (the
-//! writer's lifecycle does) and stops no process itself (the session does).
+//! Owns these requests' HTTP side: who may ask (the app's owner or a collaborator; anyone
+//! else gets the 404 of a missing app or deployment), the writer's cancel or rollback
+//! operation, then the signal to the deployment's session (cancel) or the start of its
+//! executor (rollback) once the request is durable. It decides no status (the writer's
+//! lifecycle does), no rollback target (`crate::images` and the writer do) and stops no process
+//! itself (the session does).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,8 +18,9 @@ use super::access::Caller;
 use super::deployments::find_deployment;
 use super::views::DeploymentView;
 use super::{ApiError, AppState};
+use crate::model::{DeploymentId, Pusher};
 use crate::sessions::Session;
-use crate::store::writer::WriteError;
+use crate::store::writer::{WriteError, NO_IMAGE};
 
 /// `POST /v1/apps/{app}/deployments/{deployment}/cancel` → 202 with the deployment as the
 /// cancel's commit stored it: `aborted` when it was queued, unchanged (still running, the
@@ -53,5 +57,43 @@ pub async fn cancel(
         Json(
             json!({ "deployment": DeploymentView::new(&reply.deployment, &state.config.public_url) }),
         ),
+    ))
+}
+
+/// `POST /v1/apps/{app}/deployments/{deployment}/rollback` → 201 with a new deployment taking
+/// the target's `git_ref`, which queues like any other and, when it runs, starts the target's
+/// kept image instead of fetching and building. A target that is not `success` or whose image
+/// is no longer kept: 422 `{"errors":{"deployment":[…]}}`, nothing created. A deployment of
+/// another app, or one the caller may not see: 404 like a missing one.
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (app, _) = caller.app(&state, &app).await?;
+    let target: DeploymentId = id.parse().map_err(|_| ApiError::NotFound("deployment"))?;
+    let pusher = Pusher {
+        id: caller.user.id,
+        username: caller.user.username.clone(),
+        email: caller.user.email.clone(),
+    };
+    let deployment = state
+        .writer
+        .create_rollback(app.id, target, pusher)
+        .await
+        .map_err(|err| match err {
+            WriteError::NotFound(NO_IMAGE) => ApiError::Unprocessable(vec![(
+                "deployment".to_owned(),
+                format!(
+                    "{target} cannot be rolled back to: only a successful deployment whose \
+                     image is still kept can be (see [retention] keep_images)"
+                ),
+            )]),
+            other => other.into(),
+        })?;
+    state.executors.spawn(deployment.clone(), app.name.clone());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) })),
     ))
 }

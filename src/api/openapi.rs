@@ -264,6 +264,7 @@ pub(crate) static DOCS: &[Doc] = &[
         query: PAGE_QUERY,
         ..doc("listUserEvents", (200, Reply::Json("Object")))
     },
+    doc("rollbackDeployment", (201, Reply::Json("DeploymentEnvelope"))),
 ];
 
 /// The document, for a server reached at `public_url`.
@@ -544,6 +545,7 @@ fn schemas() -> Value {
                 "pusher": person, "links": envelope("output", string()),
                 "image": nullable_string(), "registry": nullable_string(),
                 "postdeploy_hook": nullable_string(), "stack_base_image": nullable_string(),
+                "image_kept": {"type": "boolean"},
             }),
         ),
         "DeploymentEnvelope": envelope("deployment", schema_ref("Deployment")),

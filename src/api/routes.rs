@@ -520,6 +520,16 @@ pub static ROUTES: &[Route] = &[
         answer: Answer::Text,
         handler: || get(observe::serve_metrics),
     },
+    Route {
+        method: Method::POST,
+        path: "/v1/apps/{app}/deployments/{deployment}/rollback",
+        operation: "rollbackDeployment",
+        summary: "Roll back to a deployment: a new deployment starting its kept image (201; 422 when the image is no longer kept)",
+        auth: Auth::Caller,
+        scope: Scope::Deploy,
+        answer: Answer::Json,
+        handler: || post(control::rollback),
+    },
 ];
 
 #[cfg(test)]

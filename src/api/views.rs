@@ -141,6 +141,8 @@ pub struct DeploymentView {
     pub registry: Option<String>,
     pub postdeploy_hook: Option<String>,
     pub stack_base_image: Option<String>,
+    /// deployd's own: whether it can be rolled back to (`success` with its image kept).
+    pub image_kept: bool,
 }
 
 impl DeploymentView {
@@ -170,6 +172,7 @@ impl DeploymentView {
             registry: None,
             postdeploy_hook: d.postdeploy_hook().map(str::to_owned),
             stack_base_image: None,
+            image_kept: d.image_kept,
         }
     }
 }

@@ -19,7 +19,7 @@ use super::extract::{self, ExtractError, ExtractLimits};
 use super::fetch::{self, FetchLimits};
 use super::stages::{self, Deadline, DeadlineKind, StageCommand, StageOutcome};
 use super::{DeploymentSink, Job, PipelineConfig, SinkError};
-use crate::model::NewLine;
+use crate::model::{DeploymentId, NewLine};
 use crate::status::Status;
 
 /// The default hook runner: the hook text itself, run by a shell in the source dir.
@@ -79,6 +79,16 @@ pub async fn run<S: DeploymentSink>(
     if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %work_dir.display(), %error, "cannot remove the work directory");
+        }
+    }
+    if run.status != Status::Success {
+        // Only a successful deployment's image is kept (a rollback target); the writer dropped
+        // or will drop its record when the deployment ends.
+        let image = run.image_path();
+        if let Err(error) = tokio::fs::remove_file(&image).await {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %image.display(), %error, "cannot remove the image");
+            }
         }
     }
     run.status
@@ -146,7 +156,11 @@ impl<S: DeploymentSink> Run<'_, S> {
     }
 
     async fn execute(&mut self) -> Result<(), Halt> {
-        let Some(source_dir) = self.prepare_source().await? else {
+        let prepared = match self.job.rollback_of {
+            Some(target) => self.prepare_rollback(target).await?,
+            None => self.prepare_source().await?,
+        };
+        let Some(source_dir) = prepared else {
             return Ok(());
         };
         let env = self.stage_env(&source_dir);
@@ -157,11 +171,16 @@ impl<S: DeploymentSink> Run<'_, S> {
             self.system(format!("warning: no build cache ({err})"))
                 .await?;
         }
-        if !self.build(&source_dir, &env).await? {
+        // A rollback's tree is the target's built one: nothing to build.
+        if self.job.rollback_of.is_none() && !self.build(&source_dir, &env).await? {
             return Ok(());
         }
         self.transition(Status::Pushing).await?;
-        if !self.push(&source_dir, &env).await? {
+        let pushed = match self.job.rollback_of {
+            Some(target) => self.push_kept(target).await?,
+            None => self.push(&source_dir, &env).await?,
+        };
+        if !pushed {
             return Ok(());
         }
         self.transition(Status::Starting).await?;
@@ -200,9 +219,8 @@ impl<S: DeploymentSink> Run<'_, S> {
         self.transition(Status::Success).await
     }
 
-    /// Fetches and extracts the source; `None` when that failed and the deployment has ended.
-    async fn prepare_source(&mut self) -> Result<Option<PathBuf>, Halt> {
-        self.system("-----> Fetching source code").await?;
+    /// Creates the work directory; `false` when that failed and the deployment has ended.
+    async fn make_work_dir(&mut self) -> Result<bool, Halt> {
         if let Err(error) = tokio::fs::create_dir_all(&self.work_dir).await {
             tracing::error!(path = %self.work_dir.display(), %error, "cannot create the work directory");
             self.fail(
@@ -210,6 +228,97 @@ impl<S: DeploymentSink> Run<'_, S> {
                 Status::BuildError,
             )
             .await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// A rollback's source: the target's kept image, hard-linked as this deployment's own image
+    /// (never re-packed) and extracted into the work directory. `None` when that failed and
+    /// the deployment has ended.
+    async fn prepare_rollback(&mut self, target: DeploymentId) -> Result<Option<PathBuf>, Halt> {
+        self.system(format!(
+            "-----> Rolling back to {target} ({})",
+            self.job.git_ref
+        ))
+        .await?;
+        if !self.make_work_dir().await? {
+            return Ok(None);
+        }
+        let kept = crate::images::path(&absolute(&self.config.image_dir), target);
+        let own = self.image_path();
+        let linked = self
+            .blocking(move |_| {
+                // A link left by a run cut short (a restart) is made again from the target.
+                match std::fs::remove_file(&own) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error)
+                    }
+                    _ => {}
+                }
+                std::fs::hard_link(&kept, &own)
+            })
+            .await?;
+        if let Err(error) = linked {
+            let line = if error.kind() == std::io::ErrorKind::NotFound {
+                format!("!     The image of deployment {target} is no longer kept")
+            } else {
+                format!("!     Cannot use the image of deployment {target}: {error}")
+            };
+            self.fail(line, Status::BuildError).await?;
+            return Ok(None);
+        }
+        self.system("-----> Extracting the kept image").await?;
+        let image = self.image_path();
+        let dest = self.work_dir.join(EXTRACT_DIR);
+        // Our own image, packed from a tree that fitted on this disk: the source archive's
+        // limits do not apply (the path and link rules do).
+        let limits = ExtractLimits {
+            max_entries: u64::MAX,
+            max_bytes: u64::MAX,
+        };
+        let extracted = self
+            .blocking(move |stop| extract::extract_image(&image, &dest, limits, stop))
+            .await?;
+        match extracted {
+            Ok(dir) => Ok(Some(dir)),
+            Err(error) => {
+                self.fail(
+                    format!("!     Extracting the kept image failed: {error}"),
+                    Status::BuildError,
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A rollback's push: its image is the target's, already linked; it is recorded as this
+    /// deployment's, without running a push command (which could rewrite the shared file).
+    async fn push_kept(&mut self, target: DeploymentId) -> Result<bool, Halt> {
+        let bytes = match tokio::fs::metadata(self.image_path()).await {
+            Ok(meta) => meta.len(),
+            Err(error) => {
+                self.fail(
+                    format!("!     Pushing the kept image failed: {error}"),
+                    Status::Aborted,
+                )
+                .await?;
+                return Ok(false);
+            }
+        };
+        self.system(format!(
+            "-----> Pushing the kept image of {target} ({bytes} bytes)"
+        ))
+        .await?;
+        self.sink.keep_image(bytes).await?;
+        Ok(true)
+    }
+
+    /// Fetches and extracts the source; `None` when that failed and the deployment has ended.
+    async fn prepare_source(&mut self) -> Result<Option<PathBuf>, Halt> {
+        self.system("-----> Fetching source code").await?;
+        if !self.make_work_dir().await? {
             return Ok(None);
         }
         let archive = self.work_dir.join(ARCHIVE_FILE);
@@ -318,7 +427,7 @@ impl<S: DeploymentSink> Run<'_, S> {
             }
             // A custom push may or may not write the image where we suggested.
             if let Ok(meta) = tokio::fs::metadata(&image).await {
-                self.sink.set_image_size(meta.len()).await?;
+                self.sink.keep_image(meta.len()).await?;
             }
             return Ok(true);
         }
@@ -330,7 +439,7 @@ impl<S: DeploymentSink> Run<'_, S> {
             Ok(bytes) => {
                 self.system(format!("-----> Pushing image ({bytes} bytes)"))
                     .await?;
-                self.sink.set_image_size(bytes).await?;
+                self.sink.keep_image(bytes).await?;
                 Ok(true)
             }
             Err(error) => {
@@ -479,7 +588,7 @@ impl<S: DeploymentSink> Run<'_, S> {
     }
 
     fn image_path(&self) -> PathBuf {
-        absolute(&self.config.image_dir).join(format!("{}.tar.gz", self.job.deployment_id))
+        crate::images::path(&absolute(&self.config.image_dir), self.job.deployment_id)
     }
 
     async fn system(&self, text: impl Into<String>) -> Result<(), Halt> {
@@ -579,6 +688,7 @@ mod tests {
                 git_ref: "main".to_owned(),
                 source,
                 postdeploy_hook: None,
+                rollback_of: None,
             }
         }
 

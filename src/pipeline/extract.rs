@@ -105,6 +105,32 @@ pub fn extract(
     limits: ExtractLimits,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, ExtractError> {
+    extract_into(archive, dest, limits, cancel, None)
+}
+
+/// The folder a kept image is extracted into, under `dest` (see [`extract_image`]).
+pub const IMAGE_ROOT: &str = "image";
+
+/// Extracts a kept image (`stages::pack_image`: the built tree's entries at the archive's
+/// root, `./…`) into `dest/`[`IMAGE_ROOT`] and returns that folder, with every rule of
+/// [`extract`] but the single root folder (the image's entries are read as if under it).
+pub fn extract_image(
+    archive: &Path,
+    dest: &Path,
+    limits: ExtractLimits,
+    cancel: &CancellationToken,
+) -> Result<PathBuf, ExtractError> {
+    extract_into(archive, dest, limits, cancel, Some(IMAGE_ROOT))
+}
+
+/// [`extract`], or with `under`, every entry read as if it were in that root folder.
+fn extract_into(
+    archive: &Path,
+    dest: &Path,
+    limits: ExtractLimits,
+    cancel: &CancellationToken,
+    under: Option<&str>,
+) -> Result<PathBuf, ExtractError> {
     let file = File::open(archive).map_err(ExtractError::Corrupt)?;
     fs::create_dir_all(dest).map_err(write_error(dest))?;
     let exceeded = Rc::new(Cell::new(false));
@@ -188,7 +214,10 @@ pub fn extract(
                 });
             }
         }
-        let parts = relative_components(&raw_path)?;
+        let mut parts = relative_components(&raw_path)?;
+        if let Some(root) = under {
+            parts.insert(0, OsString::from(root));
+        }
         let Some(first) = parts.first() else {
             // "./" itself: nothing to create.
             if kind.is_dir() {

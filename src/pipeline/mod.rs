@@ -41,8 +41,10 @@ pub trait DeploymentSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LineNo, SinkError>> + Send;
     /// Moves the deployment to `to`; refused transitions are errors and change nothing.
     fn transition(&self, to: Status) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// Records the size in bytes of the image produced by the push stage.
-    fn set_image_size(&self, bytes: u64) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Records that the push stage left an image of `bytes` at the deployment's image path
+    /// (`crate::images`), kept as a rollback target if the deployment succeeds; records the
+    /// image size too.
+    fn keep_image(&self, bytes: u64) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// Why a sink refused an operation.
@@ -69,6 +71,9 @@ pub struct Job {
     pub git_ref: String,
     pub source: SourceLocation,
     pub postdeploy_hook: Option<String>,
+    /// A rollback: the deployment whose kept image is linked and started instead of fetching
+    /// and building `source`.
+    pub rollback_of: Option<DeploymentId>,
 }
 
 // The default must be a value the config accepts.

@@ -256,7 +256,8 @@ impl Store {
             .unwrap_or_else(Grant::full))
     }
 
-    /// A deployment with `last_line` filled in from its last segment.
+    /// A deployment with `last_line` filled in from its last segment and `image_kept` from its
+    /// image record.
     pub fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
         let Some(mut deployment) =
             self.get_with(&codec::deployment_key(id), codec::decode_deployment)?
@@ -264,6 +265,8 @@ impl Store {
             return Ok(None);
         };
         deployment.last_line = self.last_line(id)?;
+        deployment.image_kept = deployment.status == crate::status::Status::Success
+            && self.engine.get(&codec::image_key(id))?.is_some();
         Ok(Some(deployment))
     }
 

@@ -40,7 +40,7 @@ struct Done {
 
 /// A validated command's answer and effects, before its group commits.
 pub(super) struct Outcome<T> {
-    value: T,
+    pub(super) value: T,
     /// The app whose subscribers get `events`.
     app: Option<AppId>,
     pub(super) events: Vec<Event>,
@@ -422,6 +422,22 @@ impl WriterState {
             Command::DeleteSources { ids, reply } => {
                 self.answer(group, reply, |s, g| s.delete_sources(&ids, g))
             }
+            Command::KeepImage {
+                deployment,
+                bytes,
+                reply,
+            } => self.answer(group, reply, |s, g| s.keep_image(deployment, bytes, g)),
+            Command::CreateRollback {
+                app,
+                target,
+                pusher,
+                reply,
+            } => self.answer(group, reply, |s, g| {
+                s.create_rollback(app, target, pusher, g)
+            }),
+            Command::PruneImages { ids, reply } => {
+                self.answer(group, reply, |s, g| s.prune_images(&ids, g))
+            }
         }
     }
 
@@ -494,6 +510,7 @@ impl WriterState {
                     self.log_ends.remove(&id);
                     self.record_deployment_event(record, group);
                     self.log_limit.forget(id);
+                    self.images_on_end(record, group);
                 }
                 outcome.events.push(status_event);
                 outcome.statuses.push((id, record.status));
@@ -532,7 +549,7 @@ impl WriterState {
         }
     }
 
-    fn create_deployment(
+    pub(super) fn create_deployment(
         &mut self,
         app_id: AppId,
         git_ref: String,
@@ -568,6 +585,7 @@ impl WriterState {
                 image_size: 0,
                 driver,
                 last_line: LineNo(0),
+                image_kept: false,
             },
             note_lines,
         );

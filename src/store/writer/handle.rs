@@ -168,6 +168,26 @@ pub enum Command {
         ids: Vec<uuid::Uuid>,
         reply: Reply<Vec<uuid::Uuid>>,
     },
+    /// The deployment's push kept an image at its image path (`crate::images`), of `bytes`:
+    /// records it (tag `0x0F`) and the deployment's image size.
+    KeepImage {
+        deployment: DeploymentId,
+        bytes: u64,
+        reply: Reply<()>,
+    },
+    /// Creates a deployment of `app` rolling back to `target` (see `images::create_rollback`).
+    CreateRollback {
+        app: AppId,
+        target: DeploymentId,
+        pusher: Pusher,
+        reply: Reply<Deployment>,
+    },
+    /// Deletes these image records (retention's keep_images), except those that must stay;
+    /// answers the ids deleted (their files may then go).
+    PruneImages {
+        ids: Vec<DeploymentId>,
+        reply: Reply<Vec<DeploymentId>>,
+    },
     /// Shutdown has begun: stop promoting queued deployments, so that they stay queued and run
     /// after the restart instead of starting a session that is about to be cut.
     StopPromoting {
@@ -184,6 +204,7 @@ impl Command {
                 | Command::Transition { .. }
                 | Command::Cancel { .. }
                 | Command::SetImageSize { .. }
+                | Command::KeepImage { .. }
         )
     }
 }
@@ -388,4 +409,12 @@ commands! {
     fn prune_deployments(ids: Vec<DeploymentId>) -> Vec<DeploymentId> = PruneDeployments;
     /// See [`Command::DeleteSources`].
     fn delete_sources(ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> = DeleteSources;
+    /// See [`Command::KeepImage`].
+    fn keep_image(deployment: DeploymentId, bytes: u64) -> () = KeepImage;
+    /// See [`Command::CreateRollback`]: refused `NotFound("deployment")` when `target` is not
+    /// a deployment of `app`, `NotFound(NO_IMAGE)` when it cannot be rolled back to.
+    fn create_rollback(app: AppId, target: DeploymentId, pusher: Pusher) -> Deployment
+        = CreateRollback;
+    /// See [`Command::PruneImages`].
+    fn prune_images(ids: Vec<DeploymentId>) -> Vec<DeploymentId> = PruneImages;
 }

@@ -485,6 +485,7 @@ mod tests {
             image_size: 0,
             driver,
             last_line: LineNo(9),
+            image_kept: false,
         }
     }
 

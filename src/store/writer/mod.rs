@@ -23,6 +23,7 @@ mod control;
 mod failure;
 mod group;
 mod handle;
+mod images;
 mod lifecycle;
 mod log_limit;
 mod notify;
@@ -37,6 +38,7 @@ mod tests;
 pub use control::CancelReply;
 pub use failure::Health;
 pub use handle::{Command, Writer};
+pub use images::NO_IMAGE;
 pub use log_limit::DEFAULT_MAX_LOG_BYTES;
 pub use notify::MAX_PRUNE_KEYS;
 

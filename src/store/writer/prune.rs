@@ -66,6 +66,7 @@ pub(super) fn forget_deployment(
         let (key, _) = entry.map_err(StoreError::from)?;
         group.ops.push(BatchOp::Delete(key));
     }
+    super::images::forget_image(state, id, group)?;
     group.removals.push(id);
     Ok(())
 }

@@ -122,6 +122,7 @@ impl WriterState {
             Ok(())
         };
         delete_prefix(codec::collaborators_prefix(app_id), &mut group.ops)?;
+        self.forget_images_of(app_id, group)?;
         self.delete_timeline_of(app_id, &mut group.ops)?;
         let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
         delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
