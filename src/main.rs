@@ -10,6 +10,7 @@ use deployd::cli::bench::{run_bench, BenchArgs};
 use deployd::cli::cancel::{run_cancel, CancelArgs};
 use deployd::cli::check::{run_check, CheckArgs};
 use deployd::cli::deploy::{run_deploy, DeployArgs};
+use deployd::cli::rollback::{run_rollback, RollbackArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::help;
 use deployd::cli::push::{run_push, PushArgs};
@@ -60,6 +61,9 @@ enum Command {
     Bench(BenchArgs),
     /// Cancel a deployment (default: the app's running one); the exit code says what happened.
     Cancel(CancelArgs),
+    /// Roll an app back to an earlier deployment: a new deployment starting its kept image.
+    #[command(after_help = help::ROLLBACK)]
+    Rollback(RollbackArgs),
     /// Check a stopped server's data directory (records, index, log files); `--repair` fixes
     /// what can be fixed. Exit 0: clean, 1: problems remain, 2: could not check.
     Check(CheckArgs),
@@ -124,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             Command::Follow(args) => run_follow(args).await,
             Command::Bench(args) => run_bench(args).await,
             Command::Cancel(args) => run_cancel(args).await,
+            Command::Rollback(args) => run_rollback(args).await,
             Command::Check(args) => Ok(tokio::task::block_in_place(|| run_check(args))),
             Command::Deploy(args) => run_deploy(args).await,
             Command::Apps(args) => run_apps(args).await,

@@ -132,3 +132,19 @@ Exit codes:
   0  the page(s) were written
   1  a page could not be written
   2  usage error";
+
+/// `deployd rollback --help`.
+pub const ROLLBACK: &str = concat!(
+    "Examples:
+  deployd rollback --url http://127.0.0.1:8080 --token \"$TOKEN\" --app web 0190f6c3-…
+  deployd rollback --app web 0190f6c3-… --follow   # with DEPLOYD_URL / DEPLOYD_TOKEN set
+
+The new deployment's id is printed on stdout. Without --follow:
+  0    the rollback deployment was created (it queues like any other)
+  1    the deployment cannot be rolled back to (not successful, or its image is no longer kept)
+  2    usage, authentication, HTTP or connection error (an unknown app or deployment: 404)
+
+With --follow, the exit code is the one of deployd follow:
+",
+    deployment_exit_codes!()
+);

@@ -28,6 +28,7 @@ pub mod follow;
 pub mod help;
 pub mod pack;
 pub mod push;
+pub mod rollback;
 
 /// Which server, as whom, and which app: the arguments `push` and `follow` share.
 #[derive(Debug, Clone, clap::Args)]
