@@ -208,10 +208,9 @@ async fn a_deployment_that_did_not_succeed_cannot_be_rolled_back_to_and_keeps_no
     .await;
     assert_eq!(crashed["status"], "crashed-error", "{crashed}");
     assert_eq!(crashed["image_kept"], false, "{crashed}");
-    assert!(
-        !image_file(&server, &id(&crashed)).exists(),
-        "a deployment that did not succeed keeps no image"
-    );
+    // Record first (in the end's commit), then the file.
+    let image = image_file(&server, &id(&crashed));
+    common::eventually(FINISH, || async { (!image.exists()).then_some(()) }).await;
     let before = deployment_count(&admin, "broken").await;
 
     let (code, body) = rollback(&admin, "broken", &id(&crashed)).await;
