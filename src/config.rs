@@ -423,9 +423,7 @@ impl Config {
             max_log_bytes: r
                 .max_log_bytes
                 .unwrap_or(crate::store::writer::DEFAULT_MAX_LOG_BYTES),
-            keep_images: r
-                .keep_images
-                .unwrap_or(crate::images::DEFAULT_KEEP_IMAGES),
+            keep_images: r.keep_images.unwrap_or(crate::images::DEFAULT_KEEP_IMAGES),
         };
         // For every interval here 0 lifts it.
         let optional_secs = |v: u64| (v > 0).then(|| secs(v));

@@ -59,7 +59,10 @@ pub fn all(store: &Store) -> Result<Vec<(DeploymentId, ImageRecord)>, StoreError
 }
 
 /// The deployment a rollback deployment rolls back to (`None`: not a rollback).
-pub fn rollback_of(store: &Store, deployment: DeploymentId) -> Result<Option<DeploymentId>, StoreError> {
+pub fn rollback_of(
+    store: &Store,
+    deployment: DeploymentId,
+) -> Result<Option<DeploymentId>, StoreError> {
     Ok(image(store, deployment)?.and_then(|image| image.rollback_of))
 }
 
@@ -78,7 +81,11 @@ pub enum Holder {
 /// The keep_images policy, pure: of `images` (deployment ids, which rise in creation order,
 /// and what each is), the ones to prune, keeping the newest `keep` successful ones (0: all) and
 /// always `current`, the app's latest successful deployment.
-pub fn choose(images: &[(DeploymentId, Holder)], current: Option<DeploymentId>, keep: u64) -> Vec<DeploymentId> {
+pub fn choose(
+    images: &[(DeploymentId, Holder)],
+    current: Option<DeploymentId>,
+    keep: u64,
+) -> Vec<DeploymentId> {
     let mut successes: Vec<DeploymentId> = images
         .iter()
         .filter(|(_, holder)| *holder == Holder::Success)
@@ -112,7 +119,10 @@ pub fn to_prune(store: &Store, app: AppId, keep: u64) -> Result<Vec<DeploymentId
         };
         images.push((id, holder));
     }
-    let current = store.app(app)?.and_then(|a| a.last_deployment).map(|last| last.id);
+    let current = store
+        .app(app)?
+        .and_then(|a| a.last_deployment)
+        .map(|last| last.id);
     Ok(choose(&images, current, keep))
 }
 
@@ -154,7 +164,10 @@ fn remove_file(path: &Path) {
 
 /// The apps that have image records (a full pass also covers images of deleted apps' ids).
 pub fn apps(store: &Store) -> Result<Vec<AppId>, StoreError> {
-    let mut apps: Vec<AppId> = all(store)?.into_iter().map(|(_, image)| image.app).collect();
+    let mut apps: Vec<AppId> = all(store)?
+        .into_iter()
+        .map(|(_, image)| image.app)
+        .collect();
     apps.sort_unstable();
     apps.dedup();
     Ok(apps)

@@ -10,10 +10,10 @@ use deployd::cli::bench::{run_bench, BenchArgs};
 use deployd::cli::cancel::{run_cancel, CancelArgs};
 use deployd::cli::check::{run_check, CheckArgs};
 use deployd::cli::deploy::{run_deploy, DeployArgs};
-use deployd::cli::rollback::{run_rollback, RollbackArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::help;
 use deployd::cli::push::{run_push, PushArgs};
+use deployd::cli::rollback::{run_rollback, RollbackArgs};
 use deployd::config::{Config, KeyFlags, Overrides};
 
 /// `--version`: the crate version and the git commit it was built from (`build.rs`).

@@ -329,7 +329,9 @@ impl Executors {
                     Ok(Ok(target)) => target,
                     Ok(Err(err)) => {
                         // Running it as a normal deployment would build what was not asked for.
-                        let _ = session.lost(&format!("cannot read the deployment's image record: {err}")).await;
+                        let _ = session
+                            .lost(&format!("cannot read the deployment's image record: {err}"))
+                            .await;
                         return;
                     }
                     Err(err) => {

@@ -89,10 +89,22 @@ async fn a_rollback_starts_the_kept_image_without_fetching_or_building() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "web").await;
-    let v1 = deployed(&admin, "web", "v1", &files.serve("/v1.tar.gz", versioned_app("v1"))).await;
+    let v1 = deployed(
+        &admin,
+        "web",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     assert_eq!(v1["status"], "success", "{v1}");
     assert_eq!(v1["image_kept"], true, "{v1}");
-    let v2 = deployed(&admin, "web", "v2", &files.serve("/v2.tar.gz", versioned_app("v2"))).await;
+    let v2 = deployed(
+        &admin,
+        "web",
+        "v2",
+        &files.serve("/v2.tar.gz", versioned_app("v2")),
+    )
+    .await;
     assert_eq!(v2["status"], "success", "{v2}");
     let fetched = files.requests().len();
 
@@ -101,7 +113,10 @@ async fn a_rollback_starts_the_kept_image_without_fetching_or_building() {
     let created = &body["deployment"];
     assert_eq!(created["git_ref"], "v1", "{body}");
     assert_eq!(created["previous_git_ref"], "v2", "{body}");
-    assert_eq!(created["image_kept"], false, "not a target before it succeeds");
+    assert_eq!(
+        created["image_kept"], false,
+        "not a target before it succeeds"
+    );
     let rb = id(created);
     let done = common::wait_finished(&admin, "web", &rb, FINISH).await;
     assert_eq!(done["status"], "success", "{done}");
@@ -141,7 +156,13 @@ async fn a_rollback_requested_while_another_deployment_runs_queues_behind_it() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "busy").await;
-    let v1 = deployed(&admin, "busy", "v1", &files.serve("/v1.tar.gz", versioned_app("v1"))).await;
+    let v1 = deployed(
+        &admin,
+        "busy",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     assert_eq!(v1["status"], "success");
     // A build that waits until the test lets it go.
     let slow = testing::app(
@@ -174,8 +195,13 @@ async fn the_stream_shows_the_rollbacks_statuses_through_building_and_pushing() 
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     let app = server.create_app(&admin, "streamed").await;
-    let v1 = deployed(&admin, "streamed", "v1", &files.serve("/v1.tar.gz", versioned_app("v1")))
-        .await;
+    let v1 = deployed(
+        &admin,
+        "streamed",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     let mut ws = subscriber::subscribe(&app, &server.admin_token, json!({})).await;
     let (code, body) = rollback(&admin, "streamed", &id(&v1)).await;
     assert_eq!(code, 201, "{body}");
@@ -229,8 +255,13 @@ async fn a_custom_push_that_writes_no_image_leaves_nothing_to_roll_back_to() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "custom").await;
-    let done = deployed(&admin, "custom", "v1", &files.serve("/v1.tar.gz", versioned_app("v1")))
-        .await;
+    let done = deployed(
+        &admin,
+        "custom",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     assert_eq!(done["status"], "success", "{done}");
     assert_eq!(done["image_kept"], false, "{done}");
     let (code, body) = rollback(&admin, "custom", &id(&done)).await;
@@ -245,7 +276,13 @@ async fn rollback_to_another_users_or_another_apps_deployment_is_a_404_like_a_mi
     let admin = server.admin();
     server.create_app(&admin, "mine").await;
     server.create_app(&admin, "other").await;
-    let v1 = deployed(&admin, "mine", "v1", &files.serve("/v1.tar.gz", versioned_app("v1"))).await;
+    let v1 = deployed(
+        &admin,
+        "mine",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     assert_eq!(v1["status"], "success");
     let stranger = server.client(&server.create_user("stranger").await);
     server.create_app(&stranger, "theirs").await;
@@ -292,9 +329,27 @@ async fn a_pruned_image_is_a_422_while_the_current_one_survives_retention_and_a_
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "kept").await;
-    let v1 = deployed(&admin, "kept", "v1", &files.serve("/v1.tar.gz", versioned_app("v1"))).await;
-    let v2 = deployed(&admin, "kept", "v2", &files.serve("/v2.tar.gz", versioned_app("v2"))).await;
-    let v3 = deployed(&admin, "kept", "v3", &files.serve("/v3.tar.gz", versioned_app("v3"))).await;
+    let v1 = deployed(
+        &admin,
+        "kept",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
+    let v2 = deployed(
+        &admin,
+        "kept",
+        "v2",
+        &files.serve("/v2.tar.gz", versioned_app("v2")),
+    )
+    .await;
+    let v3 = deployed(
+        &admin,
+        "kept",
+        "v3",
+        &files.serve("/v3.tar.gz", versioned_app("v3")),
+    )
+    .await;
     for d in [&v1, &v2, &v3] {
         assert_eq!(d["status"], "success", "{d}");
     }
@@ -313,7 +368,10 @@ async fn a_pruned_image_is_a_422_while_the_current_one_survives_retention_and_a_
 
     let server = server.restart();
     let admin = server.admin();
-    assert!(image_file(&server, &id(&v3)).exists(), "the current image stays");
+    assert!(
+        image_file(&server, &id(&v3)).exists(),
+        "the current image stays"
+    );
     assert_eq!(show(&admin, "kept", &id(&v3)).await["image_kept"], true);
     assert_eq!(rollback(&admin, "kept", &id(&v2)).await.0, 422);
 
@@ -339,7 +397,13 @@ async fn deleting_an_app_leaves_no_image_behind() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "gone").await;
-    let v1 = deployed(&admin, "gone", "v1", &files.serve("/v1.tar.gz", versioned_app("v1"))).await;
+    let v1 = deployed(
+        &admin,
+        "gone",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     assert!(image_file(&server, &id(&v1)).exists());
     let (code, body) = admin.delete("/v1/apps/gone").await;
     assert!(code == 204 || code == 200, "{code} {body}");
@@ -377,7 +441,13 @@ async fn deployd_rollback_exit_codes_say_what_happened() {
     let files = ArchiveServer::start().await;
     let admin = server.admin();
     server.create_app(&admin, "cli").await;
-    let v1 = deployed(&admin, "cli", "v1", &files.serve("/v1.tar.gz", versioned_app("v1"))).await;
+    let v1 = deployed(
+        &admin,
+        "cli",
+        "v1",
+        &files.serve("/v1.tar.gz", versioned_app("v1")),
+    )
+    .await;
     let bad = deployed(
         &admin,
         "cli",
@@ -397,7 +467,10 @@ async fn deployd_rollback_exit_codes_say_what_happened() {
     // --follow: follow's codes (0: success), the output printed.
     let (code, stdout, stderr) = cli(&server, &["--app", "cli", &id(&v1), "--follow"]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("started v1") || stderr.contains("started v1"), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("started v1") || stderr.contains("started v1"),
+        "{stdout}{stderr}"
+    );
 
     // Not a target: 1. Unknown deployment or app: 2.
     let (code, _, stderr) = cli(&server, &["--app", "cli", &id(&bad)]).await;
@@ -405,6 +478,10 @@ async fn deployd_rollback_exit_codes_say_what_happened() {
     assert!(stderr.contains("cannot be rolled back to"), "{stderr}");
     let (code, _, stderr) = cli(&server, &["--app", "nope", &id(&v1)]).await;
     assert_eq!(code, 2, "{stderr}");
-    let (code, _, stderr) = cli(&server, &["--app", "cli", "0190f6c3-0000-7000-8000-000000000000"]).await;
+    let (code, _, stderr) = cli(
+        &server,
+        &["--app", "cli", "0190f6c3-0000-7000-8000-000000000000"],
+    )
+    .await;
     assert_eq!(code, 2, "{stderr}");
 }

@@ -264,7 +264,10 @@ pub(crate) static DOCS: &[Doc] = &[
         query: PAGE_QUERY,
         ..doc("listUserEvents", (200, Reply::Json("Object")))
     },
-    doc("rollbackDeployment", (201, Reply::Json("DeploymentEnvelope"))),
+    doc(
+        "rollbackDeployment",
+        (201, Reply::Json("DeploymentEnvelope")),
+    ),
 ];
 
 /// The document, for a server reached at `public_url`.

@@ -111,9 +111,7 @@ impl WriterState {
             }
         };
         if record.status != Status::Success {
-            group
-                .ops
-                .push(BatchOp::Delete(codec::image_key(record.id)));
+            group.ops.push(BatchOp::Delete(codec::image_key(record.id)));
         }
         let Some(target) = own.and_then(|own| own.rollback_of) else {
             return;
@@ -144,7 +142,11 @@ impl WriterState {
             let Some(image) = images::image(&self.store, id)? else {
                 continue;
             };
-            if image.references.iter().any(|r| self.lifecycle.get(*r).is_some()) {
+            if image
+                .references
+                .iter()
+                .any(|r| self.lifecycle.get(*r).is_some())
+            {
                 continue;
             }
             let current = self
@@ -193,4 +195,156 @@ pub(super) fn forget_image(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::hub::Hub;
+    use crate::images;
+    use crate::model::{App, AppId, Driver, Pusher, UserId};
+    use crate::status::Status;
+    use crate::store::engine::MemoryEngine;
+    use crate::store::logs::LogFiles;
+    use crate::store::writer::{Target, WriteError, Writer, NO_IMAGE};
+    use crate::store::Store;
+
+    fn executor() -> Driver {
+        Driver::Executor {
+            source_url: "http://example.com/a.tar.gz".into(),
+            postdeploy_hook: None,
+        }
+    }
+
+    async fn app(writer: &Writer, name: &str) -> AppId {
+        let now = time::OffsetDateTime::now_utc();
+        let app = App {
+            id: AppId::generate(),
+            name: name.into(),
+            owner: UserId::generate(),
+            git_source: None,
+            created_at: now,
+            updated_at: now,
+            last_deployment: None,
+        };
+        writer.create_app(app.clone()).await.expect("app");
+        app.id
+    }
+
+    async fn walk(writer: &Writer, id: crate::model::DeploymentId, to: &[Status]) {
+        for status in to {
+            writer
+                .transition(id, Target::Status(*status), None)
+                .await
+                .expect("transition");
+        }
+    }
+
+    #[tokio::test]
+    async fn images_are_kept_for_successes_only_referenced_by_rollbacks_and_pruned_but_the_current()
+    {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(
+            Arc::new(MemoryEngine::default()),
+            LogFiles::open(scratch.path()).expect("logs"),
+        );
+        let (writer, _, _thread) =
+            Writer::start(store.clone(), Arc::new(Hub::default())).expect("start");
+        let (web, other) = (app(&writer, "web").await, app(&writer, "other").await);
+        let pusher = Pusher {
+            id: UserId::generate(),
+            username: "u".into(),
+            email: "u@x".into(),
+        };
+        let create = |git_ref: &str| {
+            writer.create_deployment(web, git_ref.into(), pusher.clone(), executor())
+        };
+
+        let good = create("v1").await.expect("create");
+        writer.keep_image(good.id, 10).await.expect("keep");
+        walk(
+            &writer,
+            good.id,
+            &[Status::Pushing, Status::Starting, Status::Success],
+        )
+        .await;
+        let stored = store.deployment(good.id).expect("read").expect("stored");
+        assert!(stored.image_kept);
+        assert_eq!(stored.image_size, 10);
+
+        let bad = create("v2").await.expect("create");
+        writer.keep_image(bad.id, 11).await.expect("keep");
+        walk(&writer, bad.id, &[Status::Pushing, Status::Aborted]).await;
+        assert!(images::image(&store, bad.id).expect("read").is_none());
+        assert!(
+            !store
+                .deployment(bad.id)
+                .expect("read")
+                .expect("stored")
+                .image_kept
+        );
+
+        let refused = writer.create_rollback(web, bad.id, pusher.clone()).await;
+        assert!(
+            matches!(refused, Err(WriteError::NotFound(NO_IMAGE))),
+            "{refused:?}"
+        );
+        let refused = writer.create_rollback(other, good.id, pusher.clone()).await;
+        assert!(
+            matches!(refused, Err(WriteError::NotFound("deployment"))),
+            "{refused:?}"
+        );
+
+        let rollback = writer
+            .create_rollback(web, good.id, pusher.clone())
+            .await
+            .expect("rollback");
+        assert_eq!(rollback.git_ref, "v1");
+        assert_eq!(
+            images::rollback_of(&store, rollback.id).expect("read"),
+            Some(good.id)
+        );
+        let target = images::image(&store, good.id).expect("read").expect("kept");
+        assert_eq!(target.references, vec![rollback.id]);
+        // An unfinished rollback still has to link the target: it stays.
+        assert!(writer
+            .prune_images(vec![good.id])
+            .await
+            .expect("prune")
+            .is_empty());
+
+        writer.keep_image(rollback.id, 10).await.expect("keep");
+        walk(
+            &writer,
+            rollback.id,
+            &[Status::Pushing, Status::Starting, Status::Success],
+        )
+        .await;
+        let target = images::image(&store, good.id).expect("read").expect("kept");
+        assert!(target.references.is_empty());
+        // The rollback is the app's current deployment: never pruned; the target may go now.
+        let pruned = writer
+            .prune_images(vec![good.id, rollback.id])
+            .await
+            .expect("prune");
+        assert_eq!(pruned, vec![good.id]);
+        assert!(
+            !store
+                .deployment(good.id)
+                .expect("read")
+                .expect("stored")
+                .image_kept
+        );
+        assert!(
+            store
+                .deployment(rollback.id)
+                .expect("read")
+                .expect("stored")
+                .image_kept
+        );
+
+        writer.delete_app(web).await.expect("delete");
+        assert!(images::all(&store).expect("read").is_empty());
+    }
 }
