@@ -14,6 +14,7 @@ ARG DEPLOYD_GIT_COMMIT=unknown
 ENV DEPLOYD_GIT_COMMIT=${DEPLOYD_GIT_COMMIT}
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+COPY ui ./ui
 COPY benches ./benches
 RUN cargo build --release --locked --bin deployd
 

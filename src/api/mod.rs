@@ -7,7 +7,8 @@
 //! external pushers' WebSocket; [`stream`] the subscribers' WebSocket; [`output`] the plain and
 //! SSE output and its follow; [`protocol`] the push frames shared with the `deployd push` client;
 //! [`notifiers`] the notification catalogues and webhook notifiers; [`timeline`] the events;
-//! [`health`] the unauthenticated `/healthz` and `/readyz` probes.
+//! [`health`] the unauthenticated `/healthz` and `/readyz` probes; [`lines`] the ranged read
+//! and search of a deployment's lines; [`ui`] the dashboard's embedded files.
 
 pub mod access;
 pub mod apps;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod deployments;
 pub mod error;
 pub mod health;
+pub mod lines;
 pub mod notifiers;
 pub mod observe;
 pub mod openapi;
@@ -27,6 +29,7 @@ pub mod routes;
 pub mod sources;
 pub mod stream;
 pub mod timeline;
+pub mod ui;
 pub mod users;
 pub mod views;
 

@@ -29,6 +29,12 @@ pub(crate) enum Reply {
     Metrics,
     /// `101 Switching Protocols`.
     Upgrade,
+    /// A `302` to the dashboard.
+    Redirect,
+    /// A dashboard file (`text/html` for the page; scripts, styles and images by extension).
+    Page,
+    /// NDJSON (`application/x-ndjson`): one object of the named schema per line.
+    Ndjson(&'static str),
 }
 
 /// A query parameter's type.
@@ -144,6 +150,61 @@ const STREAM_QUERY: &[Query] = &[
         scalar: Scalar::Integer(0),
         required: false,
         description: "The last line of `deployment` already seen",
+    },
+    Query {
+        name: "logs",
+        scalar: Scalar::String,
+        required: false,
+        description:
+            "`none`: no log event at all, replayed or live (statuses only); `all` (default)",
+    },
+    Query {
+        name: "tail",
+        scalar: Scalar::Integer(0),
+        required: false,
+        description: "Replay only the last N lines of each deployment not resumed, then live",
+    },
+];
+
+const LINES_QUERY: &[Query] = &[
+    Query {
+        name: "from",
+        scalar: Scalar::Integer(1),
+        required: false,
+        description: "The first line number (from 1; default 1)",
+    },
+    Query {
+        name: "limit",
+        scalar: Scalar::Integer(1),
+        required: false,
+        description: "Lines to return (default 1000, at most 5000; fewer past 4 MiB)",
+    },
+    Query {
+        name: "tail",
+        scalar: Scalar::Integer(1),
+        required: false,
+        description: "Instead of from/limit: the last N lines (at most 5000)",
+    },
+];
+
+const SEARCH_QUERY: &[Query] = &[
+    Query {
+        name: "q",
+        scalar: Scalar::String,
+        required: true,
+        description: "The text (1 to 256 bytes), matched case-insensitively, ANSI escapes ignored",
+    },
+    Query {
+        name: "after",
+        scalar: Scalar::Integer(0),
+        required: false,
+        description: "Only matches after this line number",
+    },
+    Query {
+        name: "limit",
+        scalar: Scalar::Integer(1),
+        required: false,
+        description: "Matches to return (default 100, at most 1000)",
     },
 ];
 
@@ -268,6 +329,18 @@ pub(crate) static DOCS: &[Doc] = &[
         "rollbackDeployment",
         (201, Reply::Json("DeploymentEnvelope")),
     ),
+    doc("dashboardRedirect", (302, Reply::Redirect)),
+    doc("dashboardRedirectSlash", (302, Reply::Redirect)),
+    doc("dashboardShell", (200, Reply::Page)),
+    doc("dashboardFile", (200, Reply::Page)),
+    Doc {
+        query: LINES_QUERY,
+        ..doc("deploymentLines", (200, Reply::Ndjson("Line")))
+    },
+    Doc {
+        query: SEARCH_QUERY,
+        ..doc("searchDeploymentOutput", (200, Reply::Json("SearchResult")))
+    },
 ];
 
 /// The document, for a server reached at `public_url`.
@@ -307,14 +380,15 @@ pub fn document(public_url: &str) -> Value {
     })
 }
 
-/// axum's `{name}` segments are OpenAPI's too; the path is the same text.
-fn openapi_path(path: &str) -> String {
-    path.to_string()
+/// axum's `{name}` segments are OpenAPI's too; a catch-all `{*name}` is `{name}` there.
+pub fn openapi_path(path: &str) -> String {
+    path.replace("{*", "{")
 }
 
 fn path_parameters(path: &str) -> Vec<&str> {
     path.split('/')
         .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| name.trim_start_matches('*'))
         .collect()
 }
 
@@ -386,6 +460,8 @@ fn fallback_reply(answer: Answer) -> Reply {
         Answer::Archive => Reply::Archive,
         Answer::WebSocket => Reply::Upgrade,
         Answer::Text => Reply::Metrics,
+        Answer::Dashboard => Reply::Page,
+        Answer::Lines => Reply::Ndjson("Line"),
     }
 }
 
@@ -412,6 +488,26 @@ fn success(reply: Reply) -> Value {
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }),
         Reply::Upgrade => json!({"description": "Switching Protocols to a WebSocket"}),
+        Reply::Redirect => json!({
+            "description": "Found: the dashboard is at /ui/",
+            "headers": {"Location": {"schema": {"type": "string", "const": "/ui/"}}},
+        }),
+        Reply::Ndjson(schema) => json!({
+            "description": "One JSON object per line (NDJSON), each matching x-item-schema; \
+                            X-Last-Line: the lines stored so far; X-Deployment-Status: its status",
+            "headers": {
+                "X-Last-Line": {"schema": {"type": "integer", "minimum": 0}},
+                "X-Deployment-Status": {"schema": {"type": "string"}},
+            },
+            "content": {"application/x-ndjson": {
+                "schema": {"type": "string"},
+                "x-item-schema": schema_ref(schema),
+            }},
+        }),
+        Reply::Page => json!({
+            "description": "The dashboard's page (any path that is not an asset) or an asset",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }),
     }
 }
 
@@ -552,6 +648,17 @@ fn schemas() -> Value {
             }),
         ),
         "DeploymentEnvelope": envelope("deployment", schema_ref("Deployment")),
+        "Line": object(&["n", "at", "text"], json!({
+            "n": {"type": "integer", "minimum": 1},
+            "at": {"type": "string", "format": "date-time"},
+            "text": string(),
+        })),
+        "SearchResult": object(&["matches", "total", "total_capped", "scanned_to"], json!({
+            "matches": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "total": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "total_capped": {"type": "boolean"},
+            "scanned_to": {"type": "integer", "minimum": 0},
+        })),
         "Deployments": object(&["deployments", "meta"], json!({
             "deployments": {"type": "array", "items": schema_ref("Deployment")},
             "meta": envelope("pagination", object(
@@ -615,7 +722,13 @@ mod tests {
         }
         let expected: BTreeSet<_> = ROUTES
             .iter()
-            .map(|r| (r.method.to_string(), r.path.to_string(), r.operation.into()))
+            .map(|r| {
+                (
+                    r.method.to_string(),
+                    openapi_path(r.path),
+                    r.operation.into(),
+                )
+            })
             .collect();
         assert_eq!(found, expected);
     }

@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
 use super::{
-    apps, caches, control, deployments, health, notifiers, observe, output, push, sources, stream,
-    timeline, users, AppState,
+    apps, caches, control, deployments, health, lines, notifiers, observe, output, push, sources,
+    stream, timeline, ui, users, AppState,
 };
 use crate::model::Scope;
 
@@ -46,6 +46,10 @@ pub enum Answer {
     WebSocket,
     /// `text/plain` that is not a deployment's output (the metrics).
     Text,
+    /// A deployment's lines as NDJSON (`application/x-ndjson`, one JSON object per line).
+    Lines,
+    /// The dashboard's embedded files (HTML, JavaScript, CSS…), or a redirect to them.
+    Dashboard,
 }
 
 /// One row of the route table.
@@ -529,6 +533,66 @@ pub static ROUTES: &[Route] = &[
         scope: Scope::Deploy,
         answer: Answer::Json,
         handler: || post(control::rollback),
+    },
+    Route {
+        method: Method::GET,
+        path: "/",
+        operation: "dashboardRedirect",
+        summary: "302 to the dashboard at /ui/",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Dashboard,
+        handler: || get(ui::redirect),
+    },
+    Route {
+        method: Method::GET,
+        path: "/ui",
+        operation: "dashboardRedirectSlash",
+        summary: "302 to the dashboard at /ui/",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Dashboard,
+        handler: || get(ui::redirect),
+    },
+    Route {
+        method: Method::GET,
+        path: "/ui/",
+        operation: "dashboardShell",
+        summary: "The dashboard's page (unauthenticated shell; the data comes from this API)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Dashboard,
+        handler: || get(ui::shell),
+    },
+    Route {
+        method: Method::GET,
+        path: "/ui/{*path}",
+        operation: "dashboardFile",
+        summary: "A dashboard asset, or the page for any other path (its client-side routes)",
+        auth: Auth::Open,
+        scope: Scope::Read,
+        answer: Answer::Dashboard,
+        handler: || get(ui::file),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/apps/{app}/deployments/{deployment}/lines",
+        operation: "deploymentLines",
+        summary: "A range of a deployment's lines with their numbers and times (NDJSON)",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Lines,
+        handler: || get(lines::lines),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/apps/{app}/deployments/{deployment}/search",
+        operation: "searchDeploymentOutput",
+        summary: "Line numbers of a deployment's lines containing a text (case-insensitive)",
+        auth: Auth::Caller,
+        scope: Scope::Read,
+        answer: Answer::Json,
+        handler: || get(lines::search),
     },
 ];
 

@@ -7,8 +7,12 @@
 //! Pure: no I/O, no tokio, no store, no clock. It decides; `subscriber` reads the store, writes
 //! the socket and reports back what it sent ([`Cursor::sent_lines`], [`Cursor::sent_status`]).
 //! Statuses compare by `Status`'s `Ord`, since a deployment's statuses only increase.
+//!
+//! A subscriber may ask for fewer lines ([`Logs`]): none at all (statuses only), or only the
+//! last N of each deployment in its first replay. Both are positions, not filters: the cursor
+//! counts the lines it will never send as sent, so the rule above holds for what is sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{DeploymentId, LineNo};
 use crate::status::Status;
@@ -63,13 +67,37 @@ pub(super) enum CatchUpStep {
     Status(Status),
 }
 
+/// Which log lines a subscriber asked for (the stream's `logs` and `tail` options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Logs {
+    /// Every line: the replay then live (what Scalingo's clients rely on).
+    #[default]
+    All,
+    /// No log event at all, replayed or live: statuses (and `new`) only.
+    Statuses,
+    /// The first replay sends only the last N lines of each deployment it was not told to
+    /// resume; everything after them (and every deployment created later) goes out whole.
+    Tail(u64),
+}
+
 /// What one socket already sent, per deployment; see the module doc.
 #[derive(Debug, Default)]
 pub(super) struct Cursor {
     sent: BTreeMap<DeploymentId, Sent>,
+    logs: Logs,
+    /// Deployments whose first replay began and has yet to skip to its tail ([`Logs::Tail`]).
+    tail_pending: BTreeSet<DeploymentId>,
 }
 
 impl Cursor {
+    /// A cursor sending the lines `logs` asks for.
+    pub fn new(logs: Logs) -> Self {
+        Self {
+            logs,
+            ..Self::default()
+        }
+    }
+
     /// Starts `id` after line `after` (the client has everything up to it).
     pub fn resume(&mut self, id: DeploymentId, after: LineNo) {
         self.sent.insert(
@@ -117,6 +145,13 @@ impl Cursor {
                 if count == 0 || end <= sent.line.0 {
                     return Step::Skip;
                 }
+                if self.logs == Logs::Statuses {
+                    // Never sent, but counted: the statuses after them need not wait.
+                    if let Some(entry) = self.sent.get_mut(&id) {
+                        entry.line = LineNo(end);
+                    }
+                    return Step::Skip;
+                }
                 if first.0 > sent.line.0 + 1 || frames_len as u64 != count {
                     // A gap, or an event too big to render for everyone: read the store.
                     return Step::CatchUp { announce: false };
@@ -143,12 +178,18 @@ impl Cursor {
     /// Forgets `id` (deleted, or another app's).
     pub fn forget(&mut self, id: DeploymentId) {
         self.sent.remove(&id);
+        self.tail_pending.remove(&id);
     }
 
     /// Starts catching `id` up; returns whether to send its `new` first (`announce` and it was
     /// unknown). Then the subscriber reads the status history and asks [`Cursor::catch_up`].
+    /// An unknown deployment caught up without `announce` is in the first replay: with
+    /// [`Logs::Tail`], that catch-up starts at its tail.
     pub fn begin_catch_up(&mut self, id: DeploymentId, announce: bool) -> bool {
         let sent = self.sent(id);
+        if sent.is_none() && !announce && matches!(self.logs, Logs::Tail(_)) {
+            self.tail_pending.insert(id);
+        }
         self.track(id, sent.unwrap_or_default());
         announce && sent.is_none()
     }
@@ -156,14 +197,29 @@ impl Cursor {
     /// The steps that bring `id` up to its stored record (`current` status after `last_line`):
     /// each status change it missed, from `history` (the hub's, read after the record), at its
     /// line number, then the current status after every line stored when the record was read.
+    /// Lines the subscriber did not ask for ([`Logs`]) are counted as sent first, so the steps
+    /// hold no `Lines` for them.
     pub fn catch_up(
-        &self,
+        &mut self,
         id: DeploymentId,
         history: Vec<(Status, LineNo)>,
         current: Status,
         last_line: LineNo,
         announce: bool,
     ) -> Vec<CatchUpStep> {
+        let skip_to = match self.logs {
+            Logs::All => None,
+            Logs::Statuses => Some(last_line),
+            Logs::Tail(count) => self
+                .tail_pending
+                .remove(&id)
+                .then(|| LineNo(last_line.0.saturating_sub(count))),
+        };
+        if let Some(skip_to) = skip_to {
+            if let Some(entry) = self.sent.get_mut(&id) {
+                entry.line = entry.line.max(skip_to);
+            }
+        }
         let sent = self.sent(id).unwrap_or_default();
         let mut statuses: Vec<(Status, LineNo)> = history
             .into_iter()
@@ -402,6 +458,64 @@ mod tests {
         assert_eq!(cursor.sent.len(), MAX_TRACKED_DEPLOYMENTS + 1);
     }
 
+    #[test]
+    fn statuses_only_sends_no_line_and_statuses_need_not_wait_for_lines() {
+        let mut cursor = Cursor::new(Logs::Statuses);
+        assert!(!cursor.begin_catch_up(id(1), false));
+        let history = vec![(Status::Building, LineNo(0))];
+        assert_eq!(
+            cursor.catch_up(id(1), history, Status::Building, LineNo(40), false),
+            [
+                CatchUpStep::Lines { until: LineNo(0) },
+                CatchUpStep::Lines { until: LineNo(40) },
+                CatchUpStep::Status(Status::Building),
+                CatchUpStep::Lines { until: LineNo(40) }
+            ],
+            "the Lines steps are no-ops: the cursor is at line 40 already"
+        );
+        assert_eq!(cursor.sent(id(1)).map(|s| s.line), Some(LineNo(40)));
+        cursor.sent_status(id(1), Status::Building);
+        let logs = Live::Logs {
+            first: LineNo(41),
+            count: 3,
+        };
+        assert_eq!(cursor.on_event(id(1), logs, 3), Step::Skip);
+        let pushing = Live::Status {
+            status: Status::Pushing,
+            last_line: LineNo(43),
+        };
+        assert_eq!(
+            cursor.on_event(id(1), pushing, 1),
+            Step::Send { skip_frames: 0 }
+        );
+    }
+
+    #[test]
+    fn a_tail_replay_starts_n_lines_before_the_end_and_only_for_the_first_replay() {
+        let mut cursor = Cursor::new(Logs::Tail(10));
+        cursor.resume(id(2), LineNo(5));
+        assert!(!cursor.begin_catch_up(id(1), false));
+        let steps = cursor.catch_up(id(1), Vec::new(), Status::Building, LineNo(100), false);
+        assert_eq!(cursor.sent(id(1)).map(|s| s.line), Some(LineNo(90)));
+        assert_eq!(
+            steps.last(),
+            Some(&CatchUpStep::Lines { until: LineNo(100) })
+        );
+        // A resumed deployment resumes where it said.
+        assert!(!cursor.begin_catch_up(id(2), false));
+        cursor.catch_up(id(2), Vec::new(), Status::Building, LineNo(100), false);
+        assert_eq!(cursor.sent(id(2)).map(|s| s.line), Some(LineNo(5)));
+        // A later catch-up (after a lag) does not skip again.
+        cursor.sent_lines(id(1), LineNo(95));
+        assert!(!cursor.begin_catch_up(id(1), true));
+        cursor.catch_up(id(1), Vec::new(), Status::Building, LineNo(200), true);
+        assert_eq!(cursor.sent(id(1)).map(|s| s.line), Some(LineNo(95)));
+        // A deployment first seen after the replay (announced) goes out whole.
+        assert!(cursor.begin_catch_up(id(3), true));
+        cursor.catch_up(id(3), Vec::new(), Status::Building, LineNo(50), true);
+        assert_eq!(cursor.sent(id(3)).map(|s| s.line), Some(LineNo(0)));
+    }
+
     // ---- the lossless rule, against a model store and hub ------------------------------------
 
     /// What a subscriber writes, as the test sees it.
@@ -469,6 +583,8 @@ mod tests {
         read_lines: u64,
         cursor: Cursor,
         wire: Vec<Wire>,
+        /// Each deployment's stored last line when the subscriber's first replay read it.
+        replay_last: BTreeMap<DeploymentId, u64>,
     }
 
     impl Model {
@@ -567,6 +683,11 @@ mod tests {
                 Op::Subscribe => {
                     if self.channel.is_none() {
                         self.channel = Some(VecDeque::new());
+                        self.replay_last = self
+                            .store
+                            .iter()
+                            .map(|(id, record)| (*id, record.1))
+                            .collect();
                         self.catch_up_app(false);
                     }
                 }
@@ -667,12 +788,19 @@ mod tests {
         /// `Lagged` gaps and store replays, each stored line goes out exactly once and in store
         /// order, each status after the lines stored before it and only once, the last status
         /// sent is the stored one, and `new` comes at most once, before anything else of its
-        /// deployment.
+        /// deployment. With `logs=none` no line goes out at all; with `tail=N` the lines of a
+        /// deployment replayed first start N lines before the end it had then (the lines before
+        /// count as had, for the statuses).
         #[test]
         fn any_interleaving_sends_each_stored_line_once_in_order_and_statuses_after_their_lines(
             ops in prop::collection::vec(op(), 1..80),
             capacity in 1..6usize,
             read_lines in 1..6u64,
+            logs in prop_oneof![
+                Just(Logs::All),
+                Just(Logs::Statuses),
+                (0..6u64).prop_map(Logs::Tail),
+            ],
         ) {
             let mut model = Model {
                 store: BTreeMap::new(),
@@ -682,8 +810,9 @@ mod tests {
                 capacity,
                 lagged: false,
                 read_lines,
-                cursor: Cursor::default(),
+                cursor: Cursor::new(logs),
                 wire: Vec::new(),
+                replay_last: BTreeMap::new(),
             };
             for op in ops {
                 model.apply(op);
@@ -714,7 +843,18 @@ mod tests {
                         _ => None,
                     })
                     .collect();
-                prop_assert_eq!(&lines, &(1..=*last).collect::<Vec<_>>(), "lines of {}", id);
+                // Lines before `start` were never asked for.
+                let start = match logs {
+                    Logs::All | Logs::Statuses => 0,
+                    Logs::Tail(count) => {
+                        model.replay_last.get(id).map_or(0, |l| l.saturating_sub(count))
+                    }
+                };
+                let expected: Vec<u64> = match logs {
+                    Logs::Statuses => Vec::new(),
+                    _ => (start + 1..=*last).collect(),
+                };
+                prop_assert_eq!(&lines, &expected, "lines of {}", id);
 
                 let news: Vec<usize> = mine
                     .iter()
@@ -726,23 +866,27 @@ mod tests {
                     prop_assert_eq!(Some(*at), mine.first().map(|(at, _)| *at));
                 }
 
-                let mut lines_sent = 0;
+                // The line the subscriber is at: the last sent, or the first one skipped to.
+                let mut position = start;
                 let mut previous: Option<Status> = None;
                 for (_, wire) in &mine {
                     match wire {
-                        Wire::Line(..) => lines_sent += 1,
+                        Wire::Line(_, n) => position = *n,
                         Wire::Status(_, status, seq) => {
                             let changed_at = changes
                                 .iter()
                                 .find(|(s, _)| s == status)
                                 .map(|(_, line)| *line);
                             prop_assert!(changed_at.is_some(), "{:?} was never stored", status);
-                            prop_assert!(
-                                changed_at.is_some_and(|line| line <= lines_sent),
-                                "{:?} (after line {:?}) sent after {} lines",
-                                status, changed_at, lines_sent
-                            );
-                            prop_assert!(seq.0 <= lines_sent, "seq {} ahead of the lines", seq.0);
+                            if logs != Logs::Statuses {
+                                prop_assert!(
+                                    changed_at.is_some_and(|line| line <= position),
+                                    "{:?} (after line {:?}) sent at line {}",
+                                    status, changed_at, position
+                                );
+                                prop_assert!(seq.0 <= position, "seq {} ahead of the lines", seq.0);
+                            }
+                            prop_assert!(seq.0 <= *last, "seq {} past the stored lines", seq.0);
                             prop_assert!(previous < Some(*status), "{:?} after {:?}", status, previous);
                             previous = Some(*status);
                         }

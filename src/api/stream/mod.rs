@@ -42,6 +42,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::conn::{ClientMessage, Conn, ReadError};
+use self::cursor::Logs;
 use self::subscriber::Subscriber;
 use super::{ApiError, AppState};
 use crate::model::{AppId, DeploymentId, LineNo};
@@ -95,7 +96,9 @@ pub mod close {
 
 /// `GET /apps/{app}` (the URL of `links.deployments_stream`): the live deployments stream. No
 /// credentials on the upgrade (compat.md); the first frame authenticates. Query parameters
-/// `deployment=D&after=N` resume deployment D after line N.
+/// `deployment=D&after=N` resume deployment D after line N; `logs=none` sends no log event at
+/// all (statuses only); `tail=N` replays only the last N lines of each deployment (see
+/// [`Logs`]). The auth frame may say the same.
 ///
 /// The handshake and the framing are done here rather than by tungstenite: live frames are
 /// encoded once per event for every subscriber (see `frames::WireFrames`) and a subscriber copies
@@ -107,7 +110,7 @@ pub async fn upgrade(
     RawQuery(query): RawQuery,
     mut request: Request,
 ) -> Result<Response, ApiError> {
-    let resume = parse_resume_query(query.as_deref())?;
+    let (resume, logs) = parse_stream_query(query.as_deref())?;
     let not_websocket = |why: &str| {
         ApiError::BadRequest(format!("this is the deployments WebSocket stream: {why}"))
     };
@@ -146,7 +149,7 @@ pub async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let conn = Conn::new(TokioIo::new(upgraded));
-                run_socket(state, app, resume, conn).await;
+                run_socket(state, app, resume, logs.unwrap_or_default(), conn).await;
             }
             Err(err) => tracing::debug!(error = %err, "stream upgrade failed"),
         }
@@ -163,27 +166,41 @@ pub async fn upgrade(
 /// Resume points: deployment id → last line the client has.
 type Resume = BTreeMap<DeploymentId, LineNo>;
 
-fn parse_resume_query(query: Option<&str>) -> Result<Resume, ApiError> {
-    let mut deployment = None;
-    let mut after = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "deployment" => {
-                deployment = Some(value.parse::<DeploymentId>().map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "deployment must be a deployment id, got {value:?}"
-                    ))
-                })?)
-            }
-            "after" => {
-                after = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::BadRequest(format!("after must be a line number, got {value:?}"))
-                })?)
-            }
-            _ => {}
-        }
+/// The `logs` and `tail` options, given as `logs` (`all` or `none`) and `tail` (a number):
+/// `Err((parameter, why))` for an unknown `logs` or both `logs=none` and a tail.
+fn logs_option(
+    logs: Option<&str>,
+    tail: Option<u64>,
+) -> Result<Option<Logs>, (&'static str, &'static str)> {
+    match (logs, tail) {
+        (None, None) => Ok(None),
+        (None | Some("all"), Some(count)) => Ok(Some(Logs::Tail(count))),
+        (Some("all"), None) => Ok(Some(Logs::All)),
+        (Some("none"), None) => Ok(Some(Logs::Statuses)),
+        (Some("none"), Some(_)) => Err(("tail", "cannot be combined with logs=none")),
+        (Some(_), _) => Err(("logs", "must be all or none")),
     }
+}
+
+/// The URL's resume point and log option (the query rule of `api::query`).
+fn parse_stream_query(query: Option<&str>) -> Result<(Resume, Option<Logs>), ApiError> {
+    let pairs = super::query::pairs(query)?;
+    let deployment = super::query::last(&pairs, "deployment")
+        .map(|value| {
+            value.parse::<DeploymentId>().map_err(|_| {
+                ApiError::BadRequest(format!("deployment must be a deployment id, got {value:?}"))
+            })
+        })
+        .transpose()?;
+    let number = |name: &str| {
+        super::query::last(&pairs, name)
+            .map(|value| super::query::unsigned(name, value))
+            .transpose()
+    };
+    let after = number("after")?;
+    let tail = number("tail")?;
+    let logs = logs_option(super::query::last(&pairs, "logs"), tail)
+        .map_err(|(field, why)| ApiError::field(field, why))?;
     let mut resume = Resume::new();
     match (deployment, after) {
         (Some(id), after) => {
@@ -196,7 +213,7 @@ fn parse_resume_query(query: Option<&str>) -> Result<Resume, ApiError> {
         }
         (None, None) => {}
     }
-    Ok(resume)
+    Ok((resume, logs))
 }
 
 /// Why a subscriber's stream ended.
@@ -220,14 +237,19 @@ impl From<ApiError> for End {
     }
 }
 
-async fn run_socket<IO>(state: AppState, app: String, resume: Resume, mut conn: Conn<IO>)
-where
+async fn run_socket<IO>(
+    state: AppState,
+    app: String,
+    resume: Resume,
+    logs: Logs,
+    mut conn: Conn<IO>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let outcome = async {
-        let (app_id, resume) = authenticate(&state, &app, resume, &mut conn).await?;
+        let (app_id, resume, logs) = authenticate(&state, &app, resume, logs, &mut conn).await?;
         let live = state.hub.subscribe(app_id);
-        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut conn);
+        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut conn).with_logs(logs);
         subscriber.run(live, resume).await
     }
     .await;
@@ -252,13 +274,15 @@ where
     }
 }
 
-/// Waits for the auth frame; returns the app and the resume points (query ∪ auth frame).
+/// Waits for the auth frame; returns the app, the resume points (query ∪ auth frame) and the
+/// log option (the auth frame's, else the query's).
 async fn authenticate<IO>(
     state: &AppState,
     app: &str,
     mut resume: Resume,
+    logs: Logs,
     conn: &mut Conn<IO>,
-) -> Result<(AppId, Resume), End>
+) -> Result<(AppId, Resume, Logs), End>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -305,6 +329,7 @@ where
     for (id, after) in frame.resume {
         resume.insert(id, after);
     }
+    let logs = frame.logs.unwrap_or(logs);
     let caller = super::access::authenticate_token(state, &frame.token)
         .await
         .map_err(|err| match err {
@@ -318,7 +343,7 @@ where
     let Some((app, _)) = found else {
         return Err(End::Refused(close::APP_NOT_FOUND, "app not found"));
     };
-    Ok((app.id, resume))
+    Ok((app.id, resume, logs))
 }
 
 /// Maps a read error: a too-big frame gets 1009, anything else means the client is gone.
@@ -334,12 +359,15 @@ fn read_error(err: ReadError) -> End {
 struct AuthFrame {
     token: String,
     resume: Resume,
+    /// `"logs":"none"` / `"tail":N`, as in the query; `None` when neither is given.
+    logs: Option<Logs>,
 }
 
 impl AuthFrame {
     /// `{"type":"auth","data":{"token":"…","resume":{"<deployment id>":N,…}}}`; also
-    /// `"deployment":"<id>","after":N` in `data` for one deployment. Invalid or too many resume
-    /// entries make the whole frame invalid (`None`), like a missing token.
+    /// `"deployment":"<id>","after":N` in `data` for one deployment, and `"logs":"none"` or
+    /// `"tail":N`. Invalid or too many resume entries, or invalid log options, make the whole
+    /// frame invalid (`None`), like a missing token.
     fn parse(text: &str) -> Option<Self> {
         let value: Value = serde_json::from_str(text).ok()?;
         if value.get("type")?.as_str()? != "auth" {
@@ -364,7 +392,20 @@ impl AuthFrame {
             };
             resume.insert(id.as_str()?.parse().ok()?, LineNo(after));
         }
-        Some(Self { token, resume })
+        let logs = match data.get("logs") {
+            Some(logs) => Some(logs.as_str()?),
+            None => None,
+        };
+        let tail = match data.get("tail") {
+            Some(tail) => Some(tail.as_u64()?),
+            None => None,
+        };
+        let logs = logs_option(logs, tail).ok()?;
+        Some(Self {
+            token,
+            resume,
+            logs,
+        })
     }
 }
 
@@ -392,5 +433,43 @@ mod tests {
         assert!(
             AuthFrame::parse(r#"{"type":"auth","data":{"token":"t","resume":{"x":1}}}"#).is_none()
         );
+    }
+
+    #[test]
+    fn log_options_in_the_auth_frame() {
+        let parse = |data: &str| {
+            AuthFrame::parse(&format!(
+                r#"{{"type":"auth","data":{{"token":"t"{data}}}}}"#
+            ))
+            .map(|frame| frame.logs)
+        };
+        assert_eq!(parse(""), Some(None));
+        assert_eq!(parse(r#","logs":"none""#), Some(Some(Logs::Statuses)));
+        assert_eq!(parse(r#","tail":5"#), Some(Some(Logs::Tail(5))));
+        assert_eq!(
+            parse(r#","logs":"all","tail":5"#),
+            Some(Some(Logs::Tail(5)))
+        );
+        assert_eq!(parse(r#","logs":"some""#), None);
+        assert_eq!(parse(r#","logs":"none","tail":5"#), None);
+        assert_eq!(parse(r#","tail":-1"#), None);
+        assert_eq!(parse(r#","tail":"5""#), None);
+    }
+
+    #[test]
+    fn log_options_in_the_query_follow_the_query_rule() {
+        let status = |query: &str| parse_stream_query(Some(query)).map_err(|e| e.status().as_u16());
+        assert_eq!(status("logs=none").map(|r| r.1), Ok(Some(Logs::Statuses)));
+        assert_eq!(status("tail=3").map(|r| r.1), Ok(Some(Logs::Tail(3))));
+        assert_eq!(status("").map(|r| r.1), Ok(None));
+        assert_eq!(status("tail=x").map(|r| r.1), Err(400));
+        assert_eq!(status("tail=-1").map(|r| r.1), Err(400));
+        assert_eq!(status("logs=some").map(|r| r.1), Err(422));
+        assert_eq!(status("logs=none&tail=2").map(|r| r.1), Err(422));
+        let id = DeploymentId::generate();
+        let (resume, logs) =
+            parse_stream_query(Some(&format!("deployment={id}&after=4&tail=9"))).expect("parse");
+        assert_eq!(resume.get(&id), Some(&LineNo(4)));
+        assert_eq!(logs, Some(Logs::Tail(9)));
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
-use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Step};
+use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Logs, Step};
 use super::frames::{
     event_frames, new_frame, ping_frame, read_log_frames, status_text, text_frame,
 };
@@ -67,6 +67,12 @@ where
             conn,
             cursor: Cursor::default(),
         }
+    }
+
+    /// Sends only the log lines `logs` asks for (the stream's `logs`/`tail` options).
+    pub(super) fn with_logs(mut self, logs: Logs) -> Self {
+        self.cursor = Cursor::new(logs);
+        self
     }
 
     pub(super) async fn run(
