@@ -367,9 +367,10 @@ pub async fn search(
     Path((app, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<SearchResult>, ApiError> {
-    let request = SearchRequest::parse(raw.as_deref())?;
+    // The deployment first: a missing one is the same 404 as on every app route.
     let (app, _) = caller.app(&state, &app).await?;
     let deployment = find_deployment(&state, &app, &id).await?;
+    let request = SearchRequest::parse(raw.as_deref())?;
     let id = deployment.id;
     let result = state
         .read(move |store| search_log(store, id, &request))
