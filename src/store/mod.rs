@@ -8,6 +8,7 @@
 //! builds, `faults` (injected failures for the engine and the log files).
 
 pub mod codec;
+pub mod counts;
 pub mod damage;
 pub mod engine;
 pub mod events;

@@ -20,6 +20,7 @@
 //! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports.
 
 mod control;
+mod counts;
 mod failure;
 mod group;
 mod handle;

@@ -5,6 +5,7 @@
 //!
 //! Runs on the writer thread inside a group; it adds ops to the group and never commits.
 
+use super::counts::CountChange;
 use super::group::{put, Group, Outcome, WriterState};
 use super::WriteError;
 use crate::model::{
@@ -126,6 +127,7 @@ impl WriterState {
         let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
         delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
         delete_prefix(codec::app_statuses_prefix(app_id), &mut group.ops)?;
+        group.counts.push(CountChange::AppDeleted { app: app_id });
         for id in ids {
             group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
             group.ops.push(BatchOp::Delete(codec::unfinished_key(id)));
