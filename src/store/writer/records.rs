@@ -135,10 +135,21 @@ impl WriterState {
             group.removals.push(id);
             self.log_ends.remove(&id);
         }
-        let mut outcome = Outcome::quiet(());
+        let removed = self.lifecycle.remove_app(app_id);
+        // A build slot the app's running deployment held is free again: the oldest waiting
+        // deployment of another app takes it in this commit, not at some later deployment's
+        // end. (An app runs one deployment at a time, so this frees one slot at most.)
+        let promoted = self.lifecycle.promote_waiting(super::group::now());
+        let mut outcome = match promoted.first() {
+            Some(change) => Outcome::of_app((), change.record().app_id),
+            None => Outcome::quiet(()),
+        };
         // Their sessions see the watch end and stop; their next write finds no deployment.
-        for id in self.lifecycle.remove_app(app_id) {
+        for id in removed {
             outcome.statuses.push((id, Status::Aborted));
+        }
+        for change in promoted {
+            self.stage(change, group, &mut outcome);
         }
         Ok(outcome)
     }
