@@ -201,12 +201,18 @@ fn store_figures(data: &Path, app: AppId) {
     for filter in [None, Some(Status::Success)] {
         let label = filter.map_or("".to_string(), |s| format!(" status={s}"));
         for (name, read) in [
-            ("plain scan", plain_page as fn(&Store, AppId, Option<Status>, u64) -> usize),
+            (
+                "plain scan",
+                plain_page as fn(&Store, AppId, Option<Status>, u64) -> usize,
+            ),
             ("counts", counted_page),
         ] {
             // Same pages both ways (checked), then timed.
             let deep = (DEEP_PAGE - 1) * PER_PAGE;
-            assert_eq!(read(&store, app, filter, deep), plain_page(&store, app, filter, deep));
+            assert_eq!(
+                read(&store, app, filter, deep),
+                plain_page(&store, app, filter, deep)
+            );
             let first = time_calls(|| {
                 read(&store, app, filter, 0);
             });
@@ -234,7 +240,11 @@ async fn http_median(url: &str) -> Duration {
             .send()
             .await
             .expect("get");
-        assert!(response.status().is_success(), "{url}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
         response.bytes().await.expect("body");
         times.push(started.elapsed());
     }

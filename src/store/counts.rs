@@ -136,7 +136,9 @@ fn verify_app(
         )));
     }
     if counts.newest < expected.newest {
-        return Ok(Some("its newest id is older than a deployment it counts".into()));
+        return Ok(Some(
+            "its newest id is older than a deployment it counts".into(),
+        ));
     }
     let prefix = codec::count_buckets_prefix(app);
     let mut buckets = Vec::new();

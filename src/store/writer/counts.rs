@@ -118,10 +118,9 @@ impl Resolver<'_> {
                     // Nothing left in its range: the bucket before it takes the range over.
                     self.buckets.insert(key.clone(), None);
                     let counts = self.app(app)?;
-                    if counts
-                        .newest_bucket
-                        .is_some_and(|first| codec::count_bucket_key(app, DeploymentId::from_bytes(first)) == key)
-                    {
+                    if counts.newest_bucket.is_some_and(|first| {
+                        codec::count_bucket_key(app, DeploymentId::from_bytes(first)) == key
+                    }) {
                         counts.newest_bucket = None;
                     }
                 }
@@ -395,7 +394,8 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let logs = LogFiles::open(dir.path()).expect("logs");
             let store = Store::new(Arc::new(MemoryEngine::default()), logs);
-            let (writer, _, _) = Writer::start(store.clone(), Arc::new(Hub::default())).expect("writer");
+            let (writer, _, _) =
+                Writer::start(store.clone(), Arc::new(Hub::default())).expect("writer");
             let owner = User {
                 id: UserId::generate(),
                 username: "u".into(),
@@ -410,8 +410,17 @@ mod tests {
                 name: "t".into(),
                 created_at: owner.created_at,
             };
-            writer.create_user(owner.clone(), token, [3; 32]).await.expect("user");
-            let mut fixture = Fixture { writer, store, owner: owner.id, apps: Vec::new(), _dir: dir };
+            writer
+                .create_user(owner.clone(), token, [3; 32])
+                .await
+                .expect("user");
+            let mut fixture = Fixture {
+                writer,
+                store,
+                owner: owner.id,
+                apps: Vec::new(),
+                _dir: dir,
+            };
             for _ in 0..2 {
                 let app = fixture.new_app().await;
                 fixture.apps.push(app);
@@ -439,7 +448,9 @@ mod tests {
                 .into_iter()
                 .filter(|s| s.is_terminal() == finished)
                 .collect();
-            self.store.status_ids(&[app], &statuses, 0, u64::MAX).expect("ids")
+            self.store
+                .status_ids(&[app], &statuses, 0, u64::MAX)
+                .expect("ids")
         }
 
         async fn run(&mut self, step: &Step) {
@@ -606,15 +617,30 @@ mod tests {
             put(codec::app_status_key(app, Status::Success, id), Vec::new()),
         ];
         let changes = vec![
-            CountChange::Created { app, id, status: Status::Building },
-            CountChange::Moved { app, id, to: Status::Pushing },
-            CountChange::Moved { app, id, to: Status::Success },
+            CountChange::Created {
+                app,
+                id,
+                status: Status::Building,
+            },
+            CountChange::Moved {
+                app,
+                id,
+                to: Status::Pushing,
+            },
+            CountChange::Moved {
+                app,
+                id,
+                to: Status::Success,
+            },
         ];
         resolve(&store, changes, &mut ops).expect("resolve");
         engine.apply(ops).expect("apply");
         let counts = store.app_counts(app).expect("counts");
         assert_eq!(counts.total(), 1);
         assert_eq!(counts.of(&[Status::Success]), 1);
-        assert_eq!(counts::verify(&*engine).expect("verify"), Vec::<String>::new());
+        assert_eq!(
+            counts::verify(&*engine).expect("verify"),
+            Vec::<String>::new()
+        );
     }
 }
