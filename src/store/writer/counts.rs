@@ -112,6 +112,8 @@ impl Resolver<'_> {
                 self.statuses.insert(id, to);
             }
             CountChange::Forgotten { app, id, status } => {
+                // Its status as the group leaves it (a prune commits alone, so the record's).
+                let status = self.statuses.get(&id).copied().unwrap_or(status);
                 let key = self.covering_or_new(app, id)?;
                 self.add(app, &key, status, -1)?;
                 if self.bucket(&key)?.is_none_or(|b| b.live() == 0) {
