@@ -167,6 +167,8 @@ fn populate(data: &Path, app: AppId, owner: UserId, count: usize, log_lines: usi
     }
     engine.apply(ops).expect("apply");
     engine.sync().expect("sync");
+    // The counts the writer would have kept alongside (built as `deployd check --repair` does).
+    deployd::store::counts::rebuild(&engine).expect("counts");
 }
 
 async fn median_get(url: &str, calls: usize) -> Duration {

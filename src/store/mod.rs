@@ -4,10 +4,12 @@
 //!
 //! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
 //! engine trait, sled and in-memory implementations), [`logs`] (the log segment files the
-//! engine's index points into), [`writer`] (the one writer); in tests and `test-support`
+//! engine's index points into), [`writer`] (the one writer), [`counts`] (the deployment counts'
+//! build and check; the listing's seeks are in `index`); in tests and `test-support`
 //! builds, `faults` (injected failures for the engine and the log files).
 
 pub mod codec;
+pub mod counts;
 pub mod damage;
 pub mod engine;
 pub mod events;

@@ -25,7 +25,7 @@ use super::{Appended, Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
 use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::status::{Status, TransitionError};
 use crate::store::codec;
-use crate::store::engine::{BatchOp, Engine};
+use crate::store::engine::{BatchOp, Engine, EngineError};
 use crate::store::events::{Event, EventKind, Publish};
 use crate::store::logs::{Appender, LogFiles};
 use crate::store::{Segment, Store};
@@ -82,6 +82,8 @@ pub(crate) struct Group {
     /// Deployment records created or moved by the group, with whether each was created (for
     /// the metrics and the deployment log lines, once durable).
     moved: Vec<(Deployment, bool)>,
+    /// Changes to the status index, resolved into count ops just before the batch is applied.
+    pub(super) counts: Vec<super::counts::CountChange>,
 }
 
 pub(crate) fn put(key: Vec<u8>, value: Vec<u8>) -> BatchOp {
@@ -185,6 +187,9 @@ impl WriterState {
     /// Writes a group durably: log text first (written and synced), then the index that
     /// points into it.
     fn write_group(&mut self, group: &mut Group) -> Result<(), CommitFailure> {
+        let counts = std::mem::take(&mut group.counts);
+        super::counts::resolve(&self.store, counts, &mut group.ops)
+            .map_err(|err| CommitFailure::EngineApply(EngineError(err.to_string())))?;
         self.appender.write_durably(&self.logs, &group.appends)?;
         self.engine
             .apply(std::mem::take(&mut group.ops))
@@ -497,14 +502,14 @@ impl WriterState {
                 group
                     .ops
                     .push(put(codec::app_deployment_key(app, id), Vec::new()));
-                index_status(&mut group.ops, record, true);
+                index_status(group, record, true);
                 self.log_ends.insert(id, 0);
                 outcome.events.push(Event::new(app, id, EventKind::New));
                 outcome.events.push(status_event);
                 outcome.statuses.push((id, record.status));
             }
             Change::Moved(record) => {
-                index_status(&mut group.ops, record, false);
+                index_status(group, record, false);
                 group.moved.push((record.clone(), false));
                 if record.status.is_terminal() {
                     self.log_ends.remove(&id);

@@ -16,10 +16,12 @@
 //! engine, the log files and the hub; `lifecycle` is the pure bookkeeping of unfinished
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
-//! `recovery` ends what a crash left unfinished; `failure` decides what a failed commit does
+//! `recovery` ends what a crash left unfinished; `counts` turns a group's status index changes
+//! into the deployment counts' ops; `failure` decides what a failed commit does
 //! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports.
 
 mod control;
+mod counts;
 mod failure;
 mod group;
 mod handle;

@@ -93,6 +93,8 @@ impl WriterState {
         for change in self.lifecycle.promote_waiting(now) {
             self.stage(change, &mut group, &mut outcome);
         }
+        let counts = std::mem::take(&mut group.counts);
+        super::counts::resolve(&self.store, counts, &mut group.ops)?;
         if !group.ops.is_empty() {
             self.appender
                 .write_durably(&self.logs, &group.appends)
