@@ -207,11 +207,8 @@ pub(super) async fn compare(options: &CompareOptions) -> Result<CompareReport, B
     let published = redis::publish(
         &redis.addr,
         &channel,
-        options.fanout_lines,
-        options.line_bytes,
+        &fanout_options,
         batch,
-        options.window,
-        options.rate,
         subscribers.acker(),
     )
     .await;

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::client::{per_sec, FrameBuilder};
 use super::report::Histogram;
-use super::{protocol, BenchError, CONNECT_TIMEOUT, INDEX_DIGITS};
+use super::{protocol, BenchError, FanoutOptions, CONNECT_TIMEOUT, INDEX_DIGITS};
 
 /// How long redis-server may take to answer its first `PING`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -404,24 +404,30 @@ pub(super) async fn xadd(
     })
 }
 
-/// One publisher: `PUBLISH`es N numbered lines to `channel` like fanout's pusher; returns the
-/// instant the first batch was sent and when the last reply came.
+/// One publisher: `PUBLISH`es fanout's numbered lines to `channel` like fanout's pusher (same
+/// lines, line size, rate, window and `batch`); returns the instant the first batch was sent
+/// and when the last reply came.
 pub(super) async fn publish(
     addr: &str,
     channel: &str,
-    lines: u64,
-    line_bytes: usize,
+    shape: &FanoutOptions,
     batch: usize,
-    window: usize,
-    rate: u64,
     on_ack: impl FnMut(u64, Instant),
 ) -> Result<(Instant, Instant), BenchError> {
     let mut socket = TcpStream::connect(addr)
         .await
         .map_err(|e| BenchError::Http(format!("connect {addr}: {e}")))?;
-    let batches = Batches::new(&[b"PUBLISH", channel.as_bytes()], line_bytes, true);
-    let (_, started) =
-        send_batches(&mut socket, &batches, lines, batch, window, rate, on_ack).await?;
+    let batches = Batches::new(&[b"PUBLISH", channel.as_bytes()], shape.line_bytes, true);
+    let (_, started) = send_batches(
+        &mut socket,
+        &batches,
+        shape.lines,
+        batch,
+        shape.window,
+        shape.rate,
+        on_ack,
+    )
+    .await?;
     Ok((started, Instant::now()))
 }
 
