@@ -348,6 +348,9 @@ fn e2e(c: &mut Criterion) {
         line_bytes: LINE_BYTES,
         batch: 0,
         window: 32,
+        // This process is the bench binary, not deployd: it cannot be the subscriber child.
+        in_process: true,
+        subscriber_prefix: None,
     };
     let probe = Instant::now();
     match rt.block_on(bench::fanout(&target, &fanout)) {

@@ -34,6 +34,8 @@ pub(super) struct FrameBuilder {
     /// `"<text>",` : one JSON string and a comma.
     line_json: Vec<u8>,
     numbered: bool,
+    /// Added to every line index (`catchup`'s live lines follow the ones stored before).
+    first_index: u64,
 }
 
 impl FrameBuilder {
@@ -51,7 +53,14 @@ impl FrameBuilder {
         Self {
             line_json,
             numbered,
+            first_index: 0,
         }
+    }
+
+    /// The same frames with line indexes counted from `first_index`.
+    pub(super) fn numbered_from(mut self, first_index: u64) -> Self {
+        self.first_index = first_index;
+        self
     }
 
     /// The frame of batch `batch` holding lines `first..first + count` (0-based indexes).
@@ -65,7 +74,7 @@ impl FrameBuilder {
             let start = out.len();
             out.extend_from_slice(&self.line_json);
             if self.numbered {
-                let mut index = first + i;
+                let mut index = self.first_index + first + i;
                 for digit in out[start + 1..start + 1 + INDEX_DIGITS].iter_mut().rev() {
                     *digit = b'0' + (index % 10) as u8;
                     index /= 10;
@@ -78,6 +87,16 @@ impl FrameBuilder {
         out.extend_from_slice(b"]}");
         let text = String::from_utf8(out).expect("invariant: frames are ASCII");
         Message::Text(text.into())
+    }
+
+    /// One line's text as the frames carry it (unquoted; numbered lines start with 10 zeros),
+    /// for peers that send the same lines another way (`compare`'s Redis side).
+    pub(super) fn line_text(&self) -> Vec<u8> {
+        let mut text = self.line_json[1..self.line_json.len() - 2].to_vec();
+        if self.numbered {
+            text[..INDEX_DIGITS].fill(b'0');
+        }
+        text
     }
 }
 
