@@ -38,6 +38,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use tokio::time::Instant;
 
+pub use client::FrameKind;
 pub use fanout::fanout;
 pub use ingest::ingest;
 pub use read::read;
@@ -133,6 +134,9 @@ pub struct IngestOptions {
     /// Batches a pusher keeps unacknowledged
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// How batches are framed: `json` (every pusher) or `binary` (the `binary_logs` capability)
+    #[arg(long, value_enum, default_value_t = FrameKind::Json)]
+    pub frame: FrameKind,
 }
 
 /// `deployd bench fanout`.
