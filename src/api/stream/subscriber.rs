@@ -202,7 +202,7 @@ where
             }
             Step::Send { skip_frames } => {
                 self.uncounted_deliveries += 1;
-                self.feed(frames.starting_at(skip_frames)).await
+                self.feed_shared(frames.shared_from(skip_frames)).await
             }
             Step::CatchUp { announce } => self.catch_up(id, announce).await,
         }
@@ -294,7 +294,7 @@ where
             if frames.is_empty() {
                 return Ok(());
             }
-            self.feed(frames.bytes()).await?;
+            self.feed_shared(frames.shared_from(0)).await?;
             self.cursor.sent_lines(id, last);
         }
     }
@@ -326,6 +326,17 @@ where
     /// Writes everything queued, in one call when the socket takes it all (the usual case:
     /// then no stall timer is armed and the shutdown token is not looked at, which per write and
     /// subscriber cost a timer registration and shared reference counts).
+    /// Queues frames rendered once for everyone (not copied, see `Conn::queue_shared`),
+    /// writing them out once [`WRITE_BUFFER_BYTES`] are waiting: what is buffered beyond the
+    /// one rendering or store read the subscriber holds anyway stays under that.
+    async fn feed_shared(&mut self, frames: bytes::Bytes) -> Result<(), End> {
+        self.conn.queue_shared(frames);
+        if self.conn.buffered() >= WRITE_BUFFER_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<(), End> {
         let deliveries = std::mem::take(&mut self.uncounted_deliveries);
         if deliveries > 0 {
