@@ -38,7 +38,9 @@ async fn start(server: &Server, app: &str, capabilities: Option<Value>) -> (push
         .send(Message::Text(start.to_string().into()))
         .await
         .expect("send start");
-    let frame = push::next_json(&mut socket).await.expect("deployment frame");
+    let frame = push::next_json(&mut socket)
+        .await
+        .expect("deployment frame");
     assert_eq!(frame["type"], "deployment", "{frame}");
     (socket, frame)
 }
@@ -102,15 +104,25 @@ async fn binary_logs_frames_store_exactly_what_json_frames_store_once_the_server
     let server = Server::start();
     let admin = server.admin();
     server.create_app(&admin, "bin-app").await;
-    let (mut socket, frame) =
-        start(&server, "bin-app", Some(json!(["binary_logs", "not_yet_invented"]))).await;
+    let (mut socket, frame) = start(
+        &server,
+        "bin-app",
+        Some(json!(["binary_logs", "not_yet_invented"])),
+    )
+    .await;
     assert_eq!(
         frame["capabilities"],
         json!(["binary_logs"]),
         "only what the server knows is granted: {frame}"
     );
     let id = frame["deployment"]["id"].as_str().expect("id").to_string();
-    let tricky = ["a \"quoted\" \\ line", "é ünï €", "two\nlines", "crlf\r", ""];
+    let tricky = [
+        "a \"quoted\" \\ line",
+        "é ünï €",
+        "two\nlines",
+        "crlf\r",
+        "",
+    ];
     send_binary(&mut socket, binary_logs(1, 0, &tricky)).await;
     // JSON frames keep working in the same session, in order with the binary ones.
     socket
@@ -188,7 +200,11 @@ async fn hostile_binary_frames_close_the_socket_with_the_code_that_says_why_and_
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("a short header", good[..9].to_vec(), 1002),
         ("an unknown kind", [&[0x07][..], &good[1..]].concat(), 1002),
-        ("the system stream", binary_logs(2, 2, &["hostile line"]), 1002),
+        (
+            "the system stream",
+            binary_logs(2, 2, &["hostile line"]),
+            1002,
+        ),
         ("a count past the end", huge_count, 1002),
         ("a line past the end", past_end, 1002),
         ("bytes after the last line", trailing, 1002),

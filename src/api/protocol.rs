@@ -129,9 +129,8 @@ impl ClientFrame {
                 flat.kind
             )));
         }
-        let capabilities = Capabilities::from_names(
-            flat.capabilities.iter().flatten().map(String::as_str),
-        );
+        let capabilities =
+            Capabilities::from_names(flat.capabilities.iter().flatten().map(String::as_str));
         let frame = match flat.kind.as_str() {
             "start" => ClientFrame::Start {
                 git_ref: flat.git_ref,
@@ -369,8 +368,9 @@ pub fn encode_binary_logs<'a>(
     lines: impl ExactSizeIterator<Item = &'a str> + Clone,
 ) -> Vec<u8> {
     let text: usize = lines.clone().map(str::len).sum();
-    let mut out =
-        Vec::with_capacity(BINARY_LOGS_HEADER_BYTES + lines.len() * BINARY_LINE_PREFIX_BYTES + text);
+    let mut out = Vec::with_capacity(
+        BINARY_LOGS_HEADER_BYTES + lines.len() * BINARY_LINE_PREFIX_BYTES + text,
+    );
     out.push(BINARY_LOGS_KIND);
     out.push(stream_byte(stream));
     out.extend_from_slice(&batch.to_be_bytes());
@@ -513,7 +513,10 @@ mod tests {
     fn binary_logs_frames_decode_to_what_was_encoded() {
         let lines = ["a", "", "é \"quoted\" \\ \u{0}", "b\nc"];
         let bytes = encode_binary_logs(7, LogStream::Stderr, lines.iter().copied());
-        assert_eq!(bytes.len(), BINARY_LOGS_HEADER_BYTES + 4 * 4 + lines.concat().len());
+        assert_eq!(
+            bytes.len(),
+            BINARY_LOGS_HEADER_BYTES + 4 * 4 + lines.concat().len()
+        );
         assert_eq!(
             decode_binary_logs(&bytes),
             Ok(BinaryLogs {
@@ -543,7 +546,11 @@ mod tests {
         let not_utf8 = with(BINARY_LOGS_HEADER_BYTES + 4, 0xFF);
         let cases: Vec<(&str, Vec<u8>, u16)> = vec![
             ("empty", Vec::new(), 1002),
-            ("short header", good[..BINARY_LOGS_HEADER_BYTES - 1].to_vec(), 1002),
+            (
+                "short header",
+                good[..BINARY_LOGS_HEADER_BYTES - 1].to_vec(),
+                1002,
+            ),
             ("unknown kind", with(0, 0x02), 1002),
             ("system stream", with(1, 2), 1002),
             ("unknown stream", with(1, 9), 1002),

@@ -312,7 +312,10 @@ mod tests {
         let mut conn = Conn::new(server);
         let big: Vec<u8> = (0..SHARE_MIN_BYTES + 3).map(|i| (i % 251) as u8).collect();
         let mut expected = Vec::new();
-        for (i, piece) in [&b"ab"[..], &big, b"c", b"de", &big, b"f"].iter().enumerate() {
+        for (i, piece) in [&b"ab"[..], &big, b"c", b"de", &big, b"f"]
+            .iter()
+            .enumerate()
+        {
             if i % 2 == 1 {
                 conn.queue_shared(Bytes::copy_from_slice(piece));
             } else {

@@ -397,9 +397,7 @@ impl Push {
         let frame: ServerFrame = serde_json::from_str(&text)
             .map_err(|e| protocol(format!("bad server frame {text}: {e}")))?;
         let ServerFrame::Deployment { deployment } = frame else {
-            return Err(protocol(format!(
-                "expected a deployment frame, got {text}"
-            )));
+            return Err(protocol(format!("expected a deployment frame, got {text}")));
         };
         if granted_capabilities(&text) != asked {
             return Err(protocol(

@@ -499,7 +499,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_pusher_asks_for_binary_frames_and_sends_them_only_when_granted() {
-        let command = ["sh", "-c", "printf '%s\\n' 'out \\ \"1\"'; echo err1 >&2; echo out2"];
+        let command = [
+            "sh",
+            "-c",
+            "printf '%s\\n' 'out \\ \"1\"'; echo err1 >&2; echo out2",
+        ];
         for grant_binary in [false, true] {
             let behaviour = ServerBehaviour {
                 grant_binary,
@@ -515,11 +519,11 @@ mod tests {
                 .count();
             assert!(logs >= 2, "one batch per stream at least");
             let expected_binary = if grant_binary { logs } else { 0 };
-            assert_eq!(recorded.binary_batches, expected_binary, "granted: {grant_binary}");
             assert_eq!(
-                recorded.lines(LogStream::Stdout),
-                ["out \\ \"1\"", "out2"]
+                recorded.binary_batches, expected_binary,
+                "granted: {grant_binary}"
             );
+            assert_eq!(recorded.lines(LogStream::Stdout), ["out \\ \"1\"", "out2"]);
             assert_eq!(recorded.lines(LogStream::Stderr), ["err1"]);
         }
     }
