@@ -245,6 +245,7 @@ fn prune(rt: &tokio::runtime::Runtime) {
         line_bytes: 100,
         batch: 1000,
         window: 32,
+        frame: bench::FrameKind::Json,
     };
     rt.block_on(async {
         let server = deployd::server::start(config(&data, "keep_deployments = 10"))

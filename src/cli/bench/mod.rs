@@ -53,6 +53,7 @@ use clap::{Args, Subcommand};
 
 pub use catchup::catchup;
 pub use compare::{CompareReport, CompareSide};
+pub use client::FrameKind;
 pub use fanout::fanout;
 pub use ingest::ingest;
 pub use read::read;
@@ -157,6 +158,9 @@ pub struct IngestOptions {
     /// Batches a pusher keeps unacknowledged
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// How batches are framed: `json` (every pusher) or `binary` (the `binary_logs` capability)
+    #[arg(long, value_enum, default_value_t = FrameKind::Json)]
+    pub frame: FrameKind,
 }
 
 /// `deployd bench fanout`.
