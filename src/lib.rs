@@ -39,6 +39,8 @@
 //! - [`timeline`]: the events timeline's types and event object, pure; the writer records
 //!   events in the commit of what they describe. `notify`: webhook notifiers' delivery worker
 //!   (outbox, signing, retries, retention), which writes only through the writer.
+//! - [`backup`]: the tar of a writer snapshot (`store::writer::Snapshot`) and its restore into
+//!   an empty data directory.
 //! - [`retention`]: the prune pass (policy, scheduling, removal of files the writer does not
 //!   own); it writes the store only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
@@ -51,6 +53,7 @@
 //! Modules the binary, benches and tests do not use are private.
 pub mod api;
 mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod hub;

@@ -108,6 +108,8 @@ pub(super) struct WriterState {
     pub(super) trouble: Trouble,
     /// What `/readyz` reads.
     pub(super) health: HealthCell,
+    /// Live backup snapshots and the log files held back for them (`snapshot`).
+    pub(super) snapshots: super::snapshot::Snapshots,
 }
 
 impl WriterState {
@@ -123,6 +125,7 @@ impl WriterState {
             log_limit: LogLimit::default(),
             trouble: Trouble::None,
             health,
+            snapshots: Default::default(),
         }
     }
 
@@ -186,6 +189,7 @@ impl WriterState {
     /// points into it.
     fn write_group(&mut self, group: &mut Group) -> Result<(), CommitFailure> {
         self.appender.write_durably(&self.logs, &group.appends)?;
+        self.save_before_images(&group.ops);
         self.engine
             .apply(std::mem::take(&mut group.ops))
             .map_err(CommitFailure::EngineApply)?;
@@ -223,10 +227,7 @@ impl WriterState {
                     .queue_length
                     .set(i64::try_from(queued.count()).unwrap_or(i64::MAX));
             }
-            for id in group.removals {
-                self.appender.close(id);
-                self.logs.remove(id);
-            }
+            self.remove_log_files(group.removals);
         }
         for done in group.done {
             if failure.is_none() {
@@ -422,6 +423,15 @@ impl WriterState {
             Command::DeleteSources { ids, reply } => {
                 self.answer(group, reply, |s, g| s.delete_sources(&ids, g))
             }
+            Command::Snapshot { reply } => self.answer(group, reply, |s, _| {
+                let started = std::time::Instant::now();
+                let snapshot = s.take_snapshot();
+                tracing::info!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "backup snapshot taken between two commits"
+                );
+                Ok(Outcome::quiet(snapshot))
+            }),
         }
     }
 

@@ -173,6 +173,11 @@ pub enum Command {
     StopPromoting {
         reply: Reply<()>,
     },
+    /// Takes a point-in-time snapshot of the records for a backup (`super::Snapshot`),
+    /// between two commits; committed alone.
+    Snapshot {
+        reply: Reply<super::Snapshot>,
+    },
 }
 
 impl Command {
@@ -388,4 +393,6 @@ commands! {
     fn prune_deployments(ids: Vec<DeploymentId>) -> Vec<DeploymentId> = PruneDeployments;
     /// See [`Command::DeleteSources`].
     fn delete_sources(ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> = DeleteSources;
+    /// See [`Command::Snapshot`]: ingest goes on while the snapshot is read.
+    fn snapshot() -> super::Snapshot = Snapshot;
 }

@@ -17,7 +17,8 @@
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
 //! `recovery` ends what a crash left unfinished; `failure` decides what a failed commit does
-//! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports.
+//! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports;
+//! `snapshot` keeps a point-in-time view of the records for backups.
 
 mod control;
 mod failure;
@@ -30,6 +31,7 @@ mod prune;
 mod records;
 mod recovery;
 mod segments;
+mod snapshot;
 
 #[cfg(test)]
 mod tests;
@@ -39,6 +41,7 @@ pub use failure::Health;
 pub use handle::{Command, Writer};
 pub use log_limit::DEFAULT_MAX_LOG_BYTES;
 pub use notify::MAX_PRUNE_KEYS;
+pub use snapshot::Snapshot;
 
 use super::StoreError;
 use crate::model::{Deployment, DeploymentId, LineNo};
