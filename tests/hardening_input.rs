@@ -331,3 +331,70 @@ async fn a_push_frame_with_reserved_bits_or_without_a_mask_is_closed_with_1002_b
     let (status, body) = server.admin().get("/v1/apps/malformed/deployments").await;
     assert_eq!((status, body["deployments"].as_array().map(Vec::len)), (200, Some(0)));
 }
+
+/// Sends `request` on a new connection and reads the whole answer (the server closes).
+async fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (and close) before the whole request is sent.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers and closes");
+    if read.is_err() && answer.is_empty() {
+        panic!("no answer: {read:?}");
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status and JSON body of a raw answer.
+fn status_and_json(answer: &str) -> (u16, Value) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+/// Regression: the errors hyper answers before the router (header floods, long request lines,
+/// bad framing) had empty, non-JSON bodies.
+#[tokio::test]
+async fn errors_answered_before_the_router_have_json_bodies() {
+    let server = common::Server::start();
+    let mut flood = b"GET /v1/apps HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..200 {
+        flood.extend_from_slice(format!("X-Flood-{i}: {}\r\n", "a".repeat(100)).as_bytes());
+    }
+    flood.extend_from_slice(b"\r\n");
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    for (request, status) in [
+        (flood, 431),
+        (long_uri.into_bytes(), 414),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400),
+    ] {
+        let answer = raw_exchange(&server.addr, &request).await;
+        let (got, body) = status_and_json(&answer);
+        assert_eq!(got, status, "{answer}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+    }
+    // The router's own answers are untouched, and the server serves on.
+    server.create_app(&server.admin(), "web").await;
+    let (status, body) = server
+        .admin()
+        .get("/v1/apps/web/deployments?page=+1")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(server.admin().get("/v1/apps").await.0, 200);
+}
