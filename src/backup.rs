@@ -80,11 +80,7 @@ pub struct Manifest {
 }
 
 /// Writes the tar of `snapshot` to `out` (see the module doc); returns its manifest.
-pub fn write_tar<W: Write>(
-    snapshot: &Snapshot,
-    dirs: &BackupDirs,
-    out: W,
-) -> io::Result<Manifest> {
+pub fn write_tar<W: Write>(snapshot: &Snapshot, dirs: &BackupDirs, out: W) -> io::Result<Manifest> {
     let now = time::OffsetDateTime::now_utc();
     let mut manifest = Manifest {
         format: FORMAT,
@@ -100,7 +96,8 @@ pub fn write_tar<W: Write>(
     let mut chunk = Vec::with_capacity(RECORDS_CHUNK_BYTES);
     snapshot.for_each_record(|key, value| {
         note_record(key, value, now, &mut log_ends, &mut sources)?;
-        if !chunk.is_empty() && chunk.len() + RECORD_HEADER + key.len() + value.len() > RECORDS_CHUNK_BYTES
+        if !chunk.is_empty()
+            && chunk.len() + RECORD_HEADER + key.len() + value.len() > RECORDS_CHUNK_BYTES
         {
             flush_chunk(&mut tar, &mut chunk, &mut manifest, mtime)?;
         }
@@ -217,7 +214,10 @@ fn append<W: Write>(
     if exact.left != 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("{path} ended {} bytes early while being backed up", exact.left),
+            format!(
+                "{path} ended {} bytes early while being backed up",
+                exact.left
+            ),
         ));
     }
     Ok(())
@@ -296,10 +296,7 @@ fn regular_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 
 /// The files of `dir` named after a live source (`<id>` or `<id>.<ext>`, never a `.partial`
 /// upload in progress).
-fn source_files(
-    dir: &Path,
-    live: &BTreeSet<uuid::Uuid>,
-) -> io::Result<Vec<(String, PathBuf)>> {
+fn source_files(dir: &Path, live: &BTreeSet<uuid::Uuid>) -> io::Result<Vec<(String, PathBuf)>> {
     Ok(regular_files(dir)?
         .into_iter()
         .filter(|(name, _)| {
@@ -385,10 +382,14 @@ pub fn restore(input: impl Read, dest: &Path) -> Result<Manifest, RestoreError> 
                 let batch = parse_chunk(&bytes)?;
                 seen.records += batch.len() as u64;
                 seen.record_chunks += 1;
-                engine.apply(batch).map_err(|e| RestoreError::Write {
-                    path: store_dir.clone(),
-                    source: io::Error::other(e.0),
-                })?;
+                // Synced per chunk: sled holds what it has not flushed in memory.
+                engine
+                    .apply(batch)
+                    .and_then(|()| engine.sync())
+                    .map_err(|e| RestoreError::Write {
+                        path: store_dir.clone(),
+                        source: io::Error::other(e.0),
+                    })?;
             }
             [dir, name] if dir == "logs" => {
                 let valid = name
@@ -436,14 +437,21 @@ pub fn restore(input: impl Read, dest: &Path) -> Result<Manifest, RestoreError> 
         path: store_dir.clone(),
         source: io::Error::other(e.0),
     })?;
-    for dir in [logs_dir, dest.join("images"), dest.join("sources")] {
-        if dir.is_dir() {
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(write_error(&dir))?;
-        }
-    }
+    // One `syncfs` for every file and directory written (a sync per file made a restore of
+    // 10,000 log files take minutes).
+    sync_file_system(dest).map_err(write_error(dest))?;
     Ok(manifest)
+}
+
+/// Makes everything written under `dir` durable: `syncfs` of its file system.
+fn sync_file_system(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = File::open(dir)?;
+    // SAFETY: `syncfs` takes a descriptor, which `handle` keeps open for the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The entry's path as plain names: no root, no `..`, no `.`.
@@ -476,13 +484,16 @@ fn parse_chunk(mut bytes: &[u8]) -> Result<Vec<BatchOp>, RestoreError> {
         if key.is_empty() {
             return Err(invalid("an empty key"));
         }
-        batch.push(BatchOp::Put(key.to_vec(), bytes::Bytes::copy_from_slice(value)));
+        batch.push(BatchOp::Put(
+            key.to_vec(),
+            bytes::Bytes::copy_from_slice(value),
+        ));
         bytes = rest;
     }
     Ok(batch)
 }
 
-/// Writes one entry to a new file (mode 0600, parents 0700), synced.
+/// Writes one entry to a new file (mode 0600, parents 0700).
 fn write_entry(entry: &mut impl Read, path: &Path) -> Result<(), RestoreError> {
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new()
@@ -505,5 +516,6 @@ fn write_entry(entry: &mut impl Read, path: &Path) -> Result<(), RestoreError> {
         }
         file.write_all(&buf[..read]).map_err(write_error(path))?;
     }
-    file.sync_all().map_err(write_error(path))
+    // Made durable with the rest by `sync_file_system` at the end of the restore.
+    Ok(())
 }

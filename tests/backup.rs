@@ -70,8 +70,7 @@ fn output_path(app: &str, id: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_restored_backup_serves_the_users_tokens_apps_notifiers_deployments_and_logs_it_holds()
-{
+async fn a_restored_backup_serves_the_users_tokens_apps_notifiers_deployments_and_logs_it_holds() {
     let source = Server::start();
     let alice_token = source.create_user("alice").await;
     let alice = source.client(&alice_token);
@@ -107,7 +106,10 @@ async fn a_restored_backup_serves_the_users_tokens_apps_notifiers_deployments_an
         .get(&format!("/v1/apps/web/deployments/{finished_id}"))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(deployment["deployment"]["status"], "success", "{deployment}");
+    assert_eq!(
+        deployment["deployment"]["status"], "success",
+        "{deployment}"
+    );
     let (status, _, output) = alice.get_text(&output_path("web", &finished_id)).await;
     assert_eq!(status, 200);
     assert_eq!(output, finished_output);
@@ -153,17 +155,18 @@ async fn a_backup_taken_during_pushes_restores_every_line_acknowledged_before_it
     let mut pusher = pushing.await.expect("pusher");
     pusher.finish("success").await;
 
-    let (status, _, output) = restored
-        .admin()
-        .get_text(&output_path("busy", &id))
-        .await;
+    let (status, _, output) = restored.admin().get_text(&output_path("busy", &id)).await;
     assert_eq!(status, 200);
     let pushed: Vec<&str> = output
         .lines()
         .take_while(|line| line.starts_with("line "))
         .collect();
     for (index, line) in pushed.iter().enumerate() {
-        assert_eq!(*line, format!("line {}", index + 1), "lines in order, whole");
+        assert_eq!(
+            *line,
+            format!("line {}", index + 1),
+            "lines in order, whole"
+        );
     }
     let restored_lines = pushed.len() as u64;
     assert!(
@@ -182,7 +185,10 @@ async fn a_backup_taken_during_pushes_restores_every_line_acknowledged_before_it
         .admin()
         .get(&format!("/v1/apps/busy/deployments/{id}"))
         .await;
-    assert_ne!(deployment["deployment"]["status"], "building", "{deployment}");
+    assert_ne!(
+        deployment["deployment"]["status"], "building",
+        "{deployment}"
+    );
 }
 
 #[tokio::test]
@@ -200,14 +206,20 @@ async fn a_backup_is_refused_to_non_admins_and_into_a_directory_that_is_not_empt
     let (code, _, stderr) = backup(&dest, &source.url, &alice_token);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("403"), "{stderr}");
-    assert!(!dest.exists(), "a refused backup leaves no directory behind");
+    assert!(
+        !dest.exists(),
+        "a refused backup leaves no directory behind"
+    );
 
     std::fs::create_dir(&dest).expect("dest");
     std::fs::write(dest.join("keep.txt"), "mine").expect("file");
     let (code, _, stderr) = backup(&dest, &source.url, ADMIN_TOKEN);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not empty"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(dest.join("keep.txt")).expect("kept"), "mine");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("keep.txt")).expect("kept"),
+        "mine"
+    );
     assert_eq!(std::fs::read_dir(&dest).expect("dest").count(), 1);
 }
 

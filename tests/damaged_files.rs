@@ -219,8 +219,14 @@ async fn a_damaged_finished_output_serves_every_intact_line_before_the_damage_th
         );
     }
     assert!(!sse.contains("four"), "{sse}");
-    assert!(sse.trim_end().ends_with('}') && sse.contains("event: error\n"), "{sse}");
-    assert!(!sse.contains("event: status"), "no terminal status after the damage: {sse}");
+    assert!(
+        sse.trim_end().ends_with('}') && sse.contains("event: error\n"),
+        "{sse}"
+    );
+    assert!(
+        !sse.contains("event: status"),
+        "no terminal status after the damage: {sse}"
+    );
 }
 
 /// The damage of a finished deployment shows in its JSON (`log_damaged`), and only there.
@@ -251,7 +257,12 @@ async fn a_damaged_finished_deployment_says_in_its_json_after_which_line_its_out
     assert_eq!(damaged["lines_lost_after"], 2, "{body}");
     assert_eq!(damaged["first_lost_line"], 3, "{body}");
     assert_eq!(damaged["last_lost_line"], 3, "{body}");
-    assert!(damaged["reason"].as_str().is_some_and(|r| r.contains("lost")), "{body}");
+    assert!(
+        damaged["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lost")),
+        "{body}"
+    );
     assert_eq!(body["deployment"]["status"], "success");
     let (code, body) = server
         .admin()

@@ -244,7 +244,11 @@ async fn raw_push_socket(addr: &str, app: &str) -> tokio::net::TcpStream {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        assert_eq!(stream.read(&mut byte).await.expect("read head"), 1, "{head:?}");
+        assert_eq!(
+            stream.read(&mut byte).await.expect("read head"),
+            1,
+            "{head:?}"
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
@@ -304,12 +308,15 @@ async fn a_push_text_frame_that_is_not_utf8_is_closed_with_1007_by_the_real_bina
         .expect("send");
     assert_eq!(raw_close_code(&mut socket).await, 1007);
     let (status, body) = server.admin().get("/v1/apps/not-utf8/deployments").await;
-    assert_eq!((status, body["deployments"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(
+        (status, body["deployments"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
 }
 
 #[tokio::test]
-async fn a_push_frame_with_reserved_bits_or_without_a_mask_is_closed_with_1002_by_the_real_binary(
-) {
+async fn a_push_frame_with_reserved_bits_or_without_a_mask_is_closed_with_1002_by_the_real_binary()
+{
     use tokio::io::AsyncWriteExt;
     let server = common::Server::start();
     server.create_app(&server.admin(), "malformed").await;
@@ -329,7 +336,10 @@ async fn a_push_frame_with_reserved_bits_or_without_a_mask_is_closed_with_1002_b
         .expect("send");
     assert_eq!(raw_close_code(&mut socket).await, 1002);
     let (status, body) = server.admin().get("/v1/apps/malformed/deployments").await;
-    assert_eq!((status, body["deployments"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(
+        (status, body["deployments"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
 }
 
 /// Sends `request` on a new connection and reads the whole answer (the server closes).
@@ -386,14 +396,14 @@ async fn errors_answered_before_the_router_have_json_bodies() {
         let answer = raw_exchange(&server.addr, &request).await;
         let (got, body) = status_and_json(&answer);
         assert_eq!(got, status, "{answer}");
-        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
     }
     // The router's own answers are untouched, and the server serves on.
     server.create_app(&server.admin(), "web").await;
-    let (status, body) = server
-        .admin()
-        .get("/v1/apps/web/deployments?page=+1")
-        .await;
+    let (status, body) = server.admin().get("/v1/apps/web/deployments?page=+1").await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].is_string(), "{body}");
     assert_eq!(server.admin().get("/v1/apps").await.0, 200);

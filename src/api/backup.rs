@@ -29,7 +29,9 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// `GET /v1/admin/backup`.
 pub async fn backup(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     if !caller.user.is_admin {
-        return Err(ApiError::Forbidden("only an admin may take a backup".into()));
+        return Err(ApiError::Forbidden(
+            "only an admin may take a backup".into(),
+        ));
     }
     caller.require_every_app("take a backup")?;
     let snapshot = state.writer.snapshot().await?;

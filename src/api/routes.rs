@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
 use super::{
-    apps, backup, caches, control, deployments, health, notifiers, observe, output, push, sources, stream,
-    timeline, users, AppState,
+    apps, backup, caches, control, deployments, health, notifiers, observe, output, push, sources,
+    stream, timeline, users, AppState,
 };
 use crate::model::Scope;
 

@@ -84,11 +84,18 @@ mod tests {
         assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
         assert!(head.contains("\r\ndate: Tue, 01 Dec 2026 23:08:21 GMT"));
         let json: serde_json::Value = serde_json::from_str(body).expect("json");
-        assert!(json["error"].as_str().is_some_and(|e| e.contains("headers")));
+        assert!(json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("headers")));
         // Our own responses: a body of their own, or a content type, or no close.
         assert!(rewrite(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").is_none());
         assert!(rewrite(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").is_none());
-        assert!(rewrite(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").is_none());
-        assert!(rewrite(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n").is_none());
+        assert!(
+            rewrite(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").is_none()
+        );
+        assert!(
+            rewrite(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n")
+                .is_none()
+        );
     }
 }

@@ -289,8 +289,17 @@ mod tests {
             .await
             .expect("append");
         writer.delete_app(app.id).await.expect("delete app");
-        let (other, token) = new_user("v".into(), "v@example.com".into(), String::new(), false, now);
-        writer.create_user(other, token, [2; 32]).await.expect("user");
+        let (other, token) = new_user(
+            "v".into(),
+            "v@example.com".into(),
+            String::new(),
+            false,
+            now,
+        );
+        writer
+            .create_user(other, token, [2; 32])
+            .await
+            .expect("user");
         assert_ne!(dump(&*engine), before, "the live store moved on");
         let log_now = std::fs::read(&log_file)
             .expect("a deleted deployment's log file stays while a snapshot lives");
