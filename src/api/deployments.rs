@@ -235,9 +235,22 @@ pub async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, _) = caller.app(&state, &app).await?;
     let deployment = find_deployment(&state, &app, &id).await?;
-    Ok(Json(
-        json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) }),
-    ))
+    let mut view = json!(DeploymentView::new(&deployment, &state.config.public_url));
+    let id = deployment.id;
+    // A damaged log file (README "Damaged log files"): an extra field, which Scalingo's
+    // clients ignore.
+    if let Some(damage) = state
+        .read(move |store| crate::store::damage::recorded(store, id))
+        .await?
+    {
+        view["log_damaged"] = json!({
+            "lines_lost_after": damage.intact_last.0,
+            "first_lost_line": damage.lost.0 .0,
+            "last_lost_line": damage.lost.1 .0,
+            "reason": damage.describe(),
+        });
+    }
+    Ok(Json(json!({ "deployment": view })))
 }
 
 #[derive(Deserialize)]

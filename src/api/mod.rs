@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod apps;
+pub mod backup;
 pub mod caches;
 pub mod control;
 pub mod deployments;

@@ -29,6 +29,8 @@ pub(crate) enum Reply {
     Metrics,
     /// `101 Switching Protocols`.
     Upgrade,
+    /// A tar stream (`application/x-tar`).
+    Tar,
 }
 
 /// A query parameter's type.
@@ -268,6 +270,7 @@ pub(crate) static DOCS: &[Doc] = &[
         "rollbackDeployment",
         (201, Reply::Json("DeploymentEnvelope")),
     ),
+    doc("backup", (200, Reply::Tar)),
 ];
 
 /// The document, for a server reached at `public_url`.
@@ -386,6 +389,7 @@ fn fallback_reply(answer: Answer) -> Reply {
         Answer::Archive => Reply::Archive,
         Answer::WebSocket => Reply::Upgrade,
         Answer::Text => Reply::Metrics,
+        Answer::Tar => Reply::Tar,
     }
 }
 
@@ -412,6 +416,10 @@ fn success(reply: Reply) -> Value {
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }),
         Reply::Upgrade => json!({"description": "Switching Protocols to a WebSocket"}),
+        Reply::Tar => json!({
+            "description": "A tar: records/NNNNNN.kv, logs/<id>.log, images/…, sources/…, then backup.json (the manifest; a tar without it is incomplete)",
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }),
     }
 }
 

@@ -110,6 +110,8 @@ pub(super) struct WriterState {
     pub(super) trouble: Trouble,
     /// What `/readyz` reads.
     pub(super) health: HealthCell,
+    /// Live backup snapshots and the log files held back for them (`snapshot`).
+    pub(super) snapshots: super::snapshot::Snapshots,
 }
 
 impl WriterState {
@@ -125,6 +127,7 @@ impl WriterState {
             log_limit: LogLimit::default(),
             trouble: Trouble::None,
             health,
+            snapshots: Default::default(),
         }
     }
 
@@ -191,6 +194,7 @@ impl WriterState {
         super::counts::resolve(&self.store, counts, &mut group.ops)
             .map_err(|err| CommitFailure::EngineApply(EngineError(err.to_string())))?;
         self.appender.write_durably(&self.logs, &group.appends)?;
+        self.save_before_images(&group.ops);
         self.engine
             .apply(std::mem::take(&mut group.ops))
             .map_err(CommitFailure::EngineApply)?;
@@ -228,10 +232,7 @@ impl WriterState {
                     .queue_length
                     .set(i64::try_from(queued.count()).unwrap_or(i64::MAX));
             }
-            for id in group.removals {
-                self.appender.close(id);
-                self.logs.remove(id);
-            }
+            self.remove_log_files(group.removals);
         }
         for done in group.done {
             if failure.is_none() {
@@ -443,6 +444,15 @@ impl WriterState {
             Command::PruneImages { ids, reply } => {
                 self.answer(group, reply, |s, g| s.prune_images(&ids, g))
             }
+            Command::Snapshot { reply } => self.answer(group, reply, |s, _| {
+                let started = std::time::Instant::now();
+                let snapshot = s.take_snapshot();
+                tracing::info!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "backup snapshot taken between two commits"
+                );
+                Ok(Outcome::quiet(snapshot))
+            }),
         }
     }
 
