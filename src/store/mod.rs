@@ -7,6 +7,7 @@
 //! engine's index points into), [`writer`] (the one writer); in tests and `test-support`
 //! builds, `faults` (injected failures for the engine and the log files).
 
+pub mod cache;
 pub mod codec;
 pub mod damage;
 pub mod engine;
@@ -91,6 +92,8 @@ pub enum StoreError {
 pub struct Store {
     engine: Arc<dyn Engine>,
     logs: Arc<logs::LogFiles>,
+    /// The named records' point gets (`cache`), shared by every clone.
+    cache: Arc<cache::RecordCache>,
 }
 
 impl Store {
@@ -98,6 +101,7 @@ impl Store {
         Self {
             engine,
             logs: Arc::new(logs),
+            cache: Arc::default(),
         }
     }
 
@@ -119,7 +123,7 @@ impl Store {
         key: &[u8],
         decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
     ) -> Result<Option<T>, StoreError> {
-        match self.engine.get(key)? {
+        match self.point_get(key)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -164,7 +168,7 @@ impl Store {
 
     /// Whether the token with this id still exists (JWTs die with the token they came from).
     pub fn token_exists(&self, id: TokenId) -> Result<bool, StoreError> {
-        Ok(self.engine.get(&codec::token_id_key(id))?.is_some())
+        Ok(self.point_get(&codec::token_id_key(id))?.is_some())
     }
 
     /// The hash of a token by id, to revoke it.
@@ -212,8 +216,7 @@ impl Store {
 
     pub fn is_collaborator(&self, app: AppId, user: UserId) -> Result<bool, StoreError> {
         Ok(self
-            .engine
-            .get(&codec::collaborator_key(app, user))?
+            .point_get(&codec::collaborator_key(app, user))?
             .is_some())
     }
 

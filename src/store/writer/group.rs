@@ -186,8 +186,7 @@ impl WriterState {
     /// points into it.
     fn write_group(&mut self, group: &mut Group) -> Result<(), CommitFailure> {
         self.appender.write_durably(&self.logs, &group.appends)?;
-        self.engine
-            .apply(std::mem::take(&mut group.ops))
+        self.apply_batch(std::mem::take(&mut group.ops))
             .map_err(CommitFailure::EngineApply)?;
         self.engine.sync().map_err(CommitFailure::EngineSync)
     }

@@ -23,6 +23,7 @@ mod control;
 mod failure;
 mod group;
 mod handle;
+mod invalidate;
 mod lifecycle;
 mod log_limit;
 mod notify;

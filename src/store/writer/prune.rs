@@ -83,7 +83,7 @@ impl WriterState {
             index_status(&mut ops, &record, true);
         }
         ops.push(put(codec::meta_key(STATUS_INDEX_META), vec![1]));
-        self.engine.apply(ops)?;
+        self.apply_batch(ops)?;
         self.engine.sync()?;
         Ok(())
     }
