@@ -191,7 +191,10 @@ async fn a_renamed_app_answers_under_its_new_name_only_from_the_very_next_reques
     assert_eq!(status, 200, "the new name: {body}");
     assert_eq!(body["app"]["id"], created["id"]);
     let (_, body) = admin.get(&by_id).await;
-    assert_eq!(body["app"]["name"], "store", "by id, the new record: {body}");
+    assert_eq!(
+        body["app"]["name"], "store",
+        "by id, the new record: {body}"
+    );
     drop(readers);
     for _ in 0..WARM_UP_REQUESTS {
         assert_eq!(admin.get("/v1/apps/shop").await.0, 404);

@@ -135,9 +135,9 @@ async fn authenticate_credential(
                     OffsetDateTime::now_utc().unix_timestamp(),
                 )
                 .map_err(|err| match err {
-                auth::AuthError::Expired => ApiError::Unauthorized("token expired".into()),
-                _ => unauthorized(),
-            })?;
+                    auth::AuthError::Expired => ApiError::Unauthorized("token expired".into()),
+                    _ => unauthorized(),
+                })?;
             let user_id: UserId = claims.sub.parse().map_err(|_| unauthorized())?;
             let token_id: TokenId = claims.tid.parse().map_err(|_| unauthorized())?;
             let (user, mut grant) = state

@@ -273,7 +273,10 @@ mod tests {
             BatchOp::Delete(codec::app_name_key("gone")),
             BatchOp::Put(deployment.clone(), Bytes::new()),
         ];
-        assert_eq!(cached_keys(&ops), vec![Box::from(codec::app_name_key("gone"))]);
+        assert_eq!(
+            cached_keys(&ops),
+            vec![Box::from(codec::app_name_key("gone"))]
+        );
         assert!(!is_cached_key(&deployment));
     }
 }

@@ -2,6 +2,9 @@
 //! `spawn_blocking` on async paths); every write goes through the single [`writer`] thread,
 //! which validates, commits in groups, makes each commit durable and only then publishes.
 //!
+//! The named records every request reads (users, tokens, apps, collaborations) are point gets
+//! through [`cache`], in memory, which only the writer invalidates.
+//!
 //! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
 //! engine trait, sled and in-memory implementations), [`logs`] (the log segment files the
 //! engine's index points into), [`writer`] (the one writer); in tests and `test-support`
