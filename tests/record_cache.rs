@@ -80,8 +80,10 @@ async fn a_revoked_token_and_its_jwt_are_refused_by_the_very_next_request() {
 
     // And it stays refused (no reader put the revoked token back), while the other works.
     for _ in 0..WARM_UP_REQUESTS {
-        assert_unauthorized(by_jwt.get("/v1/users/self").await.0, &json!("jwt"));
-        assert_unauthorized(by_token.get("/v1/users/self").await.0, &json!("token"));
+        let (status, body) = by_jwt.get("/v1/users/self").await;
+        assert_unauthorized(status, &body);
+        let (status, body) = by_token.get("/v1/users/self").await;
+        assert_unauthorized(status, &body);
     }
     assert_eq!(rita.get("/v1/users/self").await.0, 200);
 }
