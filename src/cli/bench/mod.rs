@@ -52,8 +52,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 pub use catchup::catchup;
-pub use compare::{CompareReport, CompareSide};
 pub use client::FrameKind;
+pub use compare::{CompareReport, CompareSide};
 pub use fanout::fanout;
 pub use ingest::ingest;
 pub use read::read;

@@ -195,8 +195,7 @@ impl WriterState {
             .map_err(|err| CommitFailure::EngineApply(EngineError(err.to_string())))?;
         self.appender.write_durably(&self.logs, &group.appends)?;
         self.save_before_images(&group.ops);
-        self.engine
-            .apply(std::mem::take(&mut group.ops))
+        self.apply_batch(std::mem::take(&mut group.ops))
             .map_err(CommitFailure::EngineApply)?;
         self.engine.sync().map_err(CommitFailure::EngineSync)
     }

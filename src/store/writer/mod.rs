@@ -27,6 +27,7 @@ mod failure;
 mod group;
 mod handle;
 mod images;
+mod invalidate;
 mod lifecycle;
 mod log_limit;
 mod notify;

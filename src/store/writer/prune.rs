@@ -108,7 +108,7 @@ impl WriterState {
                 index_status_ops(&mut ops, &record, true);
             }
             ops.push(put(codec::meta_key(STATUS_INDEX_META), vec![1]));
-            self.engine.apply(ops)?;
+            self.apply_batch(ops)?;
             self.engine.sync()?;
         }
         crate::store::counts::ensure_built(&*self.engine)

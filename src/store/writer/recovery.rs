@@ -99,7 +99,7 @@ impl WriterState {
             self.appender
                 .write_durably(&self.logs, &group.appends)
                 .map_err(|err| StoreError::LogFile(err.source))?;
-            self.engine.apply(group.ops)?;
+            self.apply_batch(group.ops)?;
             self.engine.sync()?;
         }
         for (id, status) in &outcome.statuses {
