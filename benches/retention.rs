@@ -167,6 +167,8 @@ fn populate(data: &Path, app: AppId, owner: UserId, count: usize, log_lines: usi
     }
     engine.apply(ops).expect("apply");
     engine.sync().expect("sync");
+    // The counts the writer would have kept alongside (built as `deployd check --repair` does).
+    deployd::store::counts::rebuild(&engine).expect("counts");
 }
 
 async fn median_get(url: &str, calls: usize) -> Duration {
@@ -243,6 +245,7 @@ fn prune(rt: &tokio::runtime::Runtime) {
         line_bytes: 100,
         batch: 1000,
         window: 32,
+        frame: bench::FrameKind::Json,
     };
     rt.block_on(async {
         let server = deployd::server::start(config(&data, "keep_deployments = 10"))

@@ -307,6 +307,7 @@ fn e2e(c: &mut Criterion) {
         line_bytes: LINE_BYTES,
         batch: BATCH_LINES,
         window: 32,
+        frame: bench::FrameKind::Json,
     };
     group.throughput(Throughput::Elements(ingest.lines * ingest.pushers as u64));
     group.bench_function("ingest 4 pushers x 25k lines", |b| {
@@ -348,6 +349,9 @@ fn e2e(c: &mut Criterion) {
         line_bytes: LINE_BYTES,
         batch: 0,
         window: 32,
+        // This process is the bench binary, not deployd: it cannot be the subscriber child.
+        in_process: true,
+        subscriber_prefix: None,
     };
     let probe = Instant::now();
     match rt.block_on(bench::fanout(&target, &fanout)) {

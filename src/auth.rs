@@ -15,6 +15,11 @@
 //!   numeric `exp`) without verifying it.
 //! - **`Authorization`** accepts `Bearer <jwt>`, `Bearer <api token>` and
 //!   `Basic base64(":" + api token)` (what `curl -u ":$TOKEN"` and the Scalingo SDK send).
+//! - [`JwtMemo`] remembers JWTs already verified (a client sends the same one with every
+//!   request for an hour), so a request pays a map lookup instead of base64, JSON and HMAC
+//!   work; the expiry is still checked every time. Its only state is that memo: what a JWT
+//!   says never changes, and whether its token was revoked is the store's (and its cache's)
+//!   business, checked on every request.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -23,6 +28,8 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::model::Grant;
 
@@ -210,6 +217,81 @@ pub fn verify_jwt(secret: &[u8], token: &str, now_unix: i64) -> Result<JwtClaims
     Ok(claims)
 }
 
+/// Most bytes of JWTs [`JwtMemo`] remembers (each counted with [`MEMO_ENTRY_OVERHEAD_BYTES`]):
+/// a few thousand clients' JWTs of a few hundred bytes each. Past it the memo is emptied and
+/// refills as clients come back; only JWTs whose signature checked are remembered, so only
+/// the holders of valid JWTs can fill it.
+pub const MAX_MEMO_BYTES: usize = 1024 * 1024;
+
+/// What one remembered JWT costs beyond its text: the map slot and the parsed claims.
+const MEMO_ENTRY_OVERHEAD_BYTES: usize = 256;
+
+/// JWTs whose signature and claims were verified, by their text (see the module doc).
+#[derive(Default)]
+pub struct JwtMemo {
+    inner: Mutex<Memo>,
+}
+
+#[derive(Default)]
+struct Memo {
+    claims: HashMap<Box<str>, Arc<JwtClaims>>,
+    bytes: usize,
+}
+
+impl JwtMemo {
+    /// [`verify_jwt`], remembering what verified: the same answer for the same
+    /// `(secret, token, now_unix)`. `secret` must be the same for every call on one memo (the
+    /// server's install secret).
+    pub fn verify(
+        &self,
+        secret: &[u8],
+        token: &str,
+        now_unix: i64,
+    ) -> Result<Arc<JwtClaims>, AuthError> {
+        let remembered = self.lock().claims.get(token).cloned();
+        let claims = match remembered {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(verify_jwt(secret, token, now_unix)?);
+                self.remember(token, claims.clone());
+                claims
+            }
+        };
+        if claims.exp <= now_unix {
+            return Err(AuthError::Expired);
+        }
+        Ok(claims)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
+        // Every mutation is one map operation plus a counter: a poisoned memo is still valid.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, token: &str, claims: Arc<JwtClaims>) {
+        let cost = token.len() + MEMO_ENTRY_OVERHEAD_BYTES;
+        let mut memo = self.lock();
+        if memo.claims.contains_key(token) {
+            return;
+        }
+        if memo.bytes + cost > MAX_MEMO_BYTES {
+            memo.claims.clear();
+            memo.bytes = 0;
+        }
+        memo.bytes += cost;
+        memo.claims.insert(token.into(), claims);
+    }
+
+    /// Number of remembered JWTs and their counted bytes.
+    #[cfg(test)]
+    pub fn usage(&self) -> (usize, usize) {
+        let memo = self.lock();
+        (memo.claims.len(), memo.bytes)
+    }
+}
+
 /// Reads an `Authorization` header value.
 ///
 /// - `Bearer <x>`: [`Credential::Jwt`] if `x` has exactly two dots, else
@@ -301,6 +383,36 @@ mod tests {
             hex::encode(hash_api_token("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_remembered_jwt_still_expires_and_a_bad_one_is_never_remembered() {
+        let memo = JwtMemo::default();
+        let jwt = issue_jwt(SECRET, &claims());
+        assert_eq!(*memo.verify(SECRET, &jwt, NOW).unwrap(), claims());
+        assert_eq!(*memo.verify(SECRET, &jwt, NOW + 1).unwrap(), claims());
+        assert_eq!(memo.usage().0, 1);
+        assert_eq!(
+            memo.verify(SECRET, &jwt, NOW + JWT_LIFETIME_SECS),
+            Err(AuthError::Expired)
+        );
+        let forged = issue_jwt(b"another secret, another install!", &claims());
+        assert_eq!(
+            memo.verify(SECRET, &forged, NOW),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(memo.usage().0, 1, "only verified JWTs are remembered");
+    }
+
+    #[test]
+    fn the_jwt_memo_never_holds_more_than_its_byte_cap() {
+        let memo = JwtMemo::default();
+        for i in 0..20_000 {
+            let jwt = issue_jwt(SECRET, &JwtClaims::new(format!("user-{i}"), "token-1", NOW));
+            memo.verify(SECRET, &jwt, NOW).unwrap();
+            assert!(memo.usage().1 <= MAX_MEMO_BYTES);
+        }
+        assert!(memo.usage().0 > 0);
     }
 
     #[test]

@@ -41,6 +41,8 @@
 //!   (outbox, signing, retries, retention), which writes only through the writer.
 //! - `images`: kept images (`DATA/images`): their files, which deployments are rollback
 //!   targets, and `[retention] keep_images`; the writer records them, retention removes them.
+//! - [`backup`]: the tar of a writer snapshot (`store::writer::Snapshot`) and its restore into
+//!   an empty data directory.
 //! - [`retention`]: the prune pass (policy, scheduling, removal of files the writer does not
 //!   own); it writes the store only through the writer.
 //! - [`config`]: one `Config` from file, environment and flags. [`server`]: builds everything
@@ -53,6 +55,7 @@
 //! Modules the binary, benches and tests do not use are private.
 pub mod api;
 mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod hub;

@@ -7,6 +7,9 @@
 //! stream): once a connection is upgraded its timeouts are gone, because a Scalingo client sends
 //! nothing after its auth frame and those sockets keep their own ping and write-stall rules.
 //! A connection's descriptor stays counted until its socket closes, upgraded or not.
+//! The errors hyper answers by itself (400, 414, 431) get a JSON body (`errors`).
+
+mod errors;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -353,6 +356,7 @@ async fn serve_connection(
         tcp,
         activity: activity.clone(),
         _slot: slot,
+        rewritten: None,
     });
     let router = hyper_util::service::TowerToHyperService::new(router);
     let service = hyper::service::service_fn(move |request| {
@@ -512,6 +516,63 @@ struct Tracked {
     tcp: TcpStream,
     activity: Activity,
     _slot: Slot,
+    /// hyper's own error head being written as its JSON replacement (`errors`).
+    rewritten: Option<Rewritten>,
+}
+
+/// A replacement response being written: the bytes, how many went out, and the length of the
+/// head hyper asked to write (what the write reports once the replacement is out).
+struct Rewritten {
+    bytes: Vec<u8>,
+    sent: usize,
+    replaces: usize,
+}
+
+impl Tracked {
+    /// Whether a write now is hyper's own: no request is in flight (the router's responses are
+    /// written while one is) and the connection was not upgraded.
+    fn outside_requests(&self) -> bool {
+        !self.activity.is_closed() && !matches!(*self.activity.borrow(), Phase::Busy { .. })
+    }
+
+    /// Writes hyper's error head as its JSON replacement when `buf` is one (`errors`);
+    /// `None`: write `buf` as it is.
+    fn poll_rewritten(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        if self.rewritten.is_none() && self.outside_requests() {
+            let bytes = errors::rewrite(buf)?;
+            self.rewritten = Some(Rewritten {
+                bytes,
+                sent: 0,
+                replaces: buf.len(),
+            });
+        }
+        let pending = self.rewritten.as_mut()?;
+        loop {
+            match Pin::new(&mut self.tcp).poll_write(cx, &pending.bytes[pending.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.rewritten = None;
+                    return Some(Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    pending.sent += n;
+                    if pending.sent == pending.bytes.len() {
+                        let replaces = pending.replaces;
+                        self.rewritten = None;
+                        return Some(Poll::Ready(Ok(replaces)));
+                    }
+                }
+                Poll::Ready(Err(err)) => {
+                    self.rewritten = None;
+                    return Some(Poll::Ready(Err(err)));
+                }
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -544,6 +605,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(polled) = self.poll_rewritten(cx, buf) {
+            return polled;
+        }
         Pin::new(&mut self.tcp).poll_write(cx, buf)
     }
 
@@ -552,6 +616,13 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // hyper's error head is a whole head in the first slice; writing only that slice is a
+        // partial vectored write, which hyper continues from.
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(polled) = self.poll_rewritten(cx, first) {
+                return polled;
+            }
+        }
         Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
     }
 

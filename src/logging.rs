@@ -41,7 +41,7 @@ pub fn init(format: LogFormat) -> LogGuard {
         .lossy(true)
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("deployd-log")
-        .finish(LossyStderr);
+        .finish(LossyStderr::default());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -56,18 +56,34 @@ pub fn init(format: LogFormat) -> LogGuard {
     LogGuard { _worker: guard }
 }
 
+/// Most bytes of lines the log's writer thread gathers before writing them to stderr.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
 /// Stderr for the log, dropping what cannot be written: with stderr a closed pipe (a dead log
 /// shipper, `serve 2>&1 | tee` after `tee` died) logging must never fail or stop anything.
-struct LossyStderr;
+///
+/// Lines are gathered and written in one call when `tracing-appender`'s worker flushes, which
+/// it does as soon as its queue is empty: under load (an access log line per request) that is
+/// one `write` for many lines instead of one per line, and no line waits for more to come.
+#[derive(Default)]
+struct LossyStderr {
+    pending: Vec<u8>,
+}
 
 impl std::io::Write for LossyStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= WRITE_BATCH_BYTES {
+            self.flush()?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(&self.pending);
+        let _ = stderr.flush();
+        self.pending.clear();
         Ok(())
     }
 }

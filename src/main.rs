@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use deployd::cli::apps::{run_apps, run_deployments, AppsArgs, DeploymentsArgs};
+use deployd::cli::backup::{run_backup, BackupArgs};
 use deployd::cli::bench::{run_bench, BenchArgs};
 use deployd::cli::cancel::{run_cancel, CancelArgs};
 use deployd::cli::check::{run_check, CheckArgs};
@@ -67,6 +68,10 @@ enum Command {
     /// Check a stopped server's data directory (records, index, log files); `--repair` fixes
     /// what can be fixed. Exit 0: clean, 1: problems remain, 2: could not check.
     Check(CheckArgs),
+    /// Download a consistent backup (admin token) into an empty directory that `serve --data`
+    /// starts from. Exit 0: complete, 1: not written or not a backup, 2: usage, auth or HTTP
+    /// error, 3: the download broke off (the directory is emptied again on any failure).
+    Backup(BackupArgs),
     /// Deploy a directory (packed and uploaded) or an archive URL, and follow it to its end.
     #[command(after_help = help::DEPLOY)]
     Deploy(DeployArgs),
@@ -130,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             Command::Cancel(args) => run_cancel(args).await,
             Command::Rollback(args) => run_rollback(args).await,
             Command::Check(args) => Ok(tokio::task::block_in_place(|| run_check(args))),
+            Command::Backup(args) => run_backup(args).await,
             Command::Deploy(args) => run_deploy(args).await,
             Command::Apps(args) => run_apps(args).await,
             Command::Deployments(args) => run_deployments(args).await,

@@ -174,6 +174,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         shutdown: shutdown.clone(),
         executors,
         retention,
+        jwts: Default::default(),
     }));
     for deployment in recovery.to_execute {
         let app_id = deployment.app_id;

@@ -171,3 +171,103 @@ async fn check_exits_2_when_the_data_directory_is_in_use_or_missing() {
 fn admin_of(server: &Server) -> common::Client {
     server.admin()
 }
+
+/// Regression: a finished deployment's `/output` dropped the whole chunk holding the damaged
+/// segment, so the intact lines before the damage were never served (the body was aborted
+/// before its first byte).
+#[tokio::test]
+async fn a_damaged_finished_output_serves_every_intact_line_before_the_damage_then_aborts() {
+    let mut server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "done").await;
+    let mut finished = push::start(&server.url, "done", common::ADMIN_TOKEN, "a").await;
+    finished.logs(&["one", "two"]).await;
+    finished.logs(&["three"]).await;
+    finished.logs(&["four"]).await;
+    finished.finish("success").await;
+    let done = finished.id();
+    server.kill();
+    cut_tail(&server.data.join("logs").join(format!("{done}.log")), 2);
+    let server = server.start_again();
+
+    let (code, text, clean) = raw_output(&server, "done", &done).await;
+    assert_eq!(code, 200);
+    assert_eq!(text, "one\ntwo\nthree\n", "every intact line, then nothing");
+    assert!(!clean, "the body is aborted at the damage");
+
+    let response = server
+        .admin()
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/apps/done/deployments/{done}/output"),
+        )
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+    }
+    let sse = String::from_utf8_lossy(&body);
+    for (n, line) in ["one", "two", "three"].iter().enumerate() {
+        assert!(
+            sse.contains(&format!("id: {}\ndata: {line}\n\n", n + 1)),
+            "{sse}"
+        );
+    }
+    assert!(!sse.contains("four"), "{sse}");
+    assert!(
+        sse.trim_end().ends_with('}') && sse.contains("event: error\n"),
+        "{sse}"
+    );
+    assert!(
+        !sse.contains("event: status"),
+        "no terminal status after the damage: {sse}"
+    );
+}
+
+/// The damage of a finished deployment shows in its JSON (`log_damaged`), and only there.
+#[tokio::test]
+async fn a_damaged_finished_deployment_says_in_its_json_after_which_line_its_output_was_lost() {
+    let mut server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "done").await;
+    let mut finished = push::start(&server.url, "done", common::ADMIN_TOKEN, "a").await;
+    finished.logs(&["one", "two"]).await;
+    finished.logs(&["three"]).await;
+    finished.finish("success").await;
+    let done = finished.id();
+    let mut intact = push::start(&server.url, "done", common::ADMIN_TOKEN, "b").await;
+    intact.logs(&["whole"]).await;
+    intact.finish("success").await;
+    let whole = intact.id();
+    server.kill();
+    cut_tail(&server.data.join("logs").join(format!("{done}.log")), 2);
+    let server = server.start_again();
+
+    let (code, body) = server
+        .admin()
+        .get(&format!("/v1/apps/done/deployments/{done}"))
+        .await;
+    assert_eq!(code, 200);
+    let damaged = &body["deployment"]["log_damaged"];
+    assert_eq!(damaged["lines_lost_after"], 2, "{body}");
+    assert_eq!(damaged["first_lost_line"], 3, "{body}");
+    assert_eq!(damaged["last_lost_line"], 3, "{body}");
+    assert!(
+        damaged["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lost")),
+        "{body}"
+    );
+    assert_eq!(body["deployment"]["status"], "success");
+    let (code, body) = server
+        .admin()
+        .get(&format!("/v1/apps/done/deployments/{whole}"))
+        .await;
+    assert_eq!(code, 200);
+    assert!(body["deployment"].get("log_damaged").is_none(), "{body}");
+}

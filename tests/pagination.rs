@@ -140,3 +140,223 @@ async fn bad_page_parameters_are_json_errors() {
     assert!(ids.is_empty());
     assert_eq!(m["next_page"], Value::Null);
 }
+
+/// Lays out `statuses.len()` finished deployments of `app` in a stopped server's store the way
+/// a build from before the deployment counts did (record, app index, status index; no counts,
+/// no meta record saying they are built); returns their ids oldest first.
+fn lay_out_without_counts(data: &std::path::Path, app: &str, statuses: &[&str]) -> Vec<String> {
+    use deployd::model::{AppId, Deployment, DeploymentId, Driver, LineNo, Pusher, UserId};
+    use deployd::store::codec;
+    use deployd::store::engine::{prefix_end, BatchOp, Engine, SledEngine};
+
+    let engine = SledEngine::open(&data.join("store")).expect("store");
+    let app_id = engine
+        .get(&codec::app_name_key(app))
+        .expect("read")
+        .map(|bytes| AppId::from_bytes(codec::id_value(&bytes).expect("app id")))
+        .expect("the app exists");
+    let put = |key: Vec<u8>, value: Vec<u8>| BatchOp::Put(key, value.into());
+    let mut ops = Vec::new();
+    // What a build from before the counts never wrote.
+    for tag in [codec::TAG_APP_COUNTS, codec::TAG_COUNT_BUCKET] {
+        for entry in engine.range(&[tag], &prefix_end(&[tag]), false) {
+            ops.push(BatchOp::Delete(entry.expect("read").0));
+        }
+    }
+    ops.push(BatchOp::Delete(codec::meta_key("counts-v1")));
+    let now = time::OffsetDateTime::now_utc();
+    let mut ids = Vec::new();
+    for status in statuses {
+        let status: deployd::status::Status = status.parse().expect("status");
+        let id = DeploymentId::generate();
+        let record = Deployment {
+            id,
+            app_id,
+            created_at: now,
+            status,
+            finished_at: Some(now),
+            git_ref: "main".into(),
+            previous_git_ref: None,
+            pusher: Pusher {
+                id: UserId::generate(),
+                username: "old".into(),
+                email: "old@example.com".into(),
+            },
+            image_size: 0,
+            image_kept: false,
+            driver: Driver::External,
+            last_line: LineNo(0),
+        };
+        ops.push(put(
+            codec::deployment_key(id),
+            codec::encode_deployment(&record),
+        ));
+        ops.push(put(codec::app_deployment_key(app_id, id), Vec::new()));
+        ops.push(put(codec::app_status_key(app_id, status, id), Vec::new()));
+        ids.push(id.to_string());
+    }
+    engine.apply(ops).expect("apply");
+    engine.sync().expect("sync");
+    ids
+}
+
+#[tokio::test]
+async fn deep_pages_of_a_data_directory_from_before_the_counts_list_exactly_the_plain_order_after_the_upgrade_at_open(
+) {
+    let mut server = common::Server::start_with(common::Options {
+        config_toml: "[retention]\nkeep_deployments = 0\n".into(),
+        ..common::Options::default()
+    });
+    let admin = server.admin();
+    server.create_app(&admin, "deep").await;
+    server.stop();
+    // Spans three count buckets (1024 deployments each when built at open).
+    let statuses: Vec<&str> = (0..2600)
+        .map(|n| match n % 5 {
+            0 => "build-error",
+            1 => "aborted",
+            _ => "success",
+        })
+        .collect();
+    let oldest_first = lay_out_without_counts(&server.data, "deep", &statuses);
+    let server = server.start_again();
+    let admin = server.admin();
+
+    let newest_first: Vec<String> = oldest_first.iter().rev().cloned().collect();
+    let mut listed = Vec::new();
+    for n in 1..=26 {
+        let (ids, pagination) = page(&admin, "deep", &format!("?per_page=100&page={n}")).await;
+        assert_eq!(pagination["total_count"], 2600);
+        listed.extend(ids);
+    }
+    assert_eq!(listed, newest_first, "every page, in order");
+    // Pages that start inside a bucket, end past one, and the last partial page.
+    for (page_no, per_page) in [(52, 20), (55, 19), (103, 10), (87, 30)] {
+        let (ids, pagination) = page(
+            &admin,
+            "deep",
+            &format!("?per_page={per_page}&page={page_no}"),
+        )
+        .await;
+        let from = ((page_no - 1) * per_page).min(2600);
+        let to = (from + per_page).min(2600);
+        assert_eq!(ids, newest_first[from..to], "page {page_no} of {per_page}");
+        assert_eq!(pagination["total_pages"], 2600usize.div_ceil(per_page));
+    }
+    // The filters count and seek the same way.
+    let newest_success: Vec<String> = newest_first
+        .iter()
+        .zip(statuses.iter().rev())
+        .filter(|(_, status)| **status == "success")
+        .map(|(id, _)| id.clone())
+        .collect();
+    for page_no in [1, 40, 78, 79] {
+        let (ids, pagination) = page(
+            &admin,
+            "deep",
+            &format!("?status=success&per_page=20&page={page_no}"),
+        )
+        .await;
+        assert_eq!(pagination["total_count"], 1560);
+        let from = ((page_no - 1) * 20).min(1560);
+        let to = (from + 20).min(1560);
+        assert_eq!(ids, newest_success[from..to], "success page {page_no}");
+    }
+    let (_, pagination) = page(&admin, "deep", "?status=aborted,build-error").await;
+    assert_eq!(pagination["total_count"], 1040);
+
+    // A deployment made after the upgrade is counted and listed first.
+    let newest = deploy(&server, "deep", &server.admin_token, &[], "success").await;
+    let (ids, pagination) = page(&admin, "deep", "?per_page=1").await;
+    assert_eq!(ids, vec![newest]);
+    assert_eq!(pagination["total_count"], 2601);
+    let (_, pagination) = page(&admin, "deep", "?status=success&per_page=1").await;
+    assert_eq!(pagination["total_count"], 1561);
+    let (ids, _) = page(&admin, "deep", "?per_page=100&page=27").await;
+    assert_eq!(ids, vec![oldest_first[0].clone()], "the oldest is last");
+
+    // Offline, `deployd check` finds the counts in step; thrown out of step, it says so and
+    // `--repair` rebuilds them.
+    let mut server = server;
+    server.stop();
+    let (code, out) = check(&server.data, false);
+    assert_eq!(code, 0, "{out}");
+    {
+        use deployd::store::codec;
+        use deployd::store::engine::{prefix_end, BatchOp, Engine, SledEngine};
+        let engine = SledEngine::open(&server.data.join("store")).expect("store");
+        let prefix = [codec::TAG_COUNT_BUCKET];
+        let first = engine
+            .range(&prefix, &prefix_end(&prefix), false)
+            .next()
+            .expect("a bucket")
+            .expect("read")
+            .0;
+        engine.apply(vec![BatchOp::Delete(first)]).expect("apply");
+        engine.sync().expect("sync");
+    }
+    let (code, out) = check(&server.data, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("problem: deployment counts of app"), "{out}");
+    let (code, out) = check(&server.data, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("repaired: deployment counts of app"), "{out}");
+    let (code, out) = check(&server.data, false);
+    assert_eq!(code, 0, "{out}");
+    let server = server.start_again();
+    let (ids, pagination) = page(&server.admin(), "deep", "?per_page=100&page=27").await;
+    assert_eq!(pagination["total_count"], 2601);
+    assert_eq!(ids, vec![oldest_first[0].clone()]);
+}
+
+/// Runs `deployd check` on a data directory: (exit code, stdout).
+fn check(data: &std::path::Path, repair: bool) -> (i32, String) {
+    let mut command = std::process::Command::new(common::deployd_bin());
+    command.arg("check").arg("--data").arg(data);
+    if repair {
+        command.arg("--repair");
+    }
+    let out = command.output().expect("run deployd check");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn after_retention_prunes_thousands_the_counts_and_pages_are_those_of_what_is_left() {
+    let keep_all = common::Options {
+        config_toml: "[retention]\nkeep_deployments = 0\n".into(),
+        ..common::Options::default()
+    };
+    let mut server = common::Server::start_with(keep_all);
+    let admin = server.admin();
+    server.create_app(&admin, "pruned").await;
+    server.stop();
+    let statuses: Vec<&str> = (0..2100)
+        .map(|n| if n % 3 == 0 { "build-error" } else { "success" })
+        .collect();
+    let oldest_first = lay_out_without_counts(&server.data, "pruned", &statuses);
+    let server = server.restart_with(common::Options {
+        config_toml: "[retention]\nkeep_deployments = 10\n".into(),
+        ..common::Options::default()
+    });
+    let admin = server.admin();
+    common::eventually(std::time::Duration::from_secs(60), || async {
+        let (_, pagination) = page(&admin, "pruned", "?per_page=1").await;
+        (pagination["total_count"] == 10).then_some(())
+    })
+    .await;
+    let newest: Vec<String> = oldest_first.iter().rev().take(10).cloned().collect();
+    let (ids, pagination) = page(&admin, "pruned", "?per_page=4&page=3").await;
+    assert_eq!(ids, newest[8..10]);
+    assert_eq!(pagination["total_pages"], 3);
+    let kept_success = statuses[2090..].iter().filter(|s| **s == "success").count();
+    let (ids, pagination) = page(&admin, "pruned", "?status=success&per_page=100").await;
+    assert_eq!(pagination["total_count"], kept_success);
+    assert_eq!(ids.len(), kept_success);
+    let mut server = server;
+    server.stop();
+    let (code, out) = check(&server.data, false);
+    assert_eq!(code, 0, "{out}");
+}

@@ -160,3 +160,35 @@ async fn concurrent_triggers_of_different_apps_share_one_build_slot_without_over
         assert!(!text.contains("OVERLAP"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn deleting_an_app_that_holds_the_build_slot_starts_the_next_waiting_deployment_of_another_app(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("never");
+    let server = Server::start_with(Options {
+        config_toml: "max_concurrent = 1\n".into(),
+        ..Options::default()
+    });
+    let files = ArchiveServer::start().await;
+    let admin = server.admin();
+    for app in ["holder", "waiter"] {
+        server.create_app(&admin, app).await;
+    }
+    // The holder's build waits for a gate nobody opens: only the delete can free its slot.
+    let url_holder = files.serve("/holder.tar.gz", testing::app(&wait_for(&gate), "true"));
+    let url_waiter = files.serve("/waiter.tar.gz", testing::app("echo waited", "true"));
+    let holder = deploy(&admin, "holder", &url_holder).await;
+    let waiter = deploy(&admin, "waiter", &url_waiter).await;
+    assert_eq!(holder["status"], "building");
+    assert_eq!(waiter["status"], "queued", "{waiter}");
+
+    let (status, body) = admin.delete("/v1/apps/holder").await;
+    assert!(status == 200 || status == 204, "{status}: {body}");
+    let done = common::wait_finished(&admin, "waiter", &id(&waiter), FINISH).await;
+    assert_eq!(done["status"], "success", "{done}");
+    let text = output(&admin, "waiter", &id(&waiter)).await;
+    assert!(text.contains("waited"), "{text}");
+    let (status, _) = admin.get("/v1/apps/holder").await;
+    assert_eq!(status, 404);
+}

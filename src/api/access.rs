@@ -127,19 +127,21 @@ async fn authenticate_credential(
     let unauthorized = || ApiError::Unauthorized("invalid credentials".into());
     match credential {
         Credential::Jwt(jwt) => {
-            let claims = auth::verify_jwt(
-                &state.secret,
-                &jwt,
-                OffsetDateTime::now_utc().unix_timestamp(),
-            )
-            .map_err(|err| match err {
-                auth::AuthError::Expired => ApiError::Unauthorized("token expired".into()),
-                _ => unauthorized(),
-            })?;
+            let claims = state
+                .jwts
+                .verify(
+                    &state.secret,
+                    &jwt,
+                    OffsetDateTime::now_utc().unix_timestamp(),
+                )
+                .map_err(|err| match err {
+                    auth::AuthError::Expired => ApiError::Unauthorized("token expired".into()),
+                    _ => unauthorized(),
+                })?;
             let user_id: UserId = claims.sub.parse().map_err(|_| unauthorized())?;
             let token_id: TokenId = claims.tid.parse().map_err(|_| unauthorized())?;
             let (user, mut grant) = state
-                .read(move |store| {
+                .read_point(move |store| {
                     if !store.token_exists(token_id)? {
                         return Ok(None);
                     }
@@ -162,7 +164,7 @@ async fn authenticate_credential(
         Credential::ApiToken(token) => {
             let hash = auth::hash_api_token(&token);
             let found = state
-                .read(move |store| match store.token_by_hash(&hash)? {
+                .read_point(move |store| match store.token_by_hash(&hash)? {
                     Some(token) => {
                         let grant = store.token_grant(token.id)?;
                         Ok(store
@@ -254,7 +256,7 @@ impl Caller {
         let caller = self.clone();
         let name = name_or_id.to_owned();
         state
-            .read(move |store| caller.find_app(store, &name))
+            .read_point(move |store| caller.find_app(store, &name))
             .await?
             .ok_or(ApiError::NotFound("app"))
     }
@@ -304,7 +306,7 @@ pub async fn requested_grant(
         Some(names) => {
             let caller = caller.clone();
             let resolved = state
-                .read(move |store| {
+                .read_point(move |store| {
                     let mut ids = Vec::new();
                     for name in &names {
                         match caller.find_app(store, name)? {

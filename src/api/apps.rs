@@ -138,7 +138,7 @@ pub async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let public_url = state.config.public_url.clone();
     let view = state
-        .read(move |store| match caller.find_app(store, &app)? {
+        .read_point(move |store| match caller.find_app(store, &app)? {
             Some((app, _)) => Ok(Some(app_view(store, &app, &public_url)?)),
             None => Ok(None),
         })

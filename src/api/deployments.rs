@@ -130,13 +130,10 @@ fn deployments_page(
     request: &PageRequest,
 ) -> Result<(u64, Vec<Deployment>), StoreError> {
     let offset = (request.page - 1).saturating_mul(request.per_page);
-    let (total, ids) = match (apps, statuses) {
-        // One app, no filter: the app's own index (kept by every store, old or new).
-        ([app], None) => (
-            store.deployment_count(*app)?,
-            store.deployment_ids(*app, offset, request.per_page)?,
-        ),
-        (_, statuses) => {
+    let (total, ids) = match apps {
+        // One app: its counts and count buckets (one point read, then a seek to the offset).
+        [app] => store.app_page(*app, statuses, offset, request.per_page)?,
+        _ => {
             let statuses = statuses.unwrap_or(&Status::ALL);
             (
                 store.status_count(apps, statuses)?,
@@ -209,8 +206,7 @@ pub async fn list_all(
                     apps.push(app.id);
                 }
             }
-            let statuses = statuses.as_deref().unwrap_or(&Status::ALL);
-            deployments_page(store, &apps, Some(statuses), &page)
+            deployments_page(store, &apps, statuses.as_deref(), &page)
         })
         .await?;
     Ok(Json(page_body(&state, &request, total, &deployments)))
@@ -239,9 +235,22 @@ pub async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, _) = caller.app(&state, &app).await?;
     let deployment = find_deployment(&state, &app, &id).await?;
-    Ok(Json(
-        json!({ "deployment": DeploymentView::new(&deployment, &state.config.public_url) }),
-    ))
+    let mut view = json!(DeploymentView::new(&deployment, &state.config.public_url));
+    let id = deployment.id;
+    // A damaged log file (README "Damaged log files"): an extra field, which Scalingo's
+    // clients ignore.
+    if let Some(damage) = state
+        .read(move |store| crate::store::damage::recorded(store, id))
+        .await?
+    {
+        view["log_damaged"] = json!({
+            "lines_lost_after": damage.intact_last.0,
+            "first_lost_line": damage.lost.0 .0,
+            "last_lost_line": damage.lost.1 .0,
+            "reason": damage.describe(),
+        });
+    }
+    Ok(Json(json!({ "deployment": view })))
 }
 
 #[derive(Deserialize)]

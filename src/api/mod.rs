@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod apps;
+pub mod backup;
 pub mod caches;
 pub mod control;
 pub mod deployments;
@@ -70,6 +71,9 @@ pub struct Shared {
     pub executors: Executors,
     /// Asks the prune pass for work (a deleted app's files).
     pub retention: crate::retention::Retention,
+    /// The JWTs already verified with `secret` (`auth::JwtMemo`): a client's next request
+    /// with the same JWT skips the signature check.
+    pub(crate) jwts: crate::auth::JwtMemo,
 }
 
 impl std::ops::Deref for AppState {
@@ -90,6 +94,22 @@ impl AppState {
             .await
             .map_err(|e| ApiError::internal("store read task", e))?
             .map_err(ApiError::from)
+    }
+
+    /// A read of the records `store::cache` keeps in memory (callers, tokens, apps,
+    /// collaborations), run on this async thread when everything it needs is cached: no thread
+    /// hop, no wake-up. When the memory-only run fails (something was not cached, or the read
+    /// touched the engine otherwise), `f` runs again on the blocking pool, where it fills the
+    /// cache, and that run's result (or real error) is the answer. So `f` must be a read with
+    /// no side effects, and cheap to run twice.
+    pub async fn read_point<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if let Ok(value) = f(&self.store.memory_only()) {
+            return Ok(value);
+        }
+        self.read(f).await
     }
 }
 

@@ -29,6 +29,8 @@ pub(crate) enum Reply {
     Metrics,
     /// `101 Switching Protocols`.
     Upgrade,
+    /// A tar stream (`application/x-tar`).
+    Tar,
     /// A `302` to the dashboard.
     Redirect,
     /// A dashboard file (`text/html` for the page; scripts, styles and images by extension).
@@ -329,6 +331,7 @@ pub(crate) static DOCS: &[Doc] = &[
         "rollbackDeployment",
         (201, Reply::Json("DeploymentEnvelope")),
     ),
+    doc("backup", (200, Reply::Tar)),
     doc("dashboardRedirect", (302, Reply::Redirect)),
     doc("dashboardRedirectSlash", (302, Reply::Redirect)),
     doc("dashboardShell", (200, Reply::Page)),
@@ -460,6 +463,7 @@ fn fallback_reply(answer: Answer) -> Reply {
         Answer::Archive => Reply::Archive,
         Answer::WebSocket => Reply::Upgrade,
         Answer::Text => Reply::Metrics,
+        Answer::Tar => Reply::Tar,
         Answer::Dashboard => Reply::Page,
         Answer::Lines => Reply::Ndjson("Line"),
     }
@@ -488,6 +492,9 @@ fn success(reply: Reply) -> Value {
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }),
         Reply::Upgrade => json!({"description": "Switching Protocols to a WebSocket"}),
+        Reply::Tar => json!({
+            "description": "A tar: records/NNNNNN.kv, logs/<id>.log, images/…, sources/…, then backup.json (the manifest; a tar without it is incomplete)",
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
         Reply::Redirect => json!({
             "description": "Found: the dashboard is at /ui/",
             "headers": {"Location": {"schema": {"type": "string", "const": "/ui/"}}},

@@ -386,7 +386,19 @@ fn read_chunk(
         .segments_after(id, after)
         .take(OUTPUT_SEGMENTS_PER_READ)
     {
-        let (first, segment) = entry?;
+        // A segment that cannot be read (a damaged log file ends before it, or it does not
+        // parse) ends the chunk: the intact lines before it are returned first, and the next
+        // read, which starts at the damaged segment, fails, so the response is aborted (plain)
+        // or ends with `event: error` (SSE) right after the last intact line.
+        let read = entry.and_then(|(first, segment)| {
+            segment.view()?;
+            Ok((first, segment))
+        });
+        let (first, segment) = match read {
+            Ok(read) => read,
+            Err(err) if out.is_empty() => return Err(err),
+            Err(_) => break,
+        };
         let view = segment.view()?;
         let end = first.0 + view.line_count() as u64 - 1;
         if end <= last.0 {

@@ -29,10 +29,13 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 
 use super::access::Caller;
-use super::protocol::{ClientFrame, ServerFrame, MAX_PUSH_FRAME_BYTES};
+use super::protocol::{
+    decode_binary_logs, deployment_frame_text, Capabilities, ClientFrame, ServerFrame,
+    MAX_PUSH_FRAME_BYTES,
+};
 use super::views::DeploymentView;
 use super::{ApiError, AppState};
-use crate::model::{App, Driver, NewLine, Pusher};
+use crate::model::{App, Driver, LogStream, NewLine, Pusher};
 use crate::sessions::Session;
 use crate::status::Status;
 use crate::store::writer::{Appended, WriteError};
@@ -187,9 +190,9 @@ fn read_error_close_code(err: &axum::Error) -> u16 {
 type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
 type Rx = futures_util::stream::SplitStream<WebSocket>;
 
-/// Reads the `start` frame and returns its (checked) `git_ref`. Anything else gets an error
-/// frame and a close with the code that fits; `None` then.
-async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<String> {
+/// Reads the `start` frame and returns its (checked) `git_ref` and the capabilities it asks
+/// for. Anything else gets an error frame and a close with the code that fits; `None` then.
+async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<(String, Capabilities)> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let (code, error, close_code, reason) = loop {
         let message = match tokio::time::timeout_at(deadline, rx.next()).await {
@@ -221,13 +224,13 @@ async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<String> {
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return None,
         };
-        match ClientFrame::from_json(&body) {
-            Ok(ClientFrame::Start { git_ref }) => {
+        match ClientFrame::from_json_with_capabilities(&body) {
+            Ok((ClientFrame::Start { git_ref }, capabilities)) => {
                 let git_ref = git_ref
                     .filter(|r| !r.trim().is_empty())
                     .unwrap_or_else(super::deployments::generated_git_ref);
                 match crate::model::check_git_ref(&git_ref) {
-                    Ok(()) => return Some(git_ref),
+                    Ok(()) => return Some((git_ref, capabilities)),
                     Err(message) => {
                         break (
                             "bad_frame",
@@ -264,9 +267,9 @@ async fn read_start(tx: &mut Tx, rx: &mut Rx) -> Option<String> {
 async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
     let _open = crate::metrics::Open::new(&crate::metrics::metrics().push_sessions);
     let (mut tx, mut rx) = socket.split();
-    // 1. The start frame.
-    let git_ref = match read_start(&mut tx, &mut rx).await {
-        Some(git_ref) => git_ref,
+    // 1. The start frame. Every capability this server knows is granted.
+    let (git_ref, granted) = match read_start(&mut tx, &mut rx).await {
+        Some(started) => started,
         None => return,
     };
     let pusher = Pusher {
@@ -294,7 +297,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
     let view = serde_json::to_value(DeploymentView::new(&deployment, &state.config.public_url))
         .expect("invariant: views serialise");
     if tx
-        .send(text(&ServerFrame::Deployment { deployment: view }))
+        .send(Message::Text(deployment_frame_text(view, granted).into()))
         .await
         .is_err()
     {
@@ -414,6 +417,21 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                 let body = match message {
                     Message::Text(body) => body,
                     Message::Close(_) => break Err("the pusher closed the connection before the deployment finished".into()),
+                    Message::Binary(bytes) if granted.binary_logs => {
+                        match decode_binary_logs(&bytes) {
+                            Ok(logs) => {
+                                queue_logs(&session, &mut pending, logs.batch, logs.stream, logs.lines).await;
+                                continue;
+                            }
+                            Err(err) => {
+                                // Nothing of the frame was queued; the socket ends (a broken
+                                // encoder cannot be trusted with the next frame either).
+                                let _ = tx.send(error_frame("bad_frame", err.to_string(), None)).await;
+                                let _ = tx.send(close(err.close_code(), "invalid binary frame")).await;
+                                break Err("the pusher sent an invalid binary frame".into());
+                            }
+                        }
+                    }
                     Message::Binary(_) => {
                         if tx.send(error_frame("bad_frame", "binary frames are not supported", None)).await.is_err() {
                             break Err("the pusher's connection was lost".into());
@@ -424,21 +442,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                 };
                 match ClientFrame::from_json(&body) {
                     Ok(ClientFrame::Logs { batch, stream, lines }) => {
-                        let lines = lines
-                            .into_iter()
-                            .map(|text| NewLine { stream, text })
-                            .collect();
-                        // Queued to the writer here, in frame order; only the reply is awaited
-                        // later, so batches in flight can never be reordered.
-                        let arrived = std::time::Instant::now();
-                        match session.queue_append(lines).await {
-                            Ok(reply) => pending.push_back(Box::pin(async move {
-                                let reply = reply.await;
-                                crate::metrics::metrics().ack_latency.observe(arrived.elapsed().as_secs_f64());
-                                (batch, reply)
-                            })),
-                            Err(err) => pending.push_back(Box::pin(async move { (batch, Err(err)) })),
-                        }
+                        queue_logs(&session, &mut pending, batch, stream, lines).await;
                     }
                     Ok(ClientFrame::Status { status }) => queued_statuses.push_back(status),
                     Ok(ClientFrame::ImageSize { bytes }) => {
@@ -490,6 +494,32 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
             }
             let _ = tx.close().await;
         }
+    }
+}
+
+/// Queues a `logs` batch (from a JSON or a binary frame) to the writer, in frame order; only
+/// the reply is awaited later (in `pending`), so batches in flight can never be reordered.
+async fn queue_logs(
+    session: &Session,
+    pending: &mut FuturesOrdered<Pending>,
+    batch: u64,
+    stream: LogStream,
+    lines: Vec<String>,
+) {
+    let lines = lines
+        .into_iter()
+        .map(|text| NewLine { stream, text })
+        .collect();
+    let arrived = std::time::Instant::now();
+    match session.queue_append(lines).await {
+        Ok(reply) => pending.push_back(Box::pin(async move {
+            let reply = reply.await;
+            crate::metrics::metrics()
+                .ack_latency
+                .observe(arrived.elapsed().as_secs_f64());
+            (batch, reply)
+        })),
+        Err(err) => pending.push_back(Box::pin(async move { (batch, Err(err)) })),
     }
 }
 

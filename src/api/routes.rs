@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 
 use super::{
-    apps, caches, control, deployments, health, lines, notifiers, observe, output, push, sources,
-    stream, timeline, ui, users, AppState,
+    apps, backup, caches, control, deployments, health, lines, notifiers, observe, output, push,
+    sources, stream, timeline, ui, users, AppState,
 };
 use crate::model::Scope;
 
@@ -46,6 +46,8 @@ pub enum Answer {
     WebSocket,
     /// `text/plain` that is not a deployment's output (the metrics).
     Text,
+    /// A tar stream (`application/x-tar`): the backup.
+    Tar,
     /// A deployment's lines as NDJSON (`application/x-ndjson`, one JSON object per line).
     Lines,
     /// The dashboard's embedded files (HTML, JavaScript, CSS…), or a redirect to them.
@@ -533,6 +535,16 @@ pub static ROUTES: &[Route] = &[
         scope: Scope::Deploy,
         answer: Answer::Json,
         handler: || post(control::rollback),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/admin/backup",
+        operation: "backup",
+        summary: "A tar of a consistent snapshot: records, log files, kept images, live sources (admins only)",
+        auth: Auth::Caller,
+        scope: Scope::Full,
+        answer: Answer::Tar,
+        handler: || get(backup::backup),
     },
     Route {
         method: Method::GET,

@@ -12,7 +12,8 @@
 //!   removed;
 //! - the damage of a finished deployment's file shorter than its index is recorded (as
 //!   `serve` does at startup); an unfinished one is left for `serve`, which ends it with a line
-//!   saying what was lost.
+//!   saying what was lost;
+//! - deployment counts (`store::counts`) out of step with the status index are rebuilt from it.
 //!
 //! Records that do not decode, and segments that do not parse, are reported and left alone.
 //!
@@ -184,6 +185,15 @@ fn check(store: &Store, repair: bool) -> Result<Vec<Finding>, crate::store::Stor
         engine.apply(deletes)?;
         engine.sync()?;
     }
+    // The deployment counts against the status index; a repair rebuilds them from it.
+    let out_of_step = crate::store::counts::verify(&*engine)?;
+    if repair && !out_of_step.is_empty() {
+        crate::store::counts::rebuild(&*engine)?;
+    }
+    findings.extend(out_of_step.into_iter().map(|text| Finding {
+        text,
+        repaired: repair,
+    }));
     Ok(findings)
 }
 

@@ -85,11 +85,13 @@ pub const BENCH: &str = "\
 Examples:
   deployd bench --url http://127.0.0.1:8080 --token \"$TOKEN\" ingest
   deployd bench --url http://127.0.0.1:8080 --token \"$TOKEN\" --json fanout
+  taskset -c 0 deployd bench fanout --subscriber-prefix 'taskset -c 1'
+  deployd bench compare            # starts its own deployd and redis-server
 
 Exit codes:
-  0  the run finished (fanout: every subscriber got every line once, in order)
-  1  fanout saw violations (printed)
-  2  usage, connection or protocol error";
+  0  the run finished (fanout, catchup: every subscriber got every line once, in order)
+  1  fanout, catchup or compare saw violations (printed)
+  2  usage, connection or protocol error (compare: also redis-server not on PATH)";
 
 /// `deployd apps --help`.
 pub const APPS: &str = "\

@@ -20,6 +20,7 @@
 //! | 130 | interrupted (Ctrl-C); `push` marks the deployment `aborted` first when it can |
 
 pub mod apps;
+pub mod backup;
 pub mod bench;
 pub mod cancel;
 pub mod check;

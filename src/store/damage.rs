@@ -48,6 +48,16 @@ pub fn damage_meta_name(id: DeploymentId) -> String {
     format!("damage/{id}")
 }
 
+/// The damage recorded for a finished deployment (its meta record, written by recovery or
+/// `deployd check --repair`), as it stands now: `None` when none was recorded, or when the
+/// file has since been made whole again. One engine read when there is none.
+pub fn recorded(store: &Store, id: DeploymentId) -> Result<Option<Damage>, StoreError> {
+    if store.meta(&damage_meta_name(id))?.is_none() {
+        return Ok(None);
+    }
+    find(store, id)
+}
+
 /// The damage of one deployment's log file, if its file is shorter than its index.
 pub fn find(store: &Store, id: DeploymentId) -> Result<Option<Damage>, StoreError> {
     let (last_line, index_end) = store.log_end(id)?;

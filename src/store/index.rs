@@ -1,6 +1,13 @@
-//! Reads of the status indexes (`codec` tags `0x10`, `0x11`): deployments by app and status,
-//! newest first, for the list filters and for retention. The writer keeps the indexes in step
-//! with the records (`writer::prune`); this module only reads.
+//! Reads of the status indexes (`codec` tags `0x10`, `0x11`) and the deployment counts (`0x19`,
+//! `0x1A`): deployments by app and status, newest first, for the list, its filters and
+//! retention. The writer keeps them in step with the records (`writer::prune`,
+//! `writer::counts`); this module only reads.
+//!
+//! A page of one app is cheap however deep: its `total_count` is one point read (the app's
+//! counts), and its offset is found by summing bucket counts from the newest bucket until the
+//! one holding the offset, then skipping inside that bucket only (at most about
+//! `counts::BUCKET_SIZE` keys). The page itself is the same index range read as a plain scan,
+//! so its contents and order are exactly those of skipping `offset` keys newest first.
 
 use super::codec;
 use super::engine::{prefix_end, EntryIter};
@@ -9,16 +16,81 @@ use crate::model::{AppId, DeploymentId};
 use crate::status::Status;
 
 impl Store {
-    /// How many deployments of `apps` are at one of `statuses`.
+    /// How many deployments of `apps` are at one of `statuses`: one point read per app.
     pub fn status_count(&self, apps: &[AppId], statuses: &[Status]) -> Result<u64, StoreError> {
         let mut count = 0;
-        for prefix in status_prefixes(apps, statuses) {
-            for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
-                entry?;
-                count += 1;
-            }
+        for app in apps {
+            count += self.app_counts(*app)?.of(statuses);
         }
         Ok(count)
+    }
+
+    /// An app's deployment counts (all zero for an app without deployments).
+    pub fn app_counts(&self, app: AppId) -> Result<codec::StoredAppCounts, StoreError> {
+        match self.engine.get(&codec::app_counts_key(app))? {
+            Some(value) => Ok(codec::decode_app_counts(&value)?),
+            None => Ok(codec::StoredAppCounts::default()),
+        }
+    }
+
+    /// One page of an app's deployments (at one of `statuses`, when given), newest first:
+    /// the number there are, and the ids after skipping `offset`, at most `limit`. The same ids
+    /// as skipping `offset` keys of the index, without walking them (see the module doc).
+    pub fn app_page(
+        &self,
+        app: AppId,
+        statuses: Option<&[Status]>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<DeploymentId>), StoreError> {
+        let counts = self.app_counts(app)?;
+        let total = statuses.map_or(counts.total(), |s| counts.of(s));
+        if offset >= total || limit == 0 {
+            return Ok((total, Vec::new()));
+        }
+        // Newest bucket first: `before` deployments lie at or after `upper` (the first id of
+        // the last bucket passed); the offset is in the next bucket that holds enough.
+        let prefix = codec::count_buckets_prefix(app);
+        let mut before = 0;
+        let mut upper: Option<[u8; 16]> = None;
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), true) {
+            let (key, value) = entry?;
+            let bucket = codec::decode_bucket(&value)?;
+            let held = statuses.map_or(bucket.live(), |s| bucket.of(s));
+            if before + held > offset {
+                break;
+            }
+            before += held;
+            upper = Some(codec::trailing_id(&key)?);
+        }
+        let skip = offset - before;
+        let upper = upper.map(DeploymentId::from_bytes);
+        let ids = match statuses {
+            None => {
+                let prefix = codec::app_deployments_prefix(app);
+                let end = upper.map_or_else(
+                    || prefix_end(&prefix),
+                    |upper| codec::app_deployment_key(app, upper),
+                );
+                let mut sources = vec![self.engine.range(&prefix, &end, true)];
+                newest_first(&mut sources, skip, limit)?
+            }
+            Some(statuses) => {
+                let mut sources: Vec<EntryIter<'_>> = statuses
+                    .iter()
+                    .map(|status| {
+                        let prefix = codec::app_status_prefix(app, *status);
+                        let end = upper.map_or_else(
+                            || prefix_end(&prefix),
+                            |upper| codec::app_status_key(app, *status, upper),
+                        );
+                        self.engine.range(&prefix, &end, true)
+                    })
+                    .collect();
+                newest_first(&mut sources, skip, limit)?
+            }
+        };
+        Ok((total, ids))
     }
 
     /// Ids of the deployments of `apps` at one of `statuses`, newest first (ids are UUIDv7:
@@ -34,28 +106,7 @@ impl Store {
             .into_iter()
             .map(|prefix| self.engine.range(&prefix, &prefix_end(&prefix), true))
             .collect();
-        // The next id of each source (each is newest first); a k-way merge takes the newest.
-        let mut heads = sources
-            .iter_mut()
-            .map(next_id)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::new();
-        let mut skipped = 0;
-        while (out.len() as u64) < limit {
-            let newest = heads
-                .iter()
-                .enumerate()
-                .filter_map(|(i, head)| head.map(|id| (i, id)))
-                .max_by_key(|(_, id)| *id);
-            let Some((i, id)) = newest else { break };
-            heads[i] = next_id(&mut sources[i])?;
-            if skipped < offset {
-                skipped += 1;
-            } else {
-                out.push(DeploymentId::from_bytes(id));
-            }
-        }
-        Ok(out)
+        newest_first(&mut sources, offset, limit)
     }
 
     /// Every unfinished deployment with its app, newest first (the unfinished index).
@@ -89,6 +140,37 @@ impl Store {
             .map(|entry| Ok(codec::decode_source(&entry?.1)?))
             .collect()
     }
+}
+
+/// A k-way merge of index ranges that are each newest first (keys ending with a deployment
+/// id): the ids newest first, skipping `skip`, at most `limit`.
+fn newest_first(
+    sources: &mut [EntryIter<'_>],
+    skip: u64,
+    limit: u64,
+) -> Result<Vec<DeploymentId>, StoreError> {
+    // The next id of each source; the merge takes the newest.
+    let mut heads = sources
+        .iter_mut()
+        .map(next_id)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    while (out.len() as u64) < limit {
+        let newest = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, head)| head.map(|id| (i, id)))
+            .max_by_key(|(_, id)| *id);
+        let Some((i, id)) = newest else { break };
+        heads[i] = next_id(&mut sources[i])?;
+        if skipped < skip {
+            skipped += 1;
+        } else {
+            out.push(DeploymentId::from_bytes(id));
+        }
+    }
+    Ok(out)
 }
 
 /// The deployment id ending the next key of an index range.

@@ -2,12 +2,18 @@
 //! `spawn_blocking` on async paths); every write goes through the single [`writer`] thread,
 //! which validates, commits in groups, makes each commit durable and only then publishes.
 //!
+//! The named records every request reads (users, tokens, apps, collaborations) are point gets
+//! through [`cache`], in memory, which only the writer invalidates.
+//!
 //! Submodules: [`codec`] (key layout and value encodings, documented there), [`engine`] (the
 //! engine trait, sled and in-memory implementations), [`logs`] (the log segment files the
-//! engine's index points into), [`writer`] (the one writer); in tests and `test-support`
+//! engine's index points into), [`writer`] (the one writer), [`counts`] (the deployment counts'
+//! build and check; the listing's seeks are in `index`); in tests and `test-support`
 //! builds, `faults` (injected failures for the engine and the log files).
 
+pub mod cache;
 pub mod codec;
+pub mod counts;
 pub mod damage;
 pub mod engine;
 pub mod events;
@@ -91,6 +97,8 @@ pub enum StoreError {
 pub struct Store {
     engine: Arc<dyn Engine>,
     logs: Arc<logs::LogFiles>,
+    /// The named records' point gets (`cache`), shared by every clone.
+    cache: Arc<cache::RecordCache>,
 }
 
 impl Store {
@@ -98,6 +106,7 @@ impl Store {
         Self {
             engine,
             logs: Arc::new(logs),
+            cache: Arc::default(),
         }
     }
 
@@ -119,7 +128,7 @@ impl Store {
         key: &[u8],
         decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
     ) -> Result<Option<T>, StoreError> {
-        match self.engine.get(key)? {
+        match self.point_get(key)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -164,7 +173,7 @@ impl Store {
 
     /// Whether the token with this id still exists (JWTs die with the token they came from).
     pub fn token_exists(&self, id: TokenId) -> Result<bool, StoreError> {
-        Ok(self.engine.get(&codec::token_id_key(id))?.is_some())
+        Ok(self.point_get(&codec::token_id_key(id))?.is_some())
     }
 
     /// The hash of a token by id, to revoke it.
@@ -212,8 +221,7 @@ impl Store {
 
     pub fn is_collaborator(&self, app: AppId, user: UserId) -> Result<bool, StoreError> {
         Ok(self
-            .engine
-            .get(&codec::collaborator_key(app, user))?
+            .point_get(&codec::collaborator_key(app, user))?
             .is_some())
     }
 

@@ -1,10 +1,19 @@
 //! A subscriber's upgraded socket: reads its masked frames into messages (answering pings and
 //! closes itself), and buffers encoded server frames until the subscriber writes them out.
 //!
+//! Frames rendered once for every subscriber (a hub event's, a store read's) are queued as
+//! shared slices and written straight from the one rendering with a vectored write, never
+//! copied per subscriber; small frames are copied into one buffer (an iovec each would cost
+//! more than the copy). Either way one wake-up writes everything queued with one call.
+//!
 //! It owns the socket's two buffers and nothing else: it decides neither what is sent (that is
 //! `subscriber`'s) nor how frames are laid out in bytes (that is `crate::ws`'s).
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::ops::Range;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{MAX_SUBSCRIBER_FRAME_BYTES, SUBSCRIBER_READ_BUFFER_BYTES};
@@ -36,13 +45,32 @@ pub(super) struct Conn<IO> {
     input: BytesMut,
     /// A text message being reassembled from fragments.
     fragments: Option<Vec<u8>>,
-    /// Encoded frames not written yet; `out[written..]` is what is left.
-    out: Vec<u8>,
-    written: usize,
+    /// Encoded frames not written yet, in order.
+    out: VecDeque<Piece>,
+    /// The bytes of the [`Piece::Copied`] pieces (cleared once everything is written).
+    copied: Vec<u8>,
+    /// Bytes of `out` not written yet.
+    buffered: usize,
+}
+
+/// Part of what is queued: a shared slice of a rendering, or a range of `Conn::copied`.
+#[derive(Debug)]
+enum Piece {
+    Shared(Bytes),
+    Copied(Range<usize>),
 }
 
 /// Bytes of frames a subscriber buffers before writing them out even within a flush interval.
 pub(super) const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Shared slices shorter than this are copied instead: a one-line event's frame (~200 bytes)
+/// is cheaper to copy than to reference-count (a shared count bounces between cores) and to
+/// hand the kernel as an iovec of its own.
+const SHARE_MIN_BYTES: usize = 4 * 1024;
+
+/// Most buffers handed to one vectored write (Linux takes up to 1024; a write of this many
+/// shared renderings is already far past [`WRITE_BUFFER_BYTES`]).
+const MAX_IOVECS: usize = 64;
 
 impl<IO> Conn<IO>
 where
@@ -53,8 +81,9 @@ where
             io,
             input: BytesMut::with_capacity(SUBSCRIBER_READ_BUFFER_BYTES),
             fragments: None,
-            out: Vec::with_capacity(SUBSCRIBER_READ_BUFFER_BYTES),
-            written: 0,
+            out: VecDeque::new(),
+            copied: Vec::with_capacity(SUBSCRIBER_READ_BUFFER_BYTES),
+            buffered: 0,
         }
     }
 
@@ -91,14 +120,18 @@ where
             };
             match frame.opcode {
                 opcode::PING => {
-                    encode_frame(&mut self.out, opcode::PONG, &frame.payload);
+                    let mut pong = Vec::with_capacity(frame.payload.len() + 2);
+                    encode_frame(&mut pong, opcode::PONG, &frame.payload);
+                    self.queue(&pong);
                     return Ok(Some(ClientMessage::Ping));
                 }
                 opcode::PONG => {}
                 opcode::CLOSE => {
                     // Echo the code (RFC 6455, 5.5.1); the caller ends the stream.
                     let code = frame.payload.get(..2).unwrap_or_default();
-                    encode_frame(&mut self.out, opcode::CLOSE, code);
+                    let mut close = Vec::with_capacity(4);
+                    encode_frame(&mut close, opcode::CLOSE, code);
+                    self.queue(&close);
                     return Ok(Some(ClientMessage::Close));
                 }
                 opcode::TEXT | opcode::BINARY if self.fragments.is_some() => {
@@ -135,27 +168,83 @@ where
         }
     }
 
-    /// Queues encoded frames.
+    /// Queues encoded frames, copied.
     pub(super) fn queue(&mut self, frames: &[u8]) {
-        self.out.extend_from_slice(frames);
+        if frames.is_empty() {
+            return;
+        }
+        let start = self.copied.len();
+        self.copied.extend_from_slice(frames);
+        let end = self.copied.len();
+        match self.out.back_mut() {
+            // Right after the last copied piece: it grows (one iovec for consecutive copies).
+            Some(Piece::Copied(last)) if last.end == start => last.end = end,
+            _ => self.out.push_back(Piece::Copied(start..end)),
+        }
+        self.buffered += frames.len();
+    }
+
+    /// Queues encoded frames rendered once for every subscriber: written from that one
+    /// rendering, not copied (unless short, see [`SHARE_MIN_BYTES`]).
+    pub(super) fn queue_shared(&mut self, frames: Bytes) {
+        if frames.len() < SHARE_MIN_BYTES {
+            self.queue(&frames);
+            return;
+        }
+        self.buffered += frames.len();
+        self.out.push_back(Piece::Shared(frames));
     }
 
     pub(super) fn buffered(&self) -> usize {
-        self.out.len() - self.written
+        self.buffered
     }
 
-    /// Writes everything queued. Cancel-safe: what was written is remembered.
+    /// Writes everything queued, each call handing the kernel every queued piece at once.
+    /// Cancel-safe: what was written is remembered.
     pub(super) async fn write_out(&mut self) -> std::io::Result<()> {
-        while self.written < self.out.len() {
-            let n = self.io.write(&self.out[self.written..]).await?;
+        while !self.out.is_empty() {
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (slot, piece) in slices.iter_mut().zip(&self.out) {
+                    *slot = IoSlice::new(match piece {
+                        Piece::Shared(bytes) => bytes,
+                        Piece::Copied(range) => &self.copied[range.clone()],
+                    });
+                    count += 1;
+                }
+                self.io.write_vectored(&slices[..count]).await?
+            };
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            self.written += n;
+            self.advance(n);
         }
-        self.out.clear();
-        self.written = 0;
+        self.copied.clear();
         self.io.flush().await
+    }
+
+    /// Drops the first `n` queued bytes (just written).
+    fn advance(&mut self, mut n: usize) {
+        self.buffered -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            let len = match front {
+                Piece::Shared(bytes) => bytes.len(),
+                Piece::Copied(range) => range.len(),
+            };
+            if n < len {
+                match front {
+                    Piece::Shared(bytes) => bytes.advance(n),
+                    Piece::Copied(range) => range.start += n,
+                }
+                return;
+            }
+            n -= len;
+            self.out.pop_front();
+        }
     }
 }
 
@@ -214,6 +303,36 @@ mod tests {
         let mut reply = [0u8; 7];
         client_read.read_exact(&mut reply).await.unwrap();
         assert_eq!(reply, [0x8A, 1, b'p', 0x88, 2, 0x03, 0xE8]);
+    }
+
+    #[tokio::test]
+    async fn shared_and_copied_frames_go_out_in_queue_order_even_through_partial_writes() {
+        // A 7-byte pipe: every write is partial, and pieces split at every possible point.
+        let (mut client, server) = tokio::io::duplex(7);
+        let mut conn = Conn::new(server);
+        let big: Vec<u8> = (0..SHARE_MIN_BYTES + 3).map(|i| (i % 251) as u8).collect();
+        let mut expected = Vec::new();
+        for (i, piece) in [&b"ab"[..], &big, b"c", b"de", &big, b"f"]
+            .iter()
+            .enumerate()
+        {
+            if i % 2 == 1 {
+                conn.queue_shared(Bytes::copy_from_slice(piece));
+            } else {
+                conn.queue(piece);
+            }
+            expected.extend_from_slice(piece);
+        }
+        assert_eq!(conn.buffered(), expected.len());
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == expected, "the bytes arrived out of order");
+        });
+        conn.write_out().await.unwrap();
+        assert_eq!(conn.buffered(), 0);
+        assert!(conn.out.is_empty() && conn.copied.is_empty());
+        reader.await.unwrap();
     }
 
     #[tokio::test]

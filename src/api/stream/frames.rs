@@ -51,12 +51,17 @@ impl WireFrames {
         self.starts.is_empty()
     }
 
-    /// All the encoded bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The encoded bytes of frames `skip..`, shared with every other holder (no copy; empty
+    /// when `skip >= len`).
+    pub fn shared_from(&self, skip: usize) -> Bytes {
+        match self.starts.get(skip) {
+            Some(start) => self.bytes.slice(*start..),
+            None => Bytes::new(),
+        }
     }
 
     /// The encoded bytes of frames `skip..` (empty when `skip >= len`).
+    #[cfg(test)]
     pub fn starting_at(&self, skip: usize) -> &[u8] {
         match self.starts.get(skip) {
             Some(start) => &self.bytes[*start..],

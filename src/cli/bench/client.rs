@@ -24,7 +24,10 @@ use super::{
     protocol, BenchError, Target, CONNECT_TIMEOUT, FRAME_OVERHEAD_BYTES, INDEX_DIGITS,
     MAX_LINE_BYTES, MAX_WINDOW,
 };
-use crate::api::protocol::{ClientFrame, ServerFrame, MAX_PUSH_FRAME_BYTES};
+use crate::api::protocol::{
+    granted_capabilities, start_frame_text, Capabilities, ClientFrame, ServerFrame,
+    BINARY_LOGS_HEADER_BYTES, BINARY_LOGS_KIND, MAX_PUSH_FRAME_BYTES,
+};
 use crate::cli::{basic_auth_header, encode_path_segment, http_url, ws_url};
 use crate::status::Status;
 
@@ -34,6 +37,8 @@ pub(super) struct FrameBuilder {
     /// `"<text>",` : one JSON string and a comma.
     line_json: Vec<u8>,
     numbered: bool,
+    /// Added to every line index (`catchup`'s live lines follow the ones stored before).
+    first_index: u64,
 }
 
 impl FrameBuilder {
@@ -51,7 +56,14 @@ impl FrameBuilder {
         Self {
             line_json,
             numbered,
+            first_index: 0,
         }
+    }
+
+    /// The same frames with line indexes counted from `first_index`.
+    pub(super) fn numbered_from(mut self, first_index: u64) -> Self {
+        self.first_index = first_index;
+        self
     }
 
     /// The frame of batch `batch` holding lines `first..first + count` (0-based indexes).
@@ -65,7 +77,7 @@ impl FrameBuilder {
             let start = out.len();
             out.extend_from_slice(&self.line_json);
             if self.numbered {
-                let mut index = first + i;
+                let mut index = self.first_index + first + i;
                 for digit in out[start + 1..start + 1 + INDEX_DIGITS].iter_mut().rev() {
                     *digit = b'0' + (index % 10) as u8;
                     index /= 10;
@@ -78,6 +90,116 @@ impl FrameBuilder {
         out.extend_from_slice(b"]}");
         let text = String::from_utf8(out).expect("invariant: frames are ASCII");
         Message::Text(text.into())
+    }
+
+    /// One line's text as the frames carry it (unquoted; numbered lines start with 10 zeros),
+    /// for peers that send the same lines another way (`compare`'s Redis side).
+    pub(super) fn line_text(&self) -> Vec<u8> {
+        let mut text = self.line_json[1..self.line_json.len() - 2].to_vec();
+        if self.numbered {
+            text[..INDEX_DIGITS].fill(b'0');
+        }
+        text
+    }
+}
+
+/// How `bench ingest` frames its batches (`--frame`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrameKind {
+    /// JSON `logs` text frames, what every pusher can send
+    #[default]
+    Json,
+    /// Binary `logs` messages (the `binary_logs` capability; the server must grant it)
+    Binary,
+}
+
+/// Builds binary `logs` messages (`api::protocol::encode_binary_logs`'s layout) by copying one
+/// line; only the batch number and, for numbered lines, the first 10 bytes of each line change.
+pub(super) struct BinaryFrameBuilder {
+    /// A line's length prefix and its text.
+    line: Vec<u8>,
+    numbered: bool,
+}
+
+/// Bytes of a binary line's length prefix.
+const BINARY_LINE_PREFIX_BYTES: usize = 4;
+
+impl BinaryFrameBuilder {
+    pub(super) fn new(line_bytes: usize, numbered: bool) -> Self {
+        let text = FrameBuilder::new(line_bytes, numbered);
+        // `"<text>",`: the text without its quotes and comma.
+        let text = &text.line_json[1..text.line_json.len() - 2];
+        let mut line = Vec::with_capacity(BINARY_LINE_PREFIX_BYTES + text.len());
+        line.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        line.extend_from_slice(text);
+        Self { line, numbered }
+    }
+
+    /// The message of batch `batch` holding lines `first..first + count` (0-based indexes).
+    pub(super) fn frame(&self, batch: u64, first: u64, count: usize) -> Message {
+        let mut out = Vec::with_capacity(BINARY_LOGS_HEADER_BYTES + count * self.line.len());
+        out.push(BINARY_LOGS_KIND);
+        out.push(0); // stdout
+        out.extend_from_slice(&batch.to_be_bytes());
+        out.extend_from_slice(&(count as u32).to_be_bytes());
+        for i in 0..count as u64 {
+            let start = out.len() + BINARY_LINE_PREFIX_BYTES;
+            out.extend_from_slice(&self.line);
+            if self.numbered {
+                let mut index = first + i;
+                for digit in out[start..start + INDEX_DIGITS].iter_mut().rev() {
+                    *digit = b'0' + (index % 10) as u8;
+                    index /= 10;
+                }
+            }
+        }
+        Message::Binary(out.into())
+    }
+}
+
+/// What [`Push::send_lines`] builds its batches with.
+pub(super) trait BuildFrame {
+    /// The message of batch `batch` holding lines `first..first + count` (0-based indexes).
+    fn frame(&self, batch: u64, first: u64, count: usize) -> Message;
+}
+
+impl BuildFrame for FrameBuilder {
+    fn frame(&self, batch: u64, first: u64, count: usize) -> Message {
+        FrameBuilder::frame(self, batch, first, count)
+    }
+}
+
+impl<T: BuildFrame> BuildFrame for std::sync::Arc<T> {
+    fn frame(&self, batch: u64, first: u64, count: usize) -> Message {
+        T::frame(self, batch, first, count)
+    }
+}
+
+impl BuildFrame for AnyFrameBuilder {
+    fn frame(&self, batch: u64, first: u64, count: usize) -> Message {
+        AnyFrameBuilder::frame(self, batch, first, count)
+    }
+}
+
+/// Either builder, as `--frame` chose.
+pub(super) enum AnyFrameBuilder {
+    Json(FrameBuilder),
+    Binary(BinaryFrameBuilder),
+}
+
+impl AnyFrameBuilder {
+    pub(super) fn new(kind: FrameKind, line_bytes: usize, numbered: bool) -> Self {
+        match kind {
+            FrameKind::Json => Self::Json(FrameBuilder::new(line_bytes, numbered)),
+            FrameKind::Binary => Self::Binary(BinaryFrameBuilder::new(line_bytes, numbered)),
+        }
+    }
+
+    pub(super) fn frame(&self, batch: u64, first: u64, count: usize) -> Message {
+        match self {
+            Self::Json(builder) => builder.frame(batch, first, count),
+            Self::Binary(builder) => builder.frame(batch, first, count),
+        }
     }
 }
 
@@ -255,12 +377,75 @@ impl Push {
         })
     }
 
+    /// Like [`Push::start`], asking for the capabilities `frame` needs: fails when the server
+    /// does not grant them (it predates binary `logs` frames).
+    pub(super) async fn start_for(
+        target: &Target,
+        app: &str,
+        frame: FrameKind,
+    ) -> Result<Push, BenchError> {
+        if frame == FrameKind::Json {
+            return Push::start(target, app).await;
+        }
+        let asked = Capabilities { binary_logs: true };
+        let url = ws_url(
+            &target.url,
+            &format!("/v1/apps/{}/push", encode_path_segment(app)),
+        )
+        .map_err(|e| BenchError::Usage(e.to_string()))?;
+        let ws = connect(&url, Some(&target.token)).await?;
+        let (mut tx, mut rx) = ws.split();
+        tx.send(Message::Text(
+            start_frame_text(Some("bench".into()), asked).into(),
+        ))
+        .await
+        .map_err(protocol)?;
+        let text = loop {
+            match rx.next().await {
+                Some(Ok(Message::Text(text))) => break text,
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(protocol(format!(
+                        "the server closed the push socket: {frame:?}"
+                    )))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(protocol(format!("push socket: {e}"))),
+                None => return Err(protocol("the server closed the push socket")),
+            }
+        };
+        let frame: ServerFrame = serde_json::from_str(&text)
+            .map_err(|e| protocol(format!("bad server frame {text}: {e}")))?;
+        let ServerFrame::Deployment { deployment } = frame else {
+            return Err(protocol(format!("expected a deployment frame, got {text}")));
+        };
+        if granted_capabilities(&text) != asked {
+            return Err(protocol(
+                "the server does not offer binary logs frames (--frame binary)",
+            ));
+        }
+        if deployment["status"].as_str() != Some("building") {
+            return Err(protocol(format!(
+                "the bench deployment is {} (another deployment of the app is in progress?)",
+                deployment["status"]
+            )));
+        }
+        let id = deployment["id"]
+            .as_str()
+            .ok_or_else(|| protocol("the deployment frame has no id"))?
+            .to_owned();
+        Ok(Push {
+            tx,
+            rx,
+            deployment: id,
+        })
+    }
+
     /// Sends `lines` lines in batches of `batch`, at most `window` unacknowledged; paces batches
     /// at `rate` lines/s when not 0. Calls `on_ack(batch, instant)` for every ack; returns the
     /// send→ack latency histogram and the instant the first batch was sent.
     pub(super) async fn send_lines(
         &mut self,
-        frames: &FrameBuilder,
+        frames: &impl BuildFrame,
         lines: u64,
         batch: usize,
         window: usize,
@@ -406,6 +591,25 @@ pub(super) fn per_sec(count: f64, elapsed: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_frames_decode_to_the_lines_the_json_frames_hold() {
+        use crate::api::protocol::decode_binary_logs;
+        let json = FrameBuilder::new(20, true);
+        let binary = BinaryFrameBuilder::new(20, true);
+        let Message::Text(body) = json.frame(7, 41, 3) else {
+            panic!("text frame")
+        };
+        let Ok(ClientFrame::Logs { lines, .. }) = serde_json::from_str(&body) else {
+            panic!("logs frame")
+        };
+        let Message::Binary(bytes) = binary.frame(7, 41, 3) else {
+            panic!("binary frame")
+        };
+        let decoded = decode_binary_logs(&bytes).expect("valid binary frame");
+        assert_eq!(decoded.batch, 7);
+        assert_eq!(decoded.lines, lines);
+    }
 
     #[test]
     fn frames_are_valid_logs_frames_with_numbered_lines() {

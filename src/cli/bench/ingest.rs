@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::client::{
-    check_line_and_batch, create_app, http_client, per_sec, random_suffix, FrameBuilder, Push,
+    check_line_and_batch, create_app, http_client, per_sec, random_suffix, AnyFrameBuilder, Push,
 };
 use super::report::{Histogram, IngestReport};
 use super::{protocol, BenchError, IngestOptions, Target, MAX_PUSHERS, MAX_TOTAL_LINES, MB};
@@ -31,9 +31,13 @@ pub async fn ingest(target: &Target, options: &IngestOptions) -> Result<IngestRe
     let mut pushes = Vec::with_capacity(options.pushers);
     for n in 0..options.pushers {
         let app = create_app(&client, target, &format!("bench-ingest-{n}-{run}")).await?;
-        pushes.push(Push::start(target, &app).await?);
+        pushes.push(Push::start_for(target, &app, options.frame).await?);
     }
-    let frames = Arc::new(FrameBuilder::new(options.line_bytes, false));
+    let frames = Arc::new(AnyFrameBuilder::new(
+        options.frame,
+        options.line_bytes,
+        false,
+    ));
     let go = Arc::new(tokio::sync::Barrier::new(options.pushers + 1));
     let mut tasks = Vec::with_capacity(options.pushers);
     for mut push in pushes {

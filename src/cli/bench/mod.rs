@@ -1,7 +1,7 @@
 //! `deployd bench`: a load tool that drives a running deployd over its real protocols (like
 //! `redis-benchmark` for Redis) and prints what it measured.
 //!
-//! Three scenarios, each a public async function so `benches/throughput.rs` can call them
+//! Four scenarios, each a public async function so `benches/throughput.rs` can call them
 //! against an in-process server:
 //!
 //! - [`ingest`]: P pushers, each with its own app and deployment, send N lines of S bytes in
@@ -13,6 +13,14 @@
 //!   subscriber checks it got every line once and in order, and the latency from the batch's
 //!   ack (as seen by the pusher) to the line's arrival at each subscriber.
 //! - [`read`]: one deployment of N lines, then its `/output` read R times; MB/s of body.
+//! - [`catchup`]: a subscriber joins a running deployment at line N while the pusher goes on;
+//!   the time until it has every line stored before it joined, and the live lines' latency.
+//!
+//! Besides them: `subscribe`, fanout's subscriber side as a process of its own (fanout spawns
+//! it by default, so it can be pinned to other cores), and `compare`, which starts its own
+//! deployd and redis-server and runs ingest against `XADD` and fanout against `PUBLISH`. With
+//! the server's pid (`--server-pid`, or found by the URL's port on this machine) a run also
+//! reports the server's CPU time (per delivery, for fanout) and its resident memory.
 //!
 //! The tool must not be the bottleneck: frames are built by copying a pre-serialised line
 //! template (only the line index and batch number change), each socket is driven by one task,
@@ -24,24 +32,35 @@
 //!
 //! Layout: this module holds the arguments, limits, errors and [`run_bench`]; `report` the
 //! results and their rendering; `client` the HTTP and push-protocol client the scenarios share;
-//! `ingest`, `fanout` and `read` one scenario each. WebSocket frames are parsed by `crate::ws`,
-//! the codec the server uses.
+//! `ingest`, `fanout`, `read` and `catchup` one scenario each; `subscribe` the subscribers
+//! (in-process or child); `redis` and `compare` the Redis side; `system` what is read from
+//! `/proc`. WebSocket frames are parsed by `crate::ws`, the codec the server uses.
 
+mod catchup;
 mod client;
+mod compare;
 mod fanout;
 mod ingest;
 mod read;
+mod redis;
 mod report;
+mod subscribe;
+mod system;
 
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use tokio::time::Instant;
 
+pub use catchup::catchup;
+pub use client::FrameKind;
+pub use compare::{CompareReport, CompareSide};
 pub use fanout::fanout;
 pub use ingest::ingest;
 pub use read::read;
-pub use report::{FanoutReport, Histogram, IngestReport, Latency, ReadReport, Violations};
+pub use report::{
+    CatchupReport, FanoutReport, Histogram, IngestReport, Latency, ReadReport, Violations,
+};
+pub use system::ServerUsage;
 
 /// Most lines one scenario sends in total (all pushers): bounds the run's time and memory.
 pub const MAX_TOTAL_LINES: u64 = 100_000_000;
@@ -95,9 +114,9 @@ pub struct BenchArgs {
     /// Give up after this many seconds
     #[arg(long, default_value_t = 120, value_name = "SECS", global = true)]
     pub timeout: u64,
-    /// Also report the CPU time the server process (this pid, on this machine) used during the
-    /// run, beside the tool's own: on a small machine both share the cores, and this says which
-    /// side a figure is bound by
+    /// The server's pid, to report the CPU time it used during the run (beside the tool's own:
+    /// on a small machine both share the cores, and this says which side a figure is bound by)
+    /// and its resident memory; found by the URL's port when the server runs on this machine
     #[arg(long, value_name = "PID", global = true)]
     pub server_pid: Option<u32>,
     #[command(subcommand)]
@@ -113,6 +132,12 @@ pub enum Scenario {
     Fanout(FanoutOptions),
     /// Read one deployment's /output R times; MB/s.
     Read(ReadOptions),
+    /// A subscriber joins a running deployment at line N; time to catch up.
+    Catchup(CatchupOptions),
+    /// fanout's subscriber side as a process of its own (fanout starts it; see --help).
+    Subscribe(SubscribeOptions),
+    /// Start a deployd and a redis-server, run ingest vs XADD and fanout vs PUBLISH, print ratios.
+    Compare(CompareOptions),
 }
 
 /// `deployd bench ingest`.
@@ -133,6 +158,9 @@ pub struct IngestOptions {
     /// Batches a pusher keeps unacknowledged
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// How batches are framed: `json` (every pusher) or `binary` (the `binary_logs` capability)
+    #[arg(long, value_enum, default_value_t = FrameKind::Json)]
+    pub frame: FrameKind,
 }
 
 /// `deployd bench fanout`.
@@ -156,6 +184,91 @@ pub struct FanoutOptions {
     /// Batches the pusher keeps unacknowledged
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// Run the subscribers as tasks of this process instead of a child process
+    #[arg(long)]
+    pub in_process: bool,
+    /// Words put before the subscriber child's command line, e.g. "taskset -c 1" to pin it
+    #[arg(long, value_name = "COMMAND", conflicts_with = "in_process")]
+    pub subscriber_prefix: Option<String>,
+}
+
+/// `deployd bench catchup`.
+#[derive(Debug, Clone, Args)]
+pub struct CatchupOptions {
+    /// Lines stored before the subscriber joins
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lines: u64,
+    /// Lines sent after the join
+    #[arg(long, default_value_t = 5000)]
+    pub live_lines: u64,
+    /// Lines per second of the live part
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Bytes of each line (at least 16: it starts with its index)
+    #[arg(long, default_value_t = 100)]
+    pub line_bytes: usize,
+    /// Subscribers joining at once
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+}
+
+/// `deployd bench subscribe`: started by `fanout` and `compare` (its stdin and stdout are the
+/// protocol of `subscribe`'s module docs), not meant to be run by hand.
+#[derive(Debug, Clone, Args)]
+pub struct SubscribeOptions {
+    /// The deployd app whose stream to subscribe to
+    #[arg(long, conflicts_with = "redis")]
+    pub app: Option<String>,
+    /// A Redis server (HOST:PORT) to SUBSCRIBE on instead
+    #[arg(long, value_name = "ADDR")]
+    pub redis: Option<String>,
+    /// The Redis channel
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Subscribers
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Lines each must get
+    #[arg(long)]
+    pub lines: u64,
+    /// Lines per batch of the pusher (to match acks to lines)
+    #[arg(long)]
+    pub batch: u64,
+}
+
+/// `deployd bench compare`.
+#[derive(Debug, Clone, Args)]
+pub struct CompareOptions {
+    /// Ingest clients (deployd pushers, Redis XADD connections)
+    #[arg(long, default_value_t = 4)]
+    pub pushers: usize,
+    /// Lines each ingest client sends
+    #[arg(long, default_value_t = 250_000)]
+    pub lines: u64,
+    /// Bytes of each line, both scenarios
+    #[arg(long, default_value_t = 100)]
+    pub line_bytes: usize,
+    /// Ingest lines per batch (a `logs` frame; a pipelined run of XADDs)
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Batches in flight per client, both scenarios
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Fanout subscribers (deployd stream sockets, Redis SUBSCRIBE connections)
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Lines the fanout pusher / publisher sends
+    #[arg(long, default_value_t = 20_000)]
+    pub fanout_lines: u64,
+    /// Fanout lines per second (0: as fast as acks / replies allow)
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Run the subscribers as tasks of this process instead of a child process
+    #[arg(long)]
+    pub in_process: bool,
+    /// Words put before the subscriber child's command line, e.g. "taskset -c 1"
+    #[arg(long, value_name = "COMMAND", conflicts_with = "in_process")]
+    pub subscriber_prefix: Option<String>,
 }
 
 /// `deployd bench read`.
@@ -199,10 +312,51 @@ fn protocol(what: impl std::fmt::Display) -> BenchError {
 }
 
 /// Runs `deployd bench` and returns the process exit code: 0 when the run finished (and, for
-/// fanout, every subscriber got every line once, in order), 1 when fanout saw violations, 2 on
-/// a usage, connection or protocol error.
+/// fanout and catchup, every subscriber got every line once, in order), 1 when they saw
+/// violations, 2 on a usage, connection or protocol error (`compare`: also when redis-server
+/// is not on PATH).
 pub async fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
-    let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
+    let token = args.token.clone().filter(|t| !t.is_empty());
+    let limit = Duration::from_secs(args.timeout.max(1));
+    let target = token.map(|token| Target {
+        url: args.url.clone(),
+        token,
+    });
+    match &args.scenario {
+        Scenario::Subscribe(options) => {
+            return Ok(
+                match bounded(limit, subscribe::run_subscribe(target, options)).await {
+                    Ok(()) => super::EXIT_SUCCESS,
+                    Err(err) => {
+                        eprintln!("deployd bench subscribe: {err}");
+                        super::EXIT_USAGE_OR_AUTH
+                    }
+                },
+            );
+        }
+        Scenario::Compare(options) => {
+            return Ok(match bounded(limit, compare::compare(options)).await {
+                Ok(report) => {
+                    if args.json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", report.render());
+                    }
+                    if report.clean() {
+                        super::EXIT_SUCCESS
+                    } else {
+                        super::EXIT_DEPLOYMENT_FAILED
+                    }
+                }
+                Err(err) => {
+                    eprintln!("deployd bench compare: {err}");
+                    super::EXIT_USAGE_OR_AUTH
+                }
+            });
+        }
+        _ => {}
+    }
+    let Some(target) = target else {
         eprintln!("deployd bench: --token (or DEPLOYD_TOKEN) is required");
         return Ok(super::EXIT_USAGE_OR_AUTH);
     };
@@ -210,42 +364,68 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
         eprintln!("deployd bench: {err}");
         return Ok(super::EXIT_USAGE_OR_AUTH);
     }
-    let target = Target {
-        url: args.url.clone(),
-        token,
-    };
-    let limit = Duration::from_secs(args.timeout.max(1));
-    let cpu_before = CpuTimes::take(args.server_pid);
+    let server_pid = args.server_pid.or_else(|| local_server_pid(&args.url));
+    let probe = server_pid.and_then(system::UsageProbe::start);
+    // (table, json, clean, deliveries, CPU of a subscriber child)
     let outcome = match &args.scenario {
         Scenario::Ingest(options) => bounded(limit, ingest(&target, options))
             .await
-            .map(|r| (r.render(), serde_json::to_value(&r), true)),
+            .map(|r| (r.render(), serde_json::to_value(&r), true, 0, 0.0)),
         Scenario::Fanout(options) => bounded(limit, fanout(&target, options)).await.map(|r| {
             (
                 r.render(),
                 serde_json::to_value(&r),
                 r.violations.is_clean(),
+                r.deliveries,
+                r.subscriber_process_cpu_secs.unwrap_or(0.0),
             )
         }),
         Scenario::Read(options) => bounded(limit, read(&target, options))
             .await
-            .map(|r| (r.render(), serde_json::to_value(&r), true)),
+            .map(|r| (r.render(), serde_json::to_value(&r), true, 0, 0.0)),
+        Scenario::Catchup(options) => bounded(limit, catchup(&target, options)).await.map(|r| {
+            (
+                r.render(),
+                serde_json::to_value(&r),
+                r.violations.is_clean(),
+                0,
+                0.0,
+            )
+        }),
+        Scenario::Subscribe(_) | Scenario::Compare(_) => unreachable!("handled above"),
     };
     match outcome {
-        Ok((table, json, clean)) => {
-            let cpu = CpuTimes::take(args.server_pid).since(&cpu_before);
+        Ok((table, json, clean, deliveries, child_cpu)) => {
+            let usage = probe.map(|p| p.finish(child_cpu));
+            let per_delivery_us = usage
+                .as_ref()
+                .filter(|_| deliveries > 0)
+                .map(|u| u.server_cpu_secs * 1e6 / deliveries as f64);
             if args.json {
                 let mut json = json?;
-                if let (Some(cpu), Some(object)) = (&cpu, json.as_object_mut()) {
-                    object.insert("cpu".into(), serde_json::to_value(cpu)?);
+                if let (Some(usage), Some(object)) = (&usage, json.as_object_mut()) {
+                    object.insert("server".into(), serde_json::to_value(usage)?);
+                    if let Some(us) = per_delivery_us {
+                        object.insert("server_cpu_us_per_delivery".into(), us.into());
+                    }
                 }
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 print!("{table}");
-                if let Some(cpu) = &cpu {
+                if let Some(u) = &usage {
                     println!(
                         "  cpu (s)      server {:.2}, bench tool {:.2}, over {:.2} s of wall time",
-                        cpu.server_secs, cpu.tool_secs, cpu.wall_secs
+                        u.server_cpu_secs, u.tool_cpu_secs, u.wall_secs
+                    );
+                    if let Some(us) = per_delivery_us {
+                        println!("  server CPU   {us:.3} µs per delivery");
+                    }
+                    println!(
+                        "  server RSS   {:.1} MB at start, {:.1} MB peak, {:.1} MB at end (pid {})",
+                        u.server_rss_start_kib as f64 / 1024.0,
+                        u.server_rss_peak_kib as f64 / 1024.0,
+                        u.server_rss_end_kib as f64 / 1024.0,
+                        u.server_pid
                     );
                 }
             }
@@ -262,47 +442,11 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// CPU seconds used so far by the server (from `/proc/PID/stat`) and by this process.
-struct CpuTimes {
-    server: Option<f64>,
-    tool: f64,
-    at: Instant,
-}
-
-/// CPU used during a run.
-#[derive(Debug, Clone, serde::Serialize)]
-struct CpuUsed {
-    server_secs: f64,
-    tool_secs: f64,
-    wall_secs: f64,
-}
-
-impl CpuTimes {
-    fn take(server_pid: Option<u32>) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let of = |path: String| -> Option<f64> {
-            let stat = std::fs::read_to_string(path).ok()?;
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-            // utime and stime are fields 14 and 15 (the 12th and 13th after the command name).
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / ticks)
-        };
-        Self {
-            server: server_pid.and_then(|pid| of(format!("/proc/{pid}/stat"))),
-            tool: of("/proc/self/stat".into()).unwrap_or(0.0),
-            at: Instant::now(),
-        }
-    }
-
-    fn since(&self, before: &CpuTimes) -> Option<CpuUsed> {
-        Some(CpuUsed {
-            server_secs: self.server? - before.server?,
-            tool_secs: self.tool - before.tool,
-            wall_secs: (self.at - before.at).as_secs_f64(),
-        })
-    }
+/// The pid listening on the URL's port, when the URL is a loopback address of this machine.
+fn local_server_pid(url: &str) -> Option<u32> {
+    check_loopback(url, false).ok()?;
+    let port = reqwest::Url::parse(url).ok()?.port_or_known_default()?;
+    system::pid_listening_on(port)
 }
 
 async fn bounded<T>(

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latency percentiles, in microseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -60,11 +60,13 @@ pub struct FanoutReport {
     pub arrived_before_ack: u64,
     /// Deliveries of batches whose ack the pusher never saw (not in the latency).
     pub never_acked: u64,
+    /// CPU seconds of the subscriber child process (absent with `--in-process`).
+    pub subscriber_process_cpu_secs: Option<f64>,
     pub violations: Violations,
 }
 
 /// Delivery defects seen by fanout subscribers (all zero in a correct run).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Violations {
     /// Lines never received, summed over subscribers.
     pub missing: u64,
@@ -117,6 +119,26 @@ pub struct ReadReport {
     pub first_read_mb_per_sec: f64,
 }
 
+/// What `catchup` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchupReport {
+    pub lines_before_join: u64,
+    pub live_lines: u64,
+    pub rate: u64,
+    pub line_bytes: usize,
+    pub subscribers: usize,
+    /// From joining (connecting) to the arrival of the last line stored before the join; the
+    /// slowest subscriber's. Absent if it never came.
+    pub catch_up_secs: Option<f64>,
+    /// Lines stored before the join, over `catch_up_secs`.
+    pub replay_lines_per_sec: Option<f64>,
+    /// Lines received, all subscribers.
+    pub deliveries: u64,
+    /// Ack→arrival of the live lines (those sent after the join).
+    pub live_latency: Latency,
+    pub violations: Violations,
+}
+
 fn rows(title: &str, rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = format!("{title}\n");
@@ -126,7 +148,18 @@ fn rows(title: &str, rows: &[(&str, String)]) -> String {
     out
 }
 
-fn latency_text(l: &Latency) -> String {
+fn violations_text(v: &Violations) -> String {
+    if v.is_clean() {
+        "none: every subscriber got every line once, in order".to_string()
+    } else {
+        format!(
+            "missing {} duplicates {} out-of-order {} seq-regressions {} disconnected {} unparsable {}",
+            v.missing, v.duplicates, v.out_of_order, v.seq_regressions, v.disconnected, v.unparsable
+        )
+    }
+}
+
+pub(super) fn latency_text(l: &Latency) -> String {
     format!(
         "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  ({} samples)",
         l.p50_us as f64 / 1000.0,
@@ -197,16 +230,41 @@ impl FanoutReport {
                 ("before ack", self.arrived_before_ack.to_string()),
                 ("never acked", self.never_acked.to_string()),
                 (
-                    "violations",
-                    if v.is_clean() {
-                        "none: every subscriber got every line once, in order".to_string()
-                    } else {
-                        format!(
-                            "missing {} duplicates {} out-of-order {} seq-regressions {} disconnected {} unparsable {}",
-                            v.missing, v.duplicates, v.out_of_order, v.seq_regressions, v.disconnected, v.unparsable
-                        )
-                    },
+                    "subscriber process CPU",
+                    self.subscriber_process_cpu_secs
+                        .map_or_else(|| "in process".into(), |c| format!("{c:.2} s")),
                 ),
+                ("violations", violations_text(v)),
+            ],
+        )
+    }
+}
+
+impl CatchupReport {
+    /// The result table.
+    pub fn render(&self) -> String {
+        let or_never = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("never".into(), f);
+        rows(
+            "deployd bench catchup",
+            &[
+                (
+                    "setup",
+                    format!(
+                        "{} subscriber(s) join a running deployment at line {}, then {} live lines of {} B at {} lines/s",
+                        self.subscribers, self.lines_before_join, self.live_lines, self.line_bytes, self.rate
+                    ),
+                ),
+                (
+                    "caught up after",
+                    or_never(self.catch_up_secs, &|s| format!("{s:.3} s")),
+                ),
+                (
+                    "replay lines/s",
+                    or_never(self.replay_lines_per_sec, &|r| format!("{r:.0}")),
+                ),
+                ("deliveries", self.deliveries.to_string()),
+                ("live ack->arrival", latency_text(&self.live_latency)),
+                ("violations", violations_text(&self.violations)),
             ],
         )
     }
@@ -246,7 +304,7 @@ const SUB_BUCKETS: u64 = 64;
 const EXACT_BELOW: u64 = 2 * SUB_BUCKETS;
 
 /// A log-linear histogram of microsecond values (mergeable, fixed relative precision).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,

@@ -264,7 +264,9 @@ mod tests {
     use tokio_tungstenite::tungstenite::Message;
 
     use super::*;
-    use crate::api::protocol::{ClientFrame, ServerFrame};
+    use crate::api::protocol::{
+        decode_binary_logs, deployment_frame_text, Capabilities, ClientFrame, ServerFrame,
+    };
     use crate::lines::MAX_BATCH_LINES;
     use crate::model::LogStream;
     use crate::status::check_transition;
@@ -308,12 +310,18 @@ mod tests {
         drop_after_start: bool,
         /// Refuse the upgrade with this HTTP status.
         refuse_upgrade: Option<u16>,
+        /// Grant `binary_logs` (when asked) and read binary `logs` messages.
+        grant_binary: bool,
     }
 
     #[derive(Default)]
     struct Recorded {
         authorization: Option<String>,
         frames: Vec<ClientFrame>,
+        /// How many `logs` batches came as binary messages.
+        binary_batches: usize,
+        /// The capabilities `start` asked for.
+        asked: Capabilities,
     }
 
     impl Recorded {
@@ -378,11 +386,32 @@ mod tests {
             };
             let mut status = Status::Queued;
             let mut last_line = 0u64;
+            let mut granted = Capabilities::default();
             while let Some(Ok(message)) = ws.next().await {
-                let Message::Text(text) = message else {
-                    continue;
+                let frame = match message {
+                    Message::Text(text) => {
+                        let (frame, asked) =
+                            ClientFrame::from_json_with_capabilities(text.as_str()).unwrap();
+                        if matches!(frame, ClientFrame::Start { .. }) {
+                            recorded.lock().unwrap().asked = asked;
+                            if behaviour.grant_binary {
+                                granted = asked;
+                            }
+                        }
+                        frame
+                    }
+                    Message::Binary(bytes) => {
+                        assert!(granted.binary_logs, "a binary frame without the grant");
+                        let logs = decode_binary_logs(&bytes).unwrap();
+                        recorded.lock().unwrap().binary_batches += 1;
+                        ClientFrame::Logs {
+                            batch: logs.batch,
+                            stream: logs.stream,
+                            lines: logs.lines,
+                        }
+                    }
+                    _ => continue,
                 };
-                let frame: ClientFrame = serde_json::from_str(text.as_str()).unwrap();
                 recorded.lock().unwrap().frames.push(frame.clone());
                 let answer = match frame {
                     ClientFrame::Start { .. } => {
@@ -392,7 +421,8 @@ mod tests {
                             Status::Building
                         };
                         let deployment = serde_json::json!({"id": "d-1", "status": status});
-                        send(&mut ws, &ServerFrame::Deployment { deployment }).await;
+                        let text = deployment_frame_text(deployment, granted);
+                        let _ = ws.send(Message::text(text)).await;
                         if behaviour.drop_after_start {
                             break;
                         }
@@ -465,6 +495,37 @@ mod tests {
         let (url, server) = fake_server(behaviour).await;
         let code = push(&args_for(&url), CancellationToken::new(), Echo::Off).await;
         (code, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_pusher_asks_for_binary_frames_and_sends_them_only_when_granted() {
+        let command = [
+            "sh",
+            "-c",
+            "printf '%s\\n' 'out \\ \"1\"'; echo err1 >&2; echo out2",
+        ];
+        for grant_binary in [false, true] {
+            let behaviour = ServerBehaviour {
+                grant_binary,
+                ..ServerBehaviour::default()
+            };
+            let (code, recorded) = push_against(behaviour, |url| args(url, &command)).await;
+            assert_eq!(code, EXIT_SUCCESS);
+            assert_eq!(recorded.asked, Capabilities { binary_logs: true });
+            let logs = recorded
+                .frames
+                .iter()
+                .filter(|f| matches!(f, ClientFrame::Logs { .. }))
+                .count();
+            assert!(logs >= 2, "one batch per stream at least");
+            let expected_binary = if grant_binary { logs } else { 0 };
+            assert_eq!(
+                recorded.binary_batches, expected_binary,
+                "granted: {grant_binary}"
+            );
+            assert_eq!(recorded.lines(LogStream::Stdout), ["out \\ \"1\"", "out2"]);
+            assert_eq!(recorded.lines(LogStream::Stderr), ["err1"]);
+        }
     }
 
     #[tokio::test]

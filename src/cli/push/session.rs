@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Echo, PushArgs, ABORT_CONFIRM_TIMEOUT, BATCH_INTERVAL, MAX_UNACKED_BATCHES, PIPE_DRAIN_GRACE,
 };
-use crate::api::protocol::{ClientFrame, ServerFrame};
+use crate::api::protocol::{
+    encode_binary_logs, granted_capabilities, start_frame_text, Capabilities, ClientFrame,
+    ServerFrame,
+};
 use crate::lines::{
     cut, read_lines, sleep_until_opt, Batch, BatchPolicy, Batcher, LineSplitter, Overlong,
     LINE_CHANNEL_CAPACITY, MAX_LINE_BYTES,
@@ -42,6 +45,21 @@ pub(super) fn logs_frame(batch: Batch) -> ClientFrame {
         lines: batch.lines.into_iter().map(|line| line.text).collect(),
     }
 }
+
+/// The binary `logs` message carrying `batch` (sent once the server granted `binary_logs`).
+pub(super) fn binary_logs_frame(batch: &Batch) -> Vec<u8> {
+    let stream = batch
+        .stream()
+        .expect("invariant: a pusher's batches hold one stream (PUSH_BATCHING)");
+    encode_binary_logs(
+        batch.number,
+        stream,
+        batch.lines.iter().map(|line| line.text.as_str()),
+    )
+}
+
+/// What `deployd push` asks for in `start`: binary `logs` frames skip the server's JSON parse.
+const ASKED: Capabilities = Capabilities { binary_logs: true };
 
 /// The batches sent and not yet acknowledged, bounded by [`MAX_UNACKED_BATCHES`].
 #[derive(Debug, Default)]
@@ -105,6 +123,9 @@ pub(super) struct PushSession<S> {
     echo: Echo,
     /// The server sent a `ping` not answered yet.
     pong_due: bool,
+    /// What the server's `deployment` frame granted (nothing from a server that predates
+    /// capabilities: then every batch is a JSON `logs` frame).
+    granted: Capabilities,
 }
 
 type WsResult = Result<Message, tungstenite::Error>;
@@ -122,6 +143,7 @@ where
             interrupt,
             echo,
             pong_due: false,
+            granted: Capabilities::default(),
         }
     }
 
@@ -162,7 +184,10 @@ where
 
     /// Creates the deployment and waits until it may build.
     async fn start(&mut self, git_ref: Option<String>) -> Result<(), SessionEnd> {
-        self.send(&ClientFrame::Start { git_ref }).await?;
+        self.ws
+            .send(Message::text(start_frame_text(git_ref, ASKED)))
+            .await
+            .map_err(|e| SessionEnd::ConnectionLost(e.to_string()))?;
         let deployment = loop {
             match self.recv().await? {
                 ServerFrame::Deployment { deployment } => break deployment,
@@ -425,7 +450,14 @@ where
 
     async fn send_batch(&mut self, batch: Batch) -> Result<(), SessionEnd> {
         let number = batch.number;
-        self.send(&logs_frame(batch)).await?;
+        if self.granted.binary_logs {
+            self.ws
+                .send(Message::binary(binary_logs_frame(&batch)))
+                .await
+                .map_err(|e| SessionEnd::ConnectionLost(e.to_string()))?;
+        } else {
+            self.send(&logs_frame(batch)).await?;
+        }
         self.acks.sent(number);
         Ok(())
     }
@@ -495,7 +527,7 @@ where
                 self.pong_due = true;
                 return Ok(None);
             }
-            ServerFrame::Deployment { .. } => {}
+            ServerFrame::Deployment { .. } => self.granted = granted_capabilities(text.as_str()),
         }
         Ok(Some(frame))
     }

@@ -23,6 +23,8 @@
 //! | `0x10` app status index | app id (16) ++ status code (1) ++ deployment id (16) | empty (one entry per deployment, at its current status; the status filters and retention read it) |
 //! | `0x11` unfinished index | deployment id (16) | app id (16) (every deployment not yet finished; `GET /v1/deployments?status=unfinished`) |
 //! | `0x17` token scopes | token id (16) | [`StoredGrant`]; absent: the token is `full` on every app |
+//! | `0x19` app counts | app id (16) | [`StoredAppCounts`]: the app's deployments per status, its newest id, its newest bucket (`counts`) |
+//! | `0x1A` count buckets | app id (16) ++ first deployment id (16) | [`StoredBucket`]: per status, the app's deployments from this id to the next bucket's (`counts`) |
 //!
 //! Reserved for the features that come next, so that they can be built side by side without
 //! two of them taking the same byte. Nothing writes these yet; each line names the feature that
@@ -109,9 +111,12 @@ pub const TAG_EVENT: u8 = 0x15;
 pub const TAG_USER_EVENT: u8 = 0x16;
 pub const TAG_TOKEN_SCOPES: u8 = 0x17;
 pub const TAG_NODE_LEASE: u8 = 0x18;
+// Taken after the reserved ones (the listing's counts, `counts`).
+pub const TAG_APP_COUNTS: u8 = 0x19;
+pub const TAG_COUNT_BUCKET: u8 = 0x1A;
 
 /// Every tag, in use or reserved: no two features may share one (checked by a test).
-pub const ALL_TAGS: [u8; 24] = [
+pub const ALL_TAGS: [u8; 26] = [
     TAG_USER,
     TAG_USERNAME,
     TAG_EMAIL,
@@ -136,6 +141,8 @@ pub const ALL_TAGS: [u8; 24] = [
     TAG_USER_EVENT,
     TAG_TOKEN_SCOPES,
     TAG_NODE_LEASE,
+    TAG_APP_COUNTS,
+    TAG_COUNT_BUCKET,
 ];
 
 /// Format byte of every record value.
@@ -206,6 +213,11 @@ pub enum CodecError {
     Corrupt(&'static str),
 }
 
+mod counts;
+pub use counts::{
+    app_counts_key, count_bucket_key, count_buckets_prefix, decode_app_counts, decode_bucket,
+    encode_app_counts, encode_bucket, StoredAppCounts, StoredBucket, STATUS_SLOTS,
+};
 mod image;
 pub use image::{decode_image, encode_image, image_key, images_prefix, ImageRecord};
 mod segment;

@@ -25,7 +25,7 @@ use super::{Appended, Target, WriteError, MAX_GROUP_BYTES, MAX_GROUP_COMMANDS};
 use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::status::{Status, TransitionError};
 use crate::store::codec;
-use crate::store::engine::{BatchOp, Engine};
+use crate::store::engine::{BatchOp, Engine, EngineError};
 use crate::store::events::{Event, EventKind, Publish};
 use crate::store::logs::{Appender, LogFiles};
 use crate::store::{Segment, Store};
@@ -82,6 +82,8 @@ pub(crate) struct Group {
     /// Deployment records created or moved by the group, with whether each was created (for
     /// the metrics and the deployment log lines, once durable).
     moved: Vec<(Deployment, bool)>,
+    /// Changes to the status index, resolved into count ops just before the batch is applied.
+    pub(super) counts: Vec<super::counts::CountChange>,
 }
 
 pub(crate) fn put(key: Vec<u8>, value: Vec<u8>) -> BatchOp {
@@ -108,6 +110,8 @@ pub(super) struct WriterState {
     pub(super) trouble: Trouble,
     /// What `/readyz` reads.
     pub(super) health: HealthCell,
+    /// Live backup snapshots and the log files held back for them (`snapshot`).
+    pub(super) snapshots: super::snapshot::Snapshots,
 }
 
 impl WriterState {
@@ -123,6 +127,7 @@ impl WriterState {
             log_limit: LogLimit::default(),
             trouble: Trouble::None,
             health,
+            snapshots: Default::default(),
         }
     }
 
@@ -185,9 +190,12 @@ impl WriterState {
     /// Writes a group durably: log text first (written and synced), then the index that
     /// points into it.
     fn write_group(&mut self, group: &mut Group) -> Result<(), CommitFailure> {
+        let counts = std::mem::take(&mut group.counts);
+        super::counts::resolve(&self.store, counts, &mut group.ops)
+            .map_err(|err| CommitFailure::EngineApply(EngineError(err.to_string())))?;
         self.appender.write_durably(&self.logs, &group.appends)?;
-        self.engine
-            .apply(std::mem::take(&mut group.ops))
+        self.save_before_images(&group.ops);
+        self.apply_batch(std::mem::take(&mut group.ops))
             .map_err(CommitFailure::EngineApply)?;
         self.engine.sync().map_err(CommitFailure::EngineSync)
     }
@@ -223,10 +231,7 @@ impl WriterState {
                     .queue_length
                     .set(i64::try_from(queued.count()).unwrap_or(i64::MAX));
             }
-            for id in group.removals {
-                self.appender.close(id);
-                self.logs.remove(id);
-            }
+            self.remove_log_files(group.removals);
         }
         for done in group.done {
             if failure.is_none() {
@@ -438,6 +443,15 @@ impl WriterState {
             Command::PruneImages { ids, reply } => {
                 self.answer(group, reply, |s, g| s.prune_images(&ids, g))
             }
+            Command::Snapshot { reply } => self.answer(group, reply, |s, _| {
+                let started = std::time::Instant::now();
+                let snapshot = s.take_snapshot();
+                tracing::info!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "backup snapshot taken between two commits"
+                );
+                Ok(Outcome::quiet(snapshot))
+            }),
         }
     }
 
@@ -497,14 +511,14 @@ impl WriterState {
                 group
                     .ops
                     .push(put(codec::app_deployment_key(app, id), Vec::new()));
-                index_status(&mut group.ops, record, true);
+                index_status(group, record, true);
                 self.log_ends.insert(id, 0);
                 outcome.events.push(Event::new(app, id, EventKind::New));
                 outcome.events.push(status_event);
                 outcome.statuses.push((id, record.status));
             }
             Change::Moved(record) => {
-                index_status(&mut group.ops, record, false);
+                index_status(group, record, false);
                 group.moved.push((record.clone(), false));
                 if record.status.is_terminal() {
                     self.log_ends.remove(&id);

@@ -193,6 +193,11 @@ pub enum Command {
     StopPromoting {
         reply: Reply<()>,
     },
+    /// Takes a point-in-time snapshot of the records for a backup (`super::Snapshot`),
+    /// between two commits; committed alone.
+    Snapshot {
+        reply: Reply<super::Snapshot>,
+    },
 }
 
 impl Command {
@@ -417,4 +422,6 @@ commands! {
         = CreateRollback;
     /// See [`Command::PruneImages`].
     fn prune_images(ids: Vec<DeploymentId>) -> Vec<DeploymentId> = PruneImages;
+    /// See [`Command::Snapshot`]: ingest goes on while the snapshot is read.
+    fn snapshot() -> super::Snapshot = Snapshot;
 }

@@ -281,8 +281,8 @@ impl Lifecycle {
                 .get(running)
                 .is_some_and(|d| matches!(d.driver, Driver::Executor { .. }))
             {
-                // Its slot is free again; the oldest waiting deployment takes it at the next
-                // deployment's end (the delete's commit announces only its own app).
+                // Its slot is free again; the delete promotes the oldest waiting deployment
+                // in its own commit (`records::delete_app`).
                 self.executors_running = self.executors_running.saturating_sub(1);
             }
         }

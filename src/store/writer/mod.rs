@@ -16,14 +16,18 @@
 //! engine, the log files and the hub; `lifecycle` is the pure bookkeeping of unfinished
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
 //! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
-//! `recovery` ends what a crash left unfinished; `failure` decides what a failed commit does
-//! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports.
+//! `recovery` ends what a crash left unfinished; `counts` turns a group's status index changes
+//! into the deployment counts' ops; `failure` decides what a failed commit does
+//! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports;
+//! `snapshot` keeps a point-in-time view of the records for backups.
 
 mod control;
+mod counts;
 mod failure;
 mod group;
 mod handle;
 mod images;
+mod invalidate;
 mod lifecycle;
 mod log_limit;
 mod notify;
@@ -31,6 +35,7 @@ mod prune;
 mod records;
 mod recovery;
 mod segments;
+mod snapshot;
 
 #[cfg(test)]
 mod tests;
@@ -41,6 +46,7 @@ pub use handle::{Command, Writer};
 pub use images::NO_IMAGE;
 pub use log_limit::DEFAULT_MAX_LOG_BYTES;
 pub use notify::MAX_PRUNE_KEYS;
+pub use snapshot::Snapshot;
 
 use super::StoreError;
 use crate::model::{Deployment, DeploymentId, LineNo};

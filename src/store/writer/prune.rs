@@ -1,12 +1,14 @@
 //! The writer's side of retention and of the status filters: the status indexes kept in step
-//! with every deployment record (tags `0x10`, `0x11`), their one-time build for a store written
-//! before them, and the pruning operations (deployments, sources).
+//! with every deployment record (tags `0x10`, `0x11`; each change is also noted for the counts,
+//! `counts`), their one-time build for a store written before them, and the pruning operations
+//! (deployments, sources).
 //!
 //! Runs on the writer thread inside a group; it adds ops to the group and never commits. Which
 //! deployments to prune is `crate::retention`'s decision; this module only refuses to prune
 //! what must stay (an unfinished deployment) and removes a pruned one's record, every index
 //! entry pointing to it, and (after the commit, through `Group::removals`) its log file.
 
+use super::counts::CountChange;
 use super::group::{put, Group, Outcome, WriterState};
 use super::WriteError;
 use crate::model::{Deployment, DeploymentId, Driver};
@@ -20,8 +22,27 @@ use crate::store::StoreError;
 const STATUS_INDEX_META: &str = "index-status-v1";
 
 /// Adds the status index ops for a deployment record that was just created (`created`) or
-/// moved to `record.status` from an unfinished status.
-pub(super) fn index_status(ops: &mut Vec<BatchOp>, record: &Deployment, created: bool) {
+/// moved to `record.status` from an unfinished status, and notes the change for the counts.
+pub(super) fn index_status(group: &mut Group, record: &Deployment, created: bool) {
+    index_status_ops(&mut group.ops, record, created);
+    let (app, id) = (record.app_id, record.id);
+    group.counts.push(if created {
+        CountChange::Created {
+            app,
+            id,
+            status: record.status,
+        }
+    } else {
+        CountChange::Moved {
+            app,
+            id,
+            to: record.status,
+        }
+    });
+}
+
+/// The status index ops alone (see [`index_status`]).
+fn index_status_ops(ops: &mut Vec<BatchOp>, record: &Deployment, created: bool) {
     let (app, id) = (record.app_id, record.id);
     if !created {
         // A moved deployment was unfinished (only those are in the lifecycle); deleting a key
@@ -61,6 +82,11 @@ pub(super) fn forget_deployment(
         id,
     )));
     group.ops.push(BatchOp::Delete(codec::unfinished_key(id)));
+    group.counts.push(CountChange::Forgotten {
+        app,
+        id,
+        status: record.status,
+    });
     let prefix = codec::segments_prefix(id);
     for entry in state.engine.range(&prefix, &prefix_end(&prefix), false) {
         let (key, _) = entry.map_err(StoreError::from)?;
@@ -72,21 +98,20 @@ pub(super) fn forget_deployment(
 }
 
 impl WriterState {
-    /// Fills the status indexes in for a store written before they existed (once: the meta
-    /// record then says they are complete). Runs before recovery, which keeps them up to date
-    /// like every later write.
+    /// Fills the status indexes in for a store written before they existed, then the
+    /// deployment counts from them (each once: a meta record then says they are complete).
+    /// Runs before recovery, which keeps them up to date like every later write.
     pub(super) fn build_status_indexes(&mut self) -> Result<(), StoreError> {
-        if self.store.meta(STATUS_INDEX_META)?.is_some() {
-            return Ok(());
+        if self.store.meta(STATUS_INDEX_META)?.is_none() {
+            let mut ops = Vec::new();
+            for record in self.store.all_deployments()? {
+                index_status_ops(&mut ops, &record, true);
+            }
+            ops.push(put(codec::meta_key(STATUS_INDEX_META), vec![1]));
+            self.apply_batch(ops)?;
+            self.engine.sync()?;
         }
-        let mut ops = Vec::new();
-        for record in self.store.all_deployments()? {
-            index_status(&mut ops, &record, true);
-        }
-        ops.push(put(codec::meta_key(STATUS_INDEX_META), vec![1]));
-        self.engine.apply(ops)?;
-        self.engine.sync()?;
-        Ok(())
+        crate::store::counts::ensure_built(&*self.engine)
     }
 
     /// Prunes finished deployments: each of `ids` that exists and is finished is forgotten

@@ -5,6 +5,7 @@
 //!
 //! Runs on the writer thread inside a group; it adds ops to the group and never commits.
 
+use super::counts::CountChange;
 use super::group::{put, Group, Outcome, WriterState};
 use super::WriteError;
 use crate::model::{
@@ -127,6 +128,7 @@ impl WriterState {
         let ids = self.store.deployment_ids(app_id, 0, u64::MAX)?;
         delete_prefix(codec::app_deployments_prefix(app_id), &mut group.ops)?;
         delete_prefix(codec::app_statuses_prefix(app_id), &mut group.ops)?;
+        group.counts.push(CountChange::AppDeleted { app: app_id });
         for id in ids {
             group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
             group.ops.push(BatchOp::Delete(codec::unfinished_key(id)));
@@ -134,10 +136,21 @@ impl WriterState {
             group.removals.push(id);
             self.log_ends.remove(&id);
         }
-        let mut outcome = Outcome::quiet(());
+        let removed = self.lifecycle.remove_app(app_id);
+        // A build slot the app's running deployment held is free again: the oldest waiting
+        // deployment of another app takes it in this commit, not at some later deployment's
+        // end. (An app runs one deployment at a time, so this frees one slot at most.)
+        let promoted = self.lifecycle.promote_waiting(super::group::now());
+        let mut outcome = match promoted.first() {
+            Some(change) => Outcome::of_app((), change.record().app_id),
+            None => Outcome::quiet(()),
+        };
         // Their sessions see the watch end and stop; their next write finds no deployment.
-        for id in self.lifecycle.remove_app(app_id) {
+        for id in removed {
             outcome.statuses.push((id, Status::Aborted));
+        }
+        for change in promoted {
+            self.stage(change, group, &mut outcome);
         }
         Ok(outcome)
     }

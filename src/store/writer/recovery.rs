@@ -93,11 +93,13 @@ impl WriterState {
         for change in self.lifecycle.promote_waiting(now) {
             self.stage(change, &mut group, &mut outcome);
         }
+        let counts = std::mem::take(&mut group.counts);
+        super::counts::resolve(&self.store, counts, &mut group.ops)?;
         if !group.ops.is_empty() {
             self.appender
                 .write_durably(&self.logs, &group.appends)
                 .map_err(|err| StoreError::LogFile(err.source))?;
-            self.engine.apply(group.ops)?;
+            self.apply_batch(group.ops)?;
             self.engine.sync()?;
         }
         for (id, status) in &outcome.statuses {
