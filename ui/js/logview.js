@@ -282,7 +282,9 @@ export class LogView {
     const height = Math.min(full, MAX_SPACER_PX);
     const view = this.scroller.clientHeight || 400;
     const inView = Math.ceil(view / this.row) + 1;
-    return { count, height, scaled: full > MAX_SPACER_PX, view, inView };
+    // Rows that fit whole: the scaled mapping puts the last line at the bottom edge, not past it.
+    const fit = Math.max(1, Math.floor(view / this.row));
+    return { count, height, scaled: full > MAX_SPACER_PX, view, inView, fit };
   }
 
   rerender() {
@@ -296,14 +298,17 @@ export class LogView {
     const maxScroll = Math.max(1, g.height - g.view);
     if (forced !== true) this.setFollow(top >= maxScroll - this.row);
     let first;
-    if (g.scaled) first = Math.round((top / maxScroll) * Math.max(0, g.count - g.inView + 1));
+    if (g.scaled) first = Math.round((top / maxScroll) * Math.max(0, g.count - g.fit));
     else first = Math.floor(top / this.row);
     first = Math.max(0, Math.min(first, Math.max(0, g.count - 1)));
+    // Wrapped rows have their own heights: at the bottom, render the last ones and anchor them
+    // to the bottom edge, so the end of the log is always reachable.
+    const bottomWrap = this.wrap && g.count > 0 && top >= maxScroll - 1 && g.height > g.view;
+    if (bottomWrap) first = Math.max(0, g.count - g.inView - MARGIN);
     const above = g.scaled || this.wrap ? 0 : Math.min(MARGIN, first);
     const start = first - above;
-    const end = Math.min(g.count, first + g.inView + MARGIN);
+    const end = bottomWrap ? g.count : Math.min(g.count, first + g.inView + MARGIN);
     const offset = g.scaled || this.wrap ? top : first * this.row;
-    this.rows.style.transform = `translateY(${Math.max(0, offset - above * this.row)}px)`;
     const nodes = [];
     let lo = Infinity;
     let hi = 0;
@@ -320,6 +325,9 @@ export class LogView {
     }
     this.rowCache = keep;
     this.rows.replaceChildren(...nodes);
+    let y = Math.max(0, offset - above * this.row);
+    if (bottomWrap) y = Math.max(0, top + g.view - this.rows.offsetHeight);
+    this.rows.style.transform = `translateY(${y}px)`;
     if (hi) this.ensure(lo, hi);
   }
 
@@ -382,7 +390,7 @@ export class LogView {
     const g = this.geometry();
     const idx = this.indexOf(n);
     let top;
-    if (g.scaled) top = ((idx - Math.floor(g.inView / 2)) / Math.max(1, g.count - g.inView + 1)) * (g.height - g.view);
+    if (g.scaled) top = ((idx - Math.floor(g.fit / 2)) / Math.max(1, g.count - g.fit)) * (g.height - g.view);
     else top = idx * this.row - g.view / 2 + this.row / 2;
     this.spacer.style.height = `${g.height}px`;
     this.setFollow(false);
