@@ -57,6 +57,7 @@ export class LogView {
     this.liveQueue = [];
     this.filling = false;
     this.stream = null;
+    this.frame = 0;
     this.root = this.build();
   }
 
@@ -231,10 +232,21 @@ export class LogView {
       this.total = item.n;
       grew = true;
     }
-    if (grew) {
+    if (grew) this.scheduleRender();
+  }
+
+  /**
+   * One render per animation frame however many live lines arrived (a fast log sends thousands
+   * a second); following keeps the end in view.
+   */
+  scheduleRender() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.evict(Math.floor((this.total - 1) / CHUNK));
       if (this.follow) this.jumpEnd();
       else this.rerender();
-    }
+    });
   }
 
   // ---- collapsed steps: visible index <-> line number -------------------------------------
@@ -563,6 +575,7 @@ export class LogView {
 
   close() {
     if (this.stream) this.stream.close();
+    cancelAnimationFrame(this.frame);
     this.resize.disconnect();
   }
 }

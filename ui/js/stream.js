@@ -34,6 +34,7 @@ export class AppStream {
     this.ws = null;
     this.timer = null;
     this.watchdog = null;
+    this.lastFrame = Date.now();
     this.wake = () => {
       if (!this.stopped && document.visibilityState === 'visible') this.kick();
     };
@@ -93,6 +94,7 @@ export class AppStream {
 
   /** Restarts the silence watchdog: any frame proves the socket alive. */
   feed() {
+    this.lastFrame = Date.now();
     clearTimeout(this.watchdog);
     this.watchdog = setTimeout(() => this.drop(), SILENCE_MS);
   }
@@ -119,6 +121,12 @@ export class AppStream {
 
   /** Reconnects now if the socket is not open (tab woke up, network is back). */
   kick() {
+    // A socket silent for longer than the ping interval allows is dead even if it looks open
+    // (a laptop that slept keeps a half-open TCP connection).
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && Date.now() - this.lastFrame > SILENCE_MS) {
+      this.drop();
+      return;
+    }
     if (!this.ws || this.ws.readyState > WebSocket.OPEN) {
       this.retry = RETRY_FIRST_MS;
       this.connect('reconnecting');
