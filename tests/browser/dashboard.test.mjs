@@ -179,7 +179,7 @@ test('ANSI colours render as styles, never as raw escapes, and an HTML line show
   assert.deepEqual(page.problems, [], 'no dialog, no page error');
 });
 
-test('an archive uploaded from the app view deploys; the cancel and roll back buttons work', async () => {
+test('an archive uploaded from the app view deploys, and its roll back button starts its kept image', async () => {
   const s = await server();
   await s.createApp('exec');
   const src = mkdtempSync(path.join(tmpdir(), 'deployd-browser-src-'));
@@ -207,16 +207,26 @@ test('an archive uploaded from the app view deploys; the cancel and roll back bu
   await page.waitForSelector('#deployment-status .badge-success', { timeout: 60_000 });
   await page.waitForSelector(`#log .log-line:has-text("Rolling back to ${first}")`);
   assert.equal(await page.textContent('#deployment-ref'), 'first');
-
-  const flag = path.join(flagDir, 'never');
-  const { id: slow } = await s.push('exec', `${waitFor(flag)}`, 'slow');
-  await page.goto(`${s.url}/ui/apps/exec`);
-  await page.waitForSelector(`#deployments tr[data-id="${slow}"] button.cancel`);
-  await shot(page, 'app-actions');
-  await page.click(`#deployments tr[data-id="${slow}"] button.cancel`);
-  await page.waitForSelector(`#deployments tr[data-id="${slow}"] .badge-aborted`, { timeout: 30_000 });
-  assert.equal((await s.deployment('exec', slow)).status, 'aborted');
+  await page.goBack();
+  await page.waitForSelector(`#deployments tr[data-id="${first}"] button.rollback`);
+  await shot(page, 'app-rollback');
   rmSync(src, { recursive: true, force: true });
+  assert.deepEqual(page.problems, []);
+});
+
+test('the cancel button ends a running deployment, and the badge follows live', async () => {
+  const s = await server();
+  await s.createApp('slow');
+  const flag = path.join(flagDir, 'never');
+  const { id } = await s.push('slow', `echo waiting; ${waitFor(flag)}`, 'slow');
+  const page = await signedInPage(browser, s);
+  await page.goto(`${s.url}/ui/apps/slow`);
+  await page.waitForSelector(`#deployments tr[data-id="${id}"] button.cancel`);
+  await shot(page, 'app-cancel');
+  await page.click(`#deployments tr[data-id="${id}"] button.cancel`);
+  await page.waitForSelector(`#deployments tr[data-id="${id}"] .badge-aborted`, { timeout: 30_000 });
+  assert.equal((await s.deployment('slow', id)).status, 'aborted');
+  assert.equal(await page.$$eval(`#deployments tr[data-id="${id}"] button.cancel`, (els) => els.length), 0);
   assert.deepEqual(page.problems, []);
 });
 
