@@ -12,6 +12,8 @@ const UNFINISHED = new Set(['queued', 'building', 'pushing', 'starting']);
 const STATUSES = ['unfinished', 'queued', 'building', 'pushing', 'starting', 'success', 'aborted',
   'build-error', 'crashed-error', 'timeout-error', 'hook-error'];
 
+// UUIDv7 ids share their time prefix within a minute: the random tail tells them apart.
+const shortId = (id) => (id.length > 14 ? `${id.slice(0, 8)}…${id.slice(-4)}` : id);
 const appPath = (app) => `/ui/apps/${encodeURIComponent(app)}`;
 const deploymentPath = (app, id) => `${appPath(app)}/deployments/${encodeURIComponent(id)}`;
 
@@ -69,7 +71,7 @@ export function appsView(main) {
     const body = apps.map((app) => h('tr', { dataset: { app: app.name } },
       h('th', { scope: 'row' }, link(appPath(app.name), app.name)),
       h('td', {}, h('span', { class: `badge badge-app-${app.status}`, text: app.status })),
-      h('td', {}, app.last_deployment_id ? link(deploymentPath(app.name, app.last_deployment_id), app.last_deployment_id.slice(0, 8), { class: 'mono', title: app.last_deployment_id }) : '-'),
+      h('td', {}, app.last_deployment_id ? link(deploymentPath(app.name, app.last_deployment_id), shortId(app.last_deployment_id), { class: 'mono', title: app.last_deployment_id }) : '-'),
       h('td', { text: app.last_deployed_by || '-' }),
       h('td', { text: when(app.last_deployed_at) })));
     replace(main, h('h1', { text: 'Apps' }),
@@ -137,7 +139,7 @@ export function appView(main, app, params, navigate) {
         e.target.disabled = true;
         try {
           await api.json(`/v1/apps/${api.enc(app)}/deployments/${api.enc(d.id)}/cancel`, { method: 'POST' });
-          toast(`Cancelling ${d.id.slice(0, 8)}`);
+          toast(`Cancelling ${shortId(d.id)}`);
         } catch (err) {
           toast(`Cancel failed: ${err.message}`, 'error');
           e.target.disabled = false;
@@ -163,7 +165,7 @@ export function appView(main, app, params, navigate) {
   function row(d) {
     const cells = h('td', { class: 'actions' }, actions(d));
     const tr = h('tr', { dataset: { id: d.id } },
-      h('th', { scope: 'row' }, link(deploymentPath(app, d.id), d.id.slice(0, 8), { class: 'mono', title: d.id })),
+      h('th', { scope: 'row' }, link(deploymentPath(app, d.id), shortId(d.id), { class: 'mono', title: d.id })),
       h('td', { class: 'status' }, badge(d.status)),
       h('td', { class: 'mono', text: d.git_ref }),
       h('td', { text: d.pusher ? d.pusher.username : '-' }),
@@ -232,7 +234,7 @@ export function appView(main, app, params, navigate) {
 // ---- one deployment -------------------------------------------------------------------
 
 export function deploymentView(main, app, id) {
-  crumbs(link('/ui/', 'Apps'), link(appPath(app), app), h('span', { class: 'mono', text: id.slice(0, 8) }));
+  crumbs(link('/ui/', 'Apps'), link(appPath(app), app), h('span', { class: 'mono', text: shortId(id) }));
   let view = null;
   let closed = false;
   replace(main, h('p', { class: 'muted', text: 'Loading…' }));
