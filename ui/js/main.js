@@ -9,7 +9,11 @@ const main = document.getElementById('main');
 const signout = document.getElementById('signout');
 let cleanup = () => {};
 
+// The path and query of the view on screen: a fragment-only change (#L123) keeps the view.
+let current = '';
+
 function route() {
+  current = location.pathname + location.search;
   cleanup();
   cleanup = () => {};
   signout.hidden = !api.signedIn();
@@ -51,7 +55,9 @@ document.addEventListener('click', (e) => {
   navigate(url.pathname + url.search + url.hash);
 });
 
-window.addEventListener('popstate', route);
+window.addEventListener('popstate', () => {
+  if (location.pathname + location.search !== current) route();
+});
 
 signout.addEventListener('click', () => {
   api.signOut();
