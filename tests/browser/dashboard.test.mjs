@@ -92,6 +92,26 @@ test('lines pushed while the page is open show live, in order, and the status fo
   assert.deepEqual(page.problems, []);
 });
 
+test('a fast live log stays followed to its last line (regression: lines arriving between a render and its scroll event turned auto-scroll off)', async () => {
+  const s = await server();
+  await s.createApp('fast');
+  const flag = path.join(flagDir, 'fast-go');
+  const { id, done } = await s.push('fast', `${waitFor(flag)}; seq 1 5000`);
+  const page = await signedInPage(browser, s);
+  await page.goto(`${s.url}/ui/apps/fast/deployments/${id}`);
+  await page.waitForSelector('#stream-state[data-state=live]');
+  writeFileSync(flag, '');
+  assert.equal(await done, 0);
+  await page.waitForSelector('#log .log-line[data-n="5000"]:not(.pending)');
+  assert.equal(await page.isHidden('.jump-end'), true, 'still following');
+  // Scrolling up stops following; "jump to end" comes back to the last line.
+  await page.$eval('#log', (el) => { el.scrollTop = 0; });
+  await page.waitForSelector('.jump-end:visible');
+  await page.click('.jump-end');
+  await page.waitForSelector('#log .log-line[data-n="5000"]:not(.pending)');
+  assert.deepEqual(page.problems, []);
+});
+
 test('a server restarted mid-stream: the page shows reconnecting, then resumes with no lost or doubled line', async () => {
   const s = await server();
   await s.createApp('restart');

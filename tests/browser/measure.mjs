@@ -13,8 +13,8 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Server, launch, signedInPage, sleep } from './lib.mjs';
 
-const LINES = 1_000_000;
-const LIVE_LINES = 200_000;
+const LINES = Number(process.env.MEASURE_LINES || 1_000_000);
+const LIVE_LINES = Number(process.env.MEASURE_LIVE_LINES || 200_000);
 const RUNS = 3;
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -304,11 +304,16 @@ export class LogView {
   }
 
   onScroll(forced) {
+    // Whether the user is at the end is judged against the height they scrolled in: lines that
+    // arrived since the last render must not turn following off.
+    if (forced !== true) {
+      const el = this.scroller;
+      this.setFollow(el.scrollTop + el.clientHeight >= el.scrollHeight - this.row);
+    }
     const g = this.geometry();
     if (this.spacer.style.height !== `${g.height}px`) this.spacer.style.height = `${g.height}px`;
     const top = this.scroller.scrollTop;
     const maxScroll = Math.max(1, g.height - g.view);
-    if (forced !== true) this.setFollow(top >= maxScroll - this.row);
     let first;
     if (g.scaled) first = Math.round((top / maxScroll) * Math.max(0, g.count - g.fit));
     else first = Math.floor(top / this.row);
