@@ -216,6 +216,8 @@ test('an archive uploaded from the app view deploys, and its roll back button st
   await page.fill('#git-ref', 'first');
   await page.click('#deploy');
   await page.waitForURL(/\/ui\/apps\/exec\/deployments\//);
+  // Regression: a deployment that ended between its JSON and its first lines read kept the
+  // JSON's status in the header (the executor's fast deployment hits that window).
   await page.waitForSelector('#deployment-status .badge-success', { timeout: 60_000 });
   await page.waitForSelector('#log .log-line:has-text("building the app")');
   const first = page.url().split('/').pop();

@@ -157,7 +157,11 @@ export class LogView {
     const res = await api.lines(this.app, this.id, { tail: TAIL });
     for (const line of res.lines) this.put(line);
     this.total = res.lastLine;
-    if (res.status) this.status = res.status;
+    // The deployment may have moved on since its JSON was read: the header follows.
+    if (res.status && res.status !== this.status) {
+      this.status = res.status;
+      this.onStatus(res.status);
+    }
     this.measure();
     if (hashLine) this.goto(hashLine);
     else this.jumpEnd();

@@ -220,9 +220,9 @@ export function appView(main, app, params, navigate) {
         if (!known) { if (page === 1) refresh(); return; }
         known.d.status = frame.data.status;
         replace(known.tr.querySelector('.status'), badge(frame.data.status));
+        replace(known.tr.querySelector('.actions'), actions(known.d));
         // A terminal status fills duration and image_kept in: GET answers carry them.
         if (TERMINAL.has(frame.data.status)) refresh();
-        else replace(known.tr.querySelector('.actions'), actions(known.d));
       },
       onState: () => {},
     });
