@@ -44,7 +44,10 @@ try {
 
   const cdp = await page.context().newCDPSession(page);
   await cdp.send('Performance.enable');
-  const metric = async () => Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+  const metric = async () => {
+    await cdp.send('HeapProfiler.collectGarbage');
+    return Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+  };
   let m = await metric();
   console.log(`tab with the log open: JS heap ${(m.JSHeapUsedSize / 1048576).toFixed(1)} MiB used, ${m.Nodes} DOM nodes, ${await page.$$eval('.log-line', (e) => e.length)} line elements`);
 
