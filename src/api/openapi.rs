@@ -495,6 +495,7 @@ fn success(reply: Reply) -> Value {
         Reply::Tar => json!({
             "description": "A tar: records/NNNNNN.kv, logs/<id>.log, images/…, sources/…, then backup.json (the manifest; a tar without it is incomplete)",
             "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }),
         Reply::Redirect => json!({
             "description": "Found: the dashboard is at /ui/",
             "headers": {"Location": {"schema": {"type": "string", "const": "/ui/"}}},
