@@ -132,14 +132,29 @@ export class LogView {
     for (const k of want) {
       if (this.inflight.has(k)) continue;
       this.inflight.add(k);
-      api.lines(this.app, this.id, { from: k * CHUNK + 1, limit: CHUNK })
-        .then((res) => {
-          for (const line of res.lines) this.put(line);
+      this.loadChunk(k)
+        .then(() => {
           this.evict(k);
           this.rerender();
         })
         .catch((err) => toast(`Could not load lines: ${err.message}`, 'error'))
         .finally(() => this.inflight.delete(k));
+    }
+  }
+
+  /**
+   * Reads chunk `k` whole: the server ends a range early past MAX_RANGE_BYTES (4 MiB of long
+   * lines), so a short answer is continued from the line after its last one.
+   */
+  async loadChunk(k) {
+    const end = (k + 1) * CHUNK;
+    let from = k * CHUNK + 1;
+    while (from <= end) {
+      const res = await api.lines(this.app, this.id, { from, limit: end - from + 1 });
+      for (const line of res.lines) this.put(line);
+      const last = res.lines.length ? res.lines[res.lines.length - 1].n : 0;
+      if (last < from || last >= Math.min(end, res.lastLine)) return;
+      from = last + 1;
     }
   }
 

@@ -8,6 +8,8 @@ import { jwt } from './api.js';
 
 // The server pings every 30 s by default; three missed pings mean the socket is dead.
 const SILENCE_MS = 95_000;
+// How often the silence is checked: a dead socket is noticed at most this long after SILENCE_MS.
+const WATCHDOG_EVERY_MS = 5_000;
 // Back-off between reconnects: doubling from the first to the last, so a restart is caught fast
 // and a long outage does not hammer the server.
 const RETRY_FIRST_MS = 250;
@@ -81,7 +83,7 @@ export class AppStream {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      clearTimeout(this.watchdog);
+      this.stopWatchdog();
       if (this.stopped) return;
       if (FATAL.has(ev.code)) {
         this.stopped = true;
@@ -92,15 +94,26 @@ export class AppStream {
     };
   }
 
-  /** Restarts the silence watchdog: any frame proves the socket alive. */
+  /**
+   * Notes that the socket is alive (any frame proves it). Called per frame, so it only stores
+   * the time: one interval per socket checks it, rather than a timer re-armed per line.
+   */
   feed() {
     this.lastFrame = Date.now();
-    clearTimeout(this.watchdog);
-    this.watchdog = setTimeout(() => this.drop(), SILENCE_MS);
+    if (this.watchdog) return;
+    this.watchdog = setInterval(() => {
+      if (Date.now() - this.lastFrame > SILENCE_MS) this.drop();
+    }, WATCHDOG_EVERY_MS);
+  }
+
+  stopWatchdog() {
+    clearInterval(this.watchdog);
+    this.watchdog = null;
   }
 
   /** Treats the current socket as dead and reconnects. */
   drop() {
+    this.stopWatchdog();
     const ws = this.ws;
     this.ws = null;
     if (ws) {
@@ -137,7 +150,7 @@ export class AppStream {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
-    clearTimeout(this.watchdog);
+    this.stopWatchdog();
     document.removeEventListener('visibilitychange', this.wake);
     window.removeEventListener('online', this.wake);
     const ws = this.ws;
