@@ -100,7 +100,13 @@ export class LogView {
     this.scroller.addEventListener('wheel', (e) => { if (e.deltaY < 0) this.setFollow(false); }, { passive: true });
     this.scroller.addEventListener('keydown', (e) => this.onKey(e));
     this.scroller.addEventListener('click', (e) => this.onClick(e));
-    this.resize = new ResizeObserver(() => this.rerender());
+    // The view's height, kept from the observer: reading clientHeight in every render forced a
+    // layout per live frame (the spacer's height had just changed).
+    this.viewHeight = 0;
+    this.resize = new ResizeObserver((entries) => {
+      this.viewHeight = entries[entries.length - 1].contentRect.height;
+      this.rerender();
+    });
     this.resize.observe(this.scroller);
     return h('section', { class: 'logview', 'aria-label': 'Log' }, tools, this.stepsBox,
       h('div', { class: 'log-frame' }, this.scroller, this.endButton));
@@ -311,7 +317,7 @@ export class LogView {
     const count = this.visibleCount();
     const full = count * this.row;
     const height = Math.min(full, MAX_SPACER_PX);
-    const view = this.scroller.clientHeight || 400;
+    const view = this.viewHeight || this.scroller.clientHeight || 400;
     const inView = Math.ceil(view / this.row) + 1;
     // Rows that fit whole: the scaled mapping puts the last line at the bottom edge, not past it.
     const fit = Math.max(1, Math.floor(view / this.row));
