@@ -1,8 +1,8 @@
-// A bare Chrome DevTools Protocol client for measurements that Playwright's instrumentation
-// would distort: Playwright enables the Network domain on every page, so each WebSocket frame
-// the page receives is also serialised into a CDP event and sent to Node (a live log of small
-// lines then measures that relay, ~2,700 frames/s here, not the page). This client drives a
-// separately launched headless Chromium with `Page` and `Runtime` only.
+// A bare Chrome DevTools Protocol client for measuring the live view without Playwright's
+// instrumentation: Playwright enables the Network domain on every page, so each WebSocket frame
+// the page receives is also serialised into a CDP event and sent to Node (measured here: it
+// costs the live view about a tenth of its lines/s). This client drives a separately launched
+// headless Chromium with `Page`, `Runtime` and `Profiler` only.
 //
 // Needs a global WebSocket: Node 22+, or Node 20 with --experimental-websocket
 // (`measure.mjs` re-executes itself with the flag when needed).
@@ -77,6 +77,7 @@ export class BareChromium {
     this.ws.close();
     this.proc.kill('SIGKILL');
     await new Promise((resolve) => this.proc.exitCode !== null ? resolve() : this.proc.on('exit', resolve));
-    rmSync(this.profile, { recursive: true, force: true });
+    // Chromium's helpers may still be writing the profile as they exit.
+    rmSync(this.profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 }
