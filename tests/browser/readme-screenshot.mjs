@@ -11,8 +11,10 @@ const out = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..
 const script = String.raw`
 echo '-----> Fetching dependencies'
 for i in $(seq 1 12); do printf '       \033[32m✓\033[0m package-%02d \033[2m(cached)\033[0m\n' $i; done
+sleep 1
 echo '-----> Compiling'
 for i in $(seq 1 20); do printf '   \033[1;32mCompiling\033[0m crate-%02d v0.%d.0\n' $i $i; done
+sleep 2
 printf '\033[33mwarning\033[0m: unused variable: \033[1mx\033[0m\n'
 echo '-----> Running tests'
 for i in $(seq 1 6); do printf 'test module_%d::works ... \033[32mok\033[0m\n' $i; done
