@@ -311,8 +311,8 @@ async fn apps_deploy_follow_and_push_succeed_trusting_the_platform_store_named_b
     every_client_command_succeeds(&setup, trust, "viasslfile").await;
 }
 
-/// Every client subcommand's arguments against `url` for app `app` (bench aside: it refuses
-/// non-loopback URLs by design and has its own test).
+/// Every client subcommand's arguments against `url` for app `app` (`bench` has its own test:
+/// a run needs a scenario and its options).
 fn every_subcommand<'a>(
     url: &'a str,
     app: &'a str,
@@ -481,4 +481,35 @@ async fn the_cacert_flag_wins_over_a_broken_deployd_cacert_variable() {
         .expect("deployd must exit")
         .expect("output");
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_runs_through_the_tls_proxy_with_the_cacert_flag_and_names_the_cause_without()
+{
+    let setup = setup("127.0.0.1", false).await;
+    let args = [
+        "bench",
+        "--json",
+        "--url",
+        &setup.url,
+        "--token",
+        ADMIN_TOKEN,
+        "ingest",
+        "--pushers",
+        "1",
+        "--lines",
+        "20",
+        "--batch",
+        "5",
+    ];
+    let output = deployd(&args, Trust::Flag(&setup.ca.pem_path)).await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["lines_acked"], 20, "{report}");
+
+    let output = deployd(&args, Trust::Nothing).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(UNTRUSTED), "{stderr}");
 }
