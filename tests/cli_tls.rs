@@ -513,3 +513,23 @@ async fn bench_ingest_runs_through_the_tls_proxy_with_the_cacert_flag_and_names_
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(UNTRUSTED), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_says_it_was_refused_not_only_that_sending_failed() {
+    // A port nothing listens on any more.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let output = deployd(
+        &["apps", "--url", &url, "--token", ADMIN_TOKEN],
+        Trust::Nothing,
+    )
+    .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}

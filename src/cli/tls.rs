@@ -164,10 +164,22 @@ fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsSetupEr
 }
 
 /// What to print for a failed HTTP request: the handshake's real cause when TLS failed
-/// (see [`handshake_failure`]), reqwest's own message otherwise.
+/// (see [`handshake_failure`]), else reqwest's message followed by the innermost cause, which
+/// reqwest's own `Display` leaves out ("error sending request for url (…)" alone says no why).
 pub(crate) fn describe_http(err: &reqwest::Error) -> String {
     let origin = err.url().map(|url| url.as_str()).unwrap_or_default();
-    handshake_failure(err, origin).unwrap_or_else(|| err.to_string())
+    if let Some(failure) = handshake_failure(err, origin) {
+        return failure;
+    }
+    let mut root: &dyn std::error::Error = err;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if std::ptr::addr_eq(root, err) {
+        err.to_string()
+    } else {
+        format!("{err}: {root}")
+    }
 }
 
 /// What to print for a failed WebSocket connection to `url`, like [`describe_http`].
