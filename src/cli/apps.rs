@@ -136,7 +136,7 @@ pub async fn run_deployments(args: DeploymentsArgs) -> anyhow::Result<i32> {
 }
 
 async fn get_json(target: &ServerTarget, path: &str) -> Result<Value, String> {
-    let client = reqwest::Client::builder()
+    let client = super::tls::http_builder(&target.tls)?
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;
@@ -146,7 +146,7 @@ async fn get_json(target: &ServerTarget, path: &str) -> Result<Value, String> {
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| format!("GET {path}: {e}"))?;
+        .map_err(|e| format!("GET {path}: {}", super::tls::describe_http(&e)))?;
     let body = check(&format!("GET {path}"), response).await?;
     serde_json::from_slice(&body).map_err(|e| format!("GET {path}: answer is not JSON: {e}"))
 }

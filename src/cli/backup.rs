@@ -101,10 +101,11 @@ fn clean(dest: &Path, created: bool) {
 }
 
 async fn download(args: &BackupArgs) -> i32 {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-    {
+    let builder = match super::tls::http_builder(&args.target.tls) {
+        Ok(builder) => builder,
+        Err(err) => return err.report("deployd backup"),
+    };
+    let client = match builder.connect_timeout(CONNECT_TIMEOUT).build() {
         Ok(client) => client,
         Err(err) => {
             eprintln!("deployd backup: {err}");
@@ -120,7 +121,10 @@ async fn download(args: &BackupArgs) -> i32 {
     {
         Ok(response) => response,
         Err(err) => {
-            eprintln!("deployd backup: GET {url}: {err}");
+            eprintln!(
+                "deployd backup: GET {url}: {}",
+                super::tls::describe_http(&err)
+            );
             return EXIT_USAGE_OR_AUTH;
         }
     };

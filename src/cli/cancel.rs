@@ -44,9 +44,10 @@ pub struct CancelArgs {
 
 /// Runs `deployd cancel` and returns the exit code (table in the module doc).
 pub async fn run_cancel(args: CancelArgs) -> anyhow::Result<i32> {
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()?;
+    let client = match super::tls::http_builder(&args.target.tls) {
+        Ok(builder) => builder.timeout(REQUEST_TIMEOUT).build()?,
+        Err(err) => return Ok(err.report("deployd cancel")),
+    };
     let deployments = format!(
         "/v1/apps/{}/deployments",
         encode_path_segment(&args.target.app)
@@ -127,7 +128,7 @@ async fn call(
         .send()
         .await
         .map_err(|e| {
-            eprintln!("deployd cancel: {path}: {e}");
+            eprintln!("deployd cancel: {path}: {}", super::tls::describe_http(&e));
             EXIT_USAGE_OR_AUTH
         })?;
     let status = response.status().as_u16();

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use super::follow::{run_follow, FollowArgs};
 use super::push::error_message_from_body;
+use super::tls::describe_http;
 use super::{encode_path_segment, http_url, AppTarget, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH};
 
 /// How long to wait for a TCP (and TLS) connection to the server.
@@ -51,9 +52,10 @@ pub struct DeployArgs {
 
 /// Runs `deployd deploy` and returns the process exit code (see [`crate::cli`]).
 pub async fn run_deploy(args: DeployArgs) -> anyhow::Result<i32> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()?;
+    let client = match super::tls::http_builder(&args.target.tls) {
+        Ok(builder) => builder.connect_timeout(CONNECT_TIMEOUT).build()?,
+        Err(err) => return Ok(err.report("deployd deploy")),
+    };
     let deployer = Deployer {
         client,
         args: &args,
@@ -173,7 +175,7 @@ impl Deployer<'_> {
             .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await
-            .map_err(|e| format!("uploading the archive: {e}"))?;
+            .map_err(|e| format!("uploading the archive: {}", describe_http(&e)))?;
         bar.finish_and_clear();
         check("PUT upload URL", response).await?;
         eprintln!("-----> Uploaded {len} bytes");
@@ -191,7 +193,7 @@ impl Deployer<'_> {
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| format!("POST {path}: {e}"))?;
+            .map_err(|e| format!("POST {path}: {}", describe_http(&e)))?;
         let bytes = check(&format!("POST {path}"), response).await?;
         serde_json::from_slice(&bytes).map_err(|e| format!("POST {path}: answer is not JSON: {e}"))
     }

@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::push::error_message_from_body;
+use super::tls::describe_http;
 use super::{
     encode_path_segment, http_url, EXIT_CONNECTION_LOST, EXIT_DEPLOYMENT_FAILED, EXIT_SUCCESS,
     EXIT_USAGE_OR_AUTH,
@@ -53,9 +54,10 @@ pub struct FollowArgs {
 /// Errors only when the HTTP client cannot be built; every server or network failure is an
 /// exit code, with the reason printed to stderr.
 pub async fn run_follow(args: FollowArgs) -> anyhow::Result<i32> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()?;
+    let client = match super::tls::http_builder(&args.target.tls) {
+        Ok(builder) => builder.connect_timeout(CONNECT_TIMEOUT).build()?,
+        Err(err) => return Ok(err.report("deployd follow")),
+    };
     let follower = Follower {
         client,
         args: &args,
@@ -178,7 +180,7 @@ impl Follower<'_> {
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| FollowError::Http(format!("GET {path}: {e}")))?;
+            .map_err(|e| FollowError::Http(format!("GET {path}: {}", describe_http(&e))))?;
         let response = check_status(path, response).await?;
         let body = read_limited(response, MAX_JSON_BODY_BYTES)
             .await
@@ -198,7 +200,7 @@ impl Follower<'_> {
             .get(&path)
             .send()
             .await
-            .map_err(|e| FollowError::Http(format!("GET {path}: {e}")))?;
+            .map_err(|e| FollowError::Http(format!("GET {path}: {}", describe_http(&e))))?;
         let response = check_status(&path, response).await?;
         let mut stdout = tokio::io::stdout();
         let mut body = response.bytes_stream();
@@ -334,6 +336,7 @@ mod tests {
                 url,
                 token: token.into(),
                 app: "web".into(),
+                tls: Default::default(),
             },
             deployment: None,
         }

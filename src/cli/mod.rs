@@ -30,6 +30,7 @@ pub mod help;
 pub mod pack;
 pub mod push;
 pub mod rollback;
+pub mod tls;
 
 /// Which server, as whom, and which app: the arguments `push` and `follow` share.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,6 +44,9 @@ pub struct AppTarget {
     /// App name or id
     #[arg(long)]
     pub app: String,
+    /// Which CAs to trust over https:// and wss://
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 /// Which server, as whom: the arguments of the commands that are not about one app.
@@ -54,6 +58,9 @@ pub struct ServerTarget {
     /// API token
     #[arg(long, env = "DEPLOYD_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Which CAs to trust over https:// and wss://
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 /// The deployment ended in `success`.

@@ -45,9 +45,10 @@ pub struct RollbackArgs {
 
 /// Runs `deployd rollback` and returns the exit code (table in the module doc).
 pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<i32> {
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()?;
+    let client = match super::tls::http_builder(&args.target.tls) {
+        Ok(builder) => builder.timeout(REQUEST_TIMEOUT).build()?,
+        Err(err) => return Ok(err.report("deployd rollback")),
+    };
     let path = format!(
         "/v1/apps/{}/deployments/{}/rollback",
         encode_path_segment(&args.target.app),
@@ -62,7 +63,10 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<i32> {
     {
         Ok(response) => response,
         Err(e) => {
-            eprintln!("deployd rollback: {path}: {e}");
+            eprintln!(
+                "deployd rollback: {path}: {}",
+                super::tls::describe_http(&e)
+            );
             return Ok(EXIT_USAGE_OR_AUTH);
         }
     };

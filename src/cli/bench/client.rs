@@ -28,6 +28,7 @@ use crate::api::protocol::{
     granted_capabilities, start_frame_text, Capabilities, ClientFrame, ServerFrame,
     BINARY_LOGS_HEADER_BYTES, BINARY_LOGS_KIND, MAX_PUSH_FRAME_BYTES,
 };
+use crate::cli::tls::{describe_http, describe_ws, ClientTls, TlsArgs, TlsSetupError};
 use crate::cli::{basic_auth_header, encode_path_segment, http_url, ws_url};
 use crate::status::Status;
 
@@ -240,8 +241,31 @@ pub(super) fn parse_u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 
 pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The trusted roots of this run, set once by `run_bench` ([`use_tls`]) before any scenario
+/// connects; one `deployd bench` process runs one scenario, so one setting for the process is
+/// the command line's.
+static TLS: std::sync::OnceLock<ClientTls> = std::sync::OnceLock::new();
+
+/// Sets the roots every HTTP client and WebSocket of this run trusts (`--cacert`).
+pub(super) fn use_tls(args: &TlsArgs) -> Result<(), TlsSetupError> {
+    let tls = ClientTls::load(args)?;
+    // A second call (never made by `run_bench`) keeps the first roots.
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
+/// The roots [`use_tls`] set, else the default ones (no `--cacert`: unit tests, scenarios
+/// called directly).
+fn tls() -> Result<ClientTls, BenchError> {
+    match TLS.get() {
+        Some(tls) => Ok(tls.clone()),
+        None => ClientTls::load(&TlsArgs::default()).map_err(|e| BenchError::Usage(e.to_string())),
+    }
+}
+
 pub(super) fn http_client() -> Result<reqwest::Client, BenchError> {
-    reqwest::Client::builder()
+    tls()?
+        .http_builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .map_err(|e| BenchError::Http(e.to_string()))
@@ -273,7 +297,7 @@ pub(super) async fn create_app(
         .body(serde_json::json!({ "app": { "name": name } }).to_string())
         .send()
         .await
-        .map_err(|e| BenchError::Http(format!("POST {url}: {e}")))?;
+        .map_err(|e| BenchError::Http(format!("POST {url}: {}", describe_http(&e))))?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -293,9 +317,15 @@ pub(super) async fn connect(request_url: &str, token: Option<&str>) -> Result<Ws
             .map_err(|_| BenchError::Usage("the token is not a valid header value".into()))?;
         request.headers_mut().insert(AUTHORIZATION, auth);
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+    let connector = Some(tls()?.ws_connector());
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(BenchError::Http(format!("connect {request_url}: {e}"))),
+        Ok(Err(e)) => Err(BenchError::Http(format!(
+            "connect {request_url}: {}",
+            describe_ws(&e, request_url)
+        ))),
         Err(_) => Err(BenchError::Http(format!(
             "connect {request_url}: timed out"
         ))),

@@ -119,6 +119,9 @@ pub struct BenchArgs {
     /// and its resident memory; found by the URL's port when the server runs on this machine
     #[arg(long, value_name = "PID", global = true)]
     pub server_pid: Option<u32>,
+    /// Which CAs to trust over https:// and wss://
+    #[command(flatten)]
+    pub tls: crate::cli::tls::TlsArgs,
     #[command(subcommand)]
     pub scenario: Scenario,
 }
@@ -316,6 +319,9 @@ fn protocol(what: impl std::fmt::Display) -> BenchError {
 /// violations, 2 on a usage, connection or protocol error (`compare`: also when redis-server
 /// is not on PATH).
 pub async fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Err(err) = client::use_tls(&args.tls) {
+        return Ok(err.report("deployd bench"));
+    }
     let token = args.token.clone().filter(|t| !t.is_empty());
     let limit = Duration::from_secs(args.timeout.max(1));
     let target = token.map(|token| Target {

@@ -52,6 +52,7 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
+use super::tls::{describe_ws, ClientTls};
 use super::{
     basic_auth_header, encode_path_segment, ws_url, EXIT_CANCELLED, EXIT_CONNECTION_LOST,
     EXIT_DEPLOYMENT_FAILED, EXIT_INTERRUPTED, EXIT_SUCCESS, EXIT_USAGE_OR_AUTH,
@@ -204,7 +205,14 @@ async fn connect(
         EXIT_USAGE_OR_AUTH
     })?;
     request.headers_mut().insert(AUTHORIZATION, auth);
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+    let tls = ClientTls::load(&args.target.tls).map_err(|err| err.report("deployd push"))?;
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(tls.ws_connector()),
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(response))) => {
             let status = response.status();
@@ -222,7 +230,10 @@ async fn connect(
             Err(EXIT_USAGE_OR_AUTH)
         }
         Ok(Err(e)) => {
-            eprintln!("deployd push: cannot connect to {url}: {e}");
+            eprintln!(
+                "deployd push: cannot connect to {url}: {}",
+                describe_ws(&e, &url)
+            );
             Err(EXIT_USAGE_OR_AUTH)
         }
         Err(_) => {
@@ -480,6 +491,7 @@ mod tests {
                 url: url.to_owned(),
                 token: "secret".into(),
                 app: "my app".into(),
+                tls: Default::default(),
             },
             git_ref: Some("abc123".into()),
             push_cmd: None,
