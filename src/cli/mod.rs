@@ -6,7 +6,9 @@
 //! Each subcommand is a clap `Args` struct plus an async `run_*` function returning the process
 //! exit code; `main` only parses and calls it. These clients talk to a deployd server over HTTP
 //! and WebSocket and never touch the store. What is shared between them lives here: building
-//! URLs, the `Authorization` header, and the exit codes.
+//! URLs, the `Authorization` header, and the exit codes; `tls` builds the one rustls
+//! configuration (webpki roots, the platform store, `--cacert`/`DEPLOYD_CACERT`) that every
+//! client's HTTP and WebSocket connections use.
 //!
 //! # Exit codes (`push`, `follow`, `deploy`; `apps` and `deployments` use 0 and 2)
 //!
