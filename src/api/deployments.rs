@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::access::Caller;
-use super::views::{self, DeploymentView, DeploymentsPage, LogDamagedView, PaginationView, Wrapped};
+use super::views::{
+    self, DeploymentView, DeploymentsPage, LogDamagedView, PaginationView, Wrapped,
+};
 use super::{ApiError, AppState, JsonBody};
 use crate::model::{App, AppId, Deployment, DeploymentId, Driver, Pusher};
 use crate::status::Status;

@@ -471,8 +471,8 @@ mod tests {
             .expect("ascii")
             .to_string();
         let body = response.into_body();
-        let bytes = block_on(axum::body::to_bytes(body, usize::MAX))
-            .expect("the body is in memory");
+        let bytes =
+            block_on(axum::body::to_bytes(body, usize::MAX)).expect("the body is in memory");
         (
             serde_json::from_slice(&bytes).expect("the body is JSON"),
             content_type,
@@ -553,9 +553,8 @@ mod tests {
                 for damage in [None, Some(damage())] {
                     let mut view = DeploymentView::new(&d, public_url);
                     view.log_damaged = damage.as_ref().map(LogDamagedView::new);
-                    let (got, content_type) = rendered(
-                        json_response(&Wrapped("deployment", view), 16).expect("renders"),
-                    );
+                    let (got, content_type) =
+                        rendered(json_response(&Wrapped("deployment", view), 16).expect("renders"));
                     assert_eq!(got, old_deployment_json(&d, public_url, damage.as_ref()));
                     assert_eq!(content_type, "application/json");
                 }
@@ -625,8 +624,7 @@ mod tests {
         for public_url in ["https://deploy.example.com", "http://h:1", "unix-ish"] {
             for (app, running) in [(&deployed, true), (&fresh, false)] {
                 let view = AppView::new(app, &owner, public_url, running);
-                let (got, _) =
-                    rendered(json_response(&Wrapped("app", view), 16).expect("renders"));
+                let (got, _) = rendered(json_response(&Wrapped("app", view), 16).expect("renders"));
                 assert_eq!(got, old_app_json(app, &owner, public_url, running));
             }
         }
