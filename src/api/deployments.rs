@@ -141,8 +141,9 @@ fn deployments_page(
     };
     let mut deployments = Vec::with_capacity(ids.len());
     for id in ids {
-        // Pruned between the index read and now: gone, like a missing one.
-        if let Some(d) = store.deployment(id)? {
+        // Pruned between the index read and now: gone, like a missing one. Only rendered, so
+        // without `last_line` (`Store::deployment_for_view`).
+        if let Some(d) = store.deployment_for_view(id)? {
             deployments.push(d);
         }
     }
