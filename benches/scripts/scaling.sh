@@ -6,6 +6,10 @@
 # and --timeout; only 127.0.0.1 is driven.
 #
 #   benches/scripts/scaling.sh [BINARY] [TABLE...]    # tables: ingest batch1 fanout output catchup
+#
+# Shorter runs for a busy machine (the defaults are the README's sizes): INGEST_LINES (total over
+# the pushers, 1000000), BATCH1_LINES (102400), FANOUT_LINES (5000), OUTPUT_LINES (a list,
+# "1000000 10000000"), CATCHUP_LINES (a list, "10000 100000 1000000").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release/deployd}
@@ -23,6 +27,11 @@ for _ in $(seq 100); do grep -q "listening on" "$dir/stdout" 2>/dev/null && brea
 url=$(sed -n 's/^deployd listening on //p' "$dir/stdout")
 [ -n "$url" ] || { echo "deployd did not start" >&2; cat "$dir/server.log" >&2; exit 2; }
 export DEPLOYD_URL=$url DEPLOYD_TOKEN=$token
+ingest_lines=${INGEST_LINES:-1000000}
+batch1_lines=${BATCH1_LINES:-102400}
+fanout_lines=${FANOUT_LINES:-5000}
+output_lines=${OUTPUT_LINES:-1000000 10000000}
+catchup_lines=${CATCHUP_LINES:-10000 100000 1000000}
 
 run() { "$bin" bench --json --timeout 300 --server-pid "$server" "$@"; }
 # Reads a report on stdin and prints the fields asked for, as a markdown row.
@@ -50,23 +59,23 @@ for table in $tables; do
   ingest)
     echo "| pushers | batch | lines/s | ack p50 / p99 | server CPU µs per line | server RSS peak |"
     echo "|---|---|---|---|---|---|"
-    for p in 1 4 16 64 256; do run ingest --pushers $p --lines $((1000000 / p)) | row ingest; done ;;
+    for p in 1 4 16 64 256; do run ingest --pushers $p --lines $((ingest_lines / p)) | row ingest; done ;;
   batch1)
     echo "| pushers | batch | lines/s | ack p50 / p99 | server CPU µs per line | server RSS peak |"
     echo "|---|---|---|---|---|---|"
-    for p in 1 4 16 64 256; do run ingest --pushers $p --batch 1 --lines $((102400 / p)) | row ingest; done ;;
+    for p in 1 4 16 64 256; do run ingest --pushers $p --batch 1 --lines $((batch1_lines / p)) | row ingest; done ;;
   fanout)
     echo "| subscribers | deliveries/s | ack→arrival p50 / p99 | server CPU µs per delivery | server RSS peak | check |"
     echo "|---|---|---|---|---|---|"
-    for k in 10 100 1000 10000; do run fanout --subscribers $k --rate 1000 --lines 5000 | row fanout; done ;;
+    for k in 10 100 1000 10000; do run fanout --subscribers $k --rate 1000 --lines "$fanout_lines" | row fanout; done ;;
   output)
     echo "| lines | first read MB/s | best read MB/s | server RSS before / peak / after |"
     echo "|---|---|---|---|"
-    for n in 1000000 10000000; do run read --lines $n --reads 3 | row output; done ;;
+    for n in $output_lines; do run read --lines $n --reads 3 | row output; done ;;
   catchup)
     echo "| joins at line | caught up after | replay lines/s | live ack→arrival p50 / p99 | server RSS peak | check |"
     echo "|---|---|---|---|---|---|"
-    for n in 10000 100000 1000000; do run catchup --lines $n --live-lines 5000 --rate 1000 | row catchup; done ;;
+    for n in $catchup_lines; do run catchup --lines $n --live-lines 5000 --rate 1000 | row catchup; done ;;
   *) echo "unknown table $table" >&2; exit 2 ;;
   esac
   echo

@@ -4,14 +4,14 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::access::{Caller, Role};
-use super::views::{rfc3339, AppView, CollaboratorView};
+use super::views::{self, rfc3339, AppView, CollaboratorView, Wrapped};
 use super::{ApiError, AppState, JsonBody};
 use crate::model::{App, AppId, Collaborator, User};
 use crate::store::{Store, StoreError};
@@ -33,21 +33,29 @@ pub fn valid_app_name(name: &str) -> bool {
         && name.parse::<uuid::Uuid>().is_err()
 }
 
-fn app_view(store: &Store, app: &App, public_url: &str) -> Result<AppView, StoreError> {
-    let owner = store.user(app.owner)?.unwrap_or_else(|| User {
+/// The owner an app's view shows (a placeholder once the owner's account is gone).
+fn app_owner(store: &Store, app: &App) -> Result<User, StoreError> {
+    Ok(store.user(app.owner)?.unwrap_or_else(|| User {
         id: app.owner,
         username: "deleted-user".into(),
         email: String::new(),
         fullname: String::new(),
         is_admin: false,
         created_at: app.created_at,
-    });
-    Ok(AppView::new(
-        app,
-        &owner,
-        public_url,
-        app.last_deployment.is_some(),
-    ))
+    }))
+}
+
+/// An app's view: `running` once it has had a successful deployment.
+fn app_view<'a>(app: &'a App, owner: &'a User, public_url: &'a str) -> AppView<'a> {
+    AppView::new(app, owner, public_url, app.last_deployment.is_some())
+}
+
+/// `{"app": view}` as a response.
+fn app_response(app: &App, owner: &User, public_url: &str) -> Result<Response, ApiError> {
+    views::json_response(
+        &Wrapped("app", app_view(app, owner, public_url)),
+        views::ENVELOPE_JSON_BYTES + views::APP_JSON_BYTES,
+    )
 }
 
 /// `GET /v1/apps`: the apps the caller owns or collaborates on.
@@ -55,22 +63,30 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let public_url = state.config.public_url.clone();
-    let views = state
+    let apps = state
         .read(move |store| {
-            let mut views = Vec::new();
+            let mut apps = Vec::new();
             for app in store.all_apps()? {
                 if !caller.grant.covers(app.id) {
                     continue;
                 }
                 if app.owner == caller.user.id || store.is_collaborator(app.id, caller.user.id)? {
-                    views.push(app_view(store, &app, &public_url)?);
+                    let owner = app_owner(store, &app)?;
+                    apps.push((app, owner));
                 }
             }
-            Ok(views)
+            Ok(apps)
         })
         .await?;
-    Ok(Json(json!({ "apps": views })))
+    let public_url = &state.config.public_url;
+    let views: Vec<_> = apps
+        .iter()
+        .map(|(app, owner)| app_view(app, owner, public_url))
+        .collect();
+    views::json_response(
+        &Wrapped("apps", views),
+        views::ENVELOPE_JSON_BYTES + apps.len() * views::APP_JSON_BYTES,
+    )
 }
 
 #[derive(Deserialize)]
@@ -136,15 +152,17 @@ pub async fn show(
     caller: Caller,
     Path(app): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let public_url = state.config.public_url.clone();
-    let view = state
+    let (app, owner) = state
         .read_point(move |store| match caller.find_app(store, &app)? {
-            Some((app, _)) => Ok(Some(app_view(store, &app, &public_url)?)),
+            Some((app, _)) => {
+                let owner = app_owner(store, &app)?;
+                Ok(Some((app, owner)))
+            }
             None => Ok(None),
         })
         .await?
         .ok_or(ApiError::NotFound("app"))?;
-    Ok(Json(json!({ "app": view })))
+    app_response(&app, &owner, &state.config.public_url)
 }
 
 /// `DELETE /v1/apps/{app}` (owner only): removes the app, its deployments and their logs.
@@ -229,11 +247,11 @@ pub async fn rename(
             }
             other => other.into(),
         })?;
-    let public_url = state.config.public_url.clone();
-    let view = state
-        .read(move |store| app_view(store, &renamed, &public_url))
+    let for_owner = renamed.clone();
+    let owner = state
+        .read(move |store| app_owner(store, &for_owner))
         .await?;
-    Ok(Json(json!({ "app": view })))
+    app_response(&renamed, &owner, &state.config.public_url)
 }
 
 fn collaborator_view(app: AppId, collaborator: &Collaborator) -> CollaboratorView {

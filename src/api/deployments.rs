@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::access::Caller;
-use super::views::DeploymentView;
+use super::views::{
+    self, DeploymentView, DeploymentsPage, LogDamagedView, PaginationView, Wrapped,
+};
 use super::{ApiError, AppState, JsonBody};
 use crate::model::{App, AppId, Deployment, DeploymentId, Driver, Pusher};
 use crate::status::Status;
@@ -59,15 +61,11 @@ pub fn parse_page_request(query: Option<&str>) -> Result<PageRequest, ApiError> 
 
 /// `meta.pagination`: `prev_page`/`next_page` are null when there is none.
 pub fn pagination(request: &PageRequest, total_count: u64) -> serde_json::Value {
-    let total_pages = total_count.div_ceil(request.per_page);
-    let page = request.page;
-    json!({
-        "current_page": page,
-        "prev_page": if page > 1 { Some(page - 1) } else { None },
-        "next_page": if page < total_pages { Some(page + 1) } else { None },
-        "total_pages": total_pages,
-        "total_count": total_count,
-    })
+    json!(PaginationView::new(
+        request.page,
+        request.per_page,
+        total_count
+    ))
 }
 
 /// The name `status=unfinished` stands for: every status a deployment leaves.
@@ -143,28 +141,28 @@ fn deployments_page(
     };
     let mut deployments = Vec::with_capacity(ids.len());
     for id in ids {
-        // Pruned between the index read and now: gone, like a missing one.
-        if let Some(d) = store.deployment(id)? {
+        // Pruned between the index read and now: gone, like a missing one. Only rendered, so
+        // without `last_line` (`Store::deployment_for_view`).
+        if let Some(d) = store.deployment_for_view(id)? {
             deployments.push(d);
         }
     }
     Ok((total, deployments))
 }
 
+/// The page as a response: written straight from the records (`api::views`).
 fn page_body(
     state: &AppState,
     request: &PageRequest,
     total: u64,
     deployments: &[Deployment],
-) -> serde_json::Value {
-    let views: Vec<_> = deployments
-        .iter()
-        .map(|d| DeploymentView::new(d, &state.config.public_url))
-        .collect();
-    json!({
-        "deployments": views,
-        "meta": { "pagination": pagination(request, total) },
-    })
+) -> Result<axum::response::Response, ApiError> {
+    let page = DeploymentsPage::new(
+        deployments,
+        &state.config.public_url,
+        PaginationView::new(request.page, request.per_page, total),
+    );
+    views::json_response(&page, page.capacity())
 }
 
 /// `GET /v1/apps/{app}/deployments?page=&per_page=&status=`.
@@ -181,7 +179,7 @@ pub async fn list(
     let (total, deployments) = state
         .read(move |store| deployments_page(store, &[app.id], statuses.as_deref(), &page))
         .await?;
-    Ok(Json(page_body(&state, &request, total, &deployments)))
+    page_body(&state, &request, total, &deployments)
 }
 
 /// `GET /v1/deployments?page=&per_page=&status=`: the deployments of every app the caller may
@@ -209,7 +207,7 @@ pub async fn list_all(
             deployments_page(store, &apps, statuses.as_deref(), &page)
         })
         .await?;
-    Ok(Json(page_body(&state, &request, total, &deployments)))
+    page_body(&state, &request, total, &deployments)
 }
 
 /// Loads a deployment of `app` by id, or 404.
@@ -235,22 +233,18 @@ pub async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let (app, _) = caller.app(&state, &app).await?;
     let deployment = find_deployment(&state, &app, &id).await?;
-    let mut view = json!(DeploymentView::new(&deployment, &state.config.public_url));
     let id = deployment.id;
     // A damaged log file (README "Damaged log files"): an extra field, which Scalingo's
     // clients ignore.
-    if let Some(damage) = state
+    let damage = state
         .read(move |store| crate::store::damage::recorded(store, id))
-        .await?
-    {
-        view["log_damaged"] = json!({
-            "lines_lost_after": damage.intact_last.0,
-            "first_lost_line": damage.lost.0 .0,
-            "last_lost_line": damage.lost.1 .0,
-            "reason": damage.describe(),
-        });
-    }
-    Ok(Json(json!({ "deployment": view })))
+        .await?;
+    let mut view = DeploymentView::new(&deployment, &state.config.public_url);
+    view.log_damaged = damage.as_ref().map(LogDamagedView::new);
+    views::json_response(
+        &Wrapped("deployment", view),
+        views::ENVELOPE_JSON_BYTES + views::DEPLOYMENT_JSON_BYTES,
+    )
 }
 
 #[derive(Deserialize)]

@@ -267,12 +267,23 @@ impl Store {
     /// A deployment with `last_line` filled in from its last segment and `image_kept` from its
     /// image record.
     pub fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
+        let Some(mut deployment) = self.deployment_for_view(id)? else {
+            return Ok(None);
+        };
+        deployment.last_line = self.last_line(id)?;
+        Ok(Some(deployment))
+    }
+
+    /// What the API's views show of a deployment (`api::views`): [`Store::deployment`] without
+    /// `last_line`, which is left at 0. Filling it is a reverse range read of the deployment's
+    /// segments (sled clones a leaf node for it), the largest store cost of a page of 20, and
+    /// no view shows it; so only for rendering.
+    pub fn deployment_for_view(&self, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
         let Some(mut deployment) =
             self.get_with(&codec::deployment_key(id), codec::decode_deployment)?
         else {
             return Ok(None);
         };
-        deployment.last_line = self.last_line(id)?;
         deployment.image_kept = deployment.status == crate::status::Status::Success
             && self.engine.get(&codec::image_key(id))?.is_some();
         Ok(Some(deployment))

@@ -37,6 +37,7 @@
 //! `/proc`. WebSocket frames are parsed by `crate::ws`, the codec the server uses.
 
 mod catchup;
+mod checker;
 mod client;
 mod compare;
 mod fanout;
