@@ -323,6 +323,10 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
     if let Err(err) = client::use_tls(&args.tls) {
         return Ok(err.report("deployd bench"));
     }
+    subscribe::pass_to_children(subscribe::ChildArgs {
+        timeout: args.timeout,
+        cacert: args.tls.cacert.clone(),
+    });
     let token = args.token.clone().filter(|t| !t.is_empty());
     let limit = Duration::from_secs(args.timeout.max(1));
     let target = token.map(|token| Target {

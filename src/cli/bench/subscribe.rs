@@ -420,6 +420,24 @@ pub(super) async fn run_subscribe(
     Ok(())
 }
 
+/// What a `deployd bench subscribe` child inherits from its parent's command line besides the
+/// scenario's own sizes: without it, a child stopped at the default `--timeout` (120 s) while its
+/// parent ran a longer 10,000-subscriber scenario, and it could not trust a `--cacert`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ChildArgs {
+    pub timeout: u64,
+    pub cacert: Option<std::path::PathBuf>,
+}
+
+/// Set once by `run_bench`, like the TLS roots (one `deployd bench` process runs one scenario).
+static CHILD_ARGS: std::sync::OnceLock<ChildArgs> = std::sync::OnceLock::new();
+
+/// Records the parent's options every subscriber child is started with.
+pub(super) fn pass_to_children(args: ChildArgs) {
+    // A second call (never made by `run_bench`) keeps the first.
+    let _ = CHILD_ARGS.set(args);
+}
+
 mod child {
     //! The parent's end of a `deployd bench subscribe` child.
 
@@ -429,6 +447,17 @@ mod child {
     /// How long the parent waits for a line from the child (connecting 10,000 sockets takes a
     /// while on a busy machine).
     const CHILD_LINE_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// Adds the parent's `--timeout` and `--cacert` (global options: valid after the scenario).
+    pub(super) fn inherit(command: &mut Command, parent: Option<&ChildArgs>) {
+        let Some(parent) = parent else {
+            return;
+        };
+        command.args(["--timeout", &parent.timeout.to_string()]);
+        if let Some(cacert) = &parent.cacert {
+            command.arg("--cacert").arg(cacert);
+        }
+    }
 
     pub(in crate::cli::bench) struct SubscriberChild {
         child: Child,
@@ -471,7 +500,9 @@ mod child {
             command
                 .args(["--subscribers", &count.to_string()])
                 .args(["--lines", &lines.to_string()])
-                .args(["--batch", &batch.to_string()])
+                .args(["--batch", &batch.to_string()]);
+            inherit(&mut command, CHILD_ARGS.get());
+            command
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true);
@@ -564,6 +595,30 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
+
+    /// Regression: the subscriber child was started without the parent's `--timeout`, so a
+    /// 10,000-subscriber run given `--timeout 600` lost its child at the default 120 s.
+    #[test]
+    fn a_subscriber_child_gets_the_parents_timeout_and_cacert() {
+        let mut command = tokio::process::Command::new("deployd");
+        child::inherit(
+            &mut command,
+            Some(&ChildArgs {
+                timeout: 600,
+                cacert: Some("/etc/ca.pem".into()),
+            }),
+        );
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args, ["--timeout", "600", "--cacert", "/etc/ca.pem"]);
+
+        let mut command = tokio::process::Command::new("deployd");
+        child::inherit(&mut command, None);
+        assert_eq!(command.as_std().get_args().count(), 0);
+    }
 
     /// The subscriber's checker against a hand-made stream: a duplicate, a gap, a late line, a
     /// `seq` going back and a close before the end must each be counted.
