@@ -40,12 +40,11 @@ impl WriterState {
             .map_err(|refusal| self.refused(deployment, refusal, None))?;
         let (note_first, record, changes, pending) = match decided {
             Cancel::Repeated(record) => {
-                let app = record.app_id;
                 let reply = CancelReply {
                     deployment: record,
                     pending: true,
                 };
-                return Ok(Outcome::of_app(reply, app));
+                return Ok(Outcome::quiet(reply));
             }
             Cancel::Ended(moved) => (moved.note_first, moved.record, moved.changes, false),
             Cancel::Requested { note_first, record } => (note_first, record, Vec::new(), true),
@@ -55,7 +54,7 @@ impl WriterState {
             deployment: record,
             pending,
         };
-        let mut outcome = Outcome::of_app(reply, app);
+        let mut outcome = Outcome::quiet(reply);
         let log_end = self.log_ends.entry(deployment).or_default();
         outcome.events.extend(append_segments(
             (app, deployment),

@@ -141,10 +141,7 @@ impl WriterState {
         // deployment of another app takes it in this commit, not at some later deployment's
         // end. (An app runs one deployment at a time, so this frees one slot at most.)
         let promoted = self.lifecycle.promote_waiting(super::group::now());
-        let mut outcome = match promoted.first() {
-            Some(change) => Outcome::of_app((), change.record().app_id),
-            None => Outcome::quiet(()),
-        };
+        let mut outcome = Outcome::quiet(());
         // Their sessions see the watch end and stop; their next write finds no deployment.
         for id in removed {
             outcome.statuses.push((id, Status::Aborted));
