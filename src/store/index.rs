@@ -1,4 +1,4 @@
-//! Reads of the status indexes (`codec` tags `0x10`, `0x11`) and the deployment counts (`0x19`,
+//! Reads of the status indexes (`codec` tags `0x10`, `0x11`), the pending cancels (`0x0E`) and the deployment counts (`0x19`,
 //! `0x1A`, and every app's, `0x1B`): deployments by app and status, newest first, for the list, its filters and
 //! retention. The writer keeps them in step with the records (`writer::prune`,
 //! `writer::counts`); this module only reads.
@@ -165,6 +165,23 @@ impl Store {
             .filter(|s| s.is_terminal())
             .collect();
         self.status_ids(&[app], &finished, 0, u64::MAX)
+    }
+
+    /// Every pending cancel (`0x0E`), by deployment: written by a cancel's commit, deleted by
+    /// the commit that ends the deployment, so only a crash in between leaves one to read.
+    pub(crate) fn cancel_requests(
+        &self,
+    ) -> Result<std::collections::HashMap<DeploymentId, codec::CancelRequest>, StoreError> {
+        let prefix = [codec::TAG_CANCEL_REQUEST];
+        let mut out = std::collections::HashMap::new();
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            let (key, value) = entry?;
+            out.insert(
+                DeploymentId::from_bytes(codec::trailing_id(&key)?),
+                codec::decode_cancel_request(&value)?,
+            );
+        }
+        Ok(out)
     }
 
     /// Every uploaded source's record.

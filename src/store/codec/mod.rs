@@ -19,6 +19,7 @@
 //! | `0x0B` log segment index | deployment id (16) ++ first line number (u64) | segment reference (below) |
 //! | `0x0C` meta | name (UTF-8) | raw bytes (`install-secret`: 32 bytes, the JWT and source URL key) |
 //! | `0x0D` sources | source id (16) | [`StoredSource`] |
+//! | `0x0E` cancel requests | deployment id (16) | [`CancelRequest`] (`codec::cancel`: who cancelled and when; from the cancel's commit until the deployment ends) |
 //! | `0x0F` images | deployment id (16) | [`ImageRecord`] (`codec::image`: the kept image's file, size, rollback target and unfinished references) |
 //! | `0x10` app status index | app id (16) ++ status code (1) ++ deployment id (16) | empty (one entry per deployment, at its current status; the status filters and retention read it) |
 //! | `0x11` unfinished index | deployment id (16) | app id (16) (every deployment not yet finished; `GET /v1/deployments?status=unfinished`) |
@@ -34,7 +35,6 @@
 //!
 //! | tag | owner | key after the tag (planned) | value (planned) |
 //! |---|---|---|---|
-//! | `0x0E` cancel requests | control (cancel) | deployment id (16) | who asked and when, until the session honours it |
 //! | `0x12` notifiers | parity (notifiers) | app id (16) ++ notifier id (16) | the notifier |
 //! | `0x13` outbox | parity (notifications) | delivery id (16, UUIDv7: creation order) | the event to deliver and its target |
 //! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ attempt id (16, UUIDv7) | one attempt: status, code, duration |
@@ -222,6 +222,8 @@ pub use counts::{
     app_counts_key, count_bucket_key, count_buckets_prefix, decode_app_counts, decode_bucket,
     encode_app_counts, encode_bucket, CountScope, StoredAppCounts, StoredBucket, STATUS_SLOTS,
 };
+mod cancel;
+pub use cancel::{cancel_request_key, decode_cancel_request, encode_cancel_request, CancelRequest};
 mod image;
 pub use image::{decode_image, encode_image, image_key, images_prefix, ImageRecord};
 mod segment;

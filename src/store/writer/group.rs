@@ -523,6 +523,10 @@ impl WriterState {
                 index_status(group, record, false);
                 group.moved.push((record.clone(), false));
                 if record.status.is_terminal() {
+                    // A pending cancel (if any) is honoured by this end.
+                    group
+                        .ops
+                        .push(BatchOp::Delete(codec::cancel_request_key(id)));
                     self.log_ends.remove(&id);
                     self.record_deployment_event(record, group);
                     self.log_limit.forget(id);

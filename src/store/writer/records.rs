@@ -132,6 +132,9 @@ impl WriterState {
         for id in ids {
             group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
             group.ops.push(BatchOp::Delete(codec::unfinished_key(id)));
+            group
+                .ops
+                .push(BatchOp::Delete(codec::cancel_request_key(id)));
             delete_prefix(codec::segments_prefix(id), &mut group.ops)?;
             group.removals.push(id);
             self.log_ends.remove(&id);
