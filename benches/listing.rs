@@ -13,6 +13,11 @@
 //! - `http`: the whole request through a real server (`deployd::server::start` on the same
 //!   directory), as a client sees it.
 //!
+//! Then the same for the admin's `GET /v1/deployments` (every app; here the one app holds every
+//! deployment): `store all` compares the plain merge of every app's index (the total from the
+//! apps' counts, `offset` keys skipped) with `Store::every_apps_page` (every app's counts, `0x1B`), and `http
+//! /v1/deployments` times the request.
+//!
 //! Prints one line per figure.
 
 use std::path::Path;
@@ -192,6 +197,27 @@ fn counted_page(store: &Store, app: AppId, filter: Option<Status>, offset: u64) 
     ids.len()
 }
 
+/// The admin's view before every app's counts: the total from each app's counts (one point
+/// read per app), `offset` keys of the merge skipped.
+fn plain_all_page(store: &Store, app: AppId, filter: Option<Status>, offset: u64) -> usize {
+    let statuses = filter.map_or(Status::ALL.to_vec(), |status| vec![status]);
+    let total = store.status_count(&[app], &statuses).expect("count");
+    let ids = store
+        .status_ids(&[app], &statuses, offset, PER_PAGE)
+        .expect("ids");
+    std::hint::black_box(total);
+    ids.len()
+}
+
+fn counted_all_page(store: &Store, app: AppId, filter: Option<Status>, offset: u64) -> usize {
+    let statuses = filter.map(|status| vec![status]);
+    let (total, ids) = store
+        .every_apps_page(&[app], statuses.as_deref(), offset, PER_PAGE)
+        .expect("page");
+    std::hint::black_box(total);
+    ids.len()
+}
+
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
@@ -199,20 +225,21 @@ fn ms(duration: Duration) -> f64 {
 fn store_figures(data: &Path, app: AppId) {
     let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data.join("store")).expect("engine"));
     let store = Store::new(engine, LogFiles::open(&data.join("logs")).expect("logs"));
+    type Read = fn(&Store, AppId, Option<Status>, u64) -> usize;
+    let ways: [(&str, &str, Read, Read); 4] = [
+        ("store", "plain scan", plain_page, plain_page),
+        ("store", "counts", counted_page, plain_page),
+        ("store all", "plain merge", plain_all_page, plain_all_page),
+        ("store all", "counts", counted_all_page, plain_all_page),
+    ];
     for filter in [None, Some(Status::Success)] {
         let label = filter.map_or("".to_string(), |s| format!(" status={s}"));
-        for (name, read) in [
-            (
-                "plain scan",
-                plain_page as fn(&Store, AppId, Option<Status>, u64) -> usize,
-            ),
-            ("counts", counted_page),
-        ] {
+        for (scope, name, read, plain) in ways {
             // Same pages both ways (checked), then timed.
             let deep = (DEEP_PAGE - 1) * PER_PAGE;
             assert_eq!(
                 read(&store, app, filter, deep),
-                plain_page(&store, app, filter, deep)
+                plain(&store, app, filter, deep)
             );
             let first = time_calls(|| {
                 read(&store, app, filter, 0);
@@ -221,7 +248,7 @@ fn store_figures(data: &Path, app: AppId) {
                 read(&store, app, filter, deep);
             });
             println!(
-                "store{label}, {name}: page 1 {:.3} ms, page {DEEP_PAGE} {:.3} ms (x{:.1})",
+                "{scope}{label}, {name}: page 1 {:.3} ms, page {DEEP_PAGE} {:.3} ms (x{:.1})",
                 ms(first),
                 ms(deep),
                 deep.as_secs_f64() / first.as_secs_f64()
@@ -271,19 +298,21 @@ fn main() {
     let server = rt
         .block_on(deployd::server::start(config(&data)))
         .expect("server");
-    let base = format!(
-        "http://{}/v1/apps/deep/deployments?per_page={PER_PAGE}",
-        server.addr
-    );
-    for filter in ["", "&status=success"] {
-        let first = rt.block_on(http_median(&format!("{base}&page=1{filter}")));
-        let deep = rt.block_on(http_median(&format!("{base}&page={DEEP_PAGE}{filter}")));
-        println!(
-            "http{filter}: page 1 {:.2} ms, page {DEEP_PAGE} {:.2} ms (x{:.1})",
-            ms(first),
-            ms(deep),
-            deep.as_secs_f64() / first.as_secs_f64()
-        );
+    for (path, name) in [
+        ("/v1/apps/deep/deployments", "http"),
+        ("/v1/deployments", "http /v1/deployments"),
+    ] {
+        let base = format!("http://{}{path}?per_page={PER_PAGE}", server.addr);
+        for filter in ["", "&status=success"] {
+            let first = rt.block_on(http_median(&format!("{base}&page=1{filter}")));
+            let deep = rt.block_on(http_median(&format!("{base}&page={DEEP_PAGE}{filter}")));
+            println!(
+                "{name}{filter}: page 1 {:.2} ms, page {DEEP_PAGE} {:.2} ms (x{:.1})",
+                ms(first),
+                ms(deep),
+                deep.as_secs_f64() / first.as_secs_f64()
+            );
+        }
     }
     rt.block_on(server.shutdown());
 }

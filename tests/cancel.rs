@@ -454,3 +454,97 @@ async fn deployd_push_stops_its_command_group_on_cancel_and_exits_4_and_deployd_
     let (code, stderr) = cli(&server, strings(&["cancel", "--app", "nope", &id])).await;
     assert_eq!(code, 2, "unknown app: {stderr}");
 }
+
+/// Runs `deployd check [--repair] --data DIR` on a stopped server's data: (exit code, stdout).
+fn check_data(data: &Path, repair: bool) -> (i32, String) {
+    let mut command = std::process::Command::new(common::deployd_bin());
+    command.arg("check").arg("--data").arg(data);
+    if repair {
+        command.arg("--repair");
+    }
+    let out = command.output().expect("run deployd check");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_cancel_accepted_but_not_honoured_when_the_server_is_killed_ends_the_deployment_as_cancelled_at_restart(
+) {
+    // The pusher never honours the cancel and the grace outlasts the test: only the restart
+    // can end it.
+    let server = Server::start_with(Options {
+        config_toml: "[push]\ncancel_grace_secs = 600\n".into(),
+        ..Options::default()
+    });
+    let admin = server.admin();
+    server.create_app(&admin, "killed").await;
+    let mut pusher = push::start(&server.url, "killed", &server.admin_token, "r").await;
+    pusher.logs(&["working"]).await;
+    assert_eq!(pusher.status("pushing").await["status"], "pushing");
+    let id = pusher.id();
+    let (code, body) = cancel(&admin, "killed", &id).await;
+    assert_eq!(code, 202, "{body}");
+    let frame = next_json(&mut pusher.socket).await.expect("cancel frame");
+    assert_eq!(frame["type"], "cancel");
+    assert_eq!(
+        status_of(&admin, "killed", &id).await,
+        "pushing",
+        "still pending"
+    );
+
+    let pid = server.pid().expect("running");
+    let server = server.crash_and_restart();
+    assert_ne!(server.pid(), Some(pid));
+    let admin = server.admin();
+    assert_eq!(status_of(&admin, "killed", &id).await, "aborted");
+    let text = output(&admin, "killed", &id).await;
+    assert_eq!(
+        text.matches("!     Cancelled by admin").count(),
+        1,
+        "the cancel's own line, once: {text}"
+    );
+    assert!(!text.contains("deployd restarted"), "{text}");
+    // The old socket died with the server; nothing pending is left to honour or refuse twice.
+    assert!(next_json(&mut pusher.socket).await.is_none());
+    let (code, body) = cancel(&admin, "killed", &id).await;
+    assert_eq!(code, 409, "{body}");
+    // A new pusher starts a new deployment; the cancelled one stays as it ended.
+    let mut again = push::start(&server.url, "killed", &server.admin_token, "r").await;
+    assert_ne!(again.id(), id);
+    again.finish("success").await;
+    assert_eq!(status_of(&admin, "killed", &id).await, "aborted");
+
+    // The end deleted the request: `deployd check` finds nothing; a stray one is reported and
+    // `--repair` removes it.
+    let mut server = server;
+    server.stop();
+    let (code, out) = check_data(&server.data, false);
+    assert_eq!(code, 0, "{out}");
+    {
+        use deployd::model::DeploymentId;
+        use deployd::store::codec;
+        use deployd::store::engine::{BatchOp, Engine, SledEngine};
+        let engine = SledEngine::open(&server.data.join("store")).expect("store");
+        let finished: DeploymentId = id.parse().expect("id");
+        let stray = codec::encode_cancel_request(&codec::CancelRequest {
+            by: "admin".into(),
+            at: time::OffsetDateTime::now_utc(),
+        });
+        engine
+            .apply(vec![BatchOp::Put(
+                codec::cancel_request_key(finished),
+                stray.into(),
+            )])
+            .expect("apply");
+        engine.sync().expect("sync");
+    }
+    let (code, out) = check_data(&server.data, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("a pending cancel of deployment"), "{out}");
+    let (code, out) = check_data(&server.data, true);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check_data(&server.data, false);
+    assert_eq!(code, 0, "{out}");
+}

@@ -2,6 +2,8 @@
 //! deployments across apps (first come, first served, with a line saying why one waits), and
 //! triggers arriving together are neither dropped nor run at once.
 mod common;
+#[path = "common/subscriber.rs"]
+mod subscriber;
 
 use std::path::Path;
 use std::time::Duration;
@@ -191,4 +193,67 @@ async fn deleting_an_app_that_holds_the_build_slot_starts_the_next_waiting_deplo
     assert!(text.contains("waited"), "{text}");
     let (status, _) = admin.get("/v1/apps/holder").await;
     assert_eq!(status, 404);
+}
+
+/// Reads `ws` until the status event `status` of `deployment`, failing on any event of a
+/// deployment not in `allowed`.
+async fn events_of_only(
+    ws: &mut subscriber::Ws,
+    allowed: &[&str],
+    deployment: &str,
+    status: &str,
+) -> Vec<Value> {
+    let events = subscriber::events_until_status(ws, deployment, status).await;
+    for event in &events {
+        let of = event["id"]
+            .as_str()
+            .or_else(|| event["data"]["deployment"].as_str())
+            .unwrap_or("");
+        assert!(
+            allowed.contains(&of),
+            "an event of another app's deployment: {event}"
+        );
+    }
+    events
+}
+
+#[tokio::test]
+async fn a_deployment_promoted_by_another_apps_end_is_announced_on_its_own_apps_stream_not_the_enders(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gate_a, gate_b) = (dir.path().join("a"), dir.path().join("b"));
+    let server = Server::start_with(Options {
+        config_toml: "max_concurrent = 1\n".into(),
+        ..Options::default()
+    });
+    let files = ArchiveServer::start().await;
+    let admin = server.admin();
+    let app_a = server.create_app(&admin, "ender").await;
+    let app_b = server.create_app(&admin, "promoted").await;
+    let mut ws_a = subscriber::subscribe(&app_a, &server.admin_token, json!({})).await;
+    let mut ws_b = subscriber::subscribe(&app_b, &server.admin_token, json!({})).await;
+    let url_a = files.serve("/a.tar.gz", testing::app(&wait_for(&gate_a), "true"));
+    let url_b = files.serve("/b.tar.gz", testing::app(&wait_for(&gate_b), "true"));
+    let a = deploy(&admin, "ender", &url_a).await;
+    let b = deploy(&admin, "promoted", &url_b).await;
+    assert_eq!(a["status"], "building");
+    assert_eq!(b["status"], "queued", "{b}");
+    let (a_id, b_id) = (id(&a), id(&b));
+    events_of_only(&mut ws_b, &[&b_id], &b_id, "queued").await;
+
+    std::fs::write(&gate_a, "").expect("gate");
+    let done = common::wait_finished(&admin, "ender", &a_id, FINISH).await;
+    assert_eq!(done["status"], "success");
+    // B's own subscriber sees B leave `queued`, in the commit that ended A.
+    events_of_only(&mut ws_b, &[&b_id], &b_id, "building").await;
+    std::fs::write(&gate_b, "").expect("gate");
+    events_of_only(&mut ws_b, &[&b_id], &b_id, "success").await;
+
+    // A's subscriber saw A only: a later deployment of A is the next thing after A's end, and
+    // whatever B's promotion published in between would have come first.
+    events_of_only(&mut ws_a, &[&a_id], &a_id, "success").await;
+    let url_c = files.serve("/c.tar.gz", testing::app("true", "true"));
+    let c = deploy(&admin, "ender", &url_c).await;
+    let c_id = id(&c);
+    events_of_only(&mut ws_a, &[&c_id], &c_id, "success").await;
 }

@@ -14,6 +14,8 @@
 //!   `serve` does at startup); an unfinished one is left for `serve`, which ends it with a line
 //!   saying what was lost;
 //! - deployment counts (`store::counts`) out of step with the status index are rebuilt from it.
+//! - a pending cancel (`0x0E`) of a deployment that is not unfinished (the commit that ends a
+//!   deployment deletes its request) is removed.
 //!
 //! Records that do not decode, and segments that do not parse, are reported and left alone.
 //!
@@ -108,6 +110,7 @@ fn check(store: &Store, repair: bool) -> Result<Vec<Finding>, crate::store::Stor
     let mut deployments = HashSet::new();
     let mut unfinished = HashSet::new();
     let mut indexed = HashSet::new();
+    let mut cancels = Vec::new();
     // Every record decodes for its tag.
     for entry in engine.range(&[], &[0xFF], false) {
         let (key, value) = entry?;
@@ -135,6 +138,13 @@ fn check(store: &Store, repair: bool) -> Result<Vec<Finding>, crate::store::Stor
                 Ok(())
             }),
             codec::TAG_SOURCE => codec::decode_source(&value).map(drop),
+            codec::TAG_CANCEL_REQUEST => codec::decode_cancel_request(&value).and_then(|_| {
+                cancels.push((
+                    DeploymentId::from_bytes(codec::trailing_id(&key)?),
+                    key.clone(),
+                ));
+                Ok(())
+            }),
             // Meta values are free-form; the other tags belong to features that check their own.
             _ => Ok(()),
         };
@@ -146,6 +156,16 @@ fn check(store: &Store, repair: bool) -> Result<Vec<Finding>, crate::store::Stor
         }
     }
     let mut deletes = Vec::new();
+    // A pending cancel is deleted by the commit that ends its deployment.
+    for (id, key) in cancels {
+        if !unfinished.contains(&id) {
+            deletes.push(BatchOp::Delete(key));
+            findings.push(Finding {
+                text: format!("a pending cancel of deployment {id}, which is not unfinished"),
+                repaired: repair,
+            });
+        }
+    }
     for id in &indexed {
         if !deployments.contains(id) {
             let prefix = codec::segments_prefix(*id);

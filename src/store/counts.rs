@@ -1,15 +1,16 @@
-//! The deployment counts (`codec` tags `0x19`, `0x1A`) as a whole: their build from the status
-//! index, for a store written before they existed (once, at open) or by `deployd check --repair`,
+//! The deployment counts (`codec` tags `0x19`, `0x1A`, and every app's together under `0x1B`)
+//! as a whole: their build from the status index, for a store written before they existed (once, at open) or by `deployd check --repair`,
 //! and their check against that index (`deployd check`). The writer keeps them in step with
 //! every write afterwards (`writer::counts`) and the listing reads them (`index`); this module
 //! never runs alongside the writer: it is called before the writer starts, or offline.
 //!
-//! What the counts promise, and what [`verify`] checks: an app's record holds, per status, the
+//! What the counts promise, and what [`verify`] checks, for each app and for every app at once
+//! ([`CountScope::All`], over the whole status index): the record holds, per status, the
 //! number of its entries in the status index; its buckets are named by their first id, a bucket
 //! counts the entries whose ids are at or after its first id and before the next bucket's, no
 //! entry lies before the first bucket, and every bucket counts at least one deployment.
 
-use super::codec::{self, StoredAppCounts, StoredBucket};
+use super::codec::{self, CountScope, StoredAppCounts, StoredBucket};
 use super::engine::{prefix_end, BatchOp, Engine};
 use super::StoreError;
 use crate::model::{AppId, DeploymentId};
@@ -21,8 +22,9 @@ use crate::model::{AppId, DeploymentId};
 /// tests use 4, so that a few dozen deployments span many buckets.
 pub const BUCKET_SIZE: u64 = if cfg!(test) { 4 } else { 1024 };
 
-/// The meta record saying the counts cover every deployment (written by the build).
-const COUNTS_META: &str = "counts-v1";
+/// The meta record saying the counts cover every deployment, every app's counts (`0x1B`)
+/// included (written by the build). A store with only `counts-v1` (before `0x1B`) is rebuilt.
+const COUNTS_META: &str = "counts-v2";
 
 /// Builds the counts if the store has none yet (a data directory from before them): once; the
 /// meta record then says they are complete. Runs at open, before the writer takes commands,
@@ -35,29 +37,38 @@ pub(crate) fn ensure_built(engine: &dyn Engine) -> Result<(), StoreError> {
 }
 
 /// Throws every count record away and builds them again from the status index (`0x10`):
-/// per app, buckets of [`BUCKET_SIZE`] consecutive deployments in id order. Only with no writer
-/// running (at open, `deployd check --repair`, benches that lay out a store by hand).
+/// per app and for every app at once, buckets of [`BUCKET_SIZE`] consecutive deployments in id
+/// order. Only with no writer running (at open, `deployd check --repair`, benches that lay out a
+/// store by hand). Holds every deployment's id and status code in memory (17 bytes each).
 pub fn rebuild(engine: &dyn Engine) -> Result<(), StoreError> {
     let mut ops = Vec::new();
-    for tag in [codec::TAG_APP_COUNTS, codec::TAG_COUNT_BUCKET] {
+    for tag in [
+        codec::TAG_APP_COUNTS,
+        codec::TAG_COUNT_BUCKET,
+        codec::TAG_ALL_COUNTS,
+    ] {
         for entry in engine.range(&[tag], &prefix_end(&[tag]), false) {
             ops.push(BatchOp::Delete(entry?.0));
         }
     }
-    for_each_app(engine, |app, entries| {
+    let mut every = Vec::new();
+    let mut lay_out = |scope: CountScope, entries: &[([u8; 16], u8)]| {
         let (counts, buckets) = build(entries);
-        ops.push(put(
-            codec::app_counts_key(app),
-            codec::encode_app_counts(&counts),
-        ));
+        ops.push(put(scope.counts_key(), codec::encode_app_counts(&counts)));
         for (first, bucket) in buckets {
             ops.push(put(
-                codec::count_bucket_key(app, DeploymentId::from_bytes(first)),
+                scope.bucket_key(DeploymentId::from_bytes(first)),
                 codec::encode_bucket(&bucket),
             ));
         }
+    };
+    for_each_app(engine, |app, entries| {
+        lay_out(CountScope::App(app), entries);
+        every.extend_from_slice(entries);
         Ok(())
     })?;
+    every.sort_unstable();
+    lay_out(CountScope::All, &every);
     ops.push(put(codec::meta_key(COUNTS_META), vec![1]));
     engine.apply(ops)?;
     engine.sync()?;
@@ -69,13 +80,19 @@ pub fn rebuild(engine: &dyn Engine) -> Result<(), StoreError> {
 pub fn verify(engine: &dyn Engine) -> Result<Vec<String>, StoreError> {
     let mut problems = Vec::new();
     let mut seen = Vec::new();
+    let mut every = Vec::new();
     for_each_app(engine, |app, entries| {
         seen.push(app);
-        if let Some(problem) = verify_app(engine, app, entries)? {
+        every.extend_from_slice(entries);
+        if let Some(problem) = verify_scope(engine, CountScope::App(app), entries)? {
             problems.push(format!("deployment counts of app {app}: {problem}"));
         }
         Ok(())
     })?;
+    every.sort_unstable();
+    if let Some(problem) = verify_scope(engine, CountScope::All, &every)? {
+        problems.push(format!("deployment counts of every app: {problem}"));
+    }
     // Counts of an app with no index entry left must be gone (or count nothing).
     let prefix = [codec::TAG_APP_COUNTS];
     for entry in engine.range(&prefix, &prefix_end(&prefix), false) {
@@ -116,12 +133,16 @@ fn build(entries: &[([u8; 16], u8)]) -> (StoredAppCounts, Vec<([u8; 16], StoredB
     (counts, buckets)
 }
 
-fn verify_app(
+fn verify_scope(
     engine: &dyn Engine,
-    app: AppId,
+    scope: CountScope,
     entries: &[([u8; 16], u8)],
 ) -> Result<Option<String>, StoreError> {
-    let Some(value) = engine.get(&codec::app_counts_key(app))? else {
+    let Some(value) = engine.get(&scope.counts_key())? else {
+        if entries.is_empty() && scope == CountScope::All {
+            // A store that never had a deployment: nothing to count yet.
+            return Ok(None);
+        }
         return Ok(Some("no counts record".into()));
     };
     let counts = match codec::decode_app_counts(&value) {
@@ -140,7 +161,7 @@ fn verify_app(
             "its newest id is older than a deployment it counts".into(),
         ));
     }
-    let prefix = codec::count_buckets_prefix(app);
+    let prefix = scope.buckets_prefix();
     let mut buckets = Vec::new();
     for entry in engine.range(&prefix, &prefix_end(&prefix), false) {
         let (key, value) = entry?;

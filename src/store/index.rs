@@ -1,5 +1,5 @@
-//! Reads of the status indexes (`codec` tags `0x10`, `0x11`) and the deployment counts (`0x19`,
-//! `0x1A`): deployments by app and status, newest first, for the list, its filters and
+//! Reads of the status indexes (`codec` tags `0x10`, `0x11`), the pending cancels (`0x0E`) and the deployment counts (`0x19`,
+//! `0x1A`, and every app's, `0x1B`): deployments by app and status, newest first, for the list, its filters and
 //! retention. The writer keeps them in step with the records (`writer::prune`,
 //! `writer::counts`); this module only reads.
 //!
@@ -8,8 +8,13 @@
 //! one holding the offset, then skipping inside that bucket only (at most about
 //! `counts::BUCKET_SIZE` keys). The page itself is the same index range read as a plain scan,
 //! so its contents and order are exactly those of skipping `offset` keys newest first.
+//!
+//! The admin's `GET /v1/deployments` (every app) pages the same way from every app's counts: one
+//! point read for the total, the bucket walk, then the k-way merge of every app's index from
+//! that bucket's end. A page of some apps only (a non-admin's apps) has no counts of its own:
+//! its total is one point read per app, but its offset is still skipped key by key.
 
-use super::codec;
+use super::codec::{self, CountScope};
 use super::engine::{prefix_end, EntryIter};
 use super::{Store, StoreError};
 use crate::model::{AppId, DeploymentId};
@@ -43,14 +48,45 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<(u64, Vec<DeploymentId>), StoreError> {
-        let counts = self.app_counts(app)?;
+        self.counted_page(CountScope::App(app), &[app], statuses, offset, limit)
+    }
+
+    /// [`Self::app_page`] over every deployment of every app (`apps`: every app that exists),
+    /// from every app's counts (`0x1B`): the same page as the k-way merge of every app's index
+    /// skipping `offset` ([`Self::status_ids`]), which it still is, but from the bucket that
+    /// holds the offset on.
+    pub fn every_apps_page(
+        &self,
+        apps: &[AppId],
+        statuses: Option<&[Status]>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<DeploymentId>), StoreError> {
+        self.counted_page(CountScope::All, apps, statuses, offset, limit)
+    }
+
+    /// The counts of `scope` (which counts exactly the deployments of `apps`) give the total and
+    /// the bucket holding `offset`; the page is then the merge of the apps' index ranges below
+    /// that bucket's end, skipping the rest of the offset inside it.
+    fn counted_page(
+        &self,
+        scope: CountScope,
+        apps: &[AppId],
+        statuses: Option<&[Status]>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<DeploymentId>), StoreError> {
+        let counts = match self.engine.get(&scope.counts_key())? {
+            Some(value) => codec::decode_app_counts(&value)?,
+            None => codec::StoredAppCounts::default(),
+        };
         let total = statuses.map_or(counts.total(), |s| counts.of(s));
         if offset >= total || limit == 0 {
             return Ok((total, Vec::new()));
         }
         // Newest bucket first: `before` deployments lie at or after `upper` (the first id of
         // the last bucket passed); the offset is in the next bucket that holds enough.
-        let prefix = codec::count_buckets_prefix(app);
+        let prefix = scope.buckets_prefix();
         let mut before = 0;
         let mut upper: Option<[u8; 16]> = None;
         for entry in self.engine.range(&prefix, &prefix_end(&prefix), true) {
@@ -65,31 +101,30 @@ impl Store {
         }
         let skip = offset - before;
         let upper = upper.map(DeploymentId::from_bytes);
-        let ids = match statuses {
-            None => {
-                let prefix = codec::app_deployments_prefix(app);
-                let end = upper.map_or_else(
-                    || prefix_end(&prefix),
-                    |upper| codec::app_deployment_key(app, upper),
-                );
-                let mut sources = vec![self.engine.range(&prefix, &end, true)];
-                newest_first(&mut sources, skip, limit)?
-            }
-            Some(statuses) => {
-                let mut sources: Vec<EntryIter<'_>> = statuses
-                    .iter()
-                    .map(|status| {
-                        let prefix = codec::app_status_prefix(app, *status);
+        let mut sources: Vec<EntryIter<'_>> = Vec::new();
+        for app in apps {
+            match statuses {
+                None => {
+                    let prefix = codec::app_deployments_prefix(*app);
+                    let end = upper.map_or_else(
+                        || prefix_end(&prefix),
+                        |upper| codec::app_deployment_key(*app, upper),
+                    );
+                    sources.push(self.engine.range(&prefix, &end, true));
+                }
+                Some(statuses) => {
+                    for status in statuses {
+                        let prefix = codec::app_status_prefix(*app, *status);
                         let end = upper.map_or_else(
                             || prefix_end(&prefix),
-                            |upper| codec::app_status_key(app, *status, upper),
+                            |upper| codec::app_status_key(*app, *status, upper),
                         );
-                        self.engine.range(&prefix, &end, true)
-                    })
-                    .collect();
-                newest_first(&mut sources, skip, limit)?
+                        sources.push(self.engine.range(&prefix, &end, true));
+                    }
+                }
             }
-        };
+        }
+        let ids = newest_first(&mut sources, skip, limit)?;
         Ok((total, ids))
     }
 
@@ -130,6 +165,23 @@ impl Store {
             .filter(|s| s.is_terminal())
             .collect();
         self.status_ids(&[app], &finished, 0, u64::MAX)
+    }
+
+    /// Every pending cancel (`0x0E`), by deployment: written by a cancel's commit, deleted by
+    /// the commit that ends the deployment, so only a crash in between leaves one to read.
+    pub(crate) fn cancel_requests(
+        &self,
+    ) -> Result<std::collections::HashMap<DeploymentId, codec::CancelRequest>, StoreError> {
+        let prefix = [codec::TAG_CANCEL_REQUEST];
+        let mut out = std::collections::HashMap::new();
+        for entry in self.engine.range(&prefix, &prefix_end(&prefix), false) {
+            let (key, value) = entry?;
+            out.insert(
+                DeploymentId::from_bytes(codec::trailing_id(&key)?),
+                codec::decode_cancel_request(&value)?,
+            );
+        }
+        Ok(out)
     }
 
     /// Every uploaded source's record.

@@ -1,13 +1,16 @@
-//! The byte formats of the deployment counts (tags `0x19`, `0x1A`): per app, how many
+//! The byte formats of the deployment counts (tags `0x19`, `0x1A`, `0x1B`): per app, how many
 //! deployments are at each status; per count bucket (a run of an app's deployments in id order,
-//! named by its first id), how many of them are at each status. The listing reads them to
+//! named by its first id), how many of them are at each status; and the same two over every
+//! app's deployments at once (`0x1B`, a [`CountScope::All`]). The listing reads them to
 //! answer `total_count` with one point read and to seek to a deep page without walking the keys
 //! it skips (`store::index`); the writer keeps them in the batch of the records they count
 //! (`store::writer::counts`). This module only lays out keys and values.
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, key, status_code, CodecError, TAG_APP_COUNTS, TAG_COUNT_BUCKET};
+use super::{
+    decode, encode, key, status_code, CodecError, TAG_ALL_COUNTS, TAG_APP_COUNTS, TAG_COUNT_BUCKET,
+};
 use crate::model::{AppId, DeploymentId};
 use crate::status::Status;
 
@@ -59,6 +62,57 @@ impl StoredBucket {
     /// Deployments of the bucket at any status.
     pub fn live(&self) -> u64 {
         self.by_status.iter().map(|n| u64::from(*n)).sum()
+    }
+}
+
+/// What one set of counts and buckets covers: one app's deployments, or every app's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CountScope {
+    App(AppId),
+    /// Every deployment of every app (one `0x1B` counts record and its buckets).
+    All,
+}
+
+/// The second byte of a `0x1B` key: the counts record, or a bucket.
+const ALL_COUNTS_RECORD: u8 = 0;
+const ALL_COUNTS_BUCKET: u8 = 1;
+
+impl CountScope {
+    /// The key of the scope's counts record.
+    pub fn counts_key(self) -> Vec<u8> {
+        match self {
+            CountScope::App(app) => app_counts_key(app),
+            CountScope::All => vec![TAG_ALL_COUNTS, ALL_COUNTS_RECORD],
+        }
+    }
+
+    /// The key of the scope's bucket whose first id is `first`.
+    pub fn bucket_key(self, first: DeploymentId) -> Vec<u8> {
+        match self {
+            CountScope::App(app) => count_bucket_key(app, first),
+            CountScope::All => {
+                let mut key = self.buckets_prefix();
+                key.extend_from_slice(first.as_bytes());
+                key
+            }
+        }
+    }
+
+    /// The prefix of every bucket key of the scope (each ends with the bucket's first id).
+    pub fn buckets_prefix(self) -> Vec<u8> {
+        match self {
+            CountScope::App(app) => count_buckets_prefix(app),
+            CountScope::All => vec![TAG_ALL_COUNTS, ALL_COUNTS_BUCKET],
+        }
+    }
+}
+
+impl std::fmt::Display for CountScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CountScope::App(app) => write!(f, "app {app}"),
+            CountScope::All => f.write_str("every app"),
+        }
     }
 }
 
@@ -131,5 +185,24 @@ mod tests {
         assert!(key.starts_with(&count_buckets_prefix(app)));
         assert!(key < count_bucket_key(app, DeploymentId::from_bytes([3; 16])));
         assert_eq!(app_counts_key(app)[1..], [1; 16]);
+    }
+
+    #[test]
+    fn every_apps_counts_record_sorts_before_its_buckets_which_sort_by_first_id() {
+        let all = CountScope::All;
+        let (low, high) = (
+            DeploymentId::from_bytes([2; 16]),
+            DeploymentId::from_bytes([3; 16]),
+        );
+        assert_eq!(all.counts_key(), [TAG_ALL_COUNTS, 0]);
+        assert!(all.counts_key() < all.bucket_key(low));
+        assert!(all.bucket_key(low) < all.bucket_key(high));
+        assert!(all.bucket_key(low).starts_with(&all.buckets_prefix()));
+        assert!(!all.counts_key().starts_with(&all.buckets_prefix()));
+        let app = CountScope::App(AppId::from_bytes([1; 16]));
+        assert_eq!(
+            app.bucket_key(low),
+            count_bucket_key(AppId::from_bytes([1; 16]), low)
+        );
     }
 }

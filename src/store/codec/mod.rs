@@ -19,12 +19,14 @@
 //! | `0x0B` log segment index | deployment id (16) ++ first line number (u64) | segment reference (below) |
 //! | `0x0C` meta | name (UTF-8) | raw bytes (`install-secret`: 32 bytes, the JWT and source URL key) |
 //! | `0x0D` sources | source id (16) | [`StoredSource`] |
+//! | `0x0E` cancel requests | deployment id (16) | [`CancelRequest`] (`codec::cancel`: who cancelled and when; from the cancel's commit until the deployment ends) |
 //! | `0x0F` images | deployment id (16) | [`ImageRecord`] (`codec::image`: the kept image's file, size, rollback target and unfinished references) |
 //! | `0x10` app status index | app id (16) ++ status code (1) ++ deployment id (16) | empty (one entry per deployment, at its current status; the status filters and retention read it) |
 //! | `0x11` unfinished index | deployment id (16) | app id (16) (every deployment not yet finished; `GET /v1/deployments?status=unfinished`) |
 //! | `0x17` token scopes | token id (16) | [`StoredGrant`]; absent: the token is `full` on every app |
 //! | `0x19` app counts | app id (16) | [`StoredAppCounts`]: the app's deployments per status, its newest id, its newest bucket (`counts`) |
 //! | `0x1A` count buckets | app id (16) ++ first deployment id (16) | [`StoredBucket`]: per status, the app's deployments from this id to the next bucket's (`counts`) |
+//! | `0x1B` every app's counts | `0x00`: the counts; `0x01` ++ first deployment id (16): a bucket | [`StoredAppCounts`] / [`StoredBucket`] over every app's deployments at once (the admin's `GET /v1/deployments`; `counts`) |
 //!
 //! Reserved for the features that come next, so that they can be built side by side without
 //! two of them taking the same byte. Nothing writes these yet; each line names the feature that
@@ -33,7 +35,6 @@
 //!
 //! | tag | owner | key after the tag (planned) | value (planned) |
 //! |---|---|---|---|
-//! | `0x0E` cancel requests | control (cancel) | deployment id (16) | who asked and when, until the session honours it |
 //! | `0x12` notifiers | parity (notifiers) | app id (16) ++ notifier id (16) | the notifier |
 //! | `0x13` outbox | parity (notifications) | delivery id (16, UUIDv7: creation order) | the event to deliver and its target |
 //! | `0x14` deliveries | parity (notifications) | notifier id (16) ++ attempt id (16, UUIDv7) | one attempt: status, code, duration |
@@ -114,9 +115,11 @@ pub const TAG_NODE_LEASE: u8 = 0x18;
 // Taken after the reserved ones (the listing's counts, `counts`).
 pub const TAG_APP_COUNTS: u8 = 0x19;
 pub const TAG_COUNT_BUCKET: u8 = 0x1A;
+/// Every app's counts and buckets together (the admin's `GET /v1/deployments`), `counts`.
+pub const TAG_ALL_COUNTS: u8 = 0x1B;
 
 /// Every tag, in use or reserved: no two features may share one (checked by a test).
-pub const ALL_TAGS: [u8; 26] = [
+pub const ALL_TAGS: [u8; 27] = [
     TAG_USER,
     TAG_USERNAME,
     TAG_EMAIL,
@@ -143,6 +146,7 @@ pub const ALL_TAGS: [u8; 26] = [
     TAG_NODE_LEASE,
     TAG_APP_COUNTS,
     TAG_COUNT_BUCKET,
+    TAG_ALL_COUNTS,
 ];
 
 /// Format byte of every record value.
@@ -216,8 +220,10 @@ pub enum CodecError {
 mod counts;
 pub use counts::{
     app_counts_key, count_bucket_key, count_buckets_prefix, decode_app_counts, decode_bucket,
-    encode_app_counts, encode_bucket, StoredAppCounts, StoredBucket, STATUS_SLOTS,
+    encode_app_counts, encode_bucket, CountScope, StoredAppCounts, StoredBucket, STATUS_SLOTS,
 };
+mod cancel;
+pub use cancel::{cancel_request_key, decode_cancel_request, encode_cancel_request, CancelRequest};
 mod image;
 pub use image::{decode_image, encode_image, image_key, images_prefix, ImageRecord};
 mod segment;

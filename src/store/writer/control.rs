@@ -1,14 +1,15 @@
 //! The writer's control operations on a running deployment: cancel.
 //!
 //! Owns turning a [`Cancel`] decided by the lifecycle into the group's writes (the note line,
-//! the record, the events). It decides nothing itself (the lifecycle does) and never signals a
+//! the pending request's record under `0x0E`, the record, the events). It decides nothing itself (the lifecycle does) and never signals a
 //! session: the caller does that once the commit is durable.
 
-use super::group::{now, Group, Outcome, WriterState};
+use super::group::{now, put, Group, Outcome, WriterState};
 use super::lifecycle::Cancel;
 use super::segments::{append_segments, line_count};
 use super::WriteError;
 use crate::model::{Deployment, DeploymentId, NewLine};
+use crate::store::codec;
 
 /// What a committed cancel did.
 #[derive(Debug, Clone)]
@@ -40,22 +41,33 @@ impl WriterState {
             .map_err(|refusal| self.refused(deployment, refusal, None))?;
         let (note_first, record, changes, pending) = match decided {
             Cancel::Repeated(record) => {
-                let app = record.app_id;
                 let reply = CancelReply {
                     deployment: record,
                     pending: true,
                 };
-                return Ok(Outcome::of_app(reply, app));
+                return Ok(Outcome::quiet(reply));
             }
             Cancel::Ended(moved) => (moved.note_first, moved.record, moved.changes, false),
-            Cancel::Requested { note_first, record } => (note_first, record, Vec::new(), true),
+            Cancel::Requested { note_first, record } => {
+                // Stored with the note, so that a server killed before the session honours it
+                // still ends the deployment as cancelled at restart (`recovery`); the commit
+                // that ends the deployment deletes it (`WriterState::stage`).
+                group.ops.push(put(
+                    codec::cancel_request_key(deployment),
+                    codec::encode_cancel_request(&codec::CancelRequest {
+                        by: by.to_owned(),
+                        at: now,
+                    }),
+                ));
+                (note_first, record, Vec::new(), true)
+            }
         };
         let app = record.app_id;
         let reply = CancelReply {
             deployment: record,
             pending,
         };
-        let mut outcome = Outcome::of_app(reply, app);
+        let mut outcome = Outcome::quiet(reply);
         let log_end = self.log_ends.entry(deployment).or_default();
         outcome.events.extend(append_segments(
             (app, deployment),

@@ -1,19 +1,20 @@
-//! The writer's side of the deployment counts (`codec` tags `0x19`, `0x1A`; what they promise
-//! is in `store::counts`): every change to the status index is noted in its group as a
+//! The writer's side of the deployment counts (`codec` tags `0x19`, `0x1A`, `0x1B`; what they
+//! promise is in `store::counts`): every change to the status index is noted in its group as a
 //! [`CountChange`], and just before the group's batch is applied the changes are resolved, in
 //! order, against the committed counts into the ops that update them. So the counts are in the
 //! same atomic batch as the records they count, and several changes of one group to one app
-//! (a finished deployment and the queued one it promotes) add up.
+//! (a finished deployment and the queued one it promotes) add up. Each change is counted twice:
+//! in its app's counts and in every app's ([`CountScope::All`]).
 //!
 //! Runs on the writer thread; it reads committed state and adds ops, and never commits. Counts
 //! found out of step (a bucket missing, a count going below zero) are logged and saturated:
 //! the listing stays served and `deployd check --repair` rebuilds them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::{AppId, DeploymentId};
 use crate::status::Status;
-use crate::store::codec::{self, StoredAppCounts, StoredBucket};
+use crate::store::codec::{self, CountScope, StoredAppCounts, StoredBucket};
 use crate::store::counts::BUCKET_SIZE;
 use crate::store::engine::{prefix_end, BatchOp};
 use crate::store::{Store, StoreError};
@@ -40,7 +41,8 @@ pub(crate) enum CountChange {
         id: DeploymentId,
         status: Status,
     },
-    /// The app was deleted with every deployment: its counts go.
+    /// The app was deleted with every deployment: its counts go, and every app's counts lose
+    /// its deployments.
     AppDeleted { app: AppId },
 }
 
@@ -56,15 +58,17 @@ pub(super) fn resolve(
     }
     let mut resolver = Resolver {
         store,
-        apps: HashMap::new(),
+        scopes: HashMap::new(),
         buckets: BTreeMap::new(),
         statuses: HashMap::new(),
+        apps_of: HashMap::new(),
+        forgotten: HashSet::new(),
     };
     for change in changes {
         resolver.apply(change)?;
     }
-    for (app, counts) in resolver.apps {
-        let key = codec::app_counts_key(app);
+    for (scope, counts) in resolver.scopes {
+        let key = scope.counts_key();
         ops.push(match counts {
             Some(counts) => put(key, codec::encode_app_counts(&counts)),
             None => BatchOp::Delete(key),
@@ -79,23 +83,35 @@ pub(super) fn resolve(
     Ok(())
 }
 
+/// The two scopes a deployment of `app` is counted in.
+fn scopes_of(app: AppId) -> [CountScope; 2] {
+    [CountScope::App(app), CountScope::All]
+}
+
 /// The counts as the group leaves them so far, over the committed ones. `None`: deleted.
 struct Resolver<'a> {
     store: &'a Store,
-    apps: HashMap<AppId, Option<StoredAppCounts>>,
-    /// Bucket key → bucket.
+    scopes: HashMap<CountScope, Option<StoredAppCounts>>,
+    /// Bucket key → bucket (keys of every scope: each scope's keys have their own prefix).
     buckets: BTreeMap<Vec<u8>, Option<StoredBucket>>,
     /// The status of each deployment the group moved or created, as the group leaves it.
     statuses: HashMap<DeploymentId, Status>,
+    /// The app of each deployment the group created or moved (an app's delete forgets them).
+    apps_of: HashMap<DeploymentId, AppId>,
+    /// Deployments the group forgot: their committed index entries count no more.
+    forgotten: HashSet<DeploymentId>,
 }
 
 impl Resolver<'_> {
     fn apply(&mut self, change: CountChange) -> Result<(), StoreError> {
         match change {
             CountChange::Created { app, id, status } => {
-                let key = self.bucket_for_new(app, id)?;
-                self.add(app, &key, status, 1)?;
+                for scope in scopes_of(app) {
+                    let key = self.bucket_for_new(scope, id)?;
+                    self.add(scope, &key, status, 1)?;
+                }
                 self.statuses.insert(id, status);
+                self.apps_of.insert(id, app);
             }
             CountChange::Moved { app, id, to } => {
                 let Some(from) = self.status_of(id)? else {
@@ -106,31 +122,32 @@ impl Resolver<'_> {
                 if from == to {
                     return Ok(());
                 }
-                let key = self.covering_or_new(app, id)?;
-                self.add(app, &key, from, -1)?;
-                self.add(app, &key, to, 1)?;
+                for scope in scopes_of(app) {
+                    let key = self.covering_or_new(scope, id)?;
+                    self.add(scope, &key, from, -1)?;
+                    self.add(scope, &key, to, 1)?;
+                }
                 self.statuses.insert(id, to);
+                self.apps_of.insert(id, app);
             }
             CountChange::Forgotten { app, id, status } => {
                 // Its status as the group leaves it (a prune commits alone, so the record's).
                 let status = self.statuses.get(&id).copied().unwrap_or(status);
-                let key = self.covering_or_new(app, id)?;
-                self.add(app, &key, status, -1)?;
-                if self.bucket(&key)?.is_none_or(|b| b.live() == 0) {
-                    // Nothing left in its range: the bucket before it takes the range over.
-                    self.buckets.insert(key.clone(), None);
-                    let counts = self.app(app)?;
-                    if counts.newest_bucket.is_some_and(|first| {
-                        codec::count_bucket_key(app, DeploymentId::from_bytes(first)) == key
-                    }) {
-                        counts.newest_bucket = None;
-                    }
+                for scope in scopes_of(app) {
+                    self.forget(scope, id, status)?;
                 }
                 self.statuses.remove(&id);
+                self.forgotten.insert(id);
             }
             CountChange::AppDeleted { app } => {
-                self.apps.insert(app, None);
-                let prefix = codec::count_buckets_prefix(app);
+                for (id, status) in self.deployments_of(app)? {
+                    self.forget(CountScope::All, id, status)?;
+                    self.statuses.remove(&id);
+                    self.forgotten.insert(id);
+                }
+                let scope = CountScope::App(app);
+                self.scopes.insert(scope, None);
+                let prefix = scope.buckets_prefix();
                 let end = prefix_end(&prefix);
                 for entry in self.store.engine().range(&prefix, &end, false) {
                     self.buckets.insert(entry?.0, None);
@@ -143,19 +160,78 @@ impl Resolver<'_> {
         Ok(())
     }
 
-    /// The bucket a new deployment joins. Normally `id` is newer than every deployment the app
-    /// had: it joins the newest bucket, or opens the next one when that is full (or gone). An
-    /// id older than one already counted (the clock went back) joins the bucket whose range
-    /// holds it, so that every bucket keeps counting exactly its range.
-    fn bucket_for_new(&mut self, app: AppId, id: DeploymentId) -> Result<Vec<u8>, StoreError> {
-        let counts = *self.app(app)?;
+    /// Every deployment of `app` counted so far, at its status as the group leaves it: the
+    /// committed status index, less what the group forgot, plus what the group created.
+    fn deployments_of(&self, app: AppId) -> Result<BTreeMap<DeploymentId, Status>, StoreError> {
+        let mut found = BTreeMap::new();
+        let prefix = codec::app_statuses_prefix(app);
+        for entry in self
+            .store
+            .engine()
+            .range(&prefix, &prefix_end(&prefix), false)
+        {
+            let (key, _) = entry?;
+            let id = DeploymentId::from_bytes(codec::trailing_id(&key)?);
+            let status = key
+                .get(prefix.len())
+                .and_then(|code| codec::status_from_code(*code))
+                .ok_or(codec::CodecError::Corrupt("status index key"))?;
+            found.insert(id, status);
+        }
+        for (id, of) in &self.apps_of {
+            if let (true, Some(status)) = (*of == app, self.statuses.get(id)) {
+                found.insert(*id, *status);
+            }
+        }
+        found.retain(|id, _| !self.forgotten.contains(id));
+        for (id, status) in found.iter_mut() {
+            if let Some(now) = self.statuses.get(id) {
+                *status = *now;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Takes a deployment at `status` out of the scope's counts; a bucket left empty goes (the
+    /// bucket before it takes its range over).
+    fn forget(
+        &mut self,
+        scope: CountScope,
+        id: DeploymentId,
+        status: Status,
+    ) -> Result<(), StoreError> {
+        let key = self.covering_or_new(scope, id)?;
+        self.add(scope, &key, status, -1)?;
+        if self.bucket(&key)?.is_none_or(|b| b.live() == 0) {
+            self.buckets.insert(key.clone(), None);
+            let counts = self.counts(scope)?;
+            if counts
+                .newest_bucket
+                .is_some_and(|first| scope.bucket_key(DeploymentId::from_bytes(first)) == key)
+            {
+                counts.newest_bucket = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket a new deployment joins. Normally `id` is newer than every deployment the
+    /// scope had: it joins the newest bucket, or opens the next one when that is full (or
+    /// gone). An id older than one already counted (the clock went back) joins the bucket whose
+    /// range holds it, so that every bucket keeps counting exactly its range.
+    fn bucket_for_new(
+        &mut self,
+        scope: CountScope,
+        id: DeploymentId,
+    ) -> Result<Vec<u8>, StoreError> {
+        let counts = *self.counts(scope)?;
         let newest = counts.newest.map(DeploymentId::from_bytes);
         if newest.is_some_and(|newest| newest >= id) {
-            return self.covering_or_new(app, id);
+            return self.covering_or_new(scope, id);
         }
         let joined = match counts.newest_bucket {
             Some(first) => {
-                let key = codec::count_bucket_key(app, DeploymentId::from_bytes(first));
+                let key = scope.bucket_key(DeploymentId::from_bytes(first));
                 match self.bucket(&key)? {
                     Some(bucket) if bucket.live() < BUCKET_SIZE => Some(key),
                     _ => None,
@@ -163,23 +239,27 @@ impl Resolver<'_> {
             }
             None => None,
         };
-        let counts = self.app(app)?;
+        let counts = self.counts(scope)?;
         counts.newest = Some(*id.as_bytes());
         Ok(match joined {
             Some(key) => key,
             None => {
                 counts.newest_bucket = Some(*id.as_bytes());
-                codec::count_bucket_key(app, id)
+                scope.bucket_key(id)
             }
         })
     }
 
-    /// The key of the bucket whose range holds `id`: the one with the largest first id at or
-    /// before it. When there is none (`id` is older than every bucket), a new bucket starting at
-    /// `id`, which then holds exactly `id` up to the first one.
-    fn covering_or_new(&mut self, app: AppId, id: DeploymentId) -> Result<Vec<u8>, StoreError> {
-        let low = codec::count_buckets_prefix(app);
-        let mut high = codec::count_bucket_key(app, id);
+    /// The key of the scope's bucket whose range holds `id`: the one with the largest first id
+    /// at or before it. When there is none (`id` is older than every bucket), a new bucket
+    /// starting at `id`, which then holds exactly `id` up to the first one.
+    fn covering_or_new(
+        &mut self,
+        scope: CountScope,
+        id: DeploymentId,
+    ) -> Result<Vec<u8>, StoreError> {
+        let low = scope.buckets_prefix();
+        let mut high = scope.bucket_key(id);
         // Just past `id`'s own key: a bucket starting at `id` holds it.
         high.push(0);
         let mut committed = None;
@@ -204,14 +284,14 @@ impl Resolver<'_> {
             .map(|(key, _)| key.clone());
         Ok(committed
             .max(staged)
-            .unwrap_or_else(|| codec::count_bucket_key(app, id)))
+            .unwrap_or_else(|| scope.bucket_key(id)))
     }
 
     /// Adds `delta` to `status` in the bucket at `key` (read already by the lookup that chose
-    /// it) and in the app's counts.
+    /// it) and in the scope's counts.
     fn add(
         &mut self,
-        app: AppId,
+        scope: CountScope,
         key: &[u8],
         status: Status,
         delta: i64,
@@ -222,28 +302,28 @@ impl Resolver<'_> {
             .entry(key.to_vec())
             .or_insert(None)
             .get_or_insert_with(StoredBucket::default);
-        bucket.by_status[slot] = step(u64::from(bucket.by_status[slot]), delta, app)
+        bucket.by_status[slot] = step(u64::from(bucket.by_status[slot]), delta, scope)
             .try_into()
             .unwrap_or(u32::MAX);
-        let counts = self.app(app)?;
-        counts.by_status[slot] = step(counts.by_status[slot], delta, app);
+        let counts = self.counts(scope)?;
+        counts.by_status[slot] = step(counts.by_status[slot], delta, scope);
         Ok(())
     }
 
-    /// The app's counts as the group leaves them (loaded on first use; zeros when none).
-    fn app(&mut self, app: AppId) -> Result<&mut StoredAppCounts, StoreError> {
-        if !self.apps.contains_key(&app) {
-            let counts = match self.store.engine().get(&codec::app_counts_key(app))? {
+    /// The scope's counts as the group leaves them (loaded on first use; zeros when none).
+    fn counts(&mut self, scope: CountScope) -> Result<&mut StoredAppCounts, StoreError> {
+        if !self.scopes.contains_key(&scope) {
+            let counts = match self.store.engine().get(&scope.counts_key())? {
                 Some(value) => codec::decode_app_counts(&value).unwrap_or_else(|err| {
-                    tracing::error!(%app, error = %err, "deployment counts: the app's record \
-                        does not decode; counting from zero (run `deployd check --repair`)");
+                    tracing::error!(%scope, error = %err, "deployment counts: the counts \
+                        record does not decode; counting from zero (run `deployd check --repair`)");
                     StoredAppCounts::default()
                 }),
                 None => StoredAppCounts::default(),
             };
-            self.apps.insert(app, Some(counts));
+            self.scopes.insert(scope, Some(counts));
         }
-        let slot = self.apps.entry(app).or_insert(None);
+        let slot = self.scopes.entry(scope).or_insert(None);
         Ok(slot.get_or_insert_with(StoredAppCounts::default))
     }
 
@@ -274,12 +354,12 @@ impl Resolver<'_> {
 }
 
 /// `count + delta`, saturating at zero (logged: the counts are out of step).
-fn step(count: u64, delta: i64, app: AppId) -> u64 {
+fn step(count: u64, delta: i64, scope: CountScope) -> u64 {
     match count.checked_add_signed(delta) {
         Some(next) => next,
         None => {
-            tracing::error!(%app, "deployment counts: a count went below zero; they are out of \
-                step with the status index (run `deployd check --repair`)");
+            tracing::error!(%scope, "deployment counts: a count went below zero; they are out \
+                of step with the status index (run `deployd check --repair`)");
             0
         }
     }
@@ -360,6 +440,30 @@ mod tests {
             counts::verify(&**store.engine()).expect("verify"),
             Vec::<String>::new()
         );
+    }
+
+    /// Every page of every filter over all of `apps` (every app there is) from every app's
+    /// counts is the plain k-way merge's, which skips `offset` keys.
+    fn assert_every_apps_pages_match_the_plain_scan(store: &Store, apps: &[AppId]) {
+        for filter in filters() {
+            let statuses = filter.clone().unwrap_or(Status::ALL.to_vec());
+            let total = store
+                .status_ids(apps, &statuses, 0, u64::MAX)
+                .expect("plain scan")
+                .len() as u64;
+            for limit in [1, 3] {
+                for offset in 0..=total + 1 {
+                    let plain = store
+                        .status_ids(apps, &statuses, offset, limit)
+                        .expect("plain page");
+                    let (count, page) = store
+                        .every_apps_page(apps, filter.as_deref(), offset, limit)
+                        .expect("page");
+                    assert_eq!(count, total, "total of {filter:?} over every app");
+                    assert_eq!(page, plain, "{filter:?} offset {offset} limit {limit}");
+                }
+            }
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -518,6 +622,7 @@ mod tests {
                 for app in fixture.apps.clone() {
                     assert_pages_match_the_plain_scan(&fixture.store, app);
                 }
+                assert_every_apps_pages_match_the_plain_scan(&fixture.store, &fixture.apps);
                 // What a delete left behind: nothing of the deleted apps' counts.
                 let prefix = [codec::TAG_APP_COUNTS];
                 let apps_counted = fixture.store.engine().range(&prefix, &prefix_end(&prefix), false).count();
@@ -527,6 +632,7 @@ mod tests {
                 for app in fixture.apps.clone() {
                     assert_pages_match_the_plain_scan(&fixture.store, app);
                 }
+                assert_every_apps_pages_match_the_plain_scan(&fixture.store, &fixture.apps);
             });
         }
 
@@ -584,6 +690,7 @@ mod tests {
                 engine.apply(ops).expect("apply");
             }
             assert_pages_match_the_plain_scan(&store, app);
+            assert_every_apps_pages_match_the_plain_scan(&store, &[app]);
         }
     }
 

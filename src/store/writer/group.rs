@@ -32,7 +32,8 @@ use crate::store::{Segment, Store};
 
 /// What a validated command does once its group is durable.
 struct Done {
-    app: Option<AppId>,
+    /// Each event goes to its own app's subscribers (`Event::app_id`): one command may move
+    /// deployments of several apps (an end that frees a build slot promotes another app's).
     events: Vec<Event>,
     statuses: Vec<(DeploymentId, Status)>,
     reply: Box<dyn FnOnce(Option<WriteError>) + Send>,
@@ -41,29 +42,33 @@ struct Done {
 /// A validated command's answer and effects, before its group commits.
 pub(super) struct Outcome<T> {
     pub(super) value: T,
-    /// The app whose subscribers get `events`.
-    app: Option<AppId>,
+    /// Published once durable, each on the channel of its own `app_id`.
     pub(super) events: Vec<Event>,
     pub(super) statuses: Vec<(DeploymentId, Status)>,
 }
 
 impl<T> Outcome<T> {
-    /// An answer with no events (records other than deployments).
+    /// An answer with no events yet: the work adds those of the deployments it touches.
     pub(super) fn quiet(value: T) -> Self {
         Self {
             value,
-            app: None,
             events: Vec::new(),
             statuses: Vec::new(),
         }
     }
+}
 
-    pub(super) fn of_app(value: T, app: AppId) -> Self {
-        Self {
-            app: Some(app),
-            ..Self::quiet(value)
+/// Splits one command's events by app, keeping their order within each app (the only order a
+/// subscriber sees: channels are per app). Apps come in the order of their first event.
+fn by_app(events: Vec<Event>) -> Vec<(AppId, Vec<Event>)> {
+    let mut split: Vec<(AppId, Vec<Event>)> = Vec::new();
+    for event in events {
+        match split.iter_mut().find(|(app, _)| *app == event.app_id) {
+            Some((_, of_app)) => of_app.push(event),
+            None => split.push((event.app_id, vec![event])),
         }
     }
+    split
 }
 
 /// A group being built: log file appends, engine ops, and what to do after the commit.
@@ -241,10 +246,8 @@ impl WriterState {
                         self.appender.close(*id);
                     }
                 }
-                if let Some(app) = done.app {
-                    if !done.events.is_empty() {
-                        self.hub.publish(app, done.events);
-                    }
+                for (app, events) in by_app(done.events) {
+                    self.hub.publish(app, events);
                 }
             }
             (done.reply)(failure.clone());
@@ -471,7 +474,6 @@ impl WriterState {
             Ok(outcome) => {
                 let value = outcome.value;
                 group.done.push(Done {
-                    app: outcome.app,
                     events: outcome.events,
                     statuses: outcome.statuses,
                     reply: Box::new(move |failure| {
@@ -521,6 +523,10 @@ impl WriterState {
                 index_status(group, record, false);
                 group.moved.push((record.clone(), false));
                 if record.status.is_terminal() {
+                    // A pending cancel (if any) is honoured by this end.
+                    group
+                        .ops
+                        .push(BatchOp::Delete(codec::cancel_request_key(id)));
                     self.log_ends.remove(&id);
                     self.record_deployment_event(record, group);
                     self.log_limit.forget(id);
@@ -605,7 +611,7 @@ impl WriterState {
         );
         let deployment = change.record().clone();
         app.updated_at = created_at;
-        let mut outcome = Outcome::of_app(deployment, app_id);
+        let mut outcome = Outcome::quiet(deployment);
         let id = change.record().id;
         self.stage(change, group, &mut outcome);
         if let (Some(first), Some(note)) = (note_first, &slot_note) {
@@ -642,13 +648,10 @@ impl WriterState {
             now(),
             group,
         );
-        let mut outcome = Outcome::of_app(
-            Appended {
-                last_line: given.last,
-                dropped,
-            },
-            given.app,
-        );
+        let mut outcome = Outcome::quiet(Appended {
+            last_line: given.last,
+            dropped,
+        });
         outcome.events = events;
         Ok(outcome)
     }
@@ -673,7 +676,7 @@ impl WriterState {
             .transition(deployment, target, note_lines, now)
             .map_err(|refusal| self.refused(deployment, refusal, Some(target)))?;
         let app = moved.record.app_id;
-        let mut outcome = Outcome::of_app(moved.record, app);
+        let mut outcome = Outcome::quiet(moved.record);
         if let Some(note) = &note {
             let log_end = self.log_ends.entry(deployment).or_default();
             outcome.events.extend(append_segments(

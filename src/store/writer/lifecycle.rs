@@ -389,8 +389,15 @@ impl Lifecycle {
             self.live.remove(&id);
             self.cancels.remove(&id);
             if from == Status::Queued {
+                let mut was_head = false;
                 if let Some(queue) = self.queues.get_mut(&app) {
+                    was_head = queue.front() == Some(&id);
                     queue.retain(|queued| *queued != id);
+                }
+                // The head of a queue whose app runs nothing waited for a build slot; the one
+                // behind it may be an external pusher's, which needs none: it starts now.
+                if was_head && !self.running.contains_key(&app) {
+                    self.promote_all(now, changes);
                 }
             } else if self.running.get(&app) == Some(&id) {
                 self.running.remove(&app);
@@ -513,6 +520,34 @@ mod tests {
             life.append(first.id, 1),
             Err(Refusal::NotLive),
             "a finished deployment takes no output"
+        );
+    }
+
+    #[test]
+    fn a_pushers_deployment_behind_a_cancelled_slot_waiter_of_its_app_starts_instead_of_staying_queued(
+    ) {
+        let mut life = Lifecycle::with_build_slots(Some(1));
+        let (holder, app) = (AppId::generate(), AppId::generate());
+        life.create(draft(holder, executor()));
+        let waiter = life.create(draft(app, executor())).record().id;
+        let pushed = life.create(draft(app, Driver::External)).record().clone();
+        assert_eq!(
+            pushed.status,
+            Status::Queued,
+            "creation order within the app"
+        );
+        let Cancel::Ended(ended) = life.cancel(waiter, "ann", 1, now()).expect("cancel") else {
+            panic!("a queued deployment ends at once");
+        };
+        let moved: Vec<_> = ended
+            .changes
+            .iter()
+            .map(|c| (c.record().id, c.record().status))
+            .collect();
+        assert_eq!(
+            moved,
+            [(waiter, Status::Aborted), (pushed.id, Status::Building)],
+            "a pusher takes no build slot"
         );
     }
 

@@ -132,6 +132,9 @@ impl WriterState {
         for id in ids {
             group.ops.push(BatchOp::Delete(codec::deployment_key(id)));
             group.ops.push(BatchOp::Delete(codec::unfinished_key(id)));
+            group
+                .ops
+                .push(BatchOp::Delete(codec::cancel_request_key(id)));
             delete_prefix(codec::segments_prefix(id), &mut group.ops)?;
             group.removals.push(id);
             self.log_ends.remove(&id);
@@ -141,10 +144,7 @@ impl WriterState {
         // deployment of another app takes it in this commit, not at some later deployment's
         // end. (An app runs one deployment at a time, so this frees one slot at most.)
         let promoted = self.lifecycle.promote_waiting(super::group::now());
-        let mut outcome = match promoted.first() {
-            Some(change) => Outcome::of_app((), change.record().app_id),
-            None => Outcome::quiet(()),
-        };
+        let mut outcome = Outcome::quiet(());
         // Their sessions see the watch end and stop; their next write finds no deployment.
         for id in removed {
             outcome.statuses.push((id, Status::Aborted));

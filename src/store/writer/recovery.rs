@@ -1,6 +1,8 @@
 //! Startup recovery (DESIGN.md): every deployment a crash or restart left unfinished lost its
 //! session, so it ends (`aborted`, or `timeout-error` from `starting`) with a line saying why;
-//! queued executor deployments keep their place and the head of each app's queue starts.
+//! queued executor deployments keep their place and the head of each app's queue starts. One
+//! whose cancel was accepted but not yet honoured (a `0x0E` record) ends as the cancel says,
+//! after the `Cancelled by` line its cancel stored, with no restart line.
 //!
 //! A damaged log file (shorter than its index, `store::damage`) never stops the start: an
 //! unfinished deployment's index is cut back to the intact part and the line that ends it says
@@ -53,9 +55,30 @@ impl WriterState {
             }
         }
         let lost = self.lifecycle.recover(unfinished);
+        let mut cancels = self.store.cancel_requests()?;
         let now = now();
         let mut outcome = Outcome::quiet(());
         for id in lost {
+            let pending = match damaged.contains_key(&id) {
+                // A damaged log's line says what was lost; that end keeps the restart line.
+                true => None,
+                false => cancels.remove(&id),
+            };
+            if let Some(request) = pending {
+                // A cancel was accepted (its line is stored) but not honoured before the
+                // restart: it ends as the cancel would have, with no restart line.
+                tracing::info!(deployment = %id, by = %request.by,
+                    "ending a deployment whose cancel was pending when deployd stopped");
+                let moved = self
+                    .lifecycle
+                    .transition(id, Target::SessionLost, 0, now)
+                    .expect("invariant: a lost session may always end an unfinished deployment");
+                recovery.ended.push((id, moved.record.status));
+                for change in moved.changes {
+                    self.stage(change, &mut group, &mut outcome);
+                }
+                continue;
+            }
             let status = self
                 .lifecycle
                 .get(id)
@@ -89,6 +112,14 @@ impl WriterState {
                 self.stage(change, &mut group, &mut outcome);
             }
             recovery.ended.push((id, to));
+        }
+        // Requests of deployments that are not unfinished any more honour nothing.
+        for id in cancels.into_keys() {
+            if self.lifecycle.get(id).is_none() {
+                group
+                    .ops
+                    .push(BatchOp::Delete(codec::cancel_request_key(id)));
+            }
         }
         for change in self.lifecycle.promote_waiting(now) {
             self.stage(change, &mut group, &mut outcome);
