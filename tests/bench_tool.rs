@@ -153,10 +153,14 @@ fn catchup_replays_every_stored_line_then_the_live_ones_in_order() {
     assert_eq!(code, 0, "{stderr}\n{report}");
     assert_eq!(report["deliveries"], 2 * 5300, "{report}");
     assert!(report["catch_up_secs"].as_f64().is_some(), "{report}");
+    // Every live line has a latency, except those whose ack had not reached the tool when it
+    // settled (reported; seen on a saturated machine): never a stored line.
+    let samples = report["live_latency"]["samples"].as_u64().expect("samples");
+    let never_acked = report["never_acked"].as_u64().expect("never_acked");
     assert_eq!(
-        report["live_latency"]["samples"],
+        samples + never_acked,
         2 * 300,
-        "only live lines have a latency"
+        "only live lines have a latency: {report}"
     );
     assert_clean(&report);
 }

@@ -103,6 +103,7 @@ pub async fn catchup(
         replay_lines_per_sec: catch_up.map(|d| per_sec(options.lines as f64, d)),
         deliveries: totals.deliveries,
         live_latency: totals.latency.latency(),
+        never_acked: totals.never_acked,
         violations: totals.violations,
     })
 }

@@ -136,6 +136,9 @@ pub struct CatchupReport {
     pub deliveries: u64,
     /// Ack→arrival of the live lines (those sent after the join).
     pub live_latency: Latency,
+    /// Live deliveries whose batch ack the pusher had not seen when the subscriber settled
+    /// (left out of `live_latency`; on a saturated machine the last acks can come late).
+    pub never_acked: u64,
     pub violations: Violations,
 }
 
@@ -264,6 +267,7 @@ impl CatchupReport {
                 ),
                 ("deliveries", self.deliveries.to_string()),
                 ("live ack->arrival", latency_text(&self.live_latency)),
+                ("never acked", self.never_acked.to_string()),
                 ("violations", violations_text(&self.violations)),
             ],
         )
