@@ -166,6 +166,12 @@ const STREAM_QUERY: &[Query] = &[
         required: false,
         description: "Replay only the last N lines of each deployment not resumed, then live",
     },
+    Query {
+        name: "batch",
+        scalar: Scalar::String,
+        required: false,
+        description: "`lines`: `log_batch` frames (a segment's lines each, at most 64 KiB) instead of one `log` frame per line",
+    },
 ];
 
 const LINES_QUERY: &[Query] = &[

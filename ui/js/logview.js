@@ -194,7 +194,8 @@ export class LogView {
   live() {
     this.stream = new AppStream(this.app, {
       // tail=0: no replay of the app's other deployments; ours resumes after our last line.
-      query: { tail: '0' },
+      // batch=lines: a segment's lines in one message (the browser's cost is per message).
+      query: { tail: '0', batch: 'lines' },
       resumeOf: this.id,
       lastLine: () => this.total,
       onEvent: (frame) => this.onFrame(frame),
@@ -210,7 +211,12 @@ export class LogView {
 
   onFrame(frame) {
     if (frame.id !== this.id) return;
-    if (frame.type === 'log') {
+    if (frame.type === 'log_batch') {
+      // Line i of the batch is line seq + i; each goes through the same gap and dedup rules.
+      const lines = (frame.data && frame.data.lines) || [];
+      for (let i = 0; i < lines.length; i++) this.liveQueue.push({ n: frame.seq + i, at: frame.at, text: lines[i] });
+      this.drain();
+    } else if (frame.type === 'log') {
       this.liveQueue.push({ n: frame.seq, at: frame.at, text: frame.data ? frame.data.content : '' });
       this.drain();
     } else if (frame.type === 'status') {

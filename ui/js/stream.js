@@ -19,7 +19,8 @@ const FATAL = new Set([4001, 4004, 1008]);
 
 export class AppStream {
   /**
-   * `app`: name or id. `options.query`: extra URL parameters (`logs=none`, `tail=0`…).
+   * `app`: name or id. `options.query`: extra URL parameters (`logs=none`, `tail=0`,
+   * `batch=lines` for `log_batch` frames…).
    * `options.resumeOf`: deployment id whose last line (from `lastLine()`) is sent as the
    * resume point. Callbacks: `onEvent(frame)`, `onState('connecting'|'live'|'reconnecting'|
    * 'closed', detail)`.

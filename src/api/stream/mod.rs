@@ -21,7 +21,9 @@
 //! WebSocket protocol (spec + compat.md), server frames, one JSON object per text frame:
 //! `{"type":"log","id":D,"data":{"content":L},"seq":N,"at":T}`,
 //! `{"type":"status","id":D,"data":{"status":S},"seq":N}`, `{"type":"new","data":{"deployment":D}}`,
-//! `{"type":"ping","data":{"ts":U}}`. `seq` and `at` are extras that spec clients ignore.
+//! `{"type":"ping","data":{"ts":U}}`. `seq` and `at` are extras that spec clients ignore. A
+//! subscriber that asks (`batch=lines`) gets `{"type":"log_batch","id":D,"data":{"lines":[L,…]},
+//! "seq":N,"at":T}` instead of `log` frames: line `i` of `lines` is line `N + i`.
 
 mod conn;
 mod cursor;
@@ -43,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::conn::{ClientMessage, Conn, ReadError};
 use self::cursor::Logs;
+use self::frames::LogForm;
 use self::subscriber::Subscriber;
 use super::{ApiError, AppState};
 use crate::model::{AppId, DeploymentId, LineNo};
@@ -110,7 +113,7 @@ pub async fn upgrade(
     RawQuery(query): RawQuery,
     mut request: Request,
 ) -> Result<Response, ApiError> {
-    let (resume, logs) = parse_stream_query(query.as_deref())?;
+    let (resume, logs, form) = parse_stream_query(query.as_deref())?;
     let not_websocket = |why: &str| {
         ApiError::BadRequest(format!("this is the deployments WebSocket stream: {why}"))
     };
@@ -149,7 +152,11 @@ pub async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let conn = Conn::new(TokioIo::new(upgraded));
-                run_socket(state, app, resume, logs.unwrap_or_default(), conn).await;
+                let options = Options {
+                    logs: logs.unwrap_or_default(),
+                    form: form.unwrap_or_default(),
+                };
+                run_socket(state, app, resume, options, conn).await;
             }
             Err(err) => tracing::debug!(error = %err, "stream upgrade failed"),
         }
@@ -182,8 +189,26 @@ fn logs_option(
     }
 }
 
-/// The URL's resume point and log option (the query rule of `api::query`).
-fn parse_stream_query(query: Option<&str>) -> Result<(Resume, Option<Logs>), ApiError> {
+/// The `batch` option: `lines` asks for `log_batch` frames; `Err(why)` for another value.
+fn batch_option(batch: Option<&str>) -> Result<Option<LogForm>, &'static str> {
+    match batch {
+        None => Ok(None),
+        Some("lines") => Ok(Some(LogForm::Batched)),
+        Some(_) => Err("must be lines"),
+    }
+}
+
+/// What a subscriber asked to be sent: which lines, and in which frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Options {
+    logs: Logs,
+    form: LogForm,
+}
+
+/// The URL's resume point, log option and log form (the query rule of `api::query`).
+fn parse_stream_query(
+    query: Option<&str>,
+) -> Result<(Resume, Option<Logs>, Option<LogForm>), ApiError> {
     let pairs = super::query::pairs(query)?;
     let deployment = super::query::last(&pairs, "deployment")
         .map(|value| {
@@ -201,6 +226,8 @@ fn parse_stream_query(query: Option<&str>) -> Result<(Resume, Option<Logs>), Api
     let tail = number("tail")?;
     let logs = logs_option(super::query::last(&pairs, "logs"), tail)
         .map_err(|(field, why)| ApiError::field(field, why))?;
+    let form = batch_option(super::query::last(&pairs, "batch"))
+        .map_err(|why| ApiError::field("batch", why))?;
     let mut resume = Resume::new();
     match (deployment, after) {
         (Some(id), after) => {
@@ -213,7 +240,7 @@ fn parse_stream_query(query: Option<&str>) -> Result<(Resume, Option<Logs>), Api
         }
         (None, None) => {}
     }
-    Ok((resume, logs))
+    Ok((resume, logs, form))
 }
 
 /// Why a subscriber's stream ended.
@@ -241,15 +268,18 @@ async fn run_socket<IO>(
     state: AppState,
     app: String,
     resume: Resume,
-    logs: Logs,
+    options: Options,
     mut conn: Conn<IO>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let outcome = async {
-        let (app_id, resume, logs) = authenticate(&state, &app, resume, logs, &mut conn).await?;
+        let (app_id, resume, options) =
+            authenticate(&state, &app, resume, options, &mut conn).await?;
         let live = state.hub.subscribe(app_id);
-        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut conn).with_logs(logs);
+        let mut subscriber = Subscriber::new(state.clone(), app_id, &mut conn)
+            .with_logs(options.logs)
+            .with_log_form(options.form);
         subscriber.run(live, resume).await
     }
     .await;
@@ -275,14 +305,14 @@ async fn run_socket<IO>(
 }
 
 /// Waits for the auth frame; returns the app, the resume points (query ∪ auth frame) and the
-/// log option (the auth frame's, else the query's).
+/// options (each the auth frame's, else the query's).
 async fn authenticate<IO>(
     state: &AppState,
     app: &str,
     mut resume: Resume,
-    logs: Logs,
+    options: Options,
     conn: &mut Conn<IO>,
-) -> Result<(AppId, Resume, Logs), End>
+) -> Result<(AppId, Resume, Options), End>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -329,7 +359,10 @@ where
     for (id, after) in frame.resume {
         resume.insert(id, after);
     }
-    let logs = frame.logs.unwrap_or(logs);
+    let options = Options {
+        logs: frame.logs.unwrap_or(options.logs),
+        form: frame.form.unwrap_or(options.form),
+    };
     let caller = super::access::authenticate_token(state, &frame.token)
         .await
         .map_err(|err| match err {
@@ -343,7 +376,7 @@ where
     let Some((app, _)) = found else {
         return Err(End::Refused(close::APP_NOT_FOUND, "app not found"));
     };
-    Ok((app.id, resume, logs))
+    Ok((app.id, resume, options))
 }
 
 /// Maps a read error: a too-big frame gets 1009, anything else means the client is gone.
@@ -361,13 +394,15 @@ struct AuthFrame {
     resume: Resume,
     /// `"logs":"none"` / `"tail":N`, as in the query; `None` when neither is given.
     logs: Option<Logs>,
+    /// `"batch":"lines"`, as in the query; `None` when not given.
+    form: Option<LogForm>,
 }
 
 impl AuthFrame {
     /// `{"type":"auth","data":{"token":"…","resume":{"<deployment id>":N,…}}}`; also
     /// `"deployment":"<id>","after":N` in `data` for one deployment, and `"logs":"none"` or
-    /// `"tail":N`. Invalid or too many resume entries, or invalid log options, make the whole
-    /// frame invalid (`None`), like a missing token.
+    /// `"tail":N`, and `"batch":"lines"`. Invalid or too many resume entries, or invalid log
+    /// options, make the whole frame invalid (`None`), like a missing token.
     fn parse(text: &str) -> Option<Self> {
         let value: Value = serde_json::from_str(text).ok()?;
         if value.get("type")?.as_str()? != "auth" {
@@ -401,10 +436,15 @@ impl AuthFrame {
             None => None,
         };
         let logs = logs_option(logs, tail).ok()?;
+        let form = match data.get("batch") {
+            Some(batch) => batch_option(Some(batch.as_str()?)).ok()?,
+            None => None,
+        };
         Some(Self {
             token,
             resume,
             logs,
+            form,
         })
     }
 }
@@ -467,9 +507,35 @@ mod tests {
         assert_eq!(status("logs=some").map(|r| r.1), Err(422));
         assert_eq!(status("logs=none&tail=2").map(|r| r.1), Err(422));
         let id = DeploymentId::generate();
-        let (resume, logs) =
+        let (resume, logs, form) =
             parse_stream_query(Some(&format!("deployment={id}&after=4&tail=9"))).expect("parse");
         assert_eq!(resume.get(&id), Some(&LineNo(4)));
         assert_eq!(logs, Some(Logs::Tail(9)));
+        assert_eq!(form, None);
+    }
+
+    #[test]
+    fn the_batch_option_takes_lines_in_the_query_and_the_auth_frame_and_refuses_anything_else() {
+        let form = |query: &str| parse_stream_query(Some(query)).map(|r| r.2);
+        assert_eq!(form("batch=lines").ok(), Some(Some(LogForm::Batched)));
+        assert_eq!(
+            form("tail=0&batch=lines").ok(),
+            Some(Some(LogForm::Batched))
+        );
+        assert_eq!(
+            form("batch=bytes").map_err(|e| e.status().as_u16()),
+            Err(422)
+        );
+        assert_eq!(form("batch=").map_err(|e| e.status().as_u16()), Err(422));
+        let parse = |data: &str| {
+            AuthFrame::parse(&format!(
+                r#"{{"type":"auth","data":{{"token":"t"{data}}}}}"#
+            ))
+            .map(|frame| frame.form)
+        };
+        assert_eq!(parse(""), Some(None));
+        assert_eq!(parse(r#","batch":"lines""#), Some(Some(LogForm::Batched)));
+        assert_eq!(parse(r#","batch":"none""#), None);
+        assert_eq!(parse(r#","batch":true"#), None);
     }
 }

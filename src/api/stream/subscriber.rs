@@ -20,7 +20,8 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
 use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Logs, Step};
 use super::frames::{
-    event_frames, new_frame, ping_frame, read_log_frames, status_text, text_frame,
+    event_batches, event_frames, log_batches_from, new_frame, ping_frame, read_log_frames,
+    status_text, text_frame, LogForm,
 };
 #[cfg(doc)]
 use super::MAX_READ_BYTES;
@@ -55,6 +56,8 @@ pub(super) struct Subscriber<'a, IO> {
     app: AppId,
     conn: &'a mut Conn<IO>,
     cursor: Cursor,
+    /// `log` frames or `log_batch` frames (the `batch` option).
+    form: LogForm,
     /// Live events queued since the last write, added to the shared delivery counter once per
     /// write: a shared atomic per event per subscriber is a cache line bouncing between the
     /// cores a million times a second at 1000 subscribers.
@@ -71,6 +74,7 @@ where
             app,
             conn,
             cursor: Cursor::default(),
+            form: LogForm::PerLine,
             uncounted_deliveries: 0,
         }
     }
@@ -78,6 +82,12 @@ where
     /// Sends only the log lines `logs` asks for (the stream's `logs`/`tail` options).
     pub(super) fn with_logs(mut self, logs: Logs) -> Self {
         self.cursor = Cursor::new(logs);
+        self
+    }
+
+    /// Sends log lines in `form` (the stream's `batch` option).
+    pub(super) fn with_log_form(mut self, form: LogForm) -> Self {
+        self.form = form;
         self
     }
 
@@ -176,7 +186,18 @@ where
             return Ok(());
         }
         let id = event.deployment_id;
-        let frames = event_frames(event);
+        // A batched subscriber takes a log event's `log_batch` frames; everything else (and
+        // every other subscriber) the per-line frames. Each form is rendered once per event.
+        let batches = match self.form {
+            LogForm::Batched => event_batches(event),
+            LogForm::PerLine => None,
+        };
+        let frames = match batches {
+            Some(batches) => &batches.frames,
+            None => event_frames(event),
+        };
+        // Lines the rendered frames hold (the cursor counts lines, not frames).
+        let rendered = batches.map_or(frames.len(), |b| b.lines);
         let live = match &event.kind {
             EventKind::New => Live::New,
             EventKind::Status { status, last_line } => Live::Status {
@@ -186,14 +207,14 @@ where
             // Every line is rendered, unless the event was too big (then none is).
             EventKind::Logs { first, segment } => Live::Logs {
                 first: *first,
-                count: if frames.is_empty() {
+                count: if rendered == 0 {
                     segment.view().map_or(0, |v| v.line_count()) as u64
                 } else {
-                    frames.len() as u64
+                    rendered as u64
                 },
             },
         };
-        match self.cursor.on_event(id, live, frames.len()) {
+        match self.cursor.on_event(id, live, rendered) {
             Step::Skip => Ok(()),
             // The object form needs the record: read per subscriber (one `new` per deployment).
             Step::Send { skip_frames: 0 }
@@ -205,6 +226,16 @@ where
                     Some(record) => self.feed(&self.new_frame(&record)).await,
                     None => Ok(()),
                 }
+            }
+            // `skip_frames` counts lines: with batches, they start at a frame or inside one.
+            Step::Send { skip_frames } if batches.is_some() => {
+                self.uncounted_deliveries += 1;
+                let shared = batches.and_then(|b| b.shared_from_line(skip_frames));
+                let frames = match shared {
+                    Some(shared) => shared,
+                    None => log_batches_from(event, skip_frames).shared_from(0),
+                };
+                self.feed_shared(frames).await
             }
             Step::Send { skip_frames } => {
                 self.uncounted_deliveries += 1;
@@ -293,9 +324,10 @@ where
             if from >= until {
                 return Ok(());
             }
+            let form = self.form;
             let (frames, last) = self
                 .state
-                .read(move |store| read_log_frames(store, id, from, until))
+                .read(move |store| read_log_frames(store, id, from, until, form))
                 .await?;
             if frames.is_empty() {
                 return Ok(());
