@@ -192,7 +192,12 @@ async fn a_damaged_finished_output_serves_every_intact_line_before_the_damage_th
 
     let (code, text, clean) = raw_output(&server, "done", &done).await;
     assert_eq!(code, 200);
-    assert_eq!(text, "one\ntwo\nthree\n", "every intact line, then nothing");
+    assert_eq!(
+        text,
+        "one\ntwo\nthree\n",
+        "every intact line, then nothing; server: {}",
+        server.log()
+    );
     assert!(!clean, "the body is aborted at the damage");
 
     let response = server
