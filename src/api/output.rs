@@ -344,12 +344,19 @@ async fn send_chunk(state: &AppState, tx: &mpsc::Sender<Bytes>, chunk: Bytes) ->
     }
 }
 
+/// How long a stored output whose next read failed (a damaged log file) waits before it
+/// aborts the response: hyper discards the bytes it has buffered when a body fails, so without
+/// the pause the intact lines sent just before the damage were sometimes never written
+/// (`tests/damaged_files.rs`).
+const FLUSH_BEFORE_ABORT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The stored text of a deployment after line `after`, read in chunks off the executor.
 pub fn stored_text(
     state: AppState,
     id: DeploymentId,
     after: LineNo,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let start = after;
     stream::try_unfold(Some(after), move |cursor| {
         let state = state.clone();
         async move {
@@ -357,11 +364,21 @@ pub fn stored_text(
                 return Ok(None);
             };
             let store = state.store.clone();
-            let (chunk, last) =
-                tokio::task::spawn_blocking(move || read_text_chunk(&store, id, after))
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .map_err(std::io::Error::other)?;
+            let read = tokio::task::spawn_blocking(move || read_text_chunk(&store, id, after))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|read| read.map_err(std::io::Error::other));
+            let (chunk, last) = match read {
+                Ok(read) => read,
+                Err(err) => {
+                    // hyper drops what it has buffered but not yet written when the body
+                    // fails: give it time to write the intact lines sent before the damage.
+                    if after > start {
+                        tokio::time::sleep(FLUSH_BEFORE_ABORT).await;
+                    }
+                    return Err(err);
+                }
+            };
             if chunk.is_empty() {
                 return Ok(None);
             }
