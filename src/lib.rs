@@ -49,6 +49,9 @@
 //!   from a `Config`, recovers, serves, shuts down; `listener`: the accept loop and every
 //!   connection's rules (caps, header-read and idle timeouts, descriptor reserve). [`cli`]: `deployd push`, `follow` and
 //!   `bench`, clients of the HTTP and WebSocket protocols; they never touch the store.
+//! - [`cluster`]: cluster mode on NATS JetStream (`--store nats://…`): the leader lease, the
+//!   write-ahead stream the leader's writer appends to before it applies, the replicas that
+//!   apply it, the forwarding of requests to the leader, and files in the object store.
 //! - `testing` (feature `test-support`): the one copy of the test fixtures (archives, an
 //!   archive server, a recording sink).
 //!
@@ -57,6 +60,7 @@ pub mod api;
 mod auth;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 mod images;
