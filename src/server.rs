@@ -175,6 +175,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         executors,
         retention,
         jwts: Default::default(),
+        pages: Default::default(),
     }));
     for deployment in recovery.to_execute {
         let app_id = deployment.app_id;

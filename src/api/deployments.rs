@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::access::Caller;
+use super::page_cache::{PageKey, PageScope};
 use super::views::{
     self, DeploymentView, DeploymentsPage, LogDamagedView, PaginationView, Wrapped,
 };
@@ -164,13 +165,35 @@ fn page_body(
     request: &PageRequest,
     total: u64,
     deployments: &[Deployment],
-) -> Result<axum::response::Response, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     let page = DeploymentsPage::new(
         deployments,
         &state.config.public_url,
         PaginationView::new(request.page, request.per_page, total),
     );
-    views::json_response(&page, page.capacity())
+    let mut bytes = Vec::with_capacity(page.capacity());
+    serde_json::to_writer(&mut bytes, &page)
+        .map_err(|e| ApiError::internal("rendering a response", e))?;
+    Ok(bytes.into())
+}
+
+/// A list page: the rendered one while nothing it shows changed (`api::page_cache`), else
+/// `read` on the blocking pool, rendered and kept. The listing generation is read before the
+/// store is, so a page read across a write is never kept past it.
+async fn cached_page(
+    state: &AppState,
+    request: PageRequest,
+    key: PageKey,
+    read: impl FnOnce(&Store) -> Result<(u64, Vec<Deployment>), StoreError> + Send + 'static,
+) -> Result<axum::response::Response, ApiError> {
+    let generation = state.store.cache().listing_generation();
+    if let Some(body) = state.pages.get(&key, generation) {
+        return Ok(views::json_bytes_response(body));
+    }
+    let (total, deployments) = state.read(read).await?;
+    let body = page_body(state, &request, total, &deployments)?;
+    state.pages.insert(key, body.clone(), generation);
+    Ok(views::json_bytes_response(body))
 }
 
 /// `GET /v1/apps/{app}/deployments?page=&per_page=&status=`.
@@ -183,11 +206,16 @@ pub async fn list(
     let request = parse_page_request(query.as_deref())?;
     let statuses = parse_status_filter(query.as_deref())?;
     let (app, _) = caller.app(&state, &app).await?;
-    let page = request;
-    let (total, deployments) = state
-        .read(move |store| deployments_page(store, &[app.id], false, statuses.as_deref(), &page))
-        .await?;
-    page_body(&state, &request, total, &deployments)
+    let key = PageKey {
+        scope: PageScope::App(app.id),
+        statuses: statuses.clone(),
+        page: request.page,
+        per_page: request.per_page,
+    };
+    cached_page(&state, request, key, move |store| {
+        deployments_page(store, &[app.id], false, statuses.as_deref(), &request)
+    })
+    .await
 }
 
 /// `GET /v1/deployments?page=&per_page=&status=`: the deployments of every app the caller may
@@ -199,23 +227,23 @@ pub async fn list_all(
 ) -> Result<impl IntoResponse, ApiError> {
     let request = parse_page_request(query.as_deref())?;
     let statuses = parse_status_filter(query.as_deref())?;
-    let page = request;
     let user = caller.user;
-    let (total, deployments) = state
-        .read(move |store| {
-            let mut apps = Vec::new();
-            for app in store.all_apps()? {
-                if user.is_admin
-                    || app.owner == user.id
-                    || store.is_collaborator(app.id, user.id)?
-                {
-                    apps.push(app.id);
-                }
+    let key = PageKey {
+        scope: PageScope::Caller(user.id),
+        statuses: statuses.clone(),
+        page: request.page,
+        per_page: request.per_page,
+    };
+    cached_page(&state, request, key, move |store| {
+        let mut apps = Vec::new();
+        for app in store.all_apps()? {
+            if user.is_admin || app.owner == user.id || store.is_collaborator(app.id, user.id)? {
+                apps.push(app.id);
             }
-            deployments_page(store, &apps, user.is_admin, statuses.as_deref(), &page)
-        })
-        .await?;
-    page_body(&state, &request, total, &deployments)
+        }
+        deployments_page(store, &apps, user.is_admin, statuses.as_deref(), &request)
+    })
+    .await
 }
 
 /// Loads a deployment of `app` by id, or 404.

@@ -23,6 +23,7 @@ pub mod notifiers;
 pub mod observe;
 pub mod openapi;
 pub mod output;
+pub mod page_cache;
 pub mod protocol;
 pub mod push;
 pub(crate) mod query;
@@ -74,6 +75,8 @@ pub struct Shared {
     /// The JWTs already verified with `secret` (`auth::JwtMemo`): a client's next request
     /// with the same JWT skips the signature check.
     pub(crate) jwts: crate::auth::JwtMemo,
+    /// Rendered deployment list pages, valid while the store's listing generation stands.
+    pub(crate) pages: page_cache::PageCache,
 }
 
 impl std::ops::Deref for AppState {

@@ -57,6 +57,19 @@ pub(crate) fn json_response_with<T: Serialize>(
         .into_response())
 }
 
+/// A `200` with a JSON body rendered before (`api::page_cache`).
+pub(crate) fn json_bytes_response(body: bytes::Bytes) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// `{"<key>": value}`: the one-key envelope every resource is sent in.
 pub(crate) struct Wrapped<T>(pub &'static str, pub T);
 

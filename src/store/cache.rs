@@ -19,6 +19,7 @@
 //! in [`CACHED_TAGS`], and the writer's hook consults the same list.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -50,6 +51,31 @@ pub const MAX_CACHED_BYTES: usize = 4 * 1024 * 1024;
 /// the two heap allocations' headers, rounded up.
 const ENTRY_OVERHEAD_BYTES: usize = 96;
 
+/// The tags of what a deployment list shows or who may see it: deployment records, the
+/// per-app indexes, counts and count buckets, apps, collaborations and users. A batch writing
+/// any of them bumps the listing generation (`api::page_cache`). Log segments are not among
+/// them: ingest leaves the rendered pages valid.
+pub const LISTING_TAGS: [u8; 9] = [
+    codec::TAG_DEPLOYMENT,
+    codec::TAG_APP_DEPLOYMENT,
+    codec::TAG_APP_STATUS_INDEX,
+    codec::TAG_APP_COUNTS,
+    codec::TAG_COUNT_BUCKET,
+    codec::TAG_ALL_COUNTS,
+    codec::TAG_APP,
+    codec::TAG_COLLABORATOR,
+    codec::TAG_USER,
+];
+
+/// Whether a batch writes anything a deployment list shows ([`LISTING_TAGS`]).
+pub fn touches_listings(ops: &[BatchOp]) -> bool {
+    ops.iter().any(|op| match op {
+        BatchOp::Put(key, _) | BatchOp::Delete(key) => {
+            key.first().is_some_and(|tag| LISTING_TAGS.contains(tag))
+        }
+    })
+}
+
 /// Whether point gets of `key` are cached.
 pub fn is_cached_key(key: &[u8]) -> bool {
     key.first().is_some_and(|tag| CACHED_TAGS.contains(tag))
@@ -59,6 +85,8 @@ pub fn is_cached_key(key: &[u8]) -> bool {
 #[derive(Default)]
 pub struct RecordCache {
     inner: Mutex<Inner>,
+    /// Bumped by the writer after every applied batch that [`touches_listings`].
+    listings: AtomicU64,
 }
 
 #[derive(Default)]
@@ -132,6 +160,18 @@ impl RecordCache {
                 inner.bytes -= entry_cost(key, &value);
             }
         }
+    }
+
+    /// The listing generation: read it before reading a page, stamp the rendered page with it
+    /// (`api::page_cache`).
+    pub fn listing_generation(&self) -> u64 {
+        self.listings.load(Ordering::Acquire)
+    }
+
+    /// The writer's hook, after applying a batch that [`touches_listings`]: every page rendered
+    /// before is stale.
+    pub fn bump_listings(&self) {
+        self.listings.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Number of cached entries and their counted bytes (tests, metrics).

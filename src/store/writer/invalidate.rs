@@ -3,11 +3,15 @@
 //! writes once it is applied, before any caller is answered. That makes the writer the cache's
 //! only invalidator, and a change visible to the very next request.
 //!
+//! The same hook bumps the listing generation after a batch that writes what a deployment
+//! list shows (`store::cache::LISTING_TAGS`), which retires every rendered page
+//! (`api::page_cache`).
+//!
 //! It must not apply a batch any other way than through the engine, nor decide what is
 //! cached (`store::cache::CACHED_TAGS` does).
 
 use super::group::WriterState;
-use crate::store::cache::cached_keys;
+use crate::store::cache::{cached_keys, touches_listings};
 use crate::store::engine::{BatchOp, EngineError};
 
 impl WriterState {
@@ -16,11 +20,15 @@ impl WriterState {
     /// safe).
     pub(super) fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<(), EngineError> {
         let touched = cached_keys(&ops);
+        let listings = touches_listings(&ops);
         let applied = self.engine.apply(ops);
         if !touched.is_empty() {
             self.store
                 .cache()
                 .invalidate(touched.iter().map(|key| &key[..]));
+        }
+        if listings {
+            self.store.cache().bump_listings();
         }
         applied
     }
