@@ -189,6 +189,20 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The server's stderr once it contains `needle`, or as it is after 10 s: the server writes
+    /// its log every few milliseconds (`logging::FLUSH_INTERVAL`), not line by line, so a line
+    /// logged during the last request may not be in the file yet.
+    pub fn log_containing(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM and wait for a graceful exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
