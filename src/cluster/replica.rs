@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::Context;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,11 @@ use crate::model::DeploymentId;
 use crate::store::engine::BatchOp;
 use crate::store::replicate::{applied_key, decode_applied, encode_applied};
 use crate::store::{Store, StoreError};
+
+/// How long [`Replica::catch_up`] and [`Replica::follow`] retry creating their consumer.
+const SUBSCRIBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause between those attempts.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Log files are private to the service's user (as `store::logs` creates them).
 const LOG_FILE_MODE: u32 = 0o600;
@@ -97,7 +103,14 @@ impl Replica {
     /// Applies up to the stream's last sequence at call time, then makes it durable; returns
     /// the applied sequence.
     pub async fn catch_up(&mut self) -> Result<u64, ClusterError> {
-        let target = super::wal::last_sequence(&self.js).await?;
+        let target = super::wal::last_sequence(&self.js)
+            .await
+            .map_err(|err| match err {
+                ClusterError::Unreachable(why) => {
+                    ClusterError::Unreachable(format!("the stream's last sequence: {why}"))
+                }
+                other => other,
+            })?;
         if target < self.applied {
             return Err(ClusterError::Engine(format!(
                 "this data directory has applied the write-ahead stream up to {} but the \
@@ -148,14 +161,28 @@ impl Replica {
         self.applied
     }
 
-    async fn subscribe(
-        &self,
-    ) -> Result<async_nats::jetstream::consumer::pull::Ordered, ClusterError> {
-        let stream = self
-            .js
-            .get_stream(WAL_STREAM)
-            .await
-            .map_err(|err| ClusterError::Unreachable(err.to_string()))?;
+    /// An ordered consumer from the applied sequence + 1, retried while the engine does not
+    /// answer (a server that just died, a stream electing its leader) up to
+    /// [`SUBSCRIBE_DEADLINE`].
+    async fn subscribe(&self) -> Result<Ordered, ClusterError> {
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_DEADLINE;
+        loop {
+            match self.subscribe_once().await {
+                Err(ClusterError::Unreachable(why))
+                    if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::debug!(error = %why, "retrying the write-ahead stream's consumer");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn subscribe_once(&self) -> Result<Ordered, ClusterError> {
+        let stream = self.js.get_stream(WAL_STREAM).await.map_err(|err| {
+            ClusterError::Unreachable(format!("get the stream {WAL_STREAM}: {err}"))
+        })?;
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
@@ -164,11 +191,11 @@ impl Replica {
                 ..Default::default()
             })
             .await
-            .map_err(|err| ClusterError::Unreachable(err.to_string()))?;
+            .map_err(|err| ClusterError::Unreachable(format!("create a consumer: {err}")))?;
         consumer
             .messages()
             .await
-            .map_err(|err| ClusterError::Unreachable(err.to_string()))
+            .map_err(|err| ClusterError::Unreachable(format!("read the consumer: {err}")))
     }
 
     async fn apply_message(

@@ -243,8 +243,9 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
         };
         match err.kind() {
             // A cluster that just started (or lost a server) may still be electing.
-            Kind::TimedOut | Kind::JetStreamUnavailable
-                if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+            Kind::TimedOut | Kind::JetStreamUnavailable | Kind::JetStream(_)
+                if retryable(err.kind())
+                    && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
             {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -253,6 +254,22 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
             }
             _ => return Err(ClusterError::Engine(err.to_string())),
         }
+    }
+}
+
+/// Whether creating the stream may succeed later: JetStream does not answer yet, or a peer
+/// it needs for the replicas is not known to be online yet (a server that just started).
+fn retryable(kind: async_nats::jetstream::context::CreateStreamErrorKind) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    match kind {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(err) => [
+            ErrorCode::CLUSTER_NO_PEERS,
+            ErrorCode::INSUFFICIENT_RESOURCES,
+        ]
+        .contains(&err.error_code()),
+        _ => false,
     }
 }
 
@@ -430,19 +447,36 @@ impl WalWriter {
     }
 }
 
+impl WalWriter {
+    /// Runs `work` to completion from a blocking caller: the writer thread, or a caller on
+    /// the runtime itself (the writer's start-up recovery runs where `Writer::start` is
+    /// called), which gets a scoped thread so the runtime's own thread is never re-entered.
+    fn block_on<T: Send>(&self, work: impl std::future::Future<Output = T> + Send) -> T {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(work);
+        }
+        std::thread::scope(
+            |scope| match scope.spawn(|| self.runtime.block_on(work)).join() {
+                Ok(value) => value,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        )
+    }
+}
+
 impl Replicate for WalWriter {
     fn replicate(&self, entry: Entry<'_>) -> Result<u64, ReplicateError> {
         if self.fenced.is_cancelled() {
             return Err(ReplicateError::Fenced("this node was fenced before".into()));
         }
-        self.runtime.block_on(self.replicate_async(entry))
+        self.block_on(self.replicate_async(entry))
     }
 
     fn probe(&self) -> Result<(), ReplicateError> {
         if self.fenced.is_cancelled() {
             return Err(ReplicateError::Fenced("this node was fenced before".into()));
         }
-        self.runtime.block_on(self.probe_async())
+        self.block_on(self.probe_async())
     }
 }
 
