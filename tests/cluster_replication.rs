@@ -513,3 +513,63 @@ async fn killing_one_of_three_nats_servers_loses_no_acknowledged_entry() {
     }
     assert_same(&store, &replica, &[deployment.id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_stream_another_writer_appended_to_latches_and_says_it_is_fenced() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let (client, js) = connect(&cluster).await;
+    ensure_stream(&js, 3).await.expect("stream");
+    let max = client.server_info().max_payload;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fenced = CancellationToken::new();
+    let old = WalWriter::new(
+        js.clone(),
+        "old".into(),
+        1,
+        0,
+        max,
+        tokio::runtime::Handle::current(),
+        fenced.clone(),
+    );
+    let store = leader_store(local_store(dir.path()), old);
+    let (writer, _, thread) =
+        Writer::start(store.clone(), Arc::new(Hub::default())).expect("writer");
+    let (owner, token) = user("owner");
+    writer
+        .create_user(owner.clone(), token, [1; 32])
+        .await
+        .expect("user");
+    // A new leader took over and appended.
+    let new = wal(&js, "new", 2, last_sequence(&js).await.expect("last"), max);
+    let ops = vec![BatchOp::Put(b"new".to_vec(), "leader".into())];
+    tokio::task::spawn_blocking(move || new.replicate(Entry::Ops(&ops)))
+        .await
+        .expect("task")
+        .expect("the new leader appends");
+    let end = last_sequence(&js).await.expect("last");
+
+    let refused = writer.create_app(app("late", owner.id)).await;
+    assert!(
+        matches!(refused, Err(WriteError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(fenced.is_cancelled(), "the node is told to stop");
+    assert!(
+        matches!(
+            writer.health(),
+            deployd::store::writer::Health::Latched { ref reason } if reason.contains("fenced")
+        ),
+        "{:?}",
+        writer.health()
+    );
+    assert_eq!(
+        last_sequence(&js).await.expect("last"),
+        end,
+        "it appended nothing"
+    );
+    assert!(store.app_by_name("late").expect("read").is_none());
+    drop(writer);
+    thread.join().expect("writer thread");
+}

@@ -355,3 +355,148 @@ impl Applier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::wal::{encode, Blob, WireOp};
+    use crate::store::engine::MemoryEngine;
+    use crate::store::logs::LogFiles;
+
+    fn applier(dir: &std::path::Path) -> Applier {
+        Applier {
+            local: Store::new(
+                Arc::new(MemoryEngine::default()),
+                LogFiles::open(dir).expect("logs"),
+            ),
+            applied: 0,
+            pending: None,
+            dirty: HashMap::new(),
+            created: false,
+            unsynced: false,
+        }
+    }
+
+    fn ops(batch: u64, part: u32, last: bool, key: &[u8]) -> Vec<u8> {
+        encode(&WalEntry::Ops {
+            batch,
+            part,
+            last,
+            ops: vec![WireOp::Put(Blob(key.to_vec()), Blob(b"v".to_vec()))],
+        })
+        .expect("encode")
+        .to_vec()
+    }
+
+    fn has(applier: &Applier, key: &[u8]) -> bool {
+        applier.local.engine().get(key).expect("get").is_some()
+    }
+
+    fn persisted(applier: &Applier) -> Option<u64> {
+        applier
+            .local
+            .engine()
+            .get(&applied_key())
+            .expect("get")
+            .and_then(|v| decode_applied(&v))
+    }
+
+    #[test]
+    fn a_message_out_of_sequence_is_a_gap_and_applies_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut applier = applier(dir.path());
+        applier.apply(1, &ops(0, 0, true, b"a")).expect("first");
+        let err = applier.apply(3, &ops(1, 0, true, b"b")).expect_err("gap");
+        assert!(
+            matches!(
+                err,
+                ClusterError::Gap {
+                    expected: 2,
+                    got: 3
+                }
+            ),
+            "{err}"
+        );
+        let again = applier
+            .apply(1, &ops(1, 0, true, b"b"))
+            .expect_err("double");
+        assert!(matches!(
+            again,
+            ClusterError::Gap {
+                expected: 2,
+                got: 1
+            }
+        ));
+        assert!(!has(&applier, b"b"));
+        assert_eq!((applier.applied, persisted(&applier)), (1, Some(1)));
+    }
+
+    #[test]
+    fn a_batch_in_parts_is_applied_only_when_its_last_part_arrives_with_its_sequence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut applier = applier(dir.path());
+        applier.apply(1, &ops(4, 0, false, b"a")).expect("part 0");
+        applier.apply(2, &ops(4, 1, false, b"b")).expect("part 1");
+        assert!(!has(&applier, b"a") && !has(&applier, b"b"));
+        assert_eq!(persisted(&applier), None);
+        applier.apply(3, &ops(4, 2, true, b"c")).expect("last part");
+        assert!(has(&applier, b"a") && has(&applier, b"b") && has(&applier, b"c"));
+        assert_eq!(persisted(&applier), Some(3));
+    }
+
+    #[test]
+    fn an_unfinished_batch_is_dropped_when_another_batch_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut applier = applier(dir.path());
+        applier
+            .apply(1, &ops(4, 0, false, b"lost"))
+            .expect("part 0");
+        applier
+            .apply(2, &ops(5, 0, true, b"kept"))
+            .expect("new batch");
+        // A late part of the dropped batch can never make it whole.
+        applier
+            .apply(3, &ops(4, 1, true, b"late"))
+            .expect("stray part");
+        assert!(has(&applier, b"kept"));
+        assert!(!has(&applier, b"lost") && !has(&applier, b"late"));
+        assert_eq!((applier.applied, persisted(&applier)), (3, Some(2)));
+    }
+
+    #[test]
+    fn log_writes_land_at_their_offsets_idempotently_and_remove_logs_deletes_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut applier = applier(dir.path());
+        let id = DeploymentId::generate();
+        let logs = |appends: Vec<(u64, &[u8])>| {
+            encode(&WalEntry::Logs {
+                appends: appends
+                    .into_iter()
+                    .map(|(offset, bytes)| (*id.as_bytes(), offset, Blob(bytes.to_vec())))
+                    .collect(),
+            })
+            .expect("encode")
+            .to_vec()
+        };
+        applier
+            .apply(1, &logs(vec![(0, b"hello "), (6, b"world")]))
+            .expect("logs");
+        // A replay of the same write, then a rewrite of an orphaned tail.
+        applier.apply(2, &logs(vec![(6, b"world")])).expect("again");
+        applier
+            .apply(3, &logs(vec![(6, b"there")]))
+            .expect("rewrite");
+        applier.flush().expect("flush");
+        let path = applier.local.logs().path(id);
+        assert_eq!(std::fs::read(&path).expect("read"), b"hello there");
+        let remove = encode(&WalEntry::RemoveLogs {
+            ids: vec![*id.as_bytes()],
+        })
+        .expect("encode");
+        applier.apply(4, &remove).expect("remove");
+        assert!(!path.exists());
+        assert_eq!(applier.applied, 4);
+    }
+}
