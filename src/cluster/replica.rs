@@ -123,14 +123,8 @@ impl Replica {
         if target > self.applied {
             let mut messages = self.subscribe().await?;
             while self.applied < target {
-                match messages.next().await {
-                    Some(message) => self.apply_message(message).await?,
-                    None => {
-                        return Err(ClusterError::Unreachable(
-                            "the stream's consumer ended".into(),
-                        ))
-                    }
-                }
+                let message = self.next(&mut messages).await?;
+                self.apply_message(message).await?;
             }
         }
         self.blocking(|applier| applier.flush()).await?;
@@ -144,14 +138,15 @@ impl Replica {
         let result = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
-                message = messages.next() => match message {
-                    Some(message) => {
-                        if let Err(err) = self.apply_message(message).await {
-                            break Err(err);
-                        }
+                message = self.next(&mut messages) => {
+                    let applied = match message {
+                        Ok(message) => self.apply_message(message).await,
+                        Err(err) => Err(err),
+                    };
+                    if let Err(err) = applied {
+                        break Err(err);
                     }
-                    None => break Err(ClusterError::Unreachable("the stream's consumer ended".into())),
-                },
+                }
             }
         };
         let flushed = self.blocking(|applier| applier.flush()).await;
@@ -161,6 +156,30 @@ impl Replica {
     /// The last stream sequence applied to the local store.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The next message of `messages`; when the consumer fails or ends (the ordered
+    /// consumer's own recovery gave up: a server died, the stream moved its leader), a new
+    /// one from the applied sequence + 1 replaces it, so nothing is skipped or applied twice.
+    async fn next(
+        &self,
+        messages: &mut Ordered,
+    ) -> Result<async_nats::jetstream::Message, ClusterError> {
+        loop {
+            match messages.next().await {
+                Some(Ok(message)) => return Ok(message),
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, applied = self.applied,
+                        "the write-ahead stream's consumer failed; reading again from the applied sequence");
+                }
+                None => {
+                    tracing::warn!(applied = self.applied,
+                        "the write-ahead stream's consumer ended; reading again from the applied sequence");
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+            *messages = self.subscribe().await?;
+        }
     }
 
     /// An ordered consumer from the applied sequence + 1, retried while the engine does not
@@ -202,12 +221,8 @@ impl Replica {
 
     async fn apply_message(
         &mut self,
-        message: Result<
-            async_nats::jetstream::Message,
-            async_nats::jetstream::consumer::pull::OrderedError,
-        >,
+        message: async_nats::jetstream::Message,
     ) -> Result<(), ClusterError> {
-        let message = message.map_err(|err| ClusterError::Unreachable(err.to_string()))?;
         let (seq, caught_up) = {
             let info = message.info().map_err(|err| {
                 ClusterError::Engine(format!("a message without metadata: {err}"))

@@ -199,6 +199,9 @@ impl WriterState {
         super::counts::resolve(&self.store, counts, &mut group.ops)
             .map_err(|err| CommitFailure::EngineApply(EngineError(err.to_string())))?;
         if let Some(replication) = self.store.replication() {
+            // A failure left by an apply outside a group (recovery, prune) must not be taken
+            // for this group's.
+            replication.take_failure();
             // Cluster mode: the log text goes to the write-ahead stream before it is written
             // here, as it is written here before the index (`store::replicate`).
             if !group.appends.is_empty() {
