@@ -328,7 +328,21 @@ async fn a_write_while_every_nats_server_is_down_fails_as_unavailable_and_the_wr
         cluster.restart(i);
     }
     leader.wait_ready().await;
-    let after = leader.app("after").await;
+    // The writer takes writes again once the stream answers; a stream that just got its
+    // leader back may still refuse a first append for a moment (503 again, nothing stored).
+    let after = app("after", leader.user.id);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match leader.writer.create_app(after.clone()).await {
+            Ok(()) => break,
+            Err(WriteError::Unavailable(why)) if Instant::now() < deadline => {
+                eprintln!("retrying after a refusal: {why}");
+                leader.wait_ready().await;
+            }
+            Err(err) => panic!("the writer did not resume: {err}"),
+        }
+    }
+    let after = after.id;
     let store = leader.stop();
     let replica_dir = tempfile::tempdir().expect("tempdir");
     let (replica, _) = caught_up_replica(&js, replica_dir.path()).await;
@@ -475,18 +489,7 @@ async fn killing_one_of_three_nats_servers_loses_no_acknowledged_entry() {
     for i in 0..120 {
         if i == 40 {
             // The stream's leader, where the appends land first.
-            let mut stream = js
-                .get_stream(deployd::cluster::WAL_STREAM)
-                .await
-                .expect("stream");
-            let info = stream.info().await.expect("info");
-            let name = info
-                .cluster
-                .as_ref()
-                .and_then(|c| c.leader.clone())
-                .expect("a stream leader");
-            let index: usize = name.trim_start_matches('n').parse().expect("server name");
-            cluster.kill(index);
+            kill_stream_leader(&js, &mut cluster).await;
         }
         let text = format!("line {i}");
         match leader
@@ -572,4 +575,82 @@ async fn a_leader_whose_stream_another_writer_appended_to_latches_and_says_it_is
     assert!(store.app_by_name("late").expect("read").is_none());
     drop(writer);
     thread.join().expect("writer thread");
+}
+
+/// Kills the nats-server that leads the write-ahead stream; returns its index.
+async fn kill_stream_leader(js: &Context, cluster: &mut NatsCluster) -> usize {
+    let mut stream = js
+        .get_stream(deployd::cluster::WAL_STREAM)
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("info");
+    let name = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a stream leader");
+    let index: usize = name.trim_start_matches('n').parse().expect("server name");
+    cluster.kill(index);
+    index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_replica_keeps_applying_across_the_kill_of_the_stream_leader() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let (client, js) = connect(&cluster).await;
+    ensure_stream(&js, 3).await.expect("stream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leader = Leader::start(&js, dir.path(), client.server_info().max_payload).await;
+    let app = leader.app("app").await;
+    let deployment = leader.deploy(app).await;
+
+    let replica_dir = tempfile::tempdir().expect("tempdir");
+    let replica_store = local_store(replica_dir.path());
+    let mut replica = Replica::open(js.clone(), replica_store.clone()).expect("open");
+    let stop = CancellationToken::new();
+    let following = tokio::spawn({
+        let stop = stop.clone();
+        async move { replica.follow(stop).await }
+    });
+    for i in 0..60 {
+        if i == 20 {
+            kill_stream_leader(&js, &mut cluster).await;
+        }
+        match leader
+            .writer
+            .append(deployment.id, vec![NewLine::stdout(format!("line {i}"))])
+            .await
+        {
+            Ok(_) => {}
+            Err(WriteError::Unavailable(_)) => leader.wait_ready().await,
+            Err(err) => panic!("append {i}: {err}"),
+        }
+    }
+    let end = last_sequence(&js).await.expect("last");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let persisted = replica_store
+            .meta(APPLIED_META)
+            .expect("meta")
+            .map(|v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+        if persisted == Some(end) {
+            break;
+        }
+        assert!(
+            !following.is_finished(),
+            "the follow ended: {:?}",
+            following.await
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the replica stopped at {persisted:?} of {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    following.await.expect("task").expect("follow");
+    let store = leader.stop();
+    assert_same(&store, &replica_store, &[deployment.id]);
 }
