@@ -187,6 +187,15 @@ pub fn router(view: Arc<NodeView>) -> Router {
         .with_state(view)
 }
 
+/// The leader's router: the single-node `api` router, with `/healthz` answered with the
+/// node's role (its `/readyz` is the single node's: the writer's health is what matters).
+pub fn leader_router(view: Arc<NodeView>, api: Router) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(view)
+        .fallback_service(api)
+}
+
 /// 503 `{"error": message}` with `Retry-After`.
 fn unavailable(message: &str) -> Response {
     let mut response = (

@@ -213,8 +213,8 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
             return fail(&error);
         }
     };
-    switch.set(core.router());
     view.set_role(Role::Leader);
+    switch.set(forward::leader_router(view.clone(), core.router()));
     tracing::info!(node = %cluster.node_id, term, applied, "leading the cluster");
 
     tokio::select! {
@@ -226,6 +226,8 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
             sessions.cancelled().await;
             node_stop.cancel();
             let _ = serving.await;
+            // The switch holds the last router clone: the writer drains only once it is gone.
+            switch.set(forward::router(view.clone()));
             core.finish().await;
             // Only after the last commit: a follower taking over at once sees all of it.
             held.release().await;
