@@ -243,8 +243,9 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
         };
         match err.kind() {
             // A cluster that just started (or lost a server) may still be electing.
-            Kind::TimedOut | Kind::JetStreamUnavailable
-                if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+            Kind::TimedOut | Kind::JetStreamUnavailable | Kind::JetStream(_)
+                if retryable(err.kind())
+                    && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
             {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -253,6 +254,22 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
             }
             _ => return Err(ClusterError::Engine(err.to_string())),
         }
+    }
+}
+
+/// Whether creating the stream may succeed later: JetStream does not answer yet, or a peer
+/// it needs for the replicas is not known to be online yet (a server that just started).
+fn retryable(kind: async_nats::jetstream::context::CreateStreamErrorKind) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    match kind {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(err) => [
+            ErrorCode::CLUSTER_NO_PEERS,
+            ErrorCode::INSUFFICIENT_RESOURCES,
+        ]
+        .contains(&err.error_code()),
+        _ => false,
     }
 }
 
@@ -430,23 +447,132 @@ impl WalWriter {
     }
 }
 
+impl WalWriter {
+    /// Runs `work` to completion from a blocking caller: the writer thread, or a caller on
+    /// the runtime itself (the writer's start-up recovery runs where `Writer::start` is
+    /// called), which gets a scoped thread so the runtime's own thread is never re-entered.
+    fn block_on<T: Send>(&self, work: impl std::future::Future<Output = T> + Send) -> T {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(work);
+        }
+        std::thread::scope(
+            |scope| match scope.spawn(|| self.runtime.block_on(work)).join() {
+                Ok(value) => value,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        )
+    }
+}
+
 impl Replicate for WalWriter {
     fn replicate(&self, entry: Entry<'_>) -> Result<u64, ReplicateError> {
         if self.fenced.is_cancelled() {
             return Err(ReplicateError::Fenced("this node was fenced before".into()));
         }
-        self.runtime.block_on(self.replicate_async(entry))
+        self.block_on(self.replicate_async(entry))
     }
 
     fn probe(&self) -> Result<(), ReplicateError> {
         if self.fenced.is_cancelled() {
             return Err(ReplicateError::Fenced("this node was fenced before".into()));
         }
-        self.runtime.block_on(self.probe_async())
+        self.block_on(self.probe_async())
     }
 }
 
 /// The leader's store: the same local sled + log files, whose writes go to the WAL first.
 pub fn leader_store(local: Store, wal: Arc<WalWriter>) -> Store {
     local.replicated(wal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeploymentId;
+
+    fn size(entry: &WalEntry) -> usize {
+        encode(entry).expect("encode").len()
+    }
+
+    #[test]
+    fn split_entries_fit_the_budget_and_decode_to_what_was_split() {
+        const BUDGET: usize = 8 * 1024;
+        let a = DeploymentId::generate();
+        let b = DeploymentId::generate();
+        let big = vec![b'x'; 50_000];
+        let small = b"hello".to_vec();
+        let appends = [(a, 100, &big[..]), (b, 0, &small[..]), (a, 50_100, &[][..])];
+        let messages = split(Entry::Logs(&appends), BUDGET, 0).expect("split");
+        assert!(messages.len() > 6);
+        let mut rebuilt: Vec<([u8; 16], u64, Vec<u8>)> = Vec::new();
+        for message in &messages {
+            assert!(size(message) <= BUDGET, "{} > {BUDGET}", size(message));
+            assert_eq!(
+                decode(&encode(message).expect("encode")).expect("decode"),
+                *message
+            );
+            let WalEntry::Logs { appends } = message else {
+                panic!("not logs");
+            };
+            for (id, offset, bytes) in appends {
+                match rebuilt.last_mut() {
+                    Some((last, end, run)) if last == id && *end + run.len() as u64 == *offset => {
+                        run.extend_from_slice(&bytes.0)
+                    }
+                    _ => rebuilt.push((*id, *offset, bytes.0.clone())),
+                }
+            }
+        }
+        assert_eq!(
+            rebuilt,
+            vec![
+                (*a.as_bytes(), 100, big.clone()),
+                (*b.as_bytes(), 0, small),
+                (*a.as_bytes(), 50_100, Vec::new()),
+            ]
+        );
+
+        let ops: Vec<BatchOp> = (0..300u32)
+            .map(|i| BatchOp::Put(i.to_be_bytes().to_vec(), vec![1; 100].into()))
+            .chain([BatchOp::Delete(b"gone".to_vec())])
+            .collect();
+        let parts = split(Entry::Ops(&ops), BUDGET, 9).expect("split");
+        assert!(parts.len() > 3);
+        let mut all = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(size(part) <= BUDGET);
+            let WalEntry::Ops {
+                batch,
+                part: index,
+                last,
+                ops,
+            } = decode(&encode(part).expect("encode")).expect("decode")
+            else {
+                panic!("not ops");
+            };
+            assert_eq!((batch, index as usize, last), (9, i, i + 1 == parts.len()));
+            all.extend(ops.into_iter().map(WireOp::into_op));
+        }
+        assert_eq!(format!("{all:?}"), format!("{ops:?}"));
+    }
+
+    #[test]
+    fn one_op_larger_than_a_message_is_refused_rather_than_cut() {
+        let ops = [BatchOp::Put(b"k".to_vec(), vec![0; 10_000].into())];
+        assert!(matches!(
+            split(Entry::Ops(&ops), 4096, 0),
+            Err(ClusterError::Codec(_))
+        ));
+    }
+
+    #[test]
+    fn an_entry_of_an_unknown_format_version_is_refused() {
+        let mut payload = encode(&WalEntry::RemoveLogs { ids: vec![[1; 16]] })
+            .expect("encode")
+            .to_vec();
+        payload[0] = ENTRY_VERSION + 1;
+        let err = decode(&payload).expect_err("unknown version");
+        assert!(err.to_string().contains("not known"), "{err}");
+        assert!(decode(&[]).is_err());
+    }
 }

@@ -337,6 +337,14 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_write_ahead_stream_is_transient_and_a_fenced_or_rejected_write_latches() {
+        let failure = |err| CommitFailure::Replicate(err);
+        assert!(failure(ReplicateError::Unavailable("down".into())).is_transient());
+        assert!(!failure(ReplicateError::Fenced("deposed".into())).is_transient());
+        assert!(!failure(ReplicateError::Rejected("too large".into())).is_transient());
+    }
+
+    #[test]
     fn probe_reasons_do_not_pile_up() {
         assert_eq!(head("a; last probe: b"), "a");
         assert_eq!(head("a"), "a");
