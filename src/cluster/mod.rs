@@ -32,3 +32,4 @@ pub const FILES_BUCKET: &str = "deployd_files";
 /// The local meta record (never replicated) holding the last stream sequence applied to this
 /// node's store.
 pub const APPLIED_META: &str = "cluster-applied-seq";
+pub mod files;

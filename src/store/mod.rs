@@ -99,6 +99,9 @@ pub struct Store {
     logs: Arc<logs::LogFiles>,
     /// The named records' point gets (`cache`), shared by every clone.
     cache: Arc<cache::RecordCache>,
+    /// Cluster mode's leader: where files the records refer to are replicated
+    /// (`cluster::files`); `None` on a single node.
+    files: Option<Arc<dyn crate::cluster::files::ReplicateFiles>>,
 }
 
 impl Store {
@@ -107,7 +110,20 @@ impl Store {
             engine,
             logs: Arc::new(logs),
             cache: Arc::default(),
+            files: None,
         }
+    }
+
+    /// This store with the hook that replicates files (cluster mode's leader): the call sites
+    /// that write or remove sources, images and caches reach it through [`Store::files`].
+    pub fn with_files(mut self, files: Arc<dyn crate::cluster::files::ReplicateFiles>) -> Self {
+        self.files = Some(files);
+        self
+    }
+
+    /// The files hook, if this node replicates its files (`None` on a single node).
+    pub fn files(&self) -> Option<&Arc<dyn crate::cluster::files::ReplicateFiles>> {
+        self.files.as_ref()
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
