@@ -8,6 +8,9 @@
 //! turns on for `tests/` and `benches/`): nothing in the service may depend on it. It must not
 //! touch the store, the hub or the API; harnesses that start a server live in `tests/common`.
 
+#[path = "testing_nats.rs"]
+pub mod nats;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;

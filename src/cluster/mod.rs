@@ -15,7 +15,16 @@
 //! Files that are not in the store (uploaded sources, kept images, build caches) go to the
 //! object store bucket [`FILES_BUCKET`], mirrored by every node.
 //!
+//! Parts: [`error`] (the cluster's errors), [`wal`] (the stream and the leader's appends),
+//! [`replica`] (applying the stream into a local store).
+//!
 //! This module never decides a status, a line number or a queue position: the writer does.
+
+pub mod error;
+pub mod replica;
+pub mod wal;
+
+pub use error::ClusterError;
 
 /// The write-ahead stream: every write of the leader's writer, in commit order.
 pub const WAL_STREAM: &str = "DEPLOYD_WAL";

@@ -192,6 +192,7 @@ impl Store {
             engine: NO_ENGINE.get_or_init(|| Arc::new(NoEngine)).clone(),
             logs: self.logs.clone(),
             cache: self.cache.clone(),
+            replication: self.replication.clone(),
             files: self.files.clone(),
         }
     }

@@ -21,6 +21,7 @@ pub mod events;
 pub mod faults;
 mod index;
 pub mod logs;
+pub mod replicate;
 pub mod timeline_codec;
 mod timeline_reads;
 pub mod writer;
@@ -99,6 +100,9 @@ pub struct Store {
     logs: Arc<logs::LogFiles>,
     /// The named records' point gets (`cache`), shared by every clone.
     cache: Arc<cache::RecordCache>,
+    /// Cluster mode's leader: where every write goes before it is applied here (`replicate`);
+    /// `None` for a single node and for replicas.
+    replication: Option<Arc<replicate::Replication>>,
     /// Cluster mode's leader: where files the records refer to are replicated
     /// (`cluster::files`); `None` on a single node.
     files: Option<Arc<dyn crate::cluster::files::ReplicateFiles>>,
@@ -110,6 +114,7 @@ impl Store {
             engine,
             logs: Arc::new(logs),
             cache: Arc::default(),
+            replication: None,
             files: None,
         }
     }
@@ -124,6 +129,28 @@ impl Store {
     /// The files hook, if this node replicates its files (`None` on a single node).
     pub fn files(&self) -> Option<&Arc<dyn crate::cluster::files::ReplicateFiles>> {
         self.files.as_ref()
+    }
+
+    /// The same local engine and log files, with every write replicated to `target` before it
+    /// is applied (cluster mode's leader, see `replicate`). A fresh record cache: the store it
+    /// comes from must no longer be written.
+    pub fn replicated(&self, target: Arc<dyn replicate::Replicate>) -> Store {
+        let replication = Arc::new(replicate::Replication::new(target));
+        Self {
+            engine: Arc::new(replicate::ReplicatedEngine::new(
+                self.engine.clone(),
+                replication.clone(),
+            )),
+            logs: self.logs.clone(),
+            cache: Arc::default(),
+            replication: Some(replication),
+            files: self.files.clone(),
+        }
+    }
+
+    /// Where this store's writes are replicated, if anywhere.
+    pub fn replication(&self) -> Option<&Arc<replicate::Replication>> {
+        self.replication.as_ref()
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {

