@@ -47,6 +47,10 @@ const MIRROR_RETRY: Duration = Duration::from_secs(1);
 /// hashing a file never holds much of it.
 const HASH_BUFFER_BYTES: usize = 64 * 1024;
 
+/// How many versions of one object the mirror tries to copy before giving up on it for now (a
+/// version replaced mid-copy is copied again; more than a few means it changes constantly).
+const COPY_ATTEMPTS: usize = 3;
+
 /// A failure to replicate a file.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -418,12 +422,30 @@ pub struct MirrorCounts {
 #[derive(Clone)]
 pub struct Mirror {
     bucket: ObjectStore,
+    /// The bucket's stream, to read an object's chunks one by one.
+    stream: async_nats::jetstream::stream::Stream,
     data_dir: PathBuf,
 }
 
 impl Mirror {
-    pub fn new(bucket: ObjectStore, data_dir: PathBuf) -> Self {
-        Self { bucket, data_dir }
+    /// The mirror of the bucket (created by [`ensure_bucket`] first) into `data_dir`.
+    pub async fn open(
+        js: &async_nats::jetstream::Context,
+        data_dir: PathBuf,
+    ) -> Result<Self, FilesError> {
+        let bucket = js
+            .get_object_store(FILES_BUCKET)
+            .await
+            .map_err(|err| FilesError::engine("opening the bucket", err))?;
+        let stream = js
+            .get_stream(format!("OBJ_{FILES_BUCKET}"))
+            .await
+            .map_err(|err| FilesError::engine("opening the bucket's stream", err))?;
+        Ok(Self {
+            bucket,
+            stream,
+            data_dir,
+        })
     }
 
     /// Brings the data directory in line with the bucket once: writes what is missing or
@@ -507,16 +529,37 @@ impl Mirror {
     }
 
     /// Makes `path` hold the object `info` names (its current version); false when it already
-    /// did. An object deleted meanwhile is skipped (its delete follows in the watch).
+    /// did, or when the object was deleted meanwhile (its delete follows in the watch). A
+    /// version replaced during the copy is copied again in its new version.
     async fn apply(&self, info: &ObjectInfo, path: &Path) -> Result<bool, FilesError> {
-        if same_content(path, info).await {
-            return Ok(false);
+        let mut info = info.clone();
+        for _ in 0..COPY_ATTEMPTS {
+            if same_content(path, &info).await {
+                return Ok(false);
+            }
+            match self.copy(&info, path).await {
+                Ok(()) => return Ok(true),
+                Err(err) => match self.bucket.info(&info.name).await {
+                    Ok(now) if now.nuid != info.nuid && !now.deleted => info = now,
+                    Ok(now) if now.deleted => return Ok(false),
+                    Err(gone) if gone.kind() == object_store::InfoErrorKind::NotFound => {
+                        return Ok(false)
+                    }
+                    _ => return Err(err),
+                },
+            }
         }
-        let mut object = match self.bucket.get(&info.name).await {
-            Ok(object) => object,
-            Err(err) if err.kind() == object_store::GetErrorKind::NotFound => return Ok(false),
-            Err(err) => return Err(FilesError::engine("reading an object", err)),
-        };
+        Err(FilesError::engine(
+            "reading an object",
+            format!("{} kept changing during the copy", info.name),
+        ))
+    }
+
+    /// Copies one version of an object into `path`: its chunks fetched one at a time from the
+    /// stream leader (a push consumer would buffer the whole object when the disk is slower
+    /// than the network), checked against the size and digest, written to a temporary file
+    /// that is synced and renamed over `path`.
+    async fn copy(&self, info: &ObjectInfo, path: &Path) -> Result<(), FilesError> {
         let parent = path
             .parent()
             .ok_or_else(|| FilesError::BadName(info.name.clone()))?;
@@ -524,29 +567,56 @@ impl Mirror {
             .await
             .map_err(FilesError::io("creating", parent))?;
         let temporary = parent.join(format!(".mirror-{}", uuid::Uuid::now_v7()));
-        let written: Result<(), FilesError> = async {
-            let mut file = tokio::fs::File::create(&temporary)
+        let written = self.copy_to(info, &temporary).await;
+        let renamed = match written {
+            Ok(()) => tokio::fs::rename(&temporary, path)
                 .await
-                .map_err(FilesError::io("creating", &temporary))?;
-            // The object checks its digest as its last chunk arrives: a corrupt copy fails here.
-            tokio::io::copy(&mut object, &mut file)
-                .await
-                .map_err(|err| FilesError::engine("reading an object", err))?;
-            file.flush()
-                .await
-                .map_err(FilesError::io("writing", &temporary))?;
-            file.sync_all()
-                .await
-                .map_err(FilesError::io("syncing", &temporary))?;
-            tokio::fs::rename(&temporary, path)
-                .await
-                .map_err(FilesError::io("renaming into", path))
-        }
-        .await;
-        if written.is_err() {
+                .map_err(FilesError::io("renaming into", path)),
+            Err(err) => Err(err),
+        };
+        if renamed.is_err() {
             let _ = tokio::fs::remove_file(&temporary).await;
         }
-        written.map(|()| true)
+        renamed
+    }
+
+    async fn copy_to(&self, info: &ObjectInfo, temporary: &Path) -> Result<(), FilesError> {
+        let subject = format!("$O.{FILES_BUCKET}.C.{}", info.nuid);
+        let mut file = tokio::fs::File::create(temporary)
+            .await
+            .map_err(FilesError::io("creating", temporary))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0usize;
+        let mut next = 1;
+        for _ in 0..info.chunks {
+            let chunk = self
+                .stream
+                .get_first_raw_message_by_subject(&subject, next)
+                .await
+                .map_err(|err| FilesError::engine("reading a chunk", err))?;
+            next = chunk.sequence + 1;
+            hasher.update(&chunk.payload);
+            size += chunk.payload.len();
+            file.write_all(&chunk.payload)
+                .await
+                .map_err(FilesError::io("writing", temporary))?;
+        }
+        let digest = format!(
+            "SHA-256={}",
+            base64::engine::general_purpose::URL_SAFE.encode(hasher.finalize())
+        );
+        if size != info.size || info.digest.as_ref().is_some_and(|d| *d != digest) {
+            return Err(FilesError::engine(
+                "reading an object",
+                format!("{} does not match its size and digest", info.name),
+            ));
+        }
+        file.flush()
+            .await
+            .map_err(FilesError::io("writing", temporary))?;
+        file.sync_all()
+            .await
+            .map_err(FilesError::io("syncing", temporary))
     }
 }
 
@@ -574,8 +644,13 @@ async fn remove_local(data_dir: &Path, path: &Path) -> Result<(), FilesError> {
 }
 
 /// Follows the bucket into `data_dir` until `stop` (see [`Mirror::run`]).
-pub async fn mirror(bucket: ObjectStore, data_dir: PathBuf, stop: CancellationToken) {
-    Mirror::new(bucket, data_dir).run(stop).await;
+pub async fn mirror(
+    js: &async_nats::jetstream::Context,
+    data_dir: PathBuf,
+    stop: CancellationToken,
+) -> Result<(), FilesError> {
+    Mirror::open(js, data_dir).await?.run(stop).await;
+    Ok(())
 }
 
 #[cfg(test)]

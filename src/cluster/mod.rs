@@ -21,6 +21,7 @@
 //! This module never decides a status, a line number or a queue position: the writer does.
 
 pub mod error;
+pub mod files;
 pub mod replica;
 pub mod wal;
 
@@ -41,4 +42,3 @@ pub const FILES_BUCKET: &str = "deployd_files";
 /// The local meta record (never replicated) holding the last stream sequence applied to this
 /// node's store.
 pub const APPLIED_META: &str = "cluster-applied-seq";
-pub mod files;
