@@ -265,7 +265,7 @@ async fn same_content(path: &Path, info: &ObjectInfo) -> bool {
 
 /// The files under `dir` (recursively), as object names relative to `data_dir`; symlinks and
 /// other non-regular files are skipped (a build cache's links are not content).
-async fn files_under(data_dir: &Path, dir: &Path) -> Result<Vec<String>, FilesError> {
+pub(crate) async fn files_under(data_dir: &Path, dir: &Path) -> Result<Vec<String>, FilesError> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
