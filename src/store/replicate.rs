@@ -21,7 +21,7 @@ pub enum Entry<'a> {
 }
 
 /// Why a write could not be replicated.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicateError {
     /// The replication target is unreachable now: nothing of the write is relied on, it may
     /// succeed later (the writer's transient failure).
@@ -30,6 +30,10 @@ pub enum ReplicateError {
     /// Another node is the writer now: this one must stop writing for good.
     #[error("replication fenced: {0}")]
     Fenced(String),
+    /// The target refused this write for what it is (too large, not encodable): retrying
+    /// cannot help, and nothing says another writer exists.
+    #[error("replication refused the write: {0}")]
+    Rejected(String),
 }
 
 /// Where the writer's writes go before they are applied locally. Blocking: called from the

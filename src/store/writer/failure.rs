@@ -27,6 +27,7 @@ use super::WriteError;
 use crate::model::DeploymentId;
 use crate::store::engine::EngineError;
 use crate::store::logs::LogError;
+use crate::store::replicate::ReplicateError;
 use crate::store::StoreError;
 
 /// The first wait before probing the store again after a transient failure.
@@ -57,6 +58,9 @@ pub(super) enum CommitFailure {
     EngineApply(EngineError),
     #[error("engine sync: {0}")]
     EngineSync(EngineError),
+    /// Cluster mode: the write-ahead stream did not take the group (`store::replicate`).
+    #[error(transparent)]
+    Replicate(ReplicateError),
 }
 
 impl CommitFailure {
@@ -69,6 +73,9 @@ impl CommitFailure {
                 errno.is_some_and(|code| TRANSIENT_ERRNOS.contains(&code))
             }
             CommitFailure::EngineApply(_) | CommitFailure::EngineSync(_) => false,
+            // Nothing of the group reached the local store, and the stream refuses any later
+            // append that does not follow what it holds: it can clear with nothing lost.
+            CommitFailure::Replicate(err) => matches!(err, ReplicateError::Unavailable(_)),
         }
     }
 }
@@ -234,8 +241,25 @@ impl WriterState {
         if now < *probe_at {
             return Some((*probe_at - now).min(FAILING_POLL));
         }
-        match self.logs.probe() {
-            Ok(()) => {
+        let probed = self
+            .logs
+            .probe()
+            .map_err(|err| err.to_string())
+            .and_then(|()| match self.store.replication() {
+                Some(replication) => match replication.target().probe() {
+                    Err(ReplicateError::Unavailable(why)) => Err(why),
+                    other => Ok(other),
+                },
+                None => Ok(Ok(())),
+            });
+        match probed {
+            Ok(Err(fatal)) => {
+                // Another writer appended (or this one's given-up append landed): resuming
+                // would fork the stream.
+                self.latch(fatal.to_string());
+                None
+            }
+            Ok(Ok(())) => {
                 tracing::info!(
                     failing_for_ms = since.elapsed().as_millis() as u64,
                     probes = *probes,
@@ -310,6 +334,14 @@ mod tests {
         );
         assert!(!CommitFailure::EngineApply(EngineError("x".into())).is_transient());
         assert!(!CommitFailure::EngineSync(EngineError("x".into())).is_transient());
+    }
+
+    #[test]
+    fn an_unreachable_write_ahead_stream_is_transient_and_a_fenced_or_rejected_write_latches() {
+        let failure = |err| CommitFailure::Replicate(err);
+        assert!(failure(ReplicateError::Unavailable("down".into())).is_transient());
+        assert!(!failure(ReplicateError::Fenced("deposed".into())).is_transient());
+        assert!(!failure(ReplicateError::Rejected("too large".into())).is_transient());
     }
 
     #[test]

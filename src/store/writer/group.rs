@@ -198,10 +198,32 @@ impl WriterState {
         let counts = std::mem::take(&mut group.counts);
         super::counts::resolve(&self.store, counts, &mut group.ops)
             .map_err(|err| CommitFailure::EngineApply(EngineError(err.to_string())))?;
+        if let Some(replication) = self.store.replication() {
+            // Cluster mode: the log text goes to the write-ahead stream before it is written
+            // here, as it is written here before the index (`store::replicate`).
+            if !group.appends.is_empty() {
+                let appends: Vec<_> = group
+                    .appends
+                    .iter()
+                    .map(|(id, offset, segment)| (*id, *offset, segment.as_bytes()))
+                    .collect();
+                replication
+                    .target()
+                    .replicate(crate::store::replicate::Entry::Logs(&appends))
+                    .map_err(CommitFailure::Replicate)?;
+            }
+        }
         self.appender.write_durably(&self.logs, &group.appends)?;
         self.save_before_images(&group.ops);
         self.apply_batch(std::mem::take(&mut group.ops))
-            .map_err(CommitFailure::EngineApply)?;
+            .map_err(|err| {
+                // The replicated engine fails with an `EngineError`; what the replication
+                // said decides whether it is transient.
+                match self.store.replication().and_then(|r| r.take_failure()) {
+                    Some(failure) => CommitFailure::Replicate(failure),
+                    None => CommitFailure::EngineApply(err),
+                }
+            })?;
         self.engine.sync().map_err(CommitFailure::EngineSync)
     }
 

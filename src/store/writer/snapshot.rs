@@ -177,7 +177,20 @@ impl WriterState {
             return;
         }
         let deferred = std::mem::take(&mut self.snapshots.deferred);
-        for id in deferred.into_iter().chain(ids) {
+        let ids: Vec<DeploymentId> = deferred.into_iter().chain(ids).collect();
+        if let Some(replication) = self.store.replication() {
+            if !ids.is_empty() {
+                // After the commit that dropped their index: a replica that misses this only
+                // keeps files nothing points to.
+                if let Err(err) = replication
+                    .target()
+                    .replicate(crate::store::replicate::Entry::RemoveLogs(&ids))
+                {
+                    tracing::warn!(error = %err, "cannot replicate the removal of log files");
+                }
+            }
+        }
+        for id in ids {
             self.appender.close(id);
             self.logs.remove(id);
         }
