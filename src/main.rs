@@ -13,6 +13,7 @@ use deployd::cli::check::{run_check, CheckArgs};
 use deployd::cli::deploy::{run_deploy, DeployArgs};
 use deployd::cli::follow::{run_follow, FollowArgs};
 use deployd::cli::help;
+use deployd::cli::migrate::{run_migrate, MigrateArgs};
 use deployd::cli::push::{run_push, PushArgs};
 use deployd::cli::rollback::{run_rollback, RollbackArgs};
 use deployd::config::{Config, KeyFlags, Overrides};
@@ -81,6 +82,9 @@ enum Command {
     /// List an app's deployments, newest first.
     #[command(after_help = help::DEPLOYMENTS)]
     Deployments(DeploymentsArgs),
+    /// Copy a stopped single node's data directory into a new cluster (`--store nats://…`).
+    #[command(after_help = help::MIGRATE)]
+    Migrate(MigrateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = help::COMPLETIONS)]
     Completions(CompletionsArgs),
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             Command::Deploy(args) => run_deploy(args).await,
             Command::Apps(args) => run_apps(args).await,
             Command::Deployments(args) => run_deployments(args).await,
+            Command::Migrate(args) => run_migrate(args).await,
             Command::Completions(_) | Command::Man(_) => Ok(0),
         }
     })?;

@@ -409,12 +409,12 @@ async fn bootstrap_admin(
 /// The data directory's lock file: `DIR/deployd.pid`, `flock`ed for the life of the server and
 /// holding its pid, so that a second server on the same directory says who holds it instead of
 /// failing later on the store's own lock.
-struct DataDirLock {
+pub(crate) struct DataDirLock {
     _file: std::fs::File,
 }
 
 impl DataDirLock {
-    fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock, ServerError> {
+    pub(crate) fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock, ServerError> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
