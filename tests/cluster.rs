@@ -246,8 +246,16 @@ async fn losing_one_nats_server_loses_no_acknowledged_line_and_the_service_conti
     let Some(mut cluster) = NatsCluster::start(3) else {
         return;
     };
-    let a = node(&cluster, "node-a");
-    let b = node(&cluster, "node-b");
+    // A lease longer than JetStream's re-election after a lost server: with a 2 s lease the
+    // leader may not renew in time and step down (exit 4), which is another test's subject.
+    let long_lease = |id| {
+        let mut options = node_options(&cluster, id);
+        let last = options.args.len() - 1;
+        options.args[last] = "15".into();
+        Server::start_with(options)
+    };
+    let a = long_lease("node-a");
+    let b = long_lease("node-b");
     leader_of(&[&a, &b]).await;
     a.create_app(&a.admin(), "svc").await;
     let mut pusher = push::start(&b.url, "svc", ADMIN_TOKEN, "main").await;
@@ -255,15 +263,62 @@ async fn losing_one_nats_server_loses_no_acknowledged_line_and_the_service_conti
     let mut acked = Vec::new();
     pusher.logs(&["before 1", "before 2"]).await;
     acked.extend(["before 1", "before 2"]);
+    // The stream has three copies (`[cluster] replicas` = 3, not clamped on 3 servers): the
+    // loss below leaves a quorum.
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .urls()
+        .split(',')
+        .map(|url| url.parse().expect("url"))
+        .collect();
+    let js = async_nats::jetstream::new(async_nats::connect(servers).await.expect("connect"));
+    let mut wal = js
+        .get_stream("DEPLOYD_WAL")
+        .await
+        .expect("the stream exists");
+    assert_eq!(wal.info().await.expect("info").config.num_replicas, 3);
     cluster.kill(1);
-    // Appends may be refused (503 / a failed ack) while JetStream elects new stream leaders:
-    // a pusher retries; whatever was acknowledged must be there at the end.
-    pusher.logs(&["after 1", "after 2"]).await;
+    // Frames may be refused (`unavailable`, nothing changed) while JetStream elects new
+    // stream leaders: a pusher sends them again; whatever was acknowledged must be there.
+    let ack = send_until_taken(
+        &mut pusher.socket,
+        json!({"type": "logs", "batch": 2, "lines": ["after 1", "after 2"]}),
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
     acked.extend(["after 1", "after 2"]);
-    pusher.finish("success").await;
+    for status in ["pushing", "starting", "success"] {
+        let answer = send_until_taken(
+            &mut pusher.socket,
+            json!({"type": "status", "status": status}),
+        )
+        .await;
+        assert_eq!(answer, json!({"type": "status", "status": status}));
+    }
     for node in [&a, &b] {
         let text = output(node, "svc", &id).await;
         assert_eq!(text.lines().collect::<Vec<_>>(), acked, "{text}");
+    }
+}
+
+/// Sends `frame` until the answer is not an `unavailable` refusal; returns that answer.
+async fn send_until_taken(socket: &mut push::Socket, frame: Value) -> Value {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send");
+        let answer = push::next_json(socket).await.expect("an answer");
+        if answer["type"] != "error" || answer["code"] != "unavailable" {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
