@@ -59,7 +59,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The name `/healthz` and the node list show.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Follower => "follower",
             Role::TakingOver => "taking-over",

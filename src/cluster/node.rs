@@ -368,7 +368,7 @@ fn announce(nodes: kv::Store, view: Arc<NodeView>, url: String, lease: Duration)
             }
             let entry = serde_json::json!({
                 "url": url,
-                "role": format!("{:?}", view.role()).to_ascii_lowercase(),
+                "role": view.role().name(),
                 "applied_sequence": view.applied(),
             });
             if let Err(error) = nodes.put(&view.node_id, entry.to_string().into()).await {
