@@ -144,9 +144,11 @@ pub async fn prune(pruner: &Pruner, apps: Vec<AppId>) -> Result<usize, PruneErro
         let pruned = pruner.writer.prune_images(doomed).await?;
         total += pruned.len();
         let dir = pruner.data_dir.join(DIR);
+        let store = pruner.store.clone();
         tokio::task::spawn_blocking(move || {
             for id in pruned {
                 remove_file(&path(&dir, id));
+                crate::cluster::files::forget(&store, &path(&dir, id));
             }
         })
         .await?;

@@ -305,9 +305,11 @@ impl Pruner {
         let deleted = self.writer.delete_sources(expired).await?;
         let dir = self.data_dir.join("sources");
         let count = deleted.len();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             for id in deleted {
                 remove_entries(&dir, &HashSet::from([id]));
+                crate::cluster::files::forget(&store, &dir.join(format!("{id}.tar.gz")));
             }
         })
         .await?;
@@ -399,6 +401,10 @@ fn remove_deployment_files(
         for dir in DEPLOYMENT_DIRS {
             remove_entries(&data_dir.join(dir), &ids);
         }
+        for id in &ids {
+            let image = crate::images::path(&data_dir.join(crate::images::DIR), DeploymentId(*id));
+            crate::cluster::files::forget(store, &image);
+        }
     }
     Ok(())
 }
@@ -442,6 +448,7 @@ pub fn remove_orphans(store: &Store, data_dir: &Path) -> Result<usize, StoreErro
             };
             if !owned {
                 remove_path(&entry.path());
+                crate::cluster::files::forget(store, &entry.path());
                 removed += 1;
             }
         }

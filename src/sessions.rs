@@ -42,12 +42,24 @@ const LOST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(1
 pub struct Session {
     writer: Writer,
     deployment: DeploymentId,
+    /// Cluster mode's leader: a kept image is put to the object store before it is recorded.
+    files: Option<Arc<dyn crate::cluster::files::ReplicateFiles>>,
 }
 
 impl Session {
     /// The session of an existing deployment.
     pub fn new(writer: Writer, deployment: DeploymentId) -> Self {
-        Self { writer, deployment }
+        Self {
+            writer,
+            deployment,
+            files: None,
+        }
+    }
+
+    /// This session, replicating its kept image through `files` (`Store::files`).
+    fn with_files(mut self, files: Option<Arc<dyn crate::cluster::files::ReplicateFiles>>) -> Self {
+        self.files = files;
+        self
     }
 
     /// Creates a deployment of `app` and returns the session that drives it, with the created
@@ -242,6 +254,13 @@ impl DeploymentSink for Session {
     }
 
     async fn keep_image(&self, bytes: u64) -> Result<(), SinkError> {
+        let name = crate::cluster::files::image_name(self.deployment);
+        if let Err(err) = crate::cluster::files::put_async(self.files.clone(), name).await {
+            // Not recorded, so no other node is told of an image it could not find.
+            let line = format!("!     Cannot store the image in the cluster: {err}");
+            let _ = Session::append_logs(self, vec![NewLine::system(line)]).await;
+            return Err(SinkError(err.to_string()));
+        }
         self.writer
             .keep_image(self.deployment, bytes)
             .await
@@ -305,7 +324,8 @@ impl Executors {
             return;
         };
         let this = self.clone();
-        let session = Session::new(self.writer.clone(), deployment.id);
+        let session = Session::new(self.writer.clone(), deployment.id)
+            .with_files(self.store.files().cloned());
         // Registered before this returns, so a cancel made as soon as the trigger answered
         // finds it.
         let mut control = self.controls.register(deployment.id);
@@ -363,6 +383,7 @@ impl Executors {
                     }
                 }
             };
+            this.replicate_after_run(&deployment, status).await;
             if !status.is_terminal() {
                 // The run may have stopped on the writer's refusal before the signal came.
                 if cancelled_by.or_else(|| control.requested()).is_some() {
@@ -377,6 +398,25 @@ impl Executors {
                 let _ = session.lost(why).await;
             }
         });
+    }
+
+    /// Cluster mode: the app's build cache as the run left it goes to the object store, and
+    /// the image of a run that did not succeed (removed locally by the run) leaves it. Failures
+    /// are logged only: a cache is an optimisation, and the orphan sweep retries the image.
+    async fn replicate_after_run(&self, deployment: &Deployment, status: Status) {
+        let Some(files) = self.store.files().cloned() else {
+            return;
+        };
+        let cache = crate::cluster::files::cache_name(deployment.app_id);
+        if let Err(err) = crate::cluster::files::put_async(Some(files.clone()), cache).await {
+            tracing::warn!(deployment = %deployment.id, error = %err, "cannot store the build cache in the cluster");
+        }
+        if status != Status::Success {
+            let image = crate::cluster::files::image_name(deployment.id);
+            if let Err(err) = crate::cluster::files::delete_async(Some(files), image).await {
+                tracing::warn!(deployment = %deployment.id, error = %err, "cannot delete the image from the cluster");
+            }
+        }
     }
 
     /// Stops accepting new sessions and waits until every running one has ended its deployment.

@@ -320,6 +320,7 @@ async fn every_subcommand_help_shows_examples_and_exit_codes() {
         "deployments",
         "completions",
         "man",
+        "migrate",
     ];
     for sub in subcommands {
         let output = deployd(&[sub, "--help"]).await;

@@ -42,6 +42,15 @@ pub async fn reset_deployment_cache(
         .map_err(|e| ApiError::internal("renaming the build cache away", e))?;
     // The rename emptied the cache; deleting the files may take long and need not be waited for.
     tokio::task::spawn_blocking(move || delete_all(&doomed));
+    // Cluster mode: the other nodes' copies go too (a takeover must not bring it back).
+    crate::cluster::files::delete_async(
+        state.store.files().cloned(),
+        crate::cluster::files::cache_name(app_id),
+    )
+    .await
+    .map_err(|e| {
+        ApiError::Unavailable(format!("cannot reset the cluster's copy of the cache: {e}"))
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -55,6 +64,11 @@ pub(super) async fn remove_app_cache(state: &AppState, app: AppId) {
     .await;
     if let Ok(Err(err)) = moved {
         tracing::warn!(error = %err, app = %app, "could not remove the deleted app's build cache");
+    }
+    let name = crate::cluster::files::cache_name(app);
+    if let Err(err) = crate::cluster::files::delete_async(state.store.files().cloned(), name).await
+    {
+        tracing::warn!(error = %err, app = %app, "could not remove the deleted app's build cache from the object store");
     }
 }
 

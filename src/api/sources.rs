@@ -120,6 +120,13 @@ pub async fn upload(
     tokio::fs::rename(&partial, &final_path)
         .await
         .map_err(|e| ApiError::internal("storing the upload", e))?;
+    // Cluster mode: in the object store before the record says it is uploaded.
+    crate::cluster::files::put_async(
+        state.store.files().cloned(),
+        crate::cluster::files::source_name(id),
+    )
+    .await
+    .map_err(|e| ApiError::Unavailable(format!("cannot store the upload in the cluster: {e}")))?;
     record.uploaded = true;
     state.writer.put_source(record).await?;
     Ok((StatusCode::OK, Json(json!({}))))

@@ -150,3 +150,17 @@ With --follow, the exit code is the one of deployd follow:
 ",
     deployment_exit_codes!()
 );
+
+/// `deployd migrate --help`.
+pub const MIGRATE: &str = "\
+Stop the server first. The cluster must be new (its write-ahead stream empty); the nats-servers
+need `jetstream { sync_interval: always }`. Then start the nodes with --store on the same URLs.
+
+Examples:
+  deployd migrate --from /var/lib/deployd --to nats://10.0.0.1:4222,nats://10.0.0.2:4222
+
+Exit codes:
+  0  everything is in the cluster (the counts are printed)
+  1  the copy failed midway (the partial stream is deleted: run it again)
+  2  no such data directory, a server runs on it, or the cluster is not empty
+  3  the cluster store is unreachable";

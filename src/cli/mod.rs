@@ -29,6 +29,7 @@ pub mod check;
 pub mod deploy;
 pub mod follow;
 pub mod help;
+pub mod migrate;
 pub mod pack;
 pub mod push;
 pub mod rollback;

@@ -21,6 +21,10 @@
 //! This module never decides a status, a line number or a queue position: the writer does.
 
 pub mod error;
+pub mod files;
+pub mod forward;
+pub mod lease;
+pub mod node;
 pub mod replica;
 pub mod wal;
 

@@ -233,6 +233,7 @@ impl Store {
             logs: self.logs.clone(),
             cache: self.cache.clone(),
             replication: self.replication.clone(),
+            files: self.files.clone(),
         }
     }
 

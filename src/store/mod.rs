@@ -103,6 +103,9 @@ pub struct Store {
     /// Cluster mode's leader: where every write goes before it is applied here (`replicate`);
     /// `None` for a single node and for replicas.
     replication: Option<Arc<replicate::Replication>>,
+    /// Cluster mode's leader: where files the records refer to are replicated
+    /// (`cluster::files`); `None` on a single node.
+    files: Option<Arc<dyn crate::cluster::files::ReplicateFiles>>,
 }
 
 impl Store {
@@ -112,7 +115,20 @@ impl Store {
             logs: Arc::new(logs),
             cache: Arc::default(),
             replication: None,
+            files: None,
         }
+    }
+
+    /// This store with the hook that replicates files (cluster mode's leader): the call sites
+    /// that write or remove sources, images and caches reach it through [`Store::files`].
+    pub fn with_files(mut self, files: Arc<dyn crate::cluster::files::ReplicateFiles>) -> Self {
+        self.files = Some(files);
+        self
+    }
+
+    /// The files hook, if this node replicates its files (`None` on a single node).
+    pub fn files(&self) -> Option<&Arc<dyn crate::cluster::files::ReplicateFiles>> {
+        self.files.as_ref()
     }
 
     /// The same local engine and log files, with every write replicated to `target` before it
@@ -128,6 +144,7 @@ impl Store {
             logs: self.logs.clone(),
             cache: Arc::default(),
             replication: Some(replication),
+            files: self.files.clone(),
         }
     }
 
