@@ -59,6 +59,39 @@ pub struct Config {
     /// (default none: the metrics carry no secret and no per-app label, and a scraper on
     /// the same host should not need one).
     pub metrics_token: Option<String>,
+    /// Cluster mode (`store = "nats://…"`); `None`: the embedded store, the default.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode's settings (`store`, `node_id`, `[cluster]`; `crate::cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS servers, each `nats://HOST:PORT`, in the order given (the client tries them
+    /// all, so one reachable server is enough to join).
+    pub servers: Vec<String>,
+    /// This node's name in the lease, the node announcements and the WAL message ids (default:
+    /// the host name, unique per machine, which is what a supervisor restarts under).
+    pub node_id: String,
+    /// How long a lease lives without renewal (15 s: a dead leader is replaced within this,
+    /// and one lost renewal (every lease/3) never costs the lease on a slow network).
+    pub lease: Duration,
+    /// The base URL other nodes forward requests to; `None`: this node's `public_url` as bound.
+    pub advertise_url: Option<String>,
+    /// JetStream replicas of the stream and buckets (3: survives one lost server with a
+    /// quorum left; clamped at start to the servers the cluster has, with a warning).
+    pub replicas: usize,
+}
+
+impl ClusterConfig {
+    /// `[cluster] lease_secs` by default.
+    pub const DEFAULT_LEASE_SECS: u64 = 15;
+    /// `[cluster] replicas` by default.
+    pub const DEFAULT_REPLICAS: usize = 3;
+
+    /// The servers as the NATS client takes them (comma-separated).
+    pub fn servers_list(&self) -> String {
+        self.servers.join(",")
+    }
 }
 
 /// Webhook deliveries (`[notifications]`) and the timeline's retention (`[retention]`).
@@ -208,6 +241,20 @@ pub struct FileConfig {
     pub push: FilePush,
     pub server: FileServer,
     pub metrics: FileMetrics,
+    /// `nats://HOST:PORT[,…]`: cluster mode on NATS JetStream; absent or empty: embedded.
+    pub store: Option<String>,
+    /// This node's id in cluster mode (default: the host name).
+    pub node_id: Option<String>,
+    pub cluster: FileCluster,
+}
+
+/// `[cluster]`: cluster mode's lease and replication (see [`ClusterConfig`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileCluster {
+    pub lease_secs: Option<u64>,
+    pub advertise_url: Option<String>,
+    pub replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,6 +390,13 @@ pub enum ConfigError {
         max = crate::lines::MAX_LINE_BYTES
     )]
     MaxLineBytes(usize),
+    #[error(
+        "store = {0:?} is not a cluster store: it must be nats://HOST:PORT, or several \
+         separated by commas (absent or empty: the embedded store)"
+    )]
+    Store(String),
+    #[error("cluster configuration: {0}")]
+    Cluster(String),
     #[error(
         "[stream] new_event = {0:?} is not a form: it must be \"id\" (the default) or \"object\""
     )]
@@ -495,6 +549,7 @@ impl Config {
             },
             allow_private: pipeline.allow_private_sources,
         };
+        let cluster = cluster_config(&file.store, file.node_id, &file.cluster)?;
         Ok(Config {
             listen,
             data_dir,
@@ -509,7 +564,14 @@ impl Config {
             retention,
             server,
             metrics_token: file.metrics.token.filter(|t| !t.is_empty()),
+            cluster,
         })
+    }
+
+    /// True for configuration errors that concern cluster mode (`deployd serve` exits 2 on
+    /// them, before it contacts anything).
+    pub fn is_cluster_error(error: &ConfigError) -> bool {
+        matches!(error, ConfigError::Store(_) | ConfigError::Cluster(_))
     }
 
     /// Re-derives a defaulted public URL from the address actually bound.
@@ -539,6 +601,94 @@ impl Config {
     pub fn admin_token_file(&self) -> PathBuf {
         self.data_dir.join("admin-token")
     }
+}
+
+/// Reads `store`, `node_id` and `[cluster]`; `None` when `store` is absent or empty.
+fn cluster_config(
+    store: &Option<String>,
+    node_id: Option<String>,
+    file: &FileCluster,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(store) = store.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let servers = store
+        .split(',')
+        .map(str::trim)
+        .map(|server| nats_server_url(server).ok_or_else(|| ConfigError::Store(store.to_owned())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let node_id = match node_id.map(|id| id.trim().to_owned()) {
+        Some(id) if !id.is_empty() => id,
+        Some(_) => return Err(ConfigError::Cluster("node_id must not be empty".into())),
+        None => host_name().ok_or_else(|| {
+            ConfigError::Cluster("the host name is unknown: set node_id (--node-id)".into())
+        })?,
+    };
+    // The id goes into NATS message ids and key values: keep it to plain characters.
+    if !node_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ConfigError::Cluster(format!(
+            "node_id {node_id:?} may hold only letters, digits, '-', '_' and '.'"
+        )));
+    }
+    let lease_secs = file.lease_secs.unwrap_or(ClusterConfig::DEFAULT_LEASE_SECS);
+    if lease_secs == 0 {
+        // A lease that never expires would leave the cluster leaderless forever after a crash.
+        return Err(ConfigError::Cluster(
+            "[cluster] lease_secs must be at least 1".into(),
+        ));
+    }
+    let advertise_url = match file.advertise_url.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url.trim_end_matches('/').to_owned())
+        }
+        Some(url) => {
+            return Err(ConfigError::Cluster(format!(
+                "[cluster] advertise_url {url:?} must start with http:// or https://"
+            )))
+        }
+    };
+    let replicas = match file.replicas.unwrap_or(ClusterConfig::DEFAULT_REPLICAS) {
+        0 => {
+            return Err(ConfigError::Cluster(
+                "[cluster] replicas must be at least 1".into(),
+            ))
+        }
+        n => n,
+    };
+    Ok(Some(ClusterConfig {
+        servers,
+        node_id,
+        lease: Duration::from_secs(lease_secs),
+        advertise_url,
+        replicas,
+    }))
+}
+
+/// `nats://HOST:PORT` checked (a host and a numeric port, nothing after them).
+fn nats_server_url(server: &str) -> Option<String> {
+    let rest = server.strip_prefix("nats://")?;
+    let (host, port) = rest.rsplit_once(':')?;
+    let host_ok = !host.is_empty()
+        && !host.contains(['/', '@', '?', '#', ' '])
+        && (host.starts_with('[') == host.ends_with(']'));
+    (host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)).then(|| server.to_owned())
+}
+
+/// The machine's host name (the default `node_id`).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// A size limit as configured: 0 means unlimited (DESIGN.md, "Conventions").
@@ -678,6 +828,76 @@ mod tests {
             form("[stream]\nnew_event = \"Object\"\n"),
             Err(ConfigError::NewEvent(_))
         ));
+    }
+
+    #[test]
+    fn the_store_is_embedded_unless_nats_urls_are_given_and_anything_else_is_refused() {
+        let cluster = |toml_text: &str| {
+            let file: FileConfig = toml::from_str(toml_text).expect("toml");
+            Config::from_parts(file, Overrides::default()).map(|c| c.cluster)
+        };
+        assert_eq!(cluster("").expect("default"), None);
+        assert_eq!(cluster("store = \"\"\n").expect("empty"), None);
+        let two = cluster(
+            "store = \"nats://10.0.0.1:4222, nats://n2.example:4223\"\nnode_id = \"a-1\"\n",
+        )
+        .expect("two servers")
+        .expect("cluster mode");
+        assert_eq!(
+            two.servers,
+            ["nats://10.0.0.1:4222", "nats://n2.example:4223"]
+        );
+        assert_eq!(
+            two.servers_list(),
+            "nats://10.0.0.1:4222,nats://n2.example:4223"
+        );
+        assert_eq!(two.node_id, "a-1");
+        assert_eq!(two.lease, Duration::from_secs(15));
+        assert_eq!(two.replicas, 3);
+        assert_eq!(two.advertise_url, None);
+        for bad in [
+            "http://x:4222",
+            "nats://x",
+            "nats://x:port",
+            "nats://:4222",
+            "nats://x:4222/path",
+            "nats://x:4222,redis://y:6379",
+        ] {
+            let error = cluster(&format!("store = {bad:?}\nnode_id = \"a\"\n")).unwrap_err();
+            assert!(matches!(error, ConfigError::Store(_)), "{bad}: {error}");
+            assert!(Config::is_cluster_error(&error));
+            assert!(error.to_string().contains("nats://HOST:PORT"), "{error}");
+        }
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_a_node_id_defaults_to_the_host_name() {
+        let cluster = |extra: &str| {
+            let file: FileConfig =
+                toml::from_str(&format!("store = \"nats://127.0.0.1:4222\"\n{extra}"))
+                    .expect("toml");
+            Config::from_parts(file, Overrides::default()).map(|c| c.cluster)
+        };
+        let defaulted = cluster("").expect("config").expect("cluster");
+        assert_eq!(Some(defaulted.node_id), host_name());
+        let set = cluster(
+            "[cluster]\nlease_secs = 1\nadvertise_url = \"http://10.0.0.2:8080/\"\nreplicas = 1\n",
+        )
+        .expect("config")
+        .expect("cluster");
+        assert_eq!(set.lease, Duration::from_secs(1));
+        assert_eq!(set.advertise_url.as_deref(), Some("http://10.0.0.2:8080"));
+        assert_eq!(set.replicas, 1);
+        for bad in [
+            "[cluster]\nlease_secs = 0\n",
+            "[cluster]\nreplicas = 0\n",
+            "[cluster]\nadvertise_url = \"10.0.0.2:8080\"\n",
+            "node_id = \"a b\"\n",
+            "node_id = \" \"\n",
+        ] {
+            let error = cluster(bad).unwrap_err();
+            assert!(matches!(error, ConfigError::Cluster(_)), "{bad}: {error}");
+        }
     }
 
     #[test]

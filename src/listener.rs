@@ -170,7 +170,7 @@ pub(crate) async fn serve(
                 let router = router.clone();
                 let rules = rules.clone();
                 let shutdown = shutdown.clone();
-                connections.spawn(serve_connection(tcp, slot, router, rules, shutdown));
+                connections.spawn(serve_connection(tcp, peer, slot, router, rules, shutdown));
             }
             Err(refusal) => match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
@@ -338,6 +338,7 @@ enum Expired {
 
 async fn serve_connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     slot: Slot,
     router: Router,
     rules: ConnectionRules,
@@ -359,7 +360,11 @@ async fn serve_connection(
         rewritten: None,
     });
     let router = hyper_util::service::TowerToHyperService::new(router);
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        // The peer, for handlers that need it (cluster forwarding's `X-Forwarded-For`).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let in_flight = InFlight::begin(activity.clone());
         let response = hyper::service::Service::call(&router, request);
         async move {

@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|()| 0),
+            Command::Serve(args) => serve(args).await,
             Command::Push(args) => run_push(args).await,
             Command::Follow(args) => run_follow(args).await,
             Command::Bench(args) => run_bench(args).await,
@@ -153,7 +153,10 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `deployd serve`'s exit code when a cluster setting is refused (before anything is contacted).
+const EXIT_CLUSTER_CONFIG: i32 = 2;
+
+async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     // Registered before anything else: a SIGTERM that arrives once the server says it listens
     // (systemd stopping it at once, a test) must shut it down gracefully, never take the
     // signal's default action.
@@ -167,7 +170,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Overrides::default()
         },
         &args.keys,
-    )?;
+    );
+    let config = match config {
+        Ok(config) => config,
+        Err(error) if Config::is_cluster_error(&error) => {
+            eprintln!("deployd: {error}");
+            return Ok(EXIT_CLUSTER_CONFIG);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if config.cluster.is_some() {
+        return Ok(deployd::cluster::node::run(config, signals.wait()).await);
+    }
     let server = deployd::server::start(config).await?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     // Written, not `println!`: a closed stdout must not panic the server.
@@ -185,7 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     });
     server.wait().await;
-    Ok(())
+    Ok(0)
 }
 
 /// SIGTERM and SIGINT, registered at once (tokio's `ctrl_c()` registers only when first polled).

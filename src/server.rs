@@ -97,17 +97,48 @@ impl RunningServer {
 /// The address is bound first, so that a failed bind leaves no data directory behind; then
 /// the data directory is locked (one server per directory), then the store opens.
 pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).await?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
         source,
     })?;
     let rules = ConnectionRules::resolve(&config.server);
+    config.bound_to(addr);
+    let local = open_local(&config).await?;
+    let store = local.store.clone();
+    let core = Core::start(config, store, local).await?;
+    let router = core.router();
+    let token = core.sessions_stop();
+    let stop = core.stop_token();
+    let weak_state = core.weak_state();
+    let task = tokio::spawn(async move {
+        crate::listener::serve(listener, router, rules, token).await;
+        core.finish().await;
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown: stop,
+        task,
+        state: weak_state,
+    })
+}
+
+/// Binds the listening address.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// A data directory, locked for this process, and its store.
+pub(crate) struct LocalData {
+    /// The local sled engine and log files (a cluster node's replica).
+    pub store: Store,
+    lock: DataDirLock,
+}
+
+/// Creates and locks the data directory and opens its store (nothing is written yet).
+pub(crate) async fn open_local(config: &Config) -> Result<LocalData, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -123,92 +154,160 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             source,
         }
     })?;
-    let store = Store::new(Arc::new(engine), logs);
-    let hub = Arc::new(Hub::default());
-    let recovery_store = store.clone();
-    let options = WriterOptions {
-        max_log_bytes: config.retention.max_log_bytes,
-        max_executors: config.pipeline.max_concurrent,
-    };
-    // The writer publishes through retention's notifier, which wakes the prune pass once a
-    // deployment's end is committed.
-    let (retention, notifier) = Retention::new(hub.clone());
-    let (writer, recovery, writer_thread) =
-        tokio::task::spawn_blocking(move || Writer::start_with(recovery_store, notifier, options))
-            .await??;
-    for (id, status) in &recovery.ended {
-        tracing::warn!(deployment = %id, %status, "ended a deployment left unfinished by the last run");
-    }
-    // Stage processes a crash left behind are killed before anything new runs.
-    let work_dir = config.pipeline.work_dir.clone();
-    tokio::task::spawn_blocking(move || crate::pipeline::leftovers::sweep(&work_dir)).await?;
+    Ok(LocalData {
+        store: Store::new(Arc::new(engine), logs),
+        lock,
+    })
+}
 
-    let secret = install_secret(&store, &writer).await?;
-    bootstrap_admin(&config, &store, &writer).await?;
+/// The single-node server without its listener: the writer (recovered), executors, notify
+/// worker, retention and the API router over them. A single node serves [`Core::router`] on
+/// its own listener; a cluster node serves it on the listener it had as a follower.
+pub(crate) struct Core {
+    router: axum::Router,
+    state: AppState,
+    /// What callers cancel (see [`Core::stop_token`]).
+    stop: CancellationToken,
+    notify_worker: tokio::task::JoinHandle<()>,
+    retention_task: tokio::task::JoinHandle<()>,
+    writer_thread: std::thread::JoinHandle<()>,
+    lock: DataDirLock,
+}
 
-    config.bound_to(addr);
-    let shutdown = CancellationToken::new();
-    let sources = SourceUrls::new(config.public_url.clone(), secret, config.sources_dir());
-    let executors = Executors::new(
-        writer.clone(),
-        store.clone(),
-        hub.clone(),
-        config.pipeline.clone(),
-        sources.clone(),
-        shutdown.clone(),
-    );
-    let retention_task = retention.spawn(Pruner {
-        store: store.clone(),
-        writer: writer.clone(),
-        data_dir: config.data_dir.clone(),
-        config: config.retention.clone(),
-        stop: shutdown.clone(),
-    });
-    let state = AppState(Arc::new(Shared {
-        config,
-        store,
-        writer,
-        hub,
-        secret,
-        sources,
-        shutdown: shutdown.clone(),
-        executors,
-        retention,
-        jwts: Default::default(),
-    }));
-    for deployment in recovery.to_execute {
-        let app_id = deployment.app_id;
-        let app = state.read(move |store| store.app(app_id)).await;
-        if let Ok(Some(app)) = app {
-            state.executors.spawn(deployment, app.name);
+impl Core {
+    /// Starts the writer on `store` (which must be `local`'s store, or the cluster leader's
+    /// store over it), recovers what the last run left unfinished, and builds the router.
+    /// `config` must already be bound (`Config::bound_to`).
+    pub(crate) async fn start(
+        config: Config,
+        store: Store,
+        local: LocalData,
+    ) -> Result<Core, ServerError> {
+        let hub = Arc::new(Hub::default());
+        let recovery_store = store.clone();
+        let options = WriterOptions {
+            max_log_bytes: config.retention.max_log_bytes,
+            max_executors: config.pipeline.max_concurrent,
+        };
+        // The writer publishes through retention's notifier, which wakes the prune pass once a
+        // deployment's end is committed.
+        let (retention, notifier) = Retention::new(hub.clone());
+        let (writer, recovery, writer_thread) = tokio::task::spawn_blocking(move || {
+            Writer::start_with(recovery_store, notifier, options)
+        })
+        .await??;
+        for (id, status) in &recovery.ended {
+            tracing::warn!(deployment = %id, %status, "ended a deployment left unfinished by the last run");
         }
+        // Stage processes a crash left behind are killed before anything new runs.
+        let work_dir = config.pipeline.work_dir.clone();
+        tokio::task::spawn_blocking(move || crate::pipeline::leftovers::sweep(&work_dir)).await?;
+
+        let secret = install_secret(&store, &writer).await?;
+        bootstrap_admin(&config, &store, &writer).await?;
+
+        let shutdown = CancellationToken::new();
+        let sources = SourceUrls::new(config.public_url.clone(), secret, config.sources_dir());
+        let executors = Executors::new(
+            writer.clone(),
+            store.clone(),
+            hub.clone(),
+            config.pipeline.clone(),
+            sources.clone(),
+            shutdown.clone(),
+        );
+        let retention_task = retention.spawn(Pruner {
+            store: store.clone(),
+            writer: writer.clone(),
+            data_dir: config.data_dir.clone(),
+            config: config.retention.clone(),
+            stop: shutdown.clone(),
+        });
+        let state = AppState(Arc::new(Shared {
+            config,
+            store,
+            writer,
+            hub,
+            secret,
+            sources,
+            shutdown: shutdown.clone(),
+            executors,
+            retention,
+            jwts: Default::default(),
+        }));
+        for deployment in recovery.to_execute {
+            let app_id = deployment.app_id;
+            let app = state.read(move |store| store.app(app_id)).await;
+            if let Ok(Some(app)) = app {
+                state.executors.spawn(deployment, app.name);
+            }
+        }
+
+        let notify_worker = crate::notify::spawn(
+            state.store.clone(),
+            state.writer.clone(),
+            state.config.notifications.clone(),
+            state.shutdown.clone(),
+        );
+        let router = api::router(state.clone());
+        // `stop` is what callers cancel; `state.shutdown` (what sessions and streams watch)
+        // follows once the writer stopped promoting queued deployments, so that they survive
+        // the restart.
+        let stop = CancellationToken::new();
+        let sessions_stop = state.shutdown.clone();
+        let drain_writer = state.writer.clone();
+        let stop_requested = stop.clone();
+        tokio::spawn(async move {
+            stop_requested.cancelled().await;
+            if let Err(err) = drain_writer.stop_promoting().await {
+                tracing::warn!(error = %err, "stopping queue promotion at shutdown");
+            }
+            sessions_stop.cancel();
+        });
+        spawn_memory_trimmer(shutdown.clone());
+        Ok(Core {
+            router,
+            state,
+            stop,
+            notify_worker,
+            retention_task,
+            writer_thread,
+            lock: local.lock,
+        })
     }
 
-    let notify_worker = crate::notify::spawn(
-        state.store.clone(),
-        state.writer.clone(),
-        state.config.notifications.clone(),
-        state.shutdown.clone(),
-    );
-    let router = api::router(state.clone());
-    let weak_state = Arc::downgrade(&state.0);
-    // `stop` is what callers cancel; `state.shutdown` (what sessions and streams watch) follows
-    // once the writer stopped promoting queued deployments, so that they survive the restart.
-    let stop = CancellationToken::new();
-    let sessions_stop = state.shutdown.clone();
-    let drain_writer = state.writer.clone();
-    let stop_requested = stop.clone();
-    tokio::spawn(async move {
-        stop_requested.cancelled().await;
-        if let Err(err) = drain_writer.stop_promoting().await {
-            tracing::warn!(error = %err, "stopping queue promotion at shutdown");
-        }
-        sessions_stop.cancel();
-    });
-    spawn_memory_trimmer(shutdown.clone());
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        crate::listener::serve(listener, router, rules, token).await;
+    /// The API router over this server's state.
+    pub(crate) fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// Cancel to shut down: queue promotion stops, then [`Self::sessions_stop`] follows.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Cancelled once shutting down is safe for sessions and streams; the listener stops on it.
+    pub(crate) fn sessions_stop(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    fn weak_state(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.state.0)
+    }
+
+    /// After the listener stopped: ends executors, the notify worker, retention and the
+    /// writer, in that order, then unlocks the data directory.
+    pub(crate) async fn finish(self) {
+        let Core {
+            router,
+            state,
+            notify_worker,
+            retention_task,
+            writer_thread,
+            lock,
+            ..
+        } = self;
+        drop(router);
         // Executors end their deployments (processes killed, status written) before we go.
         state.executors.close_and_wait().await;
         // The notification worker holds a writer handle; it stops with `state.shutdown`.
@@ -220,13 +319,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         // Only now may another server open this data directory.
         drop(lock);
-    });
-    Ok(RunningServer {
-        addr,
-        shutdown: stop,
-        task,
-        state: weak_state,
-    })
+    }
 }
 
 /// How often freed heap memory is handed back to the operating system.

@@ -22,6 +22,9 @@
 
 pub mod error;
 pub mod files;
+pub mod forward;
+pub mod lease;
+pub mod node;
 pub mod replica;
 pub mod wal;
 

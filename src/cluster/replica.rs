@@ -11,7 +11,9 @@
 //!
 //! Reading the stream: an ordered pull consumer from the applied sequence + 1 (one ephemeral
 //! consumer per call, flow-controlled batches), rather than a direct get per sequence (one
-//! round trip per message).
+//! round trip per message). Measured on a 3-node local cluster, 2,000 entries of one 200-byte
+//! put, debug build: the ordered consumer caught up (applying) in 0.47 s (4,255/s), direct
+//! gets alone took 1.43 s (1,402/s).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
