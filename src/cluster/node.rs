@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, Context};
 use tokio_util::sync::CancellationToken;
 
+use super::files::{self, Mirror, ObjectFiles};
 use super::forward::{self, NodeView, Role, Switch};
 use super::lease::Lease;
 use super::replica::Replica;
@@ -83,9 +84,15 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
         )
         .await?;
         let nodes = nodes_bucket(&js, cluster.lease, replicas).await?;
-        Ok::<_, ClusterError>((lease, nodes))
+        let bucket = files::ensure_bucket(&js, replicas)
+            .await
+            .map_err(|error| ClusterError::Engine(error.to_string()))?;
+        let mirror = Mirror::open(&js, config.data_dir.clone())
+            .await
+            .map_err(|error| ClusterError::Engine(error.to_string()))?;
+        Ok::<_, ClusterError>((lease, nodes, bucket, mirror))
     };
-    let (lease, nodes) = match setup.await {
+    let (lease, nodes, bucket, mirror) = match setup.await {
         Ok(parts) => parts,
         Err(ClusterError::Unreachable(cause)) => {
             eprintln!(
@@ -126,8 +133,13 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
     }
     tokio::pin!(signal);
 
-    // Following: apply the stream while waiting for the lease.
+    // Following: apply the stream and mirror the files while waiting for the lease.
     let follow_stop = CancellationToken::new();
+    let mirroring = {
+        let mirror = mirror.clone();
+        let stop = follow_stop.clone();
+        tokio::spawn(async move { mirror.run(stop).await })
+    };
     let following = {
         let view = view.clone();
         let stop = follow_stop.clone();
@@ -159,6 +171,7 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
         follow_stop.cancel();
         node_stop.cancel();
         let _ = following.await;
+        let _ = mirroring.await;
         let _ = serving.await;
         return 0;
     };
@@ -188,6 +201,23 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
     };
     view.set_applied(applied);
     drop(replica);
+    // Every file a committed record refers to was put before the commit: have them all.
+    let _ = mirroring.await;
+    loop {
+        match mirror.catch_up().await {
+            Ok(counts) => {
+                tracing::info!(?counts, "files caught up before leading");
+                break;
+            }
+            Err(error) if !fenced.is_cancelled() => {
+                tracing::warn!(%error, "catching up the files before leading; retrying");
+                tokio::time::sleep(FOLLOW_RETRY).await;
+            }
+            Err(error) => {
+                return deposed_or_failed(&fenced, &ClusterError::Engine(error.to_string()))
+            }
+        }
+    }
     let max_payload = client.server_info().max_payload;
     let writer = WalWriter::new(
         js.clone(),
@@ -198,7 +228,8 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
         tokio::runtime::Handle::current(),
         fenced.clone(),
     );
-    let store = wal::leader_store(local.store.clone(), writer);
+    let files = Arc::new(ObjectFiles::new(bucket, config.data_dir.clone()));
+    let store = wal::leader_store(local.store.clone(), writer).with_files(files);
     let core = tokio::select! {
         core = Core::start(config, store, local) => core,
         () = fenced.cancelled() => return deposed(),
