@@ -58,6 +58,9 @@ pub const ENTRY_BYTES: usize = 256 * 1024;
 /// they can never collide with a leader's.
 const MIGRATION_TERM: u64 = 0;
 
+/// How long connecting to the cluster may take before it counts as unreachable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Replicas of the stream and bucket when the cluster has at least this many servers.
 const DEFAULT_REPLICAS: usize = 3;
 
@@ -148,9 +151,30 @@ async fn migrate(args: &MigrateArgs) -> Result<Counts, MigrateError> {
         url: args.to.clone(),
         cause,
     };
-    let client = async_nats::connect(args.to.as_str())
-        .await
-        .map_err(|err| unreachable(err.to_string()))?;
+    let servers = args
+        .to
+        .split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| {
+            MigrateError::Refused(format!(
+                "--to {}: not a list of nats://HOST:PORT URLs ({err})",
+                args.to
+            ))
+        })?;
+    let options = async_nats::ConnectOptions::new()
+        .name("deployd migrate")
+        .connection_timeout(CONNECT_TIMEOUT);
+    let client = match tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        async_nats::connect_with_options(servers, options),
+    )
+    .await
+    {
+        Ok(Ok(client)) => client,
+        Ok(Err(err)) => return Err(unreachable(err.to_string())),
+        Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+    };
     let max_payload = client.server_info().max_payload;
     let servers = cluster_size(&client);
     let js = async_nats::jetstream::new(client);

@@ -346,11 +346,11 @@ impl ObjectFiles {
         Ok(true)
     }
 
-    /// Deletes one object (idempotent).
-    pub async fn delete_object(&self, name: &str) -> Result<(), FilesError> {
+    /// Deletes one object (idempotent); whether it was there.
+    pub async fn delete_object(&self, name: &str) -> Result<bool, FilesError> {
         match self.bucket.delete(name).await {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == object_store::DeleteErrorKind::NotFound => Ok(false),
             Err(err) => Err(FilesError::engine("deleting an object", err)),
         }
     }
@@ -382,7 +382,11 @@ impl ObjectFiles {
     /// [`ReplicateFiles::delete`], async.
     pub async fn delete_path(&self, rel: &str) -> Result<(), FilesError> {
         local_path(&self.data_dir, rel).ok_or_else(|| FilesError::BadName(rel.into()))?;
-        self.delete_object(rel).await?;
+        if self.delete_object(rel).await? {
+            // A name is a file or a directory, never both: no scan of the bucket for a file
+            // (a prune of many images stays linear).
+            return Ok(());
+        }
         let prefix = format!("{rel}/");
         for info in list(&self.bucket).await? {
             if info.name.starts_with(&prefix) {
