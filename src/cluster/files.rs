@@ -403,11 +403,39 @@ impl ReplicateFiles for ObjectFiles {
     }
 
     fn put(&self, rel: &str) -> Result<(), FilesError> {
-        self.runtime.block_on(self.put_path(rel))
+        self.runtime
+            .block_on(retry_engine_errors(|| self.put_path(rel)))
     }
 
     fn delete(&self, rel: &str) -> Result<(), FilesError> {
-        self.runtime.block_on(self.delete_path(rel))
+        self.runtime
+            .block_on(retry_engine_errors(|| self.delete_path(rel)))
+    }
+}
+
+/// How long a put or delete is retried while the object store answers with an engine error
+/// (no responders or a timeout while JetStream elects a stream leader, seen in tests right after
+/// a server's start or loss): longer than an election, shorter than a client's patience.
+const ENGINE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause between two of those attempts.
+const ENGINE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs `attempt` again while it fails with [`FilesError::Engine`], for [`ENGINE_RETRY_FOR`];
+/// puts and deletes may be repeated (a put of identical content sends nothing).
+async fn retry_engine_errors<F, Fut>(mut attempt: F) -> Result<(), FilesError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), FilesError>>,
+{
+    let deadline = tokio::time::Instant::now() + ENGINE_RETRY_FOR;
+    loop {
+        match attempt().await {
+            Err(FilesError::Engine { what, message }) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(what, %message, "the object store failed; retrying");
+                tokio::time::sleep(ENGINE_RETRY_PAUSE).await;
+            }
+            result => return result,
+        }
     }
 }
 
