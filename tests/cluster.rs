@@ -53,22 +53,46 @@ async fn cluster_view(server: &Server) -> Option<Value> {
 }
 
 /// Waits until one of `nodes` leads and every other one follows it; returns the leader's index.
+/// On a timeout it panics with every node's view and the end of its log.
 async fn leader_of(nodes: &[&Server]) -> usize {
-    eventually(PATIENCE, || async {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
         let mut views = Vec::new();
         for node in nodes {
-            views.push(cluster_view(node).await?);
+            views.push(cluster_view(node).await);
         }
-        let leader = views.iter().position(|v| v["role"] == "leader")?;
-        let id = views[leader]["node_id"].clone();
-        views
-            .iter()
-            .all(|v| {
-                v["leader"]["node_id"] == id && (v["role"] == "leader" || v["role"] == "follower")
-            })
-            .then_some(leader)
-    })
-    .await
+        if let Some(leader) = agreed_leader(&views) {
+            return leader;
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut report = String::new();
+            for (node, view) in nodes.iter().zip(&views) {
+                let log = node.log();
+                let mut tail: Vec<&str> = log.lines().rev().take(40).collect();
+                tail.reverse();
+                report.push_str(&format!(
+                    "\n--- {}: {view:?}\n{}",
+                    node.url,
+                    tail.join("\n")
+                ));
+            }
+            panic!("no leader followed by every node within {PATIENCE:?}:{report}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The index of the node every view names as leader, when one leads and the others follow it.
+fn agreed_leader(views: &[Option<Value>]) -> Option<usize> {
+    let views: Vec<&Value> = views.iter().map(Option::as_ref).collect::<Option<_>>()?;
+    let leader = views.iter().position(|v| v["role"] == "leader")?;
+    let id = &views[leader]["node_id"];
+    views
+        .iter()
+        .all(|v| {
+            &v["leader"]["node_id"] == id && (v["role"] == "leader" || v["role"] == "follower")
+        })
+        .then_some(leader)
 }
 
 /// `app` as the leader returned it, with its stream link pointing at `node` instead.
