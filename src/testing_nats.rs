@@ -20,7 +20,11 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between readiness polls.
 const POLL: Duration = Duration::from_millis(50);
-/// The cluster name every server of one fixture shares.
+/// How many times [`NatsCluster::start`] starts a cluster anew on fresh ports.
+const START_ATTEMPTS: usize = 3;
+/// The start of the cluster name the servers of one fixture share; the rest is the fixture's
+/// own (its directory's name), so that a route that reaches another fixture's server (a port
+/// reused between tests running in parallel) is refused instead of merging two clusters.
 const CLUSTER_NAME: &str = "deployd-test";
 
 /// Distinguishes the fixtures of one test process.
@@ -77,12 +81,33 @@ impl NatsCluster {
             );
             return None;
         };
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Self::launch(&bin, n);
+            match cluster.ready() {
+                Ok(()) => return Some(cluster),
+                Err(why) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "nats-server cluster attempt {attempt} failed ({why}); starting anew"
+                    );
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Writes the configs on fresh ports and spawns every server.
+    fn launch(bin: &Path, n: usize) -> NatsCluster {
         let dir = std::env::temp_dir().join(format!(
             "deployd-nats-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("create the fixture directory");
+        let fixture = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
@@ -97,7 +122,7 @@ impl NatsCluster {
                 let store = dir.join(format!("n{i}"));
                 let cluster = if n > 1 {
                     format!(
-                        "cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"127.0.0.1:{cluster_port}\"\n  \
+                        "cluster {{\n  name: {CLUSTER_NAME}-{fixture}\n  listen: \"127.0.0.1:{cluster_port}\"\n  \
                          routes: [{}]\n}}\n",
                         routes.join(", ")
                     )
@@ -121,12 +146,15 @@ impl NatsCluster {
                 }
             })
             .collect();
-        let mut cluster = NatsCluster { bin, dir, nodes };
+        let mut cluster = NatsCluster {
+            bin: bin.to_path_buf(),
+            dir,
+            nodes,
+        };
         for i in 0..n {
             cluster.spawn(i);
         }
-        cluster.wait_ready();
-        Some(cluster)
+        cluster
     }
 
     fn spawn(&mut self, i: usize) {
@@ -198,12 +226,39 @@ impl NatsCluster {
     /// Waits until every running server reports a JetStream meta leader and the leader sees
     /// every other running server as current (so a stream can be placed on all of them); a
     /// single server: until JetStream is enabled.
-    pub fn wait_ready(&self) {
+    pub fn wait_ready(&mut self) {
+        if let Err(why) = self.ready() {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Self::wait_ready`], or why not: a server that exited (a port taken between the
+    /// choice of free ports and its bind, seen when tests start clusters in parallel) or no
+    /// meta leader within [`READY_TIMEOUT`].
+    fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].child.is_some())
             .collect();
         loop {
+            for &i in &running {
+                let exited = self.nodes[i]
+                    .child
+                    .as_mut()
+                    .is_some_and(|child| !matches!(child.try_wait(), Ok(None)));
+                if exited {
+                    return Err(format!(
+                        "nats-server n{i} exited at start; its log: {}",
+                        std::fs::read_to_string(self.dir.join(format!("n{i}.log")))
+                            .unwrap_or_default()
+                            .lines()
+                            .rev()
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    ));
+                }
+            }
             let answers: Vec<Option<serde_json::Value>> = running
                 .iter()
                 .map(|&i| {
@@ -222,14 +277,15 @@ impl NatsCluster {
                     })
             };
             if ready {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the nats-servers have no JetStream meta leader seeing them all after \
-                 {READY_TIMEOUT:?}; /jsz said {answers:?}; logs kept in {}",
-                self.dir.display()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the nats-servers have no JetStream meta leader seeing them all after \
+                     {READY_TIMEOUT:?}; /jsz said {answers:?}; logs kept in {}",
+                    self.dir.display()
+                ));
+            }
             std::thread::sleep(POLL);
         }
     }
