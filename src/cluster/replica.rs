@@ -37,6 +37,9 @@ use crate::store::{Store, StoreError};
 const SUBSCRIBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Pause between those attempts.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long the follower waits for a message before it asks the stream whether there is one
+/// it should have had (a stuck consumer; see `Replica::stalled`).
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Log files are private to the service's user (as `store::logs` creates them).
 const LOG_FILE_MODE: u32 = 0o600;
@@ -167,7 +170,17 @@ impl Replica {
         messages: &mut Ordered,
     ) -> Result<async_nats::jetstream::Message, ClusterError> {
         loop {
-            match messages.next().await {
+            let next = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(next) => next,
+                Err(_) if self.stalled().await => {
+                    tracing::warn!(applied = self.applied,
+                        "the write-ahead stream's consumer delivers nothing while the stream has more; reading again from the applied sequence");
+                    *messages = self.subscribe().await?;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            match next {
                 Some(Ok(message)) => return Ok(message),
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, applied = self.applied,
@@ -181,6 +194,14 @@ impl Replica {
             tokio::time::sleep(RETRY_PAUSE).await;
             *messages = self.subscribe().await?;
         }
+    }
+
+    /// Whether the stream holds messages past the applied sequence (asked after
+    /// [`STALL_CHECK`] without a message): then the consumer is stuck. Seen when the stream's
+    /// leader was killed under load: the ordered consumer neither delivered nor failed for a
+    /// minute. An unanswered question is not a stall (the engine may be away).
+    async fn stalled(&self) -> bool {
+        matches!(super::wal::last_sequence(&self.js).await, Ok(last) if last > self.applied)
     }
 
     /// An ordered consumer from the applied sequence + 1, retried while the engine does not
