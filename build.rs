@@ -14,6 +14,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/git_rerun.rs"]
+mod git_rerun;
+
 /// The dashboard's source directory, relative to the package root.
 const UI_DIR: &str = "ui";
 
@@ -38,23 +41,17 @@ fn main() {
         .filter(|c| !c.trim().is_empty())
         .or_else(|| {
             let commit = git(&["rev-parse", &format!("--short={COMMIT_DIGITS}"), "HEAD"])?;
-            // Rebuild when HEAD moves: HEAD itself (branch switches) and the branch's ref.
-            if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-                println!(
-                    "cargo:rerun-if-changed={}",
-                    PathBuf::from(dir).join("HEAD").display()
-                );
-            }
-            if let (Some(common), Some(head_ref)) = (
-                git(&["rev-parse", "--git-common-dir"]),
-                git(&["symbolic-ref", "-q", "HEAD"]),
-            ) {
-                let common = PathBuf::from(common);
-                println!("cargo:rerun-if-changed={}", common.join(head_ref).display());
-                println!(
-                    "cargo:rerun-if-changed={}",
-                    common.join("packed-refs").display()
-                );
+            // Rebuild when HEAD moves (build/git_rerun.rs: only files that exist).
+            if let Some(git_dir) = git(&["rev-parse", "--git-dir"]) {
+                let common = git(&["rev-parse", "--git-common-dir"]).unwrap_or(git_dir.clone());
+                let head_ref = git(&["symbolic-ref", "-q", "HEAD"]);
+                for file in git_rerun::watched_files(
+                    Path::new(&git_dir),
+                    Path::new(&common),
+                    head_ref.as_deref(),
+                ) {
+                    println!("cargo:rerun-if-changed={}", file.display());
+                }
             }
             // No "-dirty" mark: this script does not rerun when a source file changes, so the
             // mark would go stale.

@@ -59,6 +59,11 @@
 pub mod api;
 mod auth;
 pub mod backup;
+#[cfg(test)]
+#[path = "../build/git_rerun.rs"]
+mod build_git_rerun;
+#[cfg(test)]
+mod build_git_rerun_tests;
 pub mod cli;
 pub mod cluster;
 pub mod config;
