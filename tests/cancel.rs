@@ -296,9 +296,18 @@ async fn a_cancel_racing_the_deployments_own_end_either_wins_entirely_or_is_a_40
         let done = common::wait_finished(&admin, "race", &created, FINISH).await;
         let text = output(&admin, "race", &created).await;
         match code {
+            // A cancel that lands while the deployment is `starting` ends it `timeout-error`
+            // (the state machine has no `starting → aborted`; the push protocol documents
+            // the same); before that, `aborted`. (This race hit `starting` under a loaded CI.)
             202 => {
-                assert_eq!(done["status"], "aborted", "{text}");
                 assert!(text.contains("!     Cancelled by admin"), "{text}");
+                let status = done["status"].as_str().unwrap_or_default();
+                assert!(
+                    matches!(status, "aborted" | "timeout-error"),
+                    "{status}: {text}"
+                );
+                // Ended by the cancel, not by a start timeout of its own.
+                assert!(!text.contains("Start did not finish"), "{text}");
             }
             409 => {
                 assert_eq!(done["status"], "success", "{body}");
