@@ -167,7 +167,20 @@ async fn a_retried_publish_of_a_stored_entry_is_acknowledged_as_a_duplicate_not_
                 .await
         }
     };
-    let first = publish("n:1:0", 0).await.expect("first");
+    // A stream just created may not have elected its leader yet: its first publish can be
+    // answered "stream not found" (seen in CI on two loaded cores); nothing was stored then.
+    let started = Instant::now();
+    let first = loop {
+        match publish("n:1:0", 0).await {
+            Err(err)
+                if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                    && started.elapsed() < Duration::from_secs(30) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other.expect("first"),
+        }
+    };
     assert_eq!((first.sequence, first.duplicate), (1, false));
     // The ack was "lost": the same message again, same id, same expected sequence.
     let retry = publish("n:1:0", 0).await.expect("a retry is not refused");
