@@ -58,8 +58,30 @@ fn engine_error(error: impl std::fmt::Display + std::fmt::Debug) -> ClusterError
     }
 }
 
+/// How long [`Lease::open`] waits for a just-created bucket to answer reads.
+const BUCKET_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the bucket answers a read of the lease. Right after a bucket is created, its
+/// stream's replicas may not serve reads yet: a read is answered "503 no responders" until they
+/// do (seen on two loaded cores, where the first `try_acquire` failed that way). Only the engine
+/// being unreachable is waited out, for at most [`BUCKET_ANSWER_WAIT`].
+async fn answering(kv: &kv::Store) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + BUCKET_ANSWER_WAIT;
+    loop {
+        match kv.entry(LEADER_KEY).await.map_err(engine_error) {
+            Ok(_) => return Ok(()),
+            Err(ClusterError::Unreachable(text)) if Instant::now() < deadline => {
+                tracing::debug!(%text, "the lease bucket does not answer yet");
+                tokio::time::sleep(MIN_POLL).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 impl Lease {
-    /// Opens (creating it when missing) the lease bucket with `lease` as its `max_age`.
+    /// Opens (creating it when missing) the lease bucket with `lease` as its `max_age`, once it
+    /// answers reads.
     pub async fn open(
         js: Context,
         node_id: String,
@@ -82,6 +104,7 @@ impl Lease {
                 .await
                 .map_err(engine_error)?,
         };
+        answering(&kv).await?;
         Ok(Lease {
             js,
             kv,
@@ -304,6 +327,20 @@ mod tests {
         )
         .await
         .expect("lease bucket")
+    }
+
+    /// Regression: the first `try_acquire` right after the bucket's creation failed with
+    /// "503 no responders" (its replicas did not serve reads yet, two loaded cores).
+    #[tokio::test]
+    async fn a_just_opened_lease_bucket_answers_reads_at_once_on_every_node() {
+        let Some(cluster) = NatsCluster::start(3) else {
+            return;
+        };
+        let a = lease_for(&cluster, "a", 2).await;
+        let b = lease_for(&cluster, "b", 2).await;
+        let (ca, cb) = tokio::join!(a.current(), b.current());
+        assert_eq!(ca.expect("a reads the lease"), None);
+        assert_eq!(cb.expect("b reads the lease"), None);
     }
 
     #[tokio::test]
