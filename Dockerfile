@@ -13,6 +13,8 @@ WORKDIR /src
 ARG DEPLOYD_GIT_COMMIT=unknown
 ENV DEPLOYD_GIT_COMMIT=${DEPLOYD_GIT_COMMIT}
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY build ./build
+COPY vendor ./vendor
 COPY src ./src
 COPY ui ./ui
 COPY benches ./benches
