@@ -133,6 +133,25 @@ fn read_samples_the_server_memory_while_output_is_read() {
     assert_server_usage(&server, &report);
 }
 
+/// Regression: a log past the server's `[retention] max_log_bytes` (256 MiB by default, which
+/// the 10 M-line `read` row of `benches/scripts/scaling.sh` is) had its lines dropped and
+/// acknowledged as dropped, and the tool only found out at the first read ("/output sent
+/// 265769851 bytes, expected 1010000000"). It stops at the ack and says what to change.
+#[test]
+fn lines_dropped_at_the_servers_log_limit_stop_the_run_with_the_setting_to_change() {
+    let server = Server::start_with(common::Options {
+        config_toml: "[retention]\nmax_log_bytes = 20000\n".into(),
+        ..common::Options::default()
+    });
+    let (code, report, stderr) = bench(Some(&server), &["read", "--lines", "1000", "--reads", "1"]);
+    assert_ne!(code, 0, "{stderr}\n{report}");
+    assert!(
+        stderr.contains("max_log_bytes") && stderr.contains("--retention-max-log-bytes 0"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("/output sent"), "{stderr}");
+}
+
 #[test]
 fn catchup_replays_every_stored_line_then_the_live_ones_in_order() {
     let server = Server::start();

@@ -532,7 +532,17 @@ impl Push {
                 None => next_frame(&mut self.rx).await?,
             };
             match frame {
-                ServerFrame::Ack { batch: acked, .. } => {
+                ServerFrame::Ack {
+                    batch: acked,
+                    dropped,
+                    ..
+                } => {
+                    if dropped > 0 {
+                        // Every figure would count lines the server did not store.
+                        return Err(protocol(format!(
+                            "the server dropped {dropped} lines of batch {acked}: the deployment reached the server's [retention] max_log_bytes (256 MiB by default); run it with --retention-max-log-bytes 0 for this benchmark"
+                        )));
+                    }
                     let now = Instant::now();
                     let Some((expected, sent_at)) = in_flight.pop_front() else {
                         return Err(protocol(format!("ack for batch {acked} that was not sent")));
