@@ -10,6 +10,7 @@
 //! anything, and a metric that cannot
 //! be registered is a bug caught by the tests (registration happens once, at first use).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -174,14 +175,29 @@ impl Metrics {
     }
 
     /// Counts one answered HTTP request.
-    pub fn http_request(&self, operation: &str, code: u16, elapsed: Duration) {
-        let code = code.to_string();
-        let labels = [operation, code.as_str()];
-        self.http_requests.with_label_values(&labels).inc();
-        self.http_latency
-            .with_label_values(&labels)
-            .observe(elapsed.as_secs_f64());
+    pub fn http_request(&self, operation: &'static str, code: u16, elapsed: Duration) {
+        HTTP_HANDLES.with_borrow_mut(|handles| {
+            let (requests, latency) = handles.entry((operation, code)).or_insert_with(|| {
+                let code = code.to_string();
+                let labels = [operation, code.as_str()];
+                (
+                    self.http_requests.with_label_values(&labels),
+                    self.http_latency.with_label_values(&labels),
+                )
+            });
+            requests.inc();
+            latency.observe(elapsed.as_secs_f64());
+        });
     }
+}
+
+thread_local! {
+    /// Each thread's handles on the request counter and histogram of every (operation, code)
+    /// it has counted. `with_label_values` hashes the labels and takes the vector's shared
+    /// lock and a reference count per call: per request, lines bouncing between the cores.
+    /// Operations are the route table's (a few dozen) and codes a handful each: bounded.
+    static HTTP_HANDLES: std::cell::RefCell<HashMap<(&'static str, u16), (IntCounter, Histogram)>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {

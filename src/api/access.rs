@@ -43,8 +43,10 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = match parts.extensions.get::<Caller>() {
-            Some(caller) => caller.clone(),
+        // Taken, not cloned (a clone is the user record's strings, per request): a handler
+        // extracts its caller once.
+        let caller = match parts.extensions.remove::<Caller>() {
+            Some(caller) => caller,
             None => {
                 // Not behind `guard` (no route row said what it needs): only a full token may
                 // call.
@@ -54,7 +56,7 @@ impl FromRequestParts<AppState> for Caller {
             }
         };
         if let Some(slot) = parts.extensions.get::<super::observe::CallerSlot>() {
-            slot.set(caller.user.id.to_string());
+            slot.set(caller.user.id);
         }
         Ok(caller)
     }

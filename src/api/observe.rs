@@ -7,7 +7,8 @@
 //! callers by their user id, never by a credential. Nothing here may fail or delay a request:
 //! the log line goes to the non-blocking writer (`crate::logging`) and metrics are atomics.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -21,6 +22,7 @@ use sha2::Digest;
 use super::routes::ROUTES;
 use super::{ApiError, AppState};
 use crate::metrics::metrics;
+use crate::model::UserId;
 
 /// The operation label of requests no route matched (404s, 405s of unknown paths).
 const UNMATCHED: &str = "unmatched";
@@ -28,21 +30,35 @@ const UNMATCHED: &str = "unmatched";
 /// Who the request's caller turned out to be, filled in by `access::Caller` when a handler
 /// authenticates one; read by [`observe`] for the access log.
 #[derive(Clone, Default)]
-pub struct CallerSlot(Arc<OnceLock<String>>);
+pub struct CallerSlot(Arc<OnceLock<UserId>>);
 
 impl CallerSlot {
     /// Records the caller's user id (the first one recorded stays).
-    pub fn set(&self, user_id: String) {
+    pub fn set(&self, user_id: UserId) {
         let _ = self.0.set(user_id);
     }
 }
 
+/// The route table's operations by path (a path's few methods each), looked up once per request.
+static OPERATIONS: LazyLock<HashMap<&'static str, Vec<(Method, &'static str)>>> =
+    LazyLock::new(|| {
+        let mut by_path: HashMap<&'static str, Vec<(Method, &'static str)>> = HashMap::new();
+        for route in ROUTES {
+            by_path
+                .entry(route.path)
+                .or_default()
+                .push((route.method.clone(), route.operation));
+        }
+        by_path
+    });
+
 /// The operation id of the route `method` + `path` (the router's matched path).
 fn operation_of(method: &Method, path: &str) -> Option<&'static str> {
-    ROUTES
+    OPERATIONS
+        .get(path)?
         .iter()
-        .find(|route| route.method == *method && route.path == path)
-        .map(|route| route.operation)
+        .find(|(route_method, _)| route_method == method)
+        .map(|(_, operation)| *operation)
 }
 
 /// Times the request, counts it by operation and code, and writes its access log line.
@@ -60,6 +76,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     metrics().http_request(operation, status, elapsed);
+    let mut caller_buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
     tracing::info!(
         target: "deployd::access",
         method = %method,
@@ -67,10 +84,23 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         status,
         // Microsecond precision: `2.738`, not a float's 16 digits.
         duration_ms = elapsed.as_micros() as f64 / 1000.0,
-        caller = caller.0.get().map_or("-", String::as_str),
+        caller = caller_text(caller.0.get(), &mut caller_buffer),
         "request"
     );
     response
+}
+
+/// The access log's `caller`: the user id (written into `buffer`, not allocated), or `-`.
+fn caller_text<'a>(
+    caller: Option<&UserId>,
+    buffer: &'a mut [u8; uuid::fmt::Hyphenated::LENGTH],
+) -> &'a str {
+    match caller {
+        Some(id) => uuid::Uuid::from_bytes(*id.as_bytes())
+            .hyphenated()
+            .encode_lower(buffer),
+        None => "-",
+    }
 }
 
 /// `GET /v1/openapi.json`: the OpenAPI 3.1 document of this API ([`super::openapi`]).
