@@ -342,15 +342,15 @@ where
         self.cursor.sent(id).unwrap_or_default().line
     }
 
-    /// Queues encoded frames, writing them out once [`WRITE_BUFFER_BYTES`] are waiting.
-    /// Big slices (a store read, a big event) go out in pieces: the buffer stays under twice
-    /// [`WRITE_BUFFER_BYTES`].
     /// The `new` frame of a deployment, in the configured form.
     fn new_frame(&self, record: &Deployment) -> Vec<u8> {
         let config = &self.state.config;
         new_frame(config.stream.new_event, record, &config.public_url)
     }
 
+    /// Queues encoded frames, copied, writing them out once [`WRITE_BUFFER_BYTES`] are
+    /// waiting. Big slices go out in pieces: the buffer stays under twice
+    /// [`WRITE_BUFFER_BYTES`].
     async fn feed(&mut self, frames: &[u8]) -> Result<(), End> {
         for piece in frames.chunks(WRITE_BUFFER_BYTES) {
             self.conn.queue(piece);
@@ -361,9 +361,6 @@ where
         Ok(())
     }
 
-    /// Writes everything queued, in one call when the socket takes it all (the usual case:
-    /// then no stall timer is armed and the shutdown token is not looked at, which per write and
-    /// subscriber cost a timer registration and shared reference counts).
     /// Queues frames rendered once for everyone (not copied, see `Conn::queue_shared`),
     /// writing them out once [`WRITE_BUFFER_BYTES`] are waiting: what is buffered beyond the
     /// one rendering or store read the subscriber holds anyway stays under that.
@@ -375,6 +372,9 @@ where
         Ok(())
     }
 
+    /// Writes everything queued, in one call when the socket takes it all (the usual case:
+    /// then no stall timer is armed and the shutdown token is not looked at, which per write and
+    /// subscriber cost a timer registration and shared reference counts).
     async fn flush(&mut self) -> Result<(), End> {
         let deliveries = std::mem::take(&mut self.uncounted_deliveries);
         if deliveries > 0 {
