@@ -160,6 +160,24 @@ impl LogFiles {
     }
 
     /// The writer's one way to make a log file durable (so tests can make it fail).
+    /// Starts writing `file`'s dirty pages out without waiting (Linux `sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`): a hint, so that the `fdatasync`s that follow overlap the
+    /// files' writeback instead of each waiting for its own in turn. Its errors are not
+    /// reported here: the `fdatasync` that follows reports any (and is what durability rests
+    /// on).
+    fn start_writeback(file: &File) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a descriptor `file` keeps open; no memory is passed.
+            let _ = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = file;
+    }
+
     fn sync_data(&self, file: &File) -> io::Result<()> {
         #[cfg(test)]
         if self.faults.sync.hit() {
@@ -309,6 +327,13 @@ impl Appender {
                 .map_err(LogError::at(LogStage::Write))?;
             if !touched.contains(id) {
                 touched.push(*id);
+            }
+        }
+        if touched.len() > 1 {
+            // Several files (one per deployment pushing): their writeback all starts now, and
+            // the syncs below wait for I/O already in flight side by side.
+            for id in &touched {
+                LogFiles::start_writeback(&self.open[id]);
             }
         }
         for id in &touched {
