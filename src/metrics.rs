@@ -191,12 +191,15 @@ impl Metrics {
     }
 }
 
+/// The request counter and latency histogram of one (operation, code).
+type HttpHandles = (IntCounter, Histogram);
+
 thread_local! {
     /// Each thread's handles on the request counter and histogram of every (operation, code)
     /// it has counted. `with_label_values` hashes the labels and takes the vector's shared
     /// lock and a reference count per call: per request, lines bouncing between the cores.
     /// Operations are the route table's (a few dozen) and codes a handful each: bounded.
-    static HTTP_HANDLES: std::cell::RefCell<HashMap<(&'static str, u16), (IntCounter, Histogram)>> =
+    static HTTP_HANDLES: std::cell::RefCell<HashMap<(&'static str, u16), HttpHandles>> =
         std::cell::RefCell::new(HashMap::new());
 }
 
