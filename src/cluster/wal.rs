@@ -222,8 +222,8 @@ pub(crate) fn split(
 }
 
 /// Creates the write-ahead stream if it does not exist (file storage, `replicas` copies,
-/// direct gets allowed, no limits, so nothing is ever discarded). An existing stream is left
-/// as it is.
+/// direct gets allowed, no limits, so nothing is ever discarded), and returns once it answers.
+/// An existing stream is left as it is.
 pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterError> {
     let config = Config {
         name: WAL_STREAM.to_string(),
@@ -238,7 +238,7 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
     loop {
         use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
         let err = match js.get_or_create_stream(config.clone()).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return answering(js, deadline).await,
             Err(err) => err,
         };
         match err.kind() {
@@ -253,6 +253,23 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
                 return Err(ClusterError::Unreachable(err.to_string()))
             }
             _ => return Err(ClusterError::Engine(err.to_string())),
+        }
+    }
+}
+
+/// Waits until the stream answers (its info), until `deadline`. A stream just created has no
+/// leader for a moment: its first publish was answered "stream not found" (503, no responders)
+/// on two loaded cores. Every error is waited out until the deadline, then the last one is
+/// returned.
+async fn answering(js: &Context, deadline: tokio::time::Instant) -> Result<(), ClusterError> {
+    loop {
+        match last_sequence(js).await {
+            Ok(_) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                tracing::debug!(%err, "the write-ahead stream does not answer yet");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(err) => return Err(err),
         }
     }
 }
