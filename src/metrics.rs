@@ -199,6 +199,7 @@ thread_local! {
     /// it has counted. `with_label_values` hashes the labels and takes the vector's shared
     /// lock and a reference count per call: per request, lines bouncing between the cores.
     /// Operations are the route table's (a few dozen) and codes a handful each: bounded.
+    /// There is one `Metrics` per process ([`metrics`]), so every handle here is its.
     static HTTP_HANDLES: std::cell::RefCell<HashMap<(&'static str, u16), HttpHandles>> =
         std::cell::RefCell::new(HashMap::new());
 }

@@ -643,8 +643,9 @@ async fn a_following_replica_keeps_applying_across_the_kill_of_the_stream_leader
     let replica_store = local_store(replica_dir.path());
     let stop = CancellationToken::new();
     // Right after the kill, the replica's consumer may not be recreated within its own 30 s
-    // of retries while the servers elect (CI on two loaded cores: the follow ended with
-    // `Unreachable`): reopened from its store, as a node's run loop does, up to three rounds.
+    // of retries while the servers elect (the follow ended once here on two loaded cores, as
+    // `caught_up_replica`'s catch-up did with `Unreachable`): after an `Unreachable` end it is
+    // reopened from its store, as a node's run loop does, up to three rounds; each is printed.
     let following = tokio::spawn({
         let (stop, js, store) = (stop.clone(), js.clone(), replica_store.clone());
         async move {

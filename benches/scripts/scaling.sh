@@ -2,8 +2,8 @@
 # The README's "Scaling" tables: how cost grows with pushers, batch size, subscribers, log size
 # and the point a subscriber joins at. Starts one deployd (release build, temp data dir, no
 # connection cap, no log size limit: the 10 M-line log is 1 GB), runs each table's rows back to
-# back with `deployd bench --json`, prints one markdown row per run, then stops the server. Every run is bounded by the tool's own limits
-# and --timeout; only 127.0.0.1 is driven.
+# back with `deployd bench --json`, prints one markdown row per run, then stops the server.
+# Every run is bounded by the tool's own limits and --timeout; only 127.0.0.1 is driven.
 #
 #   benches/scripts/scaling.sh [BINARY] [TABLE...]    # tables: ingest batch1 fanout output catchup
 #
