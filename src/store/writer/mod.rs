@@ -15,7 +15,9 @@
 //! the group commit (validate → write → sync → reply → publish), where commands meet the
 //! engine, the log files and the hub; `lifecycle` is the pure bookkeeping of unfinished
 //! deployments (who runs, who waits, line numbers), which says what changed and never does I/O;
-//! `records` writes users, tokens and apps; `segments` cuts lines into stored segments;
+//! `records` writes users, tokens and apps; `deployments` turns the deployment commands
+//! (create, append, transition) into the group's writes, and `control` a cancel;
+//! `segments` cuts lines into stored segments;
 //! `recovery` ends what a crash left unfinished; `counts` turns a group's status index changes
 //! into the deployment counts' ops; `failure` decides what a failed commit does
 //! (transient: refuse, probe, resume; otherwise latch) and holds the health `/readyz` reports;
@@ -23,6 +25,7 @@
 
 mod control;
 mod counts;
+mod deployments;
 mod failure;
 mod group;
 mod handle;
