@@ -289,17 +289,7 @@ async fn losing_one_nats_server_loses_no_acknowledged_line_and_the_service_conti
     acked.extend(["before 1", "before 2"]);
     // The stream has three copies (`[cluster] replicas` = 3, not clamped on 3 servers): the
     // loss below leaves a quorum.
-    let servers: Vec<async_nats::ServerAddr> = cluster
-        .urls()
-        .split(',')
-        .map(|url| url.parse().expect("url"))
-        .collect();
-    let js = async_nats::jetstream::new(async_nats::connect(servers).await.expect("connect"));
-    let mut wal = js
-        .get_stream("DEPLOYD_WAL")
-        .await
-        .expect("the stream exists");
-    assert_eq!(wal.info().await.expect("info").config.num_replicas, 3);
+    assert_eq!(wal_replicas(&cluster).await, 3);
     cluster.kill(1);
     // Frames may be refused (`unavailable`, nothing changed) while JetStream elects new
     // stream leaders: a pusher sends them again; whatever was acknowledged must be there.
@@ -344,6 +334,41 @@ async fn send_until_taken(socket: &mut push::Socket, frame: Value) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The copies of the write-ahead stream, as JetStream reports them.
+async fn wal_replicas(cluster: &NatsCluster) -> usize {
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .urls()
+        .split(',')
+        .map(|url| url.parse().expect("url"))
+        .collect();
+    let js = async_nats::jetstream::new(async_nats::connect(servers).await.expect("connect"));
+    let mut wal = js
+        .get_stream("DEPLOYD_WAL")
+        .await
+        .expect("the stream exists");
+    wal.info().await.expect("info").config.num_replicas
+}
+
+/// Regression: CI's cold run created the write-ahead stream with 2 copies on a 3-server
+/// cluster: the node counted the servers in the gossip of the one it connected to, where the
+/// third (still joining) was missing, and clamped `[cluster] replicas` to that. JetStream now
+/// says whether the copies fit; a node waits for a joining server instead of asking for less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_a_nats_server_is_still_joining_keeps_every_replica_asked_for() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    // Two of three servers run (a quorum): the gossip names two, JetStream has no third peer.
+    cluster.kill(2);
+    let options = node_options(&cluster, "node-a");
+    let starting = std::thread::spawn(move || Server::start_with(options));
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.restart(2);
+    let a = starting.join().expect("the node starts");
+    leader_of(&[&a]).await;
+    assert_eq!(wal_replicas(&cluster).await, 3, "{}", a.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

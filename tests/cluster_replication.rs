@@ -164,6 +164,24 @@ async fn the_first_publish_to_a_just_created_stream_is_not_answered_stream_not_f
     assert_eq!(ack.sequence, 1);
 }
 
+/// More copies asked for than the cluster has servers: JetStream has no peers for them, and
+/// after waiting for a joining server `ensure_stream` asks for fewer, down to what fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_asked_for_more_copies_than_servers_gets_one_per_server() {
+    let Some(cluster) = NatsCluster::start(2) else {
+        return;
+    };
+    let (_client, js) = connect(&cluster).await;
+    assert_eq!(ensure_stream(&js, 3).await.expect("stream"), 2);
+    let mut stream = js
+        .get_stream(deployd::cluster::WAL_STREAM)
+        .await
+        .expect("stream");
+    assert_eq!(stream.info().await.expect("info").config.num_replicas, 2);
+    // Asked again (a node restarting with the same setting): the stream is left as it is.
+    assert_eq!(ensure_stream(&js, 3).await.expect("stream"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_publish_of_a_stored_entry_is_acknowledged_as_a_duplicate_not_refused() {
     let Some(cluster) = NatsCluster::start(3) else {

@@ -176,18 +176,18 @@ async fn migrate(args: &MigrateArgs) -> Result<Counts, MigrateError> {
         Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
     };
     let max_payload = client.server_info().max_payload;
-    let servers = cluster_size(&client);
+    let wanted = wal::replicas_for(&client, args.replicas);
     let js = async_nats::jetstream::new(client);
-    let replicas = args.replicas.clamp(1, servers.max(1));
+    let replicas = wal::ensure_stream(&js, wanted)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
     if replicas < args.replicas {
         eprintln!(
-            "deployd migrate: the cluster has {servers} server(s): {replicas} replica(s), not {}",
+            "deployd migrate: the cluster holds {replicas} replica(s) of the write-ahead \
+             stream, not {}",
             args.replicas
         );
     }
-    wal::ensure_stream(&js, replicas)
-        .await
-        .map_err(|err| unreachable(err.to_string()))?;
     let last = wal::last_sequence(&js)
         .await
         .map_err(|err| unreachable(err.to_string()))?;
@@ -217,10 +217,6 @@ async fn migrate(args: &MigrateArgs) -> Result<Counts, MigrateError> {
 
 /// The number of servers in the cluster, from the connection's server info: `connect_urls`
 /// lists the client URLs of every server of the cluster (empty for a lone server).
-fn cluster_size(client: &async_nats::Client) -> usize {
-    client.server_info().connect_urls.len().max(1)
-}
-
 async fn copy(
     args: &MigrateArgs,
     js: &async_nats::jetstream::Context,

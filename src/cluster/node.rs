@@ -72,9 +72,10 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> i32 {
         }
     };
     let js = jetstream::new(client.clone());
-    let replicas = clamp_replicas(&client, cluster.replicas);
+    let wanted = wal::replicas_for(&client, cluster.replicas);
     let setup = async {
-        wal::ensure_stream(&js, replicas).await?;
+        // The buckets get as many copies as the stream JetStream could place.
+        let replicas = wal::ensure_stream(&js, wanted).await?;
         let lease = Lease::open(
             js.clone(),
             cluster.node_id.clone(),
@@ -316,21 +317,6 @@ async fn connect(cluster: &ClusterConfig) -> Result<async_nats::Client, String> 
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
-    }
-}
-
-/// `[cluster] replicas`, at most the servers the cluster has (they gossip their client URLs).
-fn clamp_replicas(client: &async_nats::Client, wanted: usize) -> usize {
-    let servers = client.server_info().connect_urls.len().max(1);
-    if wanted > servers {
-        tracing::warn!(
-            wanted,
-            servers,
-            "[cluster] replicas is more than the cluster's servers; using {servers}"
-        );
-        servers
-    } else {
-        wanted
     }
 }
 

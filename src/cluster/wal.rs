@@ -48,6 +48,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long [`ensure_stream`] retries while JetStream does not answer (a cluster that just
 /// started elects its leaders first).
 const ENSURE_DEADLINE: Duration = Duration::from_secs(20);
+/// How long [`ensure_stream`] waits for JetStream to have the peers for the copies asked for
+/// (servers of a cluster that just started join one by one) before it asks for fewer.
+const PEERS_WAIT: Duration = Duration::from_secs(10);
 /// How long a probe waits for the stream's state.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -222,10 +225,17 @@ pub(crate) fn split(
 }
 
 /// Creates the write-ahead stream if it does not exist (file storage, `replicas` copies,
-/// direct gets allowed, no limits, so nothing is ever discarded), and returns once it answers.
-/// An existing stream is left as it is.
-pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterError> {
-    let config = Config {
+/// direct gets allowed, no limits, so nothing is ever discarded), and returns once it answers,
+/// with the number of copies the stream has. An existing stream is left as it is (its own
+/// count is returned).
+///
+/// `replicas` is what the operator asked for; JetStream, not the servers' gossip, says whether
+/// the cluster can hold that many: a server still joining is not in the gossip of the server
+/// the node connected to (a 3-server cluster that had just elected its meta leader on two of
+/// them gave 2). While JetStream answers "no suitable peers" the creation is retried for
+/// [`PEERS_WAIT`]; after that the count steps down, with a warning, until one fits.
+pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<usize, ClusterError> {
+    let mut config = Config {
         name: WAL_STREAM.to_string(),
         subjects: vec![WAL_SUBJECT.to_string()],
         storage: StorageType::File,
@@ -234,13 +244,33 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
         discard: DiscardPolicy::New,
         ..Default::default()
     };
-    let deadline = tokio::time::Instant::now() + ENSURE_DEADLINE;
+    let started = tokio::time::Instant::now();
+    let mut deadline = started + ENSURE_DEADLINE;
     loop {
         use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
         let err = match js.get_or_create_stream(config.clone()).await {
-            Ok(_) => return answering(js, deadline).await,
+            Ok(stream) => {
+                let copies = stream.cached_info().config.num_replicas.max(1);
+                answering(js, deadline).await?;
+                return Ok(copies);
+            }
             Err(err) => err,
         };
+        if no_peers(err.kind())
+            && config.num_replicas > 1
+            && tokio::time::Instant::now() >= started + PEERS_WAIT
+        {
+            let fewer = config.num_replicas - 1;
+            tracing::warn!(
+                wanted = replicas,
+                using = fewer,
+                "JetStream has no peers for {} copies of the write-ahead stream after {PEERS_WAIT:?} ([cluster] replicas is more than the cluster's servers); trying {fewer}",
+                config.num_replicas
+            );
+            config.num_replicas = fewer;
+            deadline = tokio::time::Instant::now() + ENSURE_DEADLINE;
+            continue;
+        }
         match err.kind() {
             // A cluster that just started (or lost a server) may still be electing.
             Kind::TimedOut | Kind::JetStreamUnavailable | Kind::JetStream(_)
@@ -255,6 +285,28 @@ pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<(), ClusterE
             _ => return Err(ClusterError::Engine(err.to_string())),
         }
     }
+}
+
+/// The copies a node asks for: `wanted`, or 1 on a server that is not part of a cluster (it
+/// has no peers to place more on).
+pub fn replicas_for(client: &async_nats::Client, wanted: usize) -> usize {
+    if client.server_info().cluster.is_none() && wanted > 1 {
+        tracing::warn!(
+            wanted,
+            "[cluster] replicas is more than 1 but the NATS server is not clustered; using 1"
+        );
+        1
+    } else {
+        wanted.max(1)
+    }
+}
+
+/// Whether JetStream answered that it has too few servers for the copies asked for.
+fn no_peers(kind: async_nats::jetstream::context::CreateStreamErrorKind) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    matches!(kind, Kind::JetStream(err)
+        if [ErrorCode::CLUSTER_NO_PEERS, ErrorCode::INSUFFICIENT_RESOURCES].contains(&err.error_code()))
 }
 
 /// Waits until the stream answers (its info), until `deadline`. A stream just created has no
@@ -278,15 +330,9 @@ async fn answering(js: &Context, deadline: tokio::time::Instant) -> Result<(), C
 /// it needs for the replicas is not known to be online yet (a server that just started).
 fn retryable(kind: async_nats::jetstream::context::CreateStreamErrorKind) -> bool {
     use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
-    use async_nats::jetstream::ErrorCode;
     match kind {
         Kind::TimedOut | Kind::JetStreamUnavailable => true,
-        Kind::JetStream(err) => [
-            ErrorCode::CLUSTER_NO_PEERS,
-            ErrorCode::INSUFFICIENT_RESOURCES,
-        ]
-        .contains(&err.error_code()),
-        _ => false,
+        other => no_peers(other),
     }
 }
 
