@@ -273,3 +273,25 @@ test('the deployment view works at phone width', async () => {
   await shot(page, 'deployment-phone');
   assert.deepEqual(page.problems, []);
 });
+
+test('a click on a log row is not lost when the log renders between its press and its release (regression: every render took the rows out and put them back)', async () => {
+  const s = await server();
+  await s.createApp('clicks');
+  const { id, done } = await s.push('clicks', 'echo "-----> Building"; echo "first line"; echo "second line"; echo "-----> Done"; echo "last line"');
+  assert.equal(await done, 0);
+  const page = await signedInPage(browser, s);
+  await page.goto(`${s.url}/ui/apps/clicks/deployments/${id}`);
+  await page.waitForSelector('#log .log-line[data-n="5"]:not(.pending)');
+  await page.waitForSelector('.steps:not([hidden])');
+  const fold = await page.$('#log .log-line[data-n="1"] button.fold');
+  const box = await fold.boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  // A render while the button is held (a live line or a scroll does this): the log's own
+  // scroll handler, run at once.
+  await page.evaluate(() => document.querySelector('#log').dispatchEvent(new Event('scroll')));
+  await page.mouse.up();
+  await page.waitForSelector('#log .log-line[data-n="1"] button.fold[aria-expanded=false]', { timeout: 5000 });
+  assert.deepEqual((await rows(page)).map((r) => r.n), [1, 4, 5]);
+  assert.deepEqual(page.problems, []);
+});

@@ -30,6 +30,26 @@ export function replace(el, ...children) {
 }
 
 /** A short, human date: `2026-12-01 23:42:13` in local time, or `-`. */
+/**
+ * Makes `el`'s children exactly `nodes` (in order) without taking out a child that stays: a
+ * node detached and put back between a mousedown and its mouseup gets no click, so replacing
+ * every row on each render (a live log renders per frame) lost clicks on its rows.
+ */
+export function reconcile(el, nodes) {
+  const wanted = new Set(nodes);
+  for (let child = el.firstChild; child;) {
+    const next = child.nextSibling;
+    if (!wanted.has(child)) child.remove();
+    child = next;
+  }
+  // What stays is in order (rows by line number): new nodes go in between, none is moved.
+  let at = el.firstChild;
+  for (const node of nodes) {
+    if (node === at) at = at.nextSibling;
+    else el.insertBefore(node, at);
+  }
+}
+
 export function when(iso) {
   if (!iso) return '-';
   const d = new Date(iso);

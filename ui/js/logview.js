@@ -9,7 +9,7 @@
 import * as api from './api.js';
 import { AppStream } from './stream.js';
 import { plain, render } from './ansi.js';
-import { h, replace, toast, duration, TERMINAL } from './dom.js';
+import { h, replace, reconcile, toast, duration, TERMINAL } from './dom.js';
 
 // Lines per ranged read and cache chunk (the API's default page; max is 5000).
 const CHUNK = 1000;
@@ -372,7 +372,7 @@ export class LogView {
       nodes.push(el);
     }
     this.rowCache = keep;
-    this.rows.replaceChildren(...nodes);
+    reconcile(this.rows, nodes);
     let y = Math.max(0, offset - above * this.row);
     if (bottomWrap) y = Math.max(0, top + g.view - this.rows.offsetHeight);
     this.rows.style.transform = `translateY(${y}px)`;
