@@ -219,14 +219,21 @@ async fn a_build_cache_travels_as_a_tree_and_a_reset_empties_it_everywhere() {
     std::fs::remove_file(s.leader_dir.path().join(&cache).join("deps/nested/b.bin")).unwrap();
     write(s.leader_dir.path(), &format!("{cache}/c.txt"), b"cccc");
     put(&s.leader, &cache).await;
+    // The mirror removes the file, then its emptied directory: waiting for the file alone and
+    // then asserting on the directory raced the second step (failed once in a local run at stop 24).
     wait_until("the cache's changes on the follower", || {
         !follower.join(&cache).join("deps/nested/b.bin").exists()
             && read(follower.join(&cache).join("c.txt")).as_deref() == Some(&b"cccc"[..])
     })
     .await;
+    wait_until(
+        "the directory left empty by the mirror gone with its last file",
+        || !follower.join(&cache).join("deps/nested").exists(),
+    )
+    .await;
     assert!(
-        !follower.join(&cache).join("deps/nested").exists(),
-        "a directory left empty by the mirror goes with its last file"
+        follower.join(&cache).join("deps").is_dir(),
+        "a directory that still holds a file stays"
     );
 
     // A reset (or the app's deletion) deletes the whole tree.
