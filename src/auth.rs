@@ -25,7 +25,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
-use rand::RngCore;
+use rand::TryRngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -134,7 +134,9 @@ pub enum Credential {
 /// OS as lowercase hex (68 characters). Contains no `.`, so it is never mistaken for a JWT.
 pub fn generate_api_token() -> String {
     let mut bytes = [0u8; API_TOKEN_RANDOM_BYTES];
-    OsRng.fill_bytes(&mut bytes);
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS random source (getrandom) works");
     format!("{API_TOKEN_PREFIX}{}", hex::encode(bytes))
 }
 
@@ -146,7 +148,9 @@ pub fn hash_api_token(token: &str) -> [u8; 32] {
 /// A new per-install JWT signing secret (256 random bits from the OS).
 pub fn generate_jwt_secret() -> [u8; 32] {
     let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
+    OsRng
+        .try_fill_bytes(&mut secret)
+        .expect("the OS random source (getrandom) works");
     secret
 }
 

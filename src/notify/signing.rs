@@ -20,7 +20,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// A new random secret (hex), for a notifier created without one.
 pub fn generate_secret() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
-    rand::thread_rng().fill_bytes(&mut bytes);
+    rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 

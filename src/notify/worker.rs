@@ -175,7 +175,7 @@ async fn attempt(
             number,
             config.first_retry_delay,
             config.max_retry_delay,
-            rand::thread_rng().gen::<f64>(),
+            rand::rng().random::<f64>(),
         );
         StoredOutbox {
             attempts: number,

@@ -274,9 +274,9 @@ pub(super) fn http_client() -> Result<reqwest::Client, BenchError> {
 /// A random lowercase suffix for app names, so runs never collide.
 pub(super) fn random_suffix() -> String {
     use rand::Rng;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     (0..8)
-        .map(|_| char::from(b'a' + rng.gen_range(0..26u8)))
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
         .collect()
 }
 
