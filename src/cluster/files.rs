@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::object_store::{self, ObjectInfo, ObjectStore};
-use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, StorageType, Stream};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -207,29 +207,49 @@ pub fn local_path(data_dir: &Path, name: &str) -> Option<PathBuf> {
     (depth > 0).then_some(path)
 }
 
+/// The bucket [`FILES_BUCKET`]: its object store, and the stream under it (for listings the
+/// stream's leader answers, see [`list`]).
+pub struct Bucket {
+    objects: ObjectStore,
+    stream: Stream,
+}
+
 /// Opens the bucket [`FILES_BUCKET`], creating it (file storage, `replicas` copies) when it
 /// does not exist yet.
 pub async fn ensure_bucket(
     js: &async_nats::jetstream::Context,
     replicas: usize,
-) -> Result<ObjectStore, FilesError> {
-    match js.get_object_store(FILES_BUCKET).await {
-        Ok(bucket) => return Ok(bucket),
+) -> Result<Bucket, FilesError> {
+    let objects = match js.get_object_store(FILES_BUCKET).await {
+        Ok(objects) => objects,
         // Missing, most likely; anything else (the engine unreachable) fails the creation too,
         // with its own cause.
         Err(err)
-            if err.kind() == async_nats::jetstream::context::ObjectStoreErrorKind::GetStore => {}
+            if err.kind() == async_nats::jetstream::context::ObjectStoreErrorKind::GetStore =>
+        {
+            js.create_object_store(object_store::Config {
+                bucket: FILES_BUCKET.to_owned(),
+                description: Some(
+                    "deployd: uploaded sources, kept images, build caches".to_owned(),
+                ),
+                storage: StorageType::File,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| FilesError::engine("creating the bucket", err))?
+        }
         Err(err) => return Err(FilesError::engine("opening the bucket", err)),
-    }
-    js.create_object_store(object_store::Config {
-        bucket: FILES_BUCKET.to_owned(),
-        description: Some("deployd: uploaded sources, kept images, build caches".to_owned()),
-        storage: StorageType::File,
-        num_replicas: replicas.max(1),
-        ..Default::default()
-    })
-    .await
-    .map_err(|err| FilesError::engine("creating the bucket", err))
+    };
+    let stream = bucket_stream(js).await?;
+    Ok(Bucket { objects, stream })
+}
+
+/// The stream that holds the bucket's chunks and metadata.
+async fn bucket_stream(js: &async_nats::jetstream::Context) -> Result<Stream, FilesError> {
+    js.get_stream(format!("OBJ_{FILES_BUCKET}"))
+        .await
+        .map_err(|err| FilesError::engine("opening the bucket's stream", err))
 }
 
 /// The object store's digest of a file's bytes (`SHA-256=<url-safe base64>`), streamed.
@@ -295,22 +315,64 @@ pub(crate) async fn files_under(data_dir: &Path, dir: &Path) -> Result<Vec<Strin
     Ok(out)
 }
 
-/// Every live object's info, by name (a scan of the bucket's metadata, never of its bytes).
-async fn list(bucket: &ObjectStore) -> Result<Vec<ObjectInfo>, FilesError> {
-    let mut objects = bucket
-        .list()
+/// Every live object's info (a scan of the bucket's metadata, never of its bytes), as the
+/// stream's leader has it: the names from the stream's info, each one's last metadata message
+/// from a leader read.
+///
+/// Not `ObjectStore::list`: its ordered consumer may be placed on a replica that has not yet
+/// applied the latest puts, and it ends at once when that replica reports nothing pending. A
+/// mirror catching up from such a listing removed every file it had (`cluster_files`, once, in a
+/// cold CI run on two loaded cores): a listing must never miss a committed object.
+async fn list(stream: &Stream) -> Result<Vec<ObjectInfo>, FilesError> {
+    let mut subjects = stream
+        .info_with_subjects(format!("$O.{FILES_BUCKET}.M.>"))
         .await
         .map_err(|err| FilesError::engine("listing", err))?;
-    let mut out = Vec::new();
-    while let Some(info) = objects.next().await {
-        out.push(info.map_err(|err| FilesError::engine("listing", err))?);
+    let mut names = Vec::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, _messages) = entry.map_err(|err| FilesError::engine("listing", err))?;
+        names.push(subject);
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for subject in names {
+        if let Some(info) = last_info(stream, &subject).await? {
+            out.push(info);
+        }
     }
     Ok(out)
+}
+
+/// The object `name`'s info as the stream's leader has it, `None` when there is no such live
+/// object. What a listing says is missing is checked with this before a file is removed for it.
+async fn committed_info(stream: &Stream, name: &str) -> Result<Option<ObjectInfo>, FilesError> {
+    let subject = format!(
+        "$O.{FILES_BUCKET}.M.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(name)
+    );
+    last_info(stream, &subject).await
+}
+
+/// The last metadata message on `subject` (a leader read), unless it is absent or a deletion.
+async fn last_info(stream: &Stream, subject: &str) -> Result<Option<ObjectInfo>, FilesError> {
+    let message = match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => message,
+        // Never put, or purged since the stream's info was read.
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(err) => return Err(FilesError::engine("reading an object's info", err)),
+    };
+    let info: ObjectInfo = serde_json::from_slice(&message.payload).map_err(|err| {
+        FilesError::engine(
+            "reading an object's info",
+            format!("the metadata on {subject}: {err}"),
+        )
+    })?;
+    Ok((!info.deleted).then_some(info))
 }
 
 /// The leader's [`ReplicateFiles`]: the bucket [`FILES_BUCKET`] of the cluster.
 pub struct ObjectFiles {
     bucket: ObjectStore,
+    stream: Stream,
     data_dir: PathBuf,
     /// The runtime the blocking calls run their async work on (the caller is a blocking thread).
     runtime: tokio::runtime::Handle,
@@ -318,9 +380,10 @@ pub struct ObjectFiles {
 
 impl ObjectFiles {
     /// The hook for the node whose data directory is `data_dir`, on the current runtime.
-    pub fn new(bucket: ObjectStore, data_dir: PathBuf) -> Self {
+    pub fn new(bucket: Bucket, data_dir: PathBuf) -> Self {
         Self {
-            bucket,
+            bucket: bucket.objects,
+            stream: bucket.stream,
             data_dir,
             runtime: tokio::runtime::Handle::current(),
         }
@@ -371,7 +434,7 @@ impl ObjectFiles {
             self.put_file(name).await?;
         }
         let prefix = format!("{rel}/");
-        for info in list(&self.bucket).await? {
+        for info in list(&self.stream).await? {
             if info.name.starts_with(&prefix) && !present.contains(&info.name) {
                 self.delete_object(&info.name).await?;
             }
@@ -388,7 +451,7 @@ impl ObjectFiles {
             return Ok(());
         }
         let prefix = format!("{rel}/");
-        for info in list(&self.bucket).await? {
+        for info in list(&self.stream).await? {
             if info.name.starts_with(&prefix) {
                 self.delete_object(&info.name).await?;
             }
@@ -455,7 +518,7 @@ pub struct MirrorCounts {
 pub struct Mirror {
     bucket: ObjectStore,
     /// The bucket's stream, to read an object's chunks one by one.
-    stream: async_nats::jetstream::stream::Stream,
+    stream: Stream,
     data_dir: PathBuf,
 }
 
@@ -469,10 +532,7 @@ impl Mirror {
             .get_object_store(FILES_BUCKET)
             .await
             .map_err(|err| FilesError::engine("opening the bucket", err))?;
-        let stream = js
-            .get_stream(format!("OBJ_{FILES_BUCKET}"))
-            .await
-            .map_err(|err| FilesError::engine("opening the bucket's stream", err))?;
+        let stream = bucket_stream(js).await?;
         Ok(Self {
             bucket,
             stream,
@@ -485,7 +545,7 @@ impl Mirror {
     /// that wins the lease runs it (after stopping [`Mirror::run`]) before it starts serving.
     pub async fn catch_up(&self) -> Result<MirrorCounts, FilesError> {
         let mut counts = MirrorCounts::default();
-        let objects = list(&self.bucket).await?;
+        let objects = list(&self.stream).await?;
         let mut wanted = std::collections::HashSet::new();
         for info in &objects {
             let Some(path) = local_path(&self.data_dir, &info.name) else {
@@ -501,10 +561,26 @@ impl Mirror {
         }
         // What the bucket does not have is not committed anywhere (or was removed), including
         // the temporary files of a copy a crash cut short.
+        // Each absence is confirmed by a leader read of the name first: a listing during an
+        // election can still come from a replica that lags, and a file wrongly removed here is
+        // missing when this node leads.
         for dir in REPLICATED_DIRS {
             for name in files_under(&self.data_dir, &self.data_dir.join(dir)).await? {
-                if !wanted.contains(&name) {
-                    if let Some(path) = local_path(&self.data_dir, &name) {
+                if wanted.contains(&name) {
+                    continue;
+                }
+                let Some(path) = local_path(&self.data_dir, &name) else {
+                    continue;
+                };
+                match committed_info(&self.stream, &name).await? {
+                    Some(info) => {
+                        if self.apply(&info, &path).await? {
+                            counts.written += 1;
+                        } else {
+                            counts.unchanged += 1;
+                        }
+                    }
+                    None => {
                         remove_local(&self.data_dir, &path).await?;
                         counts.removed += 1;
                     }
