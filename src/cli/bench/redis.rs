@@ -106,7 +106,10 @@ enum Reply<'a> {
 }
 
 fn line_end(buf: &[u8], from: usize) -> Option<usize> {
-    memchr::memmem::find(buf.get(from..)?, b"\r\n").map(|p| p + from)
+    // A reply's lines end in CRLF and never hold a bare CR before it: the first CR is the end
+    // (a `memmem::find` built its searcher on every call, per reply line).
+    let at = memchr::memchr(b'\r', buf.get(from..)?)? + from;
+    (buf.get(at + 1) == Some(&b'\n')).then_some(at)
 }
 
 /// The reply at the front of `buf` and its length, `None` if incomplete.
@@ -310,20 +313,16 @@ async fn send_batches(
             buf.drain(..start);
             start = 0;
         }
-        let filled = buf.len();
-        buf.resize(filled + READ_CHUNK, 0);
+        // Into the spare capacity, not zero-filled first (as the subscribers read).
+        buf.reserve(READ_CHUNK);
         let read = match due {
-            Some(due) => match tokio::time::timeout_at(due, rx.read(&mut buf[filled..])).await {
+            Some(due) => match tokio::time::timeout_at(due, rx.read_buf(&mut buf)).await {
                 Ok(read) => read,
-                Err(_) => {
-                    buf.truncate(filled);
-                    continue;
-                }
+                Err(_) => continue,
             },
-            None => rx.read(&mut buf[filled..]).await,
+            None => rx.read_buf(&mut buf).await,
         };
         let n = read.map_err(protocol)?;
-        buf.truncate(filled + n);
         if n == 0 {
             return Err(protocol("redis closed the connection"));
         }
