@@ -58,7 +58,7 @@ fn engine_error(error: impl std::fmt::Display + std::fmt::Debug) -> ClusterError
     }
 }
 
-/// How long [`Lease::open`] waits for a just-created bucket to answer reads.
+/// How long [`Lease::open`] retries opening the bucket, and then waits for it to answer reads.
 const BUCKET_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until the bucket answers a read of the lease. Right after a bucket is created, its
@@ -79,6 +79,30 @@ async fn answering(kv: &kv::Store) -> Result<(), ClusterError> {
     }
 }
 
+/// The lease bucket, created (with `lease` as its `max_age`) when missing. A creation that
+/// timed out after the engine made it finds the bucket on the next try.
+async fn open_bucket(
+    js: &Context,
+    lease: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    match js.get_key_value(LEASE_BUCKET).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: LEASE_BUCKET.to_owned(),
+                description: "deployd's leader lease".to_owned(),
+                history: 1,
+                max_age: lease,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(engine_error),
+    }
+}
+
 impl Lease {
     /// Opens (creating it when missing) the lease bucket with `lease` as its `max_age`, once it
     /// answers reads.
@@ -89,20 +113,18 @@ impl Lease {
         lease: Duration,
         replicas: usize,
     ) -> Result<Lease, ClusterError> {
-        let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: LEASE_BUCKET.to_owned(),
-                    description: "deployd's leader lease".to_owned(),
-                    history: 1,
-                    max_age: lease,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(engine_error)?,
+        // An engine still electing its leaders times requests out (the bucket's creation on a
+        // cluster just started, two loaded cores: the lib tests, once): retried like the reads.
+        let deadline = Instant::now() + BUCKET_ANSWER_WAIT;
+        let kv = loop {
+            match open_bucket(&js, lease, replicas).await {
+                Ok(kv) => break kv,
+                Err(ClusterError::Unreachable(text)) if Instant::now() < deadline => {
+                    tracing::debug!(%text, "the lease bucket cannot be opened yet");
+                    tokio::time::sleep(MIN_POLL).await;
+                }
+                Err(error) => return Err(error),
+            }
         };
         answering(&kv).await?;
         Ok(Lease {
