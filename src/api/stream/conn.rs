@@ -16,6 +16,7 @@ use std::ops::Range;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::frames::WireFrames;
 use super::{MAX_SUBSCRIBER_FRAME_BYTES, SUBSCRIBER_READ_BUFFER_BYTES};
 use crate::ws::{self, encode_frame, opcode, FrameError};
 
@@ -218,6 +219,19 @@ where
         }
         self.buffered += frames.len();
         self.out.push_back(Piece::Shared(frames));
+    }
+
+    /// Queues frames `skip..` of a rendering shared by every subscriber: short ones copied
+    /// straight from it, long ones shared. A short event's frames were cloned (a shared count
+    /// bumped) only to be copied and dropped: two atomic writes per event and subscriber on a
+    /// count every subscriber's core touches, ~6 % of the server's samples at 1000 subscribers.
+    pub(super) fn queue_rendered(&mut self, frames: &WireFrames, skip: usize) {
+        let bytes = frames.starting_at(skip);
+        if bytes.len() < SHARE_MIN_BYTES {
+            self.queue(bytes);
+        } else {
+            self.queue_shared(frames.shared_from(skip));
+        }
     }
 
     pub(super) fn buffered(&self) -> usize {

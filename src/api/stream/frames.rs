@@ -94,8 +94,7 @@ impl WireFrames {
         }
     }
 
-    /// The encoded bytes of frames `skip..` (empty when `skip >= len`).
-    #[cfg(test)]
+    /// The encoded bytes of frames `skip..`, borrowed (empty when `skip >= len`).
     pub fn starting_at(&self, skip: usize) -> &[u8] {
         match self.starts.get(skip) {
             Some(start) => &self.bytes[*start..],
@@ -257,11 +256,11 @@ pub(super) struct LogBatches {
 }
 
 impl LogBatches {
-    /// The frames from segment line `skip` on, when a frame starts there (no copy); `None` when
-    /// `skip` falls inside a frame (then render the rest with [`log_batches_from`]).
-    pub fn shared_from_line(&self, skip: usize) -> Option<Bytes> {
-        let frame = self.firsts.binary_search(&skip).ok()?;
-        Some(self.frames.shared_from(frame))
+    /// The frame that starts at segment line `skip` (its frames from there on are sent from
+    /// the one rendering); `None` when `skip` falls inside a frame (then render the rest with
+    /// [`log_batches_from`]).
+    pub fn frame_at_line(&self, skip: usize) -> Option<usize> {
+        self.firsts.binary_search(&skip).ok()
     }
 }
 
@@ -600,8 +599,8 @@ mod tests {
             ]
         );
         // A resume point inside the frame: rendered apart, starting at the next line.
-        assert!(batches.shared_from_line(0).is_some());
-        assert!(batches.shared_from_line(1).is_none());
+        assert_eq!(batches.frame_at_line(0), Some(0));
+        assert!(batches.frame_at_line(1).is_none());
         let mut out = FramesBuilder::default();
         let rendered = render_log_batches(
             &mut out,
@@ -653,13 +652,10 @@ mod tests {
         // Each frame's first line is where its cached suffix starts.
         for frame in &frames {
             let seq = frame["seq"].as_u64().unwrap();
-            let shared = batches
-                .shared_from_line(seq as usize - 1)
+            let frame = batches
+                .frame_at_line(seq as usize - 1)
                 .expect("a frame starts there");
-            assert_eq!(
-                &shared[..],
-                batches.frames.starting_at(batch_index(&frames, seq))
-            );
+            assert_eq!(frame, batch_index(&frames, seq));
         }
     }
 

@@ -21,7 +21,7 @@ use super::conn::{ClientMessage, Conn, WRITE_BUFFER_BYTES};
 use super::cursor::{in_replay_window, CatchUpStep, Cursor, Live, Logs, Step};
 use super::frames::{
     event_batches, event_frames, log_batches_from, new_frame, ping_frame, read_log_frames,
-    status_text, text_frame, LogForm,
+    status_text, text_frame, LogForm, WireFrames,
 };
 #[cfg(doc)]
 use super::MAX_READ_BYTES;
@@ -230,16 +230,18 @@ where
             // `skip_frames` counts lines: with batches, they start at a frame or inside one.
             Step::Send { skip_frames } if batches.is_some() => {
                 self.uncounted_deliveries += 1;
-                let shared = batches.and_then(|b| b.shared_from_line(skip_frames));
-                let frames = match shared {
-                    Some(shared) => shared,
-                    None => log_batches_from(event, skip_frames).shared_from(0),
-                };
-                self.feed_shared(frames).await
+                let at = batches.and_then(|b| Some((b, b.frame_at_line(skip_frames)?)));
+                match at {
+                    Some((batches, frame)) => self.feed_rendered(&batches.frames, frame).await,
+                    None => {
+                        let rest = log_batches_from(event, skip_frames);
+                        self.feed_shared(rest.shared_from(0)).await
+                    }
+                }
             }
             Step::Send { skip_frames } => {
                 self.uncounted_deliveries += 1;
-                self.feed_shared(frames.shared_from(skip_frames)).await
+                self.feed_rendered(frames, skip_frames).await
             }
             Step::CatchUp { announce } => self.catch_up(id, announce).await,
         }
@@ -364,6 +366,15 @@ where
     /// Queues frames rendered once for everyone (not copied, see `Conn::queue_shared`),
     /// writing them out once [`WRITE_BUFFER_BYTES`] are waiting: what is buffered beyond the
     /// one rendering or store read the subscriber holds anyway stays under that.
+    /// Queues frames `skip..` of an event's one rendering (see [`Conn::queue_rendered`]).
+    async fn feed_rendered(&mut self, frames: &WireFrames, skip: usize) -> Result<(), End> {
+        self.conn.queue_rendered(frames, skip);
+        if self.conn.buffered() >= WRITE_BUFFER_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn feed_shared(&mut self, frames: bytes::Bytes) -> Result<(), End> {
         self.conn.queue_shared(frames);
         if self.conn.buffered() >= WRITE_BUFFER_BYTES {
