@@ -9,11 +9,13 @@
 //!
 //! Must not know anything about deployd: it runs servers and reports when JetStream is ready.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a start or restart waits for JetStream to elect a meta leader.
@@ -58,10 +60,28 @@ pub fn nats_server_bin() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; nats-server binds it right after).
+/// The ports given to this process's fixtures and not released by their drop. A fixture keeps
+/// its servers' ports while one of them is killed: a fixture starting meanwhile (tests run in
+/// parallel) took a killed server's freed port, and the restart then found it taken — a test's
+/// client reached another test's cluster ("no stream found for given subject").
+static RESERVED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+fn reserved() -> std::sync::MutexGuard<'static, BTreeSet<u16>> {
+    RESERVED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; nats-server binds it right after) that no
+/// live fixture of this process holds.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local addr").port();
+        if reserved().insert(port) {
+            return port;
+        }
+    }
 }
 
 impl NatsCluster {
@@ -341,6 +361,13 @@ impl Drop for NatsCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+        let mut reserved = reserved();
+        for node in &self.nodes {
+            for port in [node.client_port, node.cluster_port, node.http_port] {
+                reserved.remove(&port);
+            }
+        }
+        drop(reserved);
         // Kept after a failure, for its logs.
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
