@@ -24,6 +24,9 @@ use tokio::time::Instant;
 
 use crate::model::{LogStream, NewLine};
 
+mod packed;
+pub use packed::Lines;
+
 /// Longest line in bytes anywhere: what a pusher sends, what the store keeps. Longer lines are
 /// cut (or split, see `Overlong`) on a char boundary. 64 KiB holds any line a human reads and
 /// most minified bundles' lines, while bounding what one line costs every subscriber.

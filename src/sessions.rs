@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
+use crate::lines::Lines;
 use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::pipeline::{self, DeploymentSink, Job, PipelineConfig, SinkError, SourceLocation};
 use crate::sources::SourceUrls;
@@ -78,7 +79,7 @@ impl Session {
     }
 
     /// Appends lines; returns the last durable line number.
-    pub async fn append_logs(&self, lines: Vec<NewLine>) -> Result<LineNo, WriteError> {
+    pub async fn append_logs(&self, lines: impl Into<Lines>) -> Result<LineNo, WriteError> {
         self.writer.append_logs(self.deployment, lines).await
     }
 
@@ -87,7 +88,7 @@ impl Session {
     /// gives the result once they are durable. Errs at once when the writer is gone.
     pub async fn queue_append(
         &self,
-        lines: Vec<NewLine>,
+        lines: impl Into<Lines>,
     ) -> Result<impl Future<Output = Result<Appended, WriteError>> + Send + 'static, WriteError>
     {
         self.writer.queue_append(self.deployment, lines).await

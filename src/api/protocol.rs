@@ -325,10 +325,11 @@ const BINARY_LINE_PREFIX_BYTES: usize = 4;
 
 /// A decoded binary `logs` message: the same append as a JSON `logs` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BinaryLogs {
+pub struct BinaryLogs<'a> {
     pub batch: u64,
     pub stream: LogStream,
-    pub lines: Vec<String>,
+    /// The lines, borrowed from the message.
+    pub lines: Vec<&'a str>,
 }
 
 /// Why a binary message is not a `logs` frame. Each closes the socket (a pusher whose
@@ -386,7 +387,7 @@ pub fn encode_binary_logs<'a>(
 /// itself proves is there) anything that is not exactly the layout: a short header, another
 /// kind, a stream other than stdout/stderr, a count or a length running past the end, bytes
 /// after the last line, a line that is not UTF-8.
-pub fn decode_binary_logs(bytes: &[u8]) -> Result<BinaryLogs, BinaryFrameError> {
+pub fn decode_binary_logs(bytes: &[u8]) -> Result<BinaryLogs<'_>, BinaryFrameError> {
     use BinaryFrameError::Malformed;
     let Some((header, mut rest)) = bytes.split_first_chunk::<BINARY_LOGS_HEADER_BYTES>() else {
         return Err(Malformed("shorter than its header"));
@@ -420,7 +421,7 @@ pub fn decode_binary_logs(bytes: &[u8]) -> Result<BinaryLogs, BinaryFrameError> 
         }
         let (line, after) = after.split_at(len);
         let line = std::str::from_utf8(line).map_err(|_| BinaryFrameError::NotUtf8(i))?;
-        lines.push(line.to_owned());
+        lines.push(line);
         rest = after;
     }
     if !rest.is_empty() {
@@ -522,7 +523,7 @@ mod tests {
             Ok(BinaryLogs {
                 batch: 7,
                 stream: LogStream::Stderr,
-                lines: lines.iter().map(|l| l.to_string()).collect(),
+                lines: lines.to_vec(),
             })
         );
         let empty = encode_binary_logs(u64::MAX, LogStream::Stdout, std::iter::empty());

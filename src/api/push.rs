@@ -35,7 +35,8 @@ use super::protocol::{
 };
 use super::views::DeploymentView;
 use super::{ApiError, AppState};
-use crate::model::{App, Driver, LogStream, NewLine, Pusher};
+use crate::lines::Lines;
+use crate::model::{App, Driver, Pusher};
 use crate::sessions::Session;
 use crate::status::Status;
 use crate::store::writer::{Appended, WriteError};
@@ -420,7 +421,8 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                     Message::Binary(bytes) if granted.binary_logs => {
                         match decode_binary_logs(&bytes) {
                             Ok(logs) => {
-                                queue_logs(&session, &mut pending, logs.batch, logs.stream, logs.lines).await;
+                                let lines = Lines::of_stream(logs.stream, &logs.lines);
+                                queue_logs(&session, &mut pending, logs.batch, lines).await;
                                 continue;
                             }
                             Err(err) => {
@@ -442,7 +444,7 @@ async fn run(state: AppState, caller: Caller, app: App, socket: WebSocket) {
                 };
                 match ClientFrame::from_json(&body) {
                     Ok(ClientFrame::Logs { batch, stream, lines }) => {
-                        queue_logs(&session, &mut pending, batch, stream, lines).await;
+                        queue_logs(&session, &mut pending, batch, Lines::of_stream(stream, &lines)).await;
                     }
                     Ok(ClientFrame::Status { status }) => queued_statuses.push_back(status),
                     Ok(ClientFrame::ImageSize { bytes }) => {
@@ -503,13 +505,8 @@ async fn queue_logs(
     session: &Session,
     pending: &mut FuturesOrdered<Pending>,
     batch: u64,
-    stream: LogStream,
-    lines: Vec<String>,
+    lines: Lines,
 ) {
-    let lines = lines
-        .into_iter()
-        .map(|text| NewLine { stream, text })
-        .collect();
     let arrived = std::time::Instant::now();
     match session.queue_append(lines).await {
         Ok(reply) => pending.push_back(Box::pin(async move {

@@ -56,6 +56,17 @@ impl Segment {
         )))
     }
 
+    /// Encodes lines laid out as a segment's text (see [`codec::encode_packed_segment`]).
+    pub fn encode_packed(
+        stored_at: time::OffsetDateTime,
+        streams: impl ExactSizeIterator<Item = crate::model::LogStream>,
+        text: &[u8],
+    ) -> Segment {
+        Segment(bytes::Bytes::from(codec::encode_packed_segment(
+            stored_at, streams, text,
+        )))
+    }
+
     /// Bytes read back from a log file, as the index says a segment lies there; not checked
     /// until [`Segment::view`].
     pub fn from_stored(bytes: impl Into<bytes::Bytes>) -> Segment {

@@ -418,7 +418,7 @@ mod tests {
                         ClientFrame::Logs {
                             batch: logs.batch,
                             stream: logs.stream,
-                            lines: logs.lines,
+                            lines: logs.lines.iter().map(|l| l.to_string()).collect(),
                         }
                     }
                     _ => continue,

@@ -228,7 +228,8 @@ mod image;
 pub use image::{decode_image, encode_image, image_key, images_prefix, ImageRecord};
 mod segment;
 pub use segment::{
-    decode_segment_ref, encode_segment, encode_segment_ref, SegmentRef, SegmentView,
+    decode_segment_ref, encode_packed_segment, encode_segment, encode_segment_ref, SegmentRef,
+    SegmentView,
 };
 
 // ---- keys ----------------------------------------------------------------------------------
@@ -899,6 +900,17 @@ mod tests {
                 let expected: String = input[skip..].iter().map(|(_, t)| format!("{t}\n")).collect();
                 prop_assert_eq!(view.text_from_line(skip), expected.as_bytes());
             }
+        }
+
+        #[test]
+        fn a_packed_segment_is_byte_for_byte_the_per_line_encoding(lines in proptest::collection::vec(("[^\n]{0,40}", 0u8..3), 0..50), ns in any::<i64>()) {
+            let input: Vec<(LogStream, &str)> = lines
+                .iter()
+                .map(|(t, c)| (log_stream_from_code(*c).expect("code"), t.as_str()))
+                .collect();
+            let text: String = input.iter().map(|(_, t)| format!("{t}\n")).collect();
+            let packed = encode_packed_segment(at(ns), input.iter().map(|(s, _)| *s), text.as_bytes());
+            prop_assert_eq!(packed, encode_segment(at(ns), input.iter().copied(), 0));
         }
 
         #[test]

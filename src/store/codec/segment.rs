@@ -74,6 +74,26 @@ pub fn encode_segment<'a>(
     out
 }
 
+/// Encodes one segment from lines already laid out as its text: `text` is every line followed
+/// by `\n`, one stream per line (the store writer's [`crate::lines::Lines`]). The same bytes as
+/// [`encode_segment`] of those lines, with the text copied in one piece.
+pub fn encode_packed_segment(
+    stored_at: OffsetDateTime,
+    streams: impl ExactSizeIterator<Item = LogStream>,
+    text: &[u8],
+) -> Vec<u8> {
+    let n = streams.len();
+    debug_assert_eq!(memchr::memchr_iter(b'\n', text).count(), n);
+    let mut out = Vec::with_capacity(SEGMENT_HEADER + n + text.len());
+    out.push(SEGMENT_V1);
+    out.extend_from_slice(&nanos(stored_at).to_be_bytes());
+    let count = u32::try_from(n).expect("invariant: a segment holds fewer than 2^32 lines");
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend(streams.map(log_stream_code));
+    out.extend_from_slice(text);
+    out
+}
+
 /// A decoded view of a segment, borrowing its bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentView<'a> {

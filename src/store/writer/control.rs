@@ -6,8 +6,9 @@
 
 use super::group::{now, put, Group, Outcome, WriterState};
 use super::lifecycle::Cancel;
-use super::segments::{append_segments, line_count};
+use super::segments::append_segments;
 use super::WriteError;
+use crate::lines::Lines;
 use crate::model::{Deployment, DeploymentId, NewLine};
 use crate::store::codec;
 
@@ -33,11 +34,11 @@ impl WriterState {
         by: &str,
         group: &mut Group,
     ) -> Result<Outcome<CancelReply>, WriteError> {
-        let note = [cancelled_note(by)];
+        let note = Lines::from(cancelled_note(by));
         let now = now();
         let decided = self
             .lifecycle
-            .cancel(deployment, by, line_count(&note), now)
+            .cancel(deployment, by, note.len() as u64, now)
             .map_err(|refusal| self.refused(deployment, refusal, None))?;
         let (note_first, record, changes, pending) = match decided {
             Cancel::Repeated(record) => {

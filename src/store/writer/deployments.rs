@@ -6,8 +6,9 @@
 
 use super::group::{now, put, Group, Outcome, WriterState};
 use super::records::record_success;
-use super::segments::{append_segments, line_count};
+use super::segments::append_segments;
 use super::{Appended, Target, WriteError};
+use crate::lines::Lines;
 use crate::model::{AppId, Deployment, DeploymentId, Driver, LineNo, NewLine, Pusher};
 use crate::status::Status;
 use crate::store::codec;
@@ -29,12 +30,12 @@ impl WriterState {
         };
         let created_at = now();
         let slot_note = self.lifecycle.max_executors().map(|max| {
-            [NewLine::system(format!(
+            Lines::from(NewLine::system(format!(
                 "-----> Waiting for a build slot: {max} deployments are running \
                  ([executor] max_concurrent = {max})"
-            ))]
+            )))
         });
-        let note_lines = slot_note.as_ref().map_or(0, |note| line_count(note));
+        let note_lines = slot_note.as_ref().map_or(0, |note| note.len() as u64);
         let (change, note_first) = self.lifecycle.admit(
             Deployment {
                 id: DeploymentId::generate(),
@@ -72,12 +73,12 @@ impl WriterState {
     pub(super) fn append_logs(
         &mut self,
         deployment: DeploymentId,
-        mut lines: Vec<NewLine>,
+        mut lines: Lines,
         group: &mut Group,
     ) -> Result<Outcome<Appended>, WriteError> {
         let dropped = self.apply_log_limit(deployment, &mut lines);
-        let lines = &lines[..];
-        let count = line_count(lines);
+        let lines = &lines;
+        let count = lines.len() as u64;
         group.lines += count;
         let given = self
             .lifecycle
@@ -107,8 +108,8 @@ impl WriterState {
         note: Option<NewLine>,
         group: &mut Group,
     ) -> Result<Outcome<Deployment>, WriteError> {
-        let note = note.map(|line| [line]);
-        let note_lines = note.as_ref().map_or(0, |note| line_count(note));
+        let note = note.map(Lines::from);
+        let note_lines = note.as_ref().map_or(0, |note| note.len() as u64);
         // Read before the lifecycle moves, so that a failed read refuses the whole command.
         let app_on_success = match target {
             Target::Status(Status::Success) => self.app_of(deployment, group)?,

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::failure::{Health, HealthCell};
 use super::group::WriterState;
 use super::{Appended, Recovery, Target, WriteError, WriterOptions, WRITER_QUEUE_CAPACITY};
+use crate::lines::Lines;
 use crate::model::{
     App, AppId, Deployment, DeploymentId, Driver, Grant, LineNo, NewLine, Pusher, Token, TokenId,
     User, UserId,
@@ -71,7 +72,7 @@ pub enum Command {
     },
     AppendLogs {
         deployment: DeploymentId,
-        lines: Vec<NewLine>,
+        lines: Lines,
         reply: Reply<Appended>,
     },
     Transition {
@@ -277,11 +278,13 @@ impl Writer {
     pub async fn queue_append(
         &self,
         deployment: DeploymentId,
-        lines: Vec<NewLine>,
+        lines: impl Into<Lines>,
     ) -> Result<
         impl std::future::Future<Output = Result<Appended, WriteError>> + Send + 'static,
         WriteError,
     > {
+        // Packed here, on the caller's task: the writer thread does no splitting or freeing.
+        let lines = lines.into();
         let permit = self.tx.reserve().await.map_err(|_| stopped())?;
         let (reply, rx) = oneshot::channel();
         permit.send(Command::AppendLogs {
@@ -297,9 +300,24 @@ impl Writer {
     pub async fn append_logs(
         &self,
         deployment: DeploymentId,
-        lines: Vec<NewLine>,
+        lines: impl Into<Lines>,
     ) -> Result<LineNo, WriteError> {
         Ok(self.append(deployment, lines).await?.last_line)
+    }
+
+    /// Appends lines; durable when this returns. Says how many were dropped (`max_log_bytes`).
+    pub async fn append(
+        &self,
+        deployment: DeploymentId,
+        lines: impl Into<Lines>,
+    ) -> Result<Appended, WriteError> {
+        let lines = lines.into();
+        self.call(|reply| Command::AppendLogs {
+            deployment,
+            lines,
+            reply,
+        })
+        .await
     }
 }
 
@@ -368,8 +386,6 @@ commands! {
     /// Creates a deployment: `building`, or `queued` when the app has one in progress.
     fn create_deployment(app: AppId, git_ref: String, pusher: Pusher, driver: Driver) -> Deployment
         = CreateDeployment;
-    /// Appends lines; durable when this returns. Says how many were dropped (`max_log_bytes`).
-    fn append(deployment: DeploymentId, lines: Vec<NewLine>) -> Appended = AppendLogs;
     /// Moves a deployment through the state machine; durable and broadcast when this returns.
     fn transition(deployment: DeploymentId, target: Target, note: Option<NewLine>) -> Deployment
         = Transition;

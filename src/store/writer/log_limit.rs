@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 
 use super::group::WriterState;
+use crate::lines::Lines;
 use crate::model::{DeploymentId, NewLine};
 use crate::status::Status;
 
@@ -46,11 +47,6 @@ impl Default for LogLimit {
     }
 }
 
-/// Bytes a line adds to the log file, apart from segment headers.
-fn stored_cost(line: &NewLine) -> u64 {
-    line.text.len() as u64 + 2
-}
-
 impl LogLimit {
     pub(crate) fn new(max_bytes: u64) -> Self {
         Self {
@@ -59,13 +55,10 @@ impl LogLimit {
         }
     }
 
-    /// Which of `lines` a deployment whose log file is `used` bytes long may store.
-    pub(crate) fn admit(
-        &mut self,
-        deployment: DeploymentId,
-        used: u64,
-        lines: &[NewLine],
-    ) -> Admitted {
+    /// Which of `lines` a deployment whose log file is `used` bytes long may store. Given
+    /// lines are kept or dropped whole (all the stored lines one was split into), and counted
+    /// as given in `dropped`.
+    pub(crate) fn admit(&mut self, deployment: DeploymentId, used: u64, lines: &Lines) -> Admitted {
         let all = Admitted {
             keep: lines.len(),
             dropped: 0,
@@ -74,21 +67,31 @@ impl LogLimit {
         if self.max_bytes == 0 {
             return all;
         }
+        let given_from = |from: usize| {
+            (from..lines.len())
+                .filter(|&i| lines.starts_given(i))
+                .count() as u64
+        };
         if self.reached.contains(&deployment) {
             return Admitted {
                 keep: 0,
-                dropped: lines.len() as u64,
+                dropped: given_from(0),
                 notice: None,
             };
         }
         let mut total = used;
-        for (i, line) in lines.iter().enumerate() {
-            total = total.saturating_add(stored_cost(line));
+        // The first stored line of the given line being counted.
+        let mut given_start = 0;
+        for i in 0..lines.len() {
+            if lines.starts_given(i) {
+                given_start = i;
+            }
+            total = total.saturating_add(lines.stored_cost(i));
             if total > self.max_bytes {
                 self.reached.insert(deployment);
                 return Admitted {
-                    keep: i,
-                    dropped: (lines.len() - i) as u64,
+                    keep: given_start,
+                    dropped: given_from(given_start),
                     notice: Some(NewLine::system(format!(
                         "!     Log limit of {} bytes reached; further output dropped",
                         self.max_bytes
@@ -109,11 +112,7 @@ impl WriterState {
     /// The append path's one call: cuts `lines` to what the deployment may still store (plus
     /// the notice, the first time) and returns how many were dropped. A deployment that takes
     /// no lines (finished, queued, unknown) is left to the lifecycle to refuse.
-    pub(super) fn apply_log_limit(
-        &mut self,
-        deployment: DeploymentId,
-        lines: &mut Vec<NewLine>,
-    ) -> u64 {
+    pub(super) fn apply_log_limit(&mut self, deployment: DeploymentId, lines: &mut Lines) -> u64 {
         match self.lifecycle.get(deployment) {
             Some(record) if record.status != Status::Queued => {}
             _ => return 0,
@@ -121,7 +120,9 @@ impl WriterState {
         let used = self.log_ends.get(&deployment).copied().unwrap_or(0);
         let admitted = self.log_limit.admit(deployment, used, lines);
         lines.truncate(admitted.keep);
-        lines.extend(admitted.notice);
+        if let Some(notice) = admitted.notice {
+            lines.extend(&Lines::from(notice));
+        }
         admitted.dropped
     }
 }
@@ -129,12 +130,13 @@ impl WriterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::LogStream;
 
     #[test]
     fn lines_past_the_limit_are_refused_with_one_notice_then_silently() {
         let mut limit = LogLimit::new(10);
         let id = DeploymentId::generate();
-        let lines = vec![NewLine::stdout("abc"), NewLine::stdout("defg")];
+        let lines = Lines::of_stream(LogStream::Stdout, &["abc", "defg"]);
         // "abc" costs 3+2 = 5 bytes and fits in 10; "defg" would take the file to 11.
         let first = limit.admit(id, 0, &lines);
         assert_eq!((first.keep, first.dropped), (1, 1));
@@ -143,7 +145,7 @@ mod tests {
             notice.text,
             "!     Log limit of 10 bytes reached; further output dropped"
         );
-        let again = limit.admit(id, 5, &[NewLine::stdout("x")]);
+        let again = limit.admit(id, 5, &Lines::of_stream(LogStream::Stdout, &["x"]));
         assert_eq!(
             again,
             Admitted {
@@ -153,18 +155,35 @@ mod tests {
             }
         );
         // Another deployment is not affected.
-        let other = limit.admit(DeploymentId::generate(), 0, &lines[..1]);
+        let abc = Lines::of_stream(LogStream::Stdout, &["abc"]);
+        let other = limit.admit(DeploymentId::generate(), 0, &abc);
         assert_eq!((other.keep, other.dropped), (1, 0));
         limit.forget(id);
-        assert_eq!(limit.admit(id, 0, &lines[..1]).keep, 1);
+        assert_eq!(limit.admit(id, 0, &abc).keep, 1);
     }
 
     #[test]
     fn zero_means_unlimited() {
         let mut limit = LogLimit::new(0);
-        let lines = vec![NewLine::stdout("x".repeat(1000))];
+        let lines = Lines::of_stream(LogStream::Stdout, &["x".repeat(1000)]);
         let admitted = limit.admit(DeploymentId::generate(), u64::MAX - 1, &lines);
         assert_eq!((admitted.keep, admitted.dropped), (1, 0));
         assert!(admitted.notice.is_none());
+    }
+
+    #[test]
+    fn a_given_line_split_in_several_stored_lines_is_kept_or_dropped_whole() {
+        let mut limit = LogLimit::new(12);
+        // "ab" costs 4; "cd\nef" is two stored lines of 4 each: 12 in all fits, then "g" not.
+        let lines = Lines::of_stream(LogStream::Stdout, &["ab", "cd\nef", "g"]);
+        let admitted = limit.admit(DeploymentId::generate(), 0, &lines);
+        assert_eq!((admitted.keep, admitted.dropped), (3, 1));
+        let mut limit = LogLimit::new(10);
+        let admitted = limit.admit(DeploymentId::generate(), 0, &lines);
+        assert_eq!(
+            (admitted.keep, admitted.dropped),
+            (1, 2),
+            "cut before \"cd\", not inside it"
+        );
     }
 }

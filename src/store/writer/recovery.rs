@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 
 use super::group::{now, put, Group, Outcome, WriterState};
-use super::segments::{append_segments, line_count};
+use super::segments::append_segments;
 use super::{Recovery, Target};
+use crate::lines::Lines;
 use crate::model::DeploymentId;
 use crate::model::{Driver, NewLine};
 use crate::status::Status;
@@ -94,10 +95,10 @@ impl WriterState {
                 Some(damage) => format!("{why}; {}", damage.describe()),
                 None => why,
             };
-            let note = [NewLine::system(format!("!     Deployment {}: {why}", to))];
+            let note = Lines::from(NewLine::system(format!("!     Deployment {}: {why}", to)));
             let moved = self
                 .lifecycle
-                .transition(id, Target::SessionLost, line_count(&note), now)
+                .transition(id, Target::SessionLost, note.len() as u64, now)
                 .expect("invariant: a lost session may always end an unfinished deployment");
             let log_end = self.log_ends.entry(id).or_default();
             append_segments(

@@ -1,6 +1,6 @@
-//! Cutting appended lines into stored segments: each `\n`-separated piece is one stored line
-//! (a trailing `\r` dropped, at most [`MAX_LINE_BYTES`]), packed into segments of at most
-//! [`MAX_SEGMENT_BYTES`], each a file append plus its index entry in the group.
+//! Packing appended lines into stored segments: each stored line of a [`Lines`] (already split
+//! and cut by the caller) is one line of a segment, at most [`MAX_SEGMENT_BYTES`] each, each a
+//! file append plus its index entry in the group.
 //!
 //! It numbers lines from the `first` it is given and never decides which lines a deployment may
 //! take (that is `lifecycle`); it does no I/O (the group commit writes what it adds).
@@ -8,87 +8,75 @@
 use time::OffsetDateTime;
 
 use super::group::{put, Group};
-use crate::lines::{self, MAX_LINE_BYTES};
-use crate::model::{AppId, DeploymentId, LineNo, LogStream, NewLine};
+use crate::lines::Lines;
+use crate::model::{AppId, DeploymentId, LineNo};
 use crate::store::events::{Event, EventKind};
 use crate::store::{codec, Segment, MAX_SEGMENT_BYTES};
 
-/// How many stored lines `lines` make (one per `\n`-separated piece). Counted before the
-/// lines are cut into segments (the lifecycle hands out their numbers first), so it is one
-/// SIMD scan per line rather than a second split.
-pub(crate) fn line_count(lines: &[NewLine]) -> u64 {
-    lines
-        .iter()
-        .map(|line| 1 + memchr::memchr_iter(b'\n', line.text.as_bytes()).count() as u64)
-        .sum()
-}
-
-/// Splits `lines` into stored lines numbered from `first` ([`line_count`] of them), encodes
-/// them as segments, adds them (file appends at `log_end` and their index entries) to the group,
-/// and advances `log_end`. Returns the hub events.
+/// Encodes `lines` (numbered from `first`, `lines.len()` of them) as segments, adds them (file
+/// appends at `log_end` and their index entries) to the group, and advances `log_end`. Returns
+/// the hub events.
 pub(crate) fn append_segments(
     (app, deployment): (AppId, DeploymentId),
     first: LineNo,
     log_end: &mut u64,
-    lines: &[NewLine],
+    lines: &Lines,
     stored_at: OffsetDateTime,
     group: &mut Group,
 ) -> Vec<Event> {
-    let pieces = lines.iter().flat_map(|line| {
-        lines::split_text(&line.text, MAX_LINE_BYTES).map(move |piece| (line.stream, piece))
-    });
-    let mut next_line = first;
     let mut events = Vec::new();
-    let mut chunk: Vec<(LogStream, &str)> = Vec::new();
-    let mut chunk_bytes = 0;
-    let mut flush =
-        |chunk: &mut Vec<(LogStream, &str)>, chunk_bytes: &mut usize, group: &mut Group| {
-            if chunk.is_empty() {
-                return;
-            }
-            let first = next_line;
-            let segment = Segment::encode(stored_at, chunk.iter().copied(), *chunk_bytes);
-            group.text_bytes += *chunk_bytes;
-            let reference = codec::SegmentRef {
-                offset: *log_end,
-                len: u32::try_from(segment.len())
-                    .expect("invariant: segments are at most MAX_SEGMENT_BYTES plus a header"),
-                lines: u32::try_from(chunk.len()).expect("invariant: a segment holds < 2^32 lines"),
-            };
-            group.appends.push((deployment, *log_end, segment.clone()));
-            *log_end = reference.end();
-            group.ops.push(put(
-                codec::segment_key(deployment, first),
-                codec::encode_segment_ref(&reference),
-            ));
-            next_line = LineNo(first.0 + chunk.len() as u64);
-            events.push(Event::new(
-                app,
-                deployment,
-                EventKind::Logs { first, segment },
-            ));
-            chunk.clear();
-            *chunk_bytes = 0;
+    let mut flush = |from: usize, to: usize, group: &mut Group| {
+        if from == to {
+            return;
+        }
+        let first = LineNo(first.0 + from as u64);
+        let (streams, text) = lines.packed(from, to);
+        let segment = Segment::encode_packed(stored_at, streams, text);
+        group.text_bytes += lines.text_len(from, to);
+        let reference = codec::SegmentRef {
+            offset: *log_end,
+            len: u32::try_from(segment.len())
+                .expect("invariant: segments are at most MAX_SEGMENT_BYTES plus a header"),
+            lines: u32::try_from(to - from).expect("invariant: a segment holds < 2^32 lines"),
         };
-    for (stream, text) in pieces {
+        group.appends.push((deployment, *log_end, segment.clone()));
+        *log_end = reference.end();
+        group.ops.push(put(
+            codec::segment_key(deployment, first),
+            codec::encode_segment_ref(&reference),
+        ));
+        events.push(Event::new(
+            app,
+            deployment,
+            EventKind::Logs { first, segment },
+        ));
+    };
+    // A segment is cut before a line that would take its text (plus that line's `\n` and
+    // stream code) past MAX_SEGMENT_BYTES.
+    let mut from = 0;
+    let mut chunk_bytes = 0;
+    for (i, (_, text)) in lines.iter().enumerate() {
         if chunk_bytes + text.len() + 2 > MAX_SEGMENT_BYTES {
-            flush(&mut chunk, &mut chunk_bytes, group);
+            flush(from, i, group);
+            from = i;
+            chunk_bytes = 0;
         }
         chunk_bytes += text.len();
-        chunk.push((stream, text));
     }
-    flush(&mut chunk, &mut chunk_bytes, group);
+    flush(from, lines.len(), group);
     events
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lines::{self, MAX_LINE_BYTES};
+    use crate::model::{LogStream, NewLine};
 
     #[test]
-    fn stored_lines_are_numbered_from_first_and_counted_as_line_count_says() {
-        let lines = vec![NewLine::stdout("a\r\nb"), NewLine::stderr("c")];
-        assert_eq!(line_count(&lines), 3);
+    fn stored_lines_are_numbered_from_first_and_packed_into_one_segment() {
+        let lines = Lines::from(vec![NewLine::stdout("a\r\nb"), NewLine::stderr("c")]);
+        assert_eq!(lines.len(), 3);
         let mut group = Group::default();
         let mut log_end = 10;
         let events = append_segments(
@@ -112,6 +100,40 @@ mod tests {
         assert_eq!(log_end, 10 + segment.len() as u64);
         let view = segment.view().expect("segment");
         assert_eq!(view.text, b"a\nb\nc\n");
+    }
+
+    #[test]
+    fn lines_past_a_segments_size_start_the_next_segment_numbered_on() {
+        let line = "x".repeat(MAX_LINE_BYTES);
+        let lines = Lines::of_stream(LogStream::Stdout, &vec![line; 17]);
+        let mut group = Group::default();
+        let mut log_end = 0;
+        let events = append_segments(
+            (AppId::generate(), DeploymentId::generate()),
+            LineNo(1),
+            &mut log_end,
+            &lines,
+            OffsetDateTime::UNIX_EPOCH,
+            &mut group,
+        );
+        let firsts: Vec<_> = events
+            .iter()
+            .map(|event| match &event.kind {
+                EventKind::Logs { first, segment } => {
+                    (first.0, segment.view().expect("segment").line_count())
+                }
+                other => panic!("not a log event: {other:?}"),
+            })
+            .collect();
+        assert_eq!(firsts, [(1, 15), (16, 2)]);
+        let (_, second_offset, _) = &group.appends[1];
+        assert_eq!(*second_offset, group.appends[0].2.len() as u64);
+        assert_eq!(log_end, second_offset + group.appends[1].2.len() as u64);
+        assert!(group
+            .appends
+            .iter()
+            .all(|(_, _, s)| s.len() <= MAX_SEGMENT_BYTES + 64));
+        assert_eq!(group.text_bytes, 17 * MAX_LINE_BYTES);
     }
 
     #[test]
