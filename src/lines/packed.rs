@@ -103,6 +103,11 @@ impl Lines {
         (self.lines[i].end - self.start(i)) as u64 + 1
     }
 
+    /// [`Self::stored_cost`] of every stored line.
+    pub(crate) fn stored_cost_of_all(&self) -> u64 {
+        (self.text.len() + self.lines.len()) as u64
+    }
+
     /// Whether the `i`-th stored line is the first of a line the caller gave.
     pub(crate) fn starts_given(&self, i: usize) -> bool {
         self.lines[i].starts_given

@@ -79,6 +79,10 @@ impl LogLimit {
                 notice: None,
             };
         }
+        // Most appends are far from the limit: one sum decides.
+        if used.saturating_add(lines.stored_cost_of_all()) <= self.max_bytes {
+            return all;
+        }
         let mut total = used;
         // The first stored line of the given line being counted.
         let mut given_start = 0;

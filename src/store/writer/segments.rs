@@ -51,19 +51,28 @@ pub(crate) fn append_segments(
             EventKind::Logs { first, segment },
         ));
     };
-    // A segment is cut before a line that would take its text (plus that line's `\n` and
-    // stream code) past MAX_SEGMENT_BYTES.
+    // A segment ends before a line that would take its text (plus that line's `\n` and stream
+    // code) past MAX_SEGMENT_BYTES, and holds at least one line. The text length of `from..to`
+    // grows with `to`, so the end is a binary search, not a walk over every line.
     let mut from = 0;
-    let mut chunk_bytes = 0;
-    for (i, (_, text)) in lines.iter().enumerate() {
-        if chunk_bytes + text.len() + 2 > MAX_SEGMENT_BYTES {
-            flush(from, i, group);
-            from = i;
-            chunk_bytes = 0;
+    while from < lines.len() {
+        let fits = |to: usize| lines.text_len(from, to) + 2 <= MAX_SEGMENT_BYTES;
+        let (mut low, mut high) = (from + 1, lines.len());
+        if !fits(high) {
+            // `low` is always taken; find the last `to` in low..high that fits.
+            while low + 1 < high {
+                let middle = low + (high - low) / 2;
+                if fits(middle) {
+                    low = middle;
+                } else {
+                    high = middle;
+                }
+            }
+            high = low;
         }
-        chunk_bytes += text.len();
+        flush(from, high, group);
+        from = high;
     }
-    flush(from, lines.len(), group);
     events
 }
 
@@ -134,6 +143,45 @@ mod tests {
             .iter()
             .all(|(_, _, s)| s.len() <= MAX_SEGMENT_BYTES + 64));
         assert_eq!(group.text_bytes, 17 * MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn segments_end_where_a_walk_over_every_line_would_end_them() {
+        // Line lengths cycling through sizes around a segment's, so cuts fall everywhere.
+        let texts: Vec<String> = (0..200)
+            .map(|i| "y".repeat([0, 1, 40_000, MAX_LINE_BYTES, 777, 65_000][i % 6] + i))
+            .map(|t| lines::cut(&t, MAX_LINE_BYTES).to_owned())
+            .collect();
+        let lines = Lines::of_stream(LogStream::Stdout, &texts);
+        // The rule, one line at a time.
+        let mut expected = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for text in &texts {
+            if count > 0 && bytes + text.len() + 2 > MAX_SEGMENT_BYTES {
+                expected.push(count);
+                (count, bytes) = (0, 0);
+            }
+            count += 1;
+            bytes += text.len();
+        }
+        expected.push(count);
+        let mut group = Group::default();
+        let events = append_segments(
+            (AppId::generate(), DeploymentId::generate()),
+            LineNo(1),
+            &mut 0,
+            &lines,
+            OffsetDateTime::UNIX_EPOCH,
+            &mut group,
+        );
+        let got: Vec<usize> = events
+            .iter()
+            .map(|event| match &event.kind {
+                EventKind::Logs { segment, .. } => segment.view().expect("segment").line_count(),
+                other => panic!("not a log event: {other:?}"),
+            })
+            .collect();
+        assert_eq!(got, expected);
     }
 
     #[test]
