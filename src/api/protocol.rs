@@ -43,6 +43,8 @@
 //! framing), 1007 for a text frame that is not UTF-8, 1008 for an invalid `start` or none within
 //! 30 s, 1009 for a message above [`MAX_PUSH_FRAME_BYTES`].
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::lines::{MAX_BATCH_BYTES, MAX_BATCH_LINES};
@@ -96,8 +98,53 @@ impl ClientFrame {
     pub fn from_json_with_capabilities(
         text: &str,
     ) -> Result<(ClientFrame, Capabilities), serde_json::Error> {
+        let (frame, capabilities) = ParsedFrame::from_json_with_capabilities(text)?;
+        Ok((frame.into_owned(), capabilities))
+    }
+}
+
+/// A client frame as the server parses it: a `logs` frame's lines borrow from the frame's
+/// text when they hold no escape (most build output), so a batch costs no allocation per line
+/// (they are packed into the store's `Lines` next). Every other frame is a [`ClientFrame`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParsedFrame<'a> {
+    Logs {
+        batch: u64,
+        stream: LogStream,
+        lines: Vec<Cow<'a, str>>,
+    },
+    Other(ClientFrame),
+}
+
+impl<'a> ParsedFrame<'a> {
+    /// Parses a client frame in one pass (see [`ClientFrame::from_json`]).
+    pub fn from_json(text: &'a str) -> Result<ParsedFrame<'a>, serde_json::Error> {
+        Self::from_json_with_capabilities(text).map(|(frame, _)| frame)
+    }
+
+    /// The frame with its lines owned.
+    pub fn into_owned(self) -> ClientFrame {
+        match self {
+            ParsedFrame::Logs {
+                batch,
+                stream,
+                lines,
+            } => ClientFrame::Logs {
+                batch,
+                stream,
+                lines: lines.into_iter().map(Cow::into_owned).collect(),
+            },
+            ParsedFrame::Other(frame) => frame,
+        }
+    }
+
+    /// [`Self::from_json`], plus the capabilities a `start` frame asks for (none for the
+    /// other frames, which may not carry the field).
+    pub fn from_json_with_capabilities(
+        text: &'a str,
+    ) -> Result<(ParsedFrame<'a>, Capabilities), serde_json::Error> {
         use serde::de::Error;
-        let flat: FlatClientFrame = serde_json::from_str(text)?;
+        let flat: FlatClientFrame<'a> = serde_json::from_str(text)?;
         let allowed: &[&str] = match flat.kind.as_str() {
             "start" => &["git_ref", "capabilities"],
             "logs" => &["batch", "stream", "lines"],
@@ -135,13 +182,17 @@ impl ClientFrame {
             "start" => ClientFrame::Start {
                 git_ref: flat.git_ref,
             },
-            "logs" => ClientFrame::Logs {
-                batch: flat.batch.unwrap_or(0),
-                stream: flat.stream.map_or_else(default_stream, |s| s.0),
-                lines: flat
+            "logs" => {
+                let lines = flat
                     .lines
-                    .ok_or_else(|| serde_json::Error::missing_field("lines"))?,
-            },
+                    .ok_or_else(|| serde_json::Error::missing_field("lines"))?;
+                let logs = ParsedFrame::Logs {
+                    batch: flat.batch.unwrap_or(0),
+                    stream: flat.stream.map_or_else(default_stream, |s| s.0),
+                    lines: lines.into_iter().map(|line| line.0).collect(),
+                };
+                return Ok((logs, capabilities));
+            }
             "status" => ClientFrame::Status {
                 status: flat
                     .status
@@ -154,14 +205,19 @@ impl ClientFrame {
                     .ok_or_else(|| serde_json::Error::missing_field("bytes"))?,
             },
         };
-        Ok((frame, capabilities))
+        Ok((ParsedFrame::Other(frame), capabilities))
     }
 }
+
+/// One line of a `logs` frame, borrowed from the frame's text when it holds no escape.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct PushedLine<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// Every field any client frame has (see [`ClientFrame::from_json`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FlatClientFrame {
+struct FlatClientFrame<'a> {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -171,7 +227,8 @@ struct FlatClientFrame {
     #[serde(default)]
     stream: Option<OptionalStream>,
     #[serde(default)]
-    lines: Option<Vec<String>>,
+    #[serde(borrow)]
+    lines: Option<Vec<PushedLine<'a>>>,
     #[serde(default)]
     status: Option<Status>,
     #[serde(default)]
@@ -508,6 +565,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn logs_lines_without_escapes_are_borrowed_from_the_frame_text() {
+        let text = r#"{"lines":["plain","tab\there"],"type":"logs","stream":"stderr","batch":3}"#;
+        let Ok(ParsedFrame::Logs {
+            batch,
+            stream,
+            lines,
+        }) = ParsedFrame::from_json(text)
+        else {
+            panic!("a logs frame")
+        };
+        assert_eq!((batch, stream), (3, LogStream::Stderr));
+        assert!(matches!(lines[0], Cow::Borrowed("plain")));
+        assert!(matches!(&lines[1], Cow::Owned(line) if line == "tab\there"));
+        assert_eq!(
+            ParsedFrame::from_json(text).map(ParsedFrame::into_owned).ok(),
+            serde_json::from_str::<ClientFrame>(text).ok()
+        );
     }
 
     #[test]
