@@ -582,7 +582,9 @@ mod tests {
         assert!(matches!(lines[0], Cow::Borrowed("plain")));
         assert!(matches!(&lines[1], Cow::Owned(line) if line == "tab\there"));
         assert_eq!(
-            ParsedFrame::from_json(text).map(ParsedFrame::into_owned).ok(),
+            ParsedFrame::from_json(text)
+                .map(ParsedFrame::into_owned)
+                .ok(),
             serde_json::from_str::<ClientFrame>(text).ok()
         );
     }
