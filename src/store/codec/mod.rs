@@ -883,13 +883,18 @@ mod tests {
         }
     }
 
+    /// Generated `(text, stream code)` pairs as a segment's lines.
+    fn stored_lines(lines: &[(String, u8)]) -> Vec<(LogStream, &str)> {
+        lines
+            .iter()
+            .map(|(t, c)| (log_stream_from_code(*c).expect("code"), t.as_str()))
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn segments_round_trip(lines in proptest::collection::vec(("[^\n]{0,40}", 0u8..3), 0..50), ns in any::<i64>()) {
-            let input: Vec<(LogStream, &str)> = lines
-                .iter()
-                .map(|(t, c)| (log_stream_from_code(*c).expect("code"), t.as_str()))
-                .collect();
+            let input = stored_lines(&lines);
             let bytes = encode_segment(at(ns), input.iter().copied(), 0);
             let view = SegmentView::parse(&bytes).expect("parse");
             prop_assert_eq!(view.stored_at_nanos, ns);
@@ -904,10 +909,7 @@ mod tests {
 
         #[test]
         fn a_packed_segment_is_byte_for_byte_the_per_line_encoding(lines in proptest::collection::vec(("[^\n]{0,40}", 0u8..3), 0..50), ns in any::<i64>()) {
-            let input: Vec<(LogStream, &str)> = lines
-                .iter()
-                .map(|(t, c)| (log_stream_from_code(*c).expect("code"), t.as_str()))
-                .collect();
+            let input = stored_lines(&lines);
             let text: String = input.iter().map(|(_, t)| format!("{t}\n")).collect();
             let packed = encode_packed_segment(at(ns), input.iter().map(|(s, _)| *s), text.as_bytes());
             prop_assert_eq!(packed, encode_segment(at(ns), input.iter().copied(), 0));

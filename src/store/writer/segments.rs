@@ -82,20 +82,33 @@ mod tests {
     use crate::lines::{self, MAX_LINE_BYTES};
     use crate::model::{LogStream, NewLine};
 
+    /// `append_segments` of one new deployment's lines, stored at the epoch.
+    fn append(first: LineNo, log_end: &mut u64, lines: &Lines, group: &mut Group) -> Vec<Event> {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let ids = (AppId::generate(), DeploymentId::generate());
+        append_segments(ids, first, log_end, lines, at, group)
+    }
+
+    /// Each log event's first line number and line count.
+    fn segments(events: &[Event]) -> Vec<(u64, usize)> {
+        events
+            .iter()
+            .map(|event| match &event.kind {
+                EventKind::Logs { first, segment } => {
+                    (first.0, segment.view().expect("segment").line_count())
+                }
+                other => panic!("not a log event: {other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn stored_lines_are_numbered_from_first_and_packed_into_one_segment() {
         let lines = Lines::from(vec![NewLine::stdout("a\r\nb"), NewLine::stderr("c")]);
         assert_eq!(lines.len(), 3);
         let mut group = Group::default();
         let mut log_end = 10;
-        let events = append_segments(
-            (AppId::generate(), DeploymentId::generate()),
-            LineNo(5),
-            &mut log_end,
-            &lines,
-            OffsetDateTime::UNIX_EPOCH,
-            &mut group,
-        );
+        let events = append(LineNo(5), &mut log_end, &lines, &mut group);
         assert_eq!(events.len(), 1);
         assert!(matches!(
             events[0].kind,
@@ -117,24 +130,8 @@ mod tests {
         let lines = Lines::of_stream(LogStream::Stdout, &vec![line; 17]);
         let mut group = Group::default();
         let mut log_end = 0;
-        let events = append_segments(
-            (AppId::generate(), DeploymentId::generate()),
-            LineNo(1),
-            &mut log_end,
-            &lines,
-            OffsetDateTime::UNIX_EPOCH,
-            &mut group,
-        );
-        let firsts: Vec<_> = events
-            .iter()
-            .map(|event| match &event.kind {
-                EventKind::Logs { first, segment } => {
-                    (first.0, segment.view().expect("segment").line_count())
-                }
-                other => panic!("not a log event: {other:?}"),
-            })
-            .collect();
-        assert_eq!(firsts, [(1, 15), (16, 2)]);
+        let events = append(LineNo(1), &mut log_end, &lines, &mut group);
+        assert_eq!(segments(&events), [(1, 15), (16, 2)]);
         let (_, second_offset, _) = &group.appends[1];
         assert_eq!(*second_offset, group.appends[0].2.len() as u64);
         assert_eq!(log_end, second_offset + group.appends[1].2.len() as u64);
@@ -165,22 +162,8 @@ mod tests {
             bytes += text.len();
         }
         expected.push(count);
-        let mut group = Group::default();
-        let events = append_segments(
-            (AppId::generate(), DeploymentId::generate()),
-            LineNo(1),
-            &mut 0,
-            &lines,
-            OffsetDateTime::UNIX_EPOCH,
-            &mut group,
-        );
-        let got: Vec<usize> = events
-            .iter()
-            .map(|event| match &event.kind {
-                EventKind::Logs { segment, .. } => segment.view().expect("segment").line_count(),
-                other => panic!("not a log event: {other:?}"),
-            })
-            .collect();
+        let events = append(LineNo(1), &mut 0, &lines, &mut Group::default());
+        let got: Vec<usize> = segments(&events).iter().map(|(_, lines)| *lines).collect();
         assert_eq!(got, expected);
     }
 
