@@ -30,6 +30,40 @@ async fn a_pusher_runs_a_deployment_to_success_and_its_output_is_stored() {
     assert_eq!(text, "line one\nline two\nline three\n");
 }
 
+/// Through the release binary: lines with JSON escapes (parsed into owned text), plain ones
+/// (borrowed from the frame), an embedded `\n` (two stored lines), a trailing `\r` (dropped) and
+/// an empty line are stored as the protocol says; a frame whose lines are not all strings gets
+/// `bad_frame` and stores nothing of it.
+#[tokio::test]
+async fn pushed_lines_with_escapes_newlines_and_carriage_returns_are_stored_as_split() {
+    let server = Server::start();
+    let admin = server.admin();
+    server.create_app(&admin, "escapes").await;
+    let mut pusher = push::start(&server.url, "escapes", &server.admin_token, "e1").await;
+    let lines = ["plain", "esc \"q\" \\ é \u{1}", "two\npieces", "cr\r", ""];
+    assert_eq!(pusher.logs(&lines).await, 6);
+    let refused = send_text(
+        &mut pusher,
+        r#"{"type":"logs","batch":99,"lines":["not stored",7]}"#,
+    )
+    .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "bad_frame", "{refused}");
+    assert_eq!(pusher.logs(&["after"]).await, 7);
+    pusher.finish("success").await;
+    let (status, _, text) = admin
+        .get_text(&format!(
+            "/v1/apps/escapes/deployments/{}/output",
+            pusher.id()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        text,
+        "plain\nesc \"q\" \\ é \u{1}\ntwo\npieces\ncr\n\nafter\n"
+    );
+}
+
 #[tokio::test]
 async fn a_broken_pusher_connection_aborts_the_deployment() {
     let server = TestServer::start().await;

@@ -259,3 +259,42 @@ async fn output_past_max_log_bytes_is_dropped_with_one_notice_and_the_ack_says_h
     );
     assert_eq!(text.lines().filter(|l| *l == line).count() as u64, stored);
 }
+
+/// A pushed line holding `\n` is several stored lines; at the limit it is kept or dropped whole
+/// (never its first piece alone) and `dropped` counts it once.
+#[tokio::test]
+async fn a_pushed_line_split_in_stored_lines_is_dropped_whole_at_the_log_limit() {
+    let server = Server::start_with(retention("max_log_bytes = 1000"));
+    let admin = server.admin();
+    server.create_app(&admin, "pieces").await;
+    let token = server.admin_token.clone();
+    let mut pusher = push::start(&server.url, "pieces", &token, "split").await;
+    let line = "x".repeat(98);
+    // 8 lines of 100 stored bytes plus a segment header: ~813 bytes.
+    let ack = send_batch(&mut pusher, 1, &vec![line.clone(); 8]).await;
+    assert_eq!(ack["last_line"], 8);
+    // "ok" fits; the next pushed line is two stored lines of 100 bytes: its first piece alone
+    // would fit, both do not, so it goes whole, and "z" after it.
+    let first_piece = "p".repeat(98);
+    let two_pieces = format!("{first_piece}\n{}", "q".repeat(98));
+    let ack = send_batch(&mut pusher, 2, &["ok".into(), two_pieces, "z".into()]).await;
+    assert_eq!(ack["dropped"], 2, "{ack}");
+    assert_eq!(ack["last_line"], 10, "8 + ok + the notice: {ack}");
+    pusher.finish("success").await;
+    let (status, _, text) = admin
+        .get_text(&format!(
+            "/v1/apps/pieces/deployments/{}/output",
+            pusher.id()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let stored: Vec<&str> = text.lines().skip(8).collect();
+    assert_eq!(
+        stored,
+        [
+            "ok",
+            "!     Log limit of 1000 bytes reached; further output dropped"
+        ],
+        "{text}"
+    );
+}

@@ -77,7 +77,6 @@ impl WriterState {
         group: &mut Group,
     ) -> Result<Outcome<Appended>, WriteError> {
         let dropped = self.apply_log_limit(deployment, &mut lines);
-        let lines = &lines;
         let count = lines.len() as u64;
         group.lines += count;
         let given = self
@@ -89,7 +88,7 @@ impl WriterState {
             (given.app, deployment),
             given.first,
             log_end,
-            lines,
+            &lines,
             now(),
             group,
         );
